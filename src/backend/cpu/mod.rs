@@ -1,0 +1,14 @@
+//! CPU implementations of the op set: f32, parallel with rayon, matrix products through the
+//! `gemm` crate. Each op file carries its tests against a naive f64 reference.
+
+pub mod attention;
+pub mod embedding;
+pub mod matmul;
+pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod sampling;
+pub mod swiglu;
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,0 +1,160 @@
+//! Rotary position embedding, in the "rotate half" layout of Hugging Face Llama models,
+//! with the llama3 and linear frequency scalings.
+
+/// How the rotary frequencies are scaled (config.json `rope_scaling`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The inverse frequencies of one head: (D/2).
+pub fn inv_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f64> {
+    let half = head_dim / 2;
+    let base: Vec<f64> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    match *scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_ctx,
+        } => {
+            let low_freq_wavelen = old_ctx / low_freq_factor;
+            let high_freq_wavelen = old_ctx / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_freq_wavelen {
+                        f
+                    } else if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old_ctx / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// Precomputed cos/sin of every position: each (T, D/2).
+pub struct RopeTable {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub half: usize,
+    pub max_positions: usize,
+}
+
+impl RopeTable {
+    pub fn new(head_dim: usize, max_positions: usize, theta: f64, scaling: &RopeScaling) -> Self {
+        let inv = inv_frequencies(head_dim, theta, scaling);
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in &inv {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        RopeTable {
+            cos,
+            sin,
+            half,
+            max_positions,
+        }
+    }
+}
+
+/// Rotates x: (N, heads, D) in place; row n sits at position positions[n].
+pub fn rope_forward(x: &mut [f32], positions: &[usize], table: &RopeTable, heads: usize) {
+    let half = table.half;
+    let d = 2 * half;
+    assert_eq!(x.len(), positions.len() * heads * d, "rope shape");
+    for (row, &p) in x.chunks_exact_mut(heads * d).zip(positions) {
+        assert!(
+            p < table.max_positions,
+            "rope position {p} beyond the table"
+        );
+        let cos = &table.cos[p * half..(p + 1) * half];
+        let sin = &table.sin[p * half..(p + 1) * half];
+        for head in row.chunks_exact_mut(d) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::{assert_close, randn};
+
+    #[test]
+    fn matches_naive_f64_rotation() {
+        let (heads, d) = (3, 8);
+        let positions = [0usize, 1, 5, 17];
+        let scaling = RopeScaling::None;
+        let table = RopeTable::new(d, 32, 10000.0, &scaling);
+        let x0 = randn(positions.len() * heads * d, 11);
+        let mut x = x0.clone();
+        rope_forward(&mut x, &positions, &table, heads);
+        let mut want = vec![0.0f64; x.len()];
+        for (n, &p) in positions.iter().enumerate() {
+            for h in 0..heads {
+                let base = (n * heads + h) * d;
+                for i in 0..d / 2 {
+                    let f = 1.0 / 10000f64.powf(2.0 * i as f64 / d as f64);
+                    let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
+                    let (x1, x2) = (x0[base + i] as f64, x0[base + i + d / 2] as f64);
+                    want[base + i] = x1 * c - x2 * s;
+                    want[base + i + d / 2] = x2 * c + x1 * s;
+                }
+            }
+        }
+        assert_close(&x, &want, 1e-6, 1e-5);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64.0,
+        };
+        let plain = inv_frequencies(16, 10000.0, &RopeScaling::None);
+        let scaled = inv_frequencies(16, 10000.0, &scaling);
+        let tau = 2.0 * std::f64::consts::PI;
+        for (p, s) in plain.iter().zip(&scaled) {
+            let wavelen = tau / p;
+            if wavelen < 64.0 / 4.0 {
+                assert_eq!(p, s);
+            } else if wavelen > 64.0 {
+                assert!((p / 8.0 - s).abs() < 1e-15);
+            } else {
+                assert!(*s < *p && *s > p / 8.0, "medium band interpolates");
+            }
+        }
+        assert!(plain.iter().zip(&scaled).any(|(p, s)| p != s));
+    }
+}

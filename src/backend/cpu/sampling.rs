@@ -1,0 +1,295 @@
+//! Token sampling: greedy, temperature, top-k and top-p (nucleus), with a seeded RNG.
+//!
+//! Logits are never modified in place: the candidates live in a scratch buffer, so callers
+//! keep the raw distribution. The filters apply in the order transformers applies them:
+//! temperature, then top-k, then top-p over what top-k kept.
+
+/// A small, seedable, version-stable generator (SplitMix64 seeding, xorshift64* stream):
+/// a given seed gives the same tokens in every build of the engine.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+}
+
+/// One SplitMix64 step: spreads nearby seeds (0, 1, 2, ...) over the whole state space.
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng {
+            state: splitmix64(seed) | 1,
+        }
+    }
+
+    /// The stream for one (seed, a, b) triple, e.g. (run seed, prompt, sample): independent
+    /// of which other sequences share its batch.
+    pub fn for_stream(seed: u64, a: u64, b: u64) -> Self {
+        Rng::new(splitmix64(splitmix64(seed ^ splitmix64(a)) ^ b))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1 keeps every token.
+    pub top_p: f32,
+    /// 0 keeps every token.
+    pub top_k: usize,
+}
+
+impl SamplingParams {
+    pub const GREEDY: SamplingParams = SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+    };
+}
+
+/// The first index of the largest logit (torch.argmax's tie rule).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The tokens that survive temperature, top-k and top-p, as unnormalised weights (their
+/// sum is returned too), in no particular order. `scratch` is reused between calls.
+pub fn candidates<'a>(
+    logits: &[f32],
+    params: &SamplingParams,
+    scratch: &'a mut Vec<(f32, u32)>,
+) -> (&'a mut [(f32, u32)], f32) {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / params.temperature;
+    scratch.clear();
+    scratch.extend(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (((l - max) * inv_t).exp(), i as u32)),
+    );
+    let mut kept: &mut [(f32, u32)] = scratch.as_mut_slice();
+    if params.top_k > 0 && params.top_k < kept.len() {
+        kept.select_nth_unstable_by(params.top_k - 1, descending);
+        kept = &mut kept[..params.top_k];
+    }
+    let mut total: f32 = kept.iter().map(|c| c.0).sum();
+    if params.top_p < 1.0 {
+        let n = nucleus_len(kept, params.top_p * total);
+        kept = &mut kept[..n];
+        total = kept.iter().map(|c| c.0).sum();
+    }
+    (kept, total)
+}
+
+fn descending(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0)
+}
+
+/// Reorders `c` so its first n entries are the smallest set of largest weights whose mass
+/// reaches `target`, and returns n. Expected O(len): quickselect halves the open range.
+fn nucleus_len(c: &mut [(f32, u32)], target: f32) -> usize {
+    // Invariant: c[..lo] is in the nucleus and holds less than `target`; the nucleus ends
+    // in lo+1..=hi; `need` is the mass still missing.
+    let (mut lo, mut hi, mut need) = (0, c.len(), target);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        c[lo..hi].select_nth_unstable_by(mid - lo, descending);
+        let upper: f32 = c[lo..mid].iter().map(|x| x.0).sum();
+        if upper >= need {
+            hi = mid;
+        } else {
+            need -= upper;
+            lo = mid;
+        }
+    }
+    hi
+}
+
+/// Chooses the next token. Greedy when temperature is 0; otherwise one uniform draw from
+/// `rng` over the surviving candidates.
+pub fn sample(
+    logits: &[f32],
+    params: &SamplingParams,
+    rng: &mut Rng,
+    scratch: &mut Vec<(f32, u32)>,
+) -> u32 {
+    if params.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let (kept, total) = candidates(logits, params, scratch);
+    let r = rng.uniform() * total;
+    let mut acc = 0.0;
+    for &(w, id) in kept.iter() {
+        acc += w;
+        if r < acc {
+            return id;
+        }
+    }
+    kept.last().map_or(0, |c| c.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in f64: softmax(l / T), keep the top k, then the smallest prefix of
+    /// the descending order whose mass reaches top_p; renormalise. Returns (token, prob).
+    fn reference(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
+        let t = p.temperature as f64;
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let mut probs: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, ((l as f64 - max) / t).exp()))
+            .collect();
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if p.top_k > 0 {
+            probs.truncate(p.top_k);
+        }
+        let z: f64 = probs.iter().map(|x| x.1).sum();
+        let mut cum = 0.0;
+        let mut keep = 0;
+        for x in &probs {
+            keep += 1;
+            cum += x.1 / z;
+            if cum >= p.top_p as f64 {
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let z: f64 = probs.iter().map(|x| x.1).sum();
+        probs.iter().map(|&(i, w)| (i, w / z)).collect()
+    }
+
+    fn kept_set(logits: &[f32], p: &SamplingParams) -> Vec<u32> {
+        let mut scratch = vec![];
+        let (kept, _) = candidates(logits, p, &mut scratch);
+        let mut ids: Vec<u32> = kept.iter().map(|c| c.1).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn surviving_set_matches_the_definition_on_random_logits() {
+        let mut rng = Rng::new(3);
+        for trial in 0..200 {
+            let v = 1 + trial % 97;
+            let logits: Vec<f32> = (0..v).map(|_| 3.0 * rng.normal()).collect();
+            for &(temperature, top_p, top_k) in &[
+                (1.0, 1.0, 0),
+                (0.8, 0.95, 0),
+                (0.5, 0.5, 0),
+                (1.3, 0.9, 5),
+                (1.0, 1.0, 3),
+                (0.7, 0.01, 0),
+            ] {
+                let p = SamplingParams {
+                    temperature,
+                    top_p,
+                    top_k,
+                };
+                let mut want: Vec<u32> = reference(&logits, &p).iter().map(|x| x.0).collect();
+                want.sort();
+                assert_eq!(kept_set(&logits, &p), want, "trial {trial}, params {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sampled_frequencies_follow_the_filtered_distribution() {
+        let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0, -3.0];
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            top_k: 0,
+        };
+        let want = reference(&logits, &p);
+        let mut rng = Rng::new(42);
+        let mut scratch = vec![];
+        let draws = 200_000;
+        let mut counts = [0usize; 6];
+        for _ in 0..draws {
+            counts[sample(&logits, &p, &mut rng, &mut scratch) as usize] += 1;
+        }
+        for (id, prob) in &want {
+            let freq = counts[*id as usize] as f64 / draws as f64;
+            let sigma = (prob * (1.0 - prob) / draws as f64).sqrt();
+            assert!(
+                (freq - prob).abs() < 5.0 * sigma + 1e-4,
+                "token {id}: {freq} vs {prob}"
+            );
+        }
+        let kept: Vec<u32> = want.iter().map(|x| x.0).collect();
+        for (id, &c) in counts.iter().enumerate() {
+            if !kept.contains(&(id as u32)) {
+                assert_eq!(c, 0, "token {id} was filtered out but sampled");
+            }
+        }
+    }
+
+    #[test]
+    fn temperature_sharpens_and_greedy_takes_the_first_maximum() {
+        let logits = [1.0f32, 3.0, 3.0, 2.0];
+        assert_eq!(argmax(&logits), 1);
+        let mut rng = Rng::new(1);
+        let mut scratch = vec![];
+        assert_eq!(
+            sample(&logits, &SamplingParams::GREEDY, &mut rng, &mut scratch),
+            1
+        );
+        let cold = SamplingParams {
+            temperature: 0.05,
+            top_p: 1.0,
+            top_k: 0,
+        };
+        for _ in 0..100 {
+            let t = sample(&logits, &cold, &mut rng, &mut scratch);
+            assert!(t == 1 || t == 2);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_stream_and_streams_differ() {
+        let draw = |mut r: Rng| (0..8).map(|_| r.next_u64()).collect::<Vec<_>>();
+        assert_eq!(
+            draw(Rng::for_stream(7, 1, 2)),
+            draw(Rng::for_stream(7, 1, 2))
+        );
+        assert_ne!(
+            draw(Rng::for_stream(7, 1, 2)),
+            draw(Rng::for_stream(7, 2, 1))
+        );
+        assert_ne!(draw(Rng::new(0)), draw(Rng::new(1)));
+    }
+}

@@ -1,0 +1,236 @@
+//! The command line: parses arguments and calls the library.
+
+use crate::backend::cpu::sampling::SamplingParams;
+use crate::generate::{generate, read_prompts, GenerateOptions, PromptMode};
+use crate::io::write_atomic;
+use crate::model::config::token_ids;
+use crate::model::Model;
+use crate::tiny::{make_tiny_model, TinySpec};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "tpo-engine",
+    version,
+    about = "Thought Preference Optimization: sampling and training for Llama-family models"
+)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample K completions per prompt from a Hugging Face checkpoint.
+    Generate(GenerateArgs),
+    /// Write a small Llama checkpoint with random weights and a trained BPE tokenizer.
+    InitModel {
+        /// The checkpoint directory to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        spec: TinySpec,
+    },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL, one {"prompt": ...} or {"messages": [...]} per line.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Where to write the completions (JSONL, one line per prompt).
+    #[arg(long)]
+    out: PathBuf,
+    /// Completions per prompt (K).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Always take the most likely token.
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Feed prompt text as it is, without the chat template.
+    #[arg(long)]
+    no_chat_template: bool,
+    /// End a completion where this text appears (repeatable); the text is cut before it.
+    #[arg(long = "stop")]
+    stops: Vec<String>,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
+    match cli.command {
+        Command::Generate(args) => run_generate(args),
+        Command::InitModel { out, spec } => {
+            make_tiny_model(&out, &spec)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
+    if args.greedy {
+        return Ok(SamplingParams::GREEDY);
+    }
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!(
+            "--temperature {}: expected a finite number >= 0",
+            args.temperature
+        );
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p {}: expected a number in (0, 1]", args.top_p);
+    }
+    Ok(SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+    })
+}
+
+/// EOS ids: generation_config.json, else config.json, else the tokenizer's eos_token.
+fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        let ids = token_ids(value.get("eos_token_id"))
+            .with_context(|| format!("{}: field `eos_token_id`", path.display()))?;
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+    }
+    if !model.config.eos_token_ids.is_empty() {
+        return Ok(model.config.eos_token_ids.clone());
+    }
+    Ok(tokenizer
+        .eos_token()
+        .and_then(|t| tokenizer.token_id(t))
+        .into_iter()
+        .collect())
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let sampling = sampling_params(&args)?;
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    if args.stops.iter().any(|s| s.is_empty()) {
+        bail!("--stop: an empty stop string would stop at once");
+    }
+    let started = Instant::now();
+    let model = Model::load(&args.model)?;
+    let tokenizer = Tokenizer::load(&args.model)?;
+    let eos = eos_ids(&args.model, &model, &tokenizer)?;
+    let mode = if args.no_chat_template {
+        PromptMode::Raw
+    } else {
+        PromptMode::Chat
+    };
+    let prompts = read_prompts(
+        &args.prompts,
+        &tokenizer,
+        mode,
+        model.config.vocab_size,
+        model.config.max_context,
+    )?;
+    let load_secs = started.elapsed().as_secs_f64();
+
+    let opts = GenerateOptions {
+        samples: args.samples,
+        max_new_tokens: args.max_new_tokens,
+        sampling,
+        seed: args.seed,
+        batch_size: args.batch_size,
+        eos_ids: eos,
+    };
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.token_ids.clone()).collect();
+    let bar = ProgressBar::new((ids.len() * args.samples * args.max_new_tokens) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} generating {pos} tokens [{elapsed_precise}] {per_sec}",
+        )
+        .expect("the template is valid"),
+    );
+    let stops = &args.stops;
+    let is_stopped = |tokens: &[u32]| -> bool {
+        !stops.is_empty()
+            && tokenizer
+                .decode(tokens)
+                .is_ok_and(|text| stops.iter().any(|s| text.contains(s.as_str())))
+    };
+    let gen_started = Instant::now();
+    let (completions, stats) = generate(&model, &ids, &opts, &is_stopped, &|n| bar.inc(n as u64));
+    let gen_secs = gen_started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let mut out = String::new();
+    let mut generated = 0;
+    for (prompt, samples) in prompts.iter().zip(&completions) {
+        let mut items = vec![];
+        for c in samples {
+            generated += c.token_ids.len();
+            let mut text = tokenizer.decode(&c.token_ids)?;
+            if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+            }
+            items.push(json!({"text": text, "token_ids": c.token_ids, "finish_reason": c.finish_reason.as_str()}));
+        }
+        let mut line = prompt.source.clone();
+        line["prompt_tokens"] = json!(prompt.token_ids.len());
+        line["completions"] = Value::Array(items);
+        out.push_str(&serde_json::to_string(&line)?);
+        out.push('\n');
+    }
+    write_atomic(&args.out, out.as_bytes())?;
+
+    let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    eprintln!(
+        "{} prompts x {} samples: {generated} tokens in {gen_secs:.2}s ({:.0} tokens/s); prefill {} tokens ({:.0} tokens/s), decode {} tokens ({:.0} tokens/s); load {load_secs:.2}s; wrote {}",
+        prompts.len(),
+        args.samples,
+        rate(generated, gen_secs),
+        stats.prefill_tokens,
+        rate(stats.prefill_tokens, stats.prefill_secs),
+        stats.decode_tokens,
+        rate(stats.decode_tokens, stats.decode_secs),
+        args.out.display()
+    );
+    Ok(())
+}

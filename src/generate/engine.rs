@@ -1,0 +1,220 @@
+//! The batched sampling loop.
+//!
+//! Every (prompt, sample) pair gets its own RNG stream, derived from (seed, prompt, sample),
+//! so a seeded run gives the same tokens whatever the batch size or scheduling order.
+
+use crate::backend::cpu::sampling::{sample, Rng, SamplingParams};
+use crate::model::{KvCache, LogitRows, Model};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Completions per prompt (K).
+    pub samples: usize,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    /// Most sequences decoded at once; a finished one's slot is refilled at once.
+    pub batch_size: usize,
+    /// Tokens that end a completion (not included in it).
+    pub eos_ids: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    Eos,
+    Length,
+    Stop,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Generated tokens, the EOS token left out.
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerateStats {
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_tokens: usize,
+    pub decode_secs: f64,
+}
+
+/// One live sequence.
+struct Live {
+    prompt: usize,
+    sample: usize,
+    cache: KvCache,
+    tokens: Vec<u32>,
+    /// Most tokens it may generate (max_new_tokens, or less near the context's end).
+    limit: usize,
+    rng: Rng,
+    scratch: Vec<(f32, u32)>,
+}
+
+/// Generates `opts.samples` completions for each prompt (token ids, each shorter than the
+/// model's context). `is_stopped` says whether a completion's tokens contain a stop string;
+/// `on_tokens` is told how many tokens each step produced.
+pub fn generate(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
+    on_tokens: &dyn Fn(usize),
+) -> (Vec<Vec<Completion>>, GenerateStats) {
+    let ctx = model.config.max_context;
+    assert!(
+        prompts.iter().all(|p| !p.is_empty() && p.len() < ctx),
+        "prompts must be checked by the caller"
+    );
+    let k = opts.samples;
+    let total = prompts.len() * k;
+    let batch = opts.batch_size.max(1);
+    let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
+    let mut stats = GenerateStats::default();
+    // Prompts prefilled but not yet handed to all their samples: (cache, last logits).
+    let mut prefilled: HashMap<usize, (KvCache, Vec<f32>)> = HashMap::new();
+    let mut live: Vec<Live> = Vec::with_capacity(batch);
+    let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
+
+    let finish = |seq: &mut Live| -> Option<FinishReason> {
+        let last = *seq.tokens.last()?;
+        if opts.eos_ids.contains(&last) {
+            seq.tokens.pop();
+            Some(FinishReason::Eos)
+        } else if is_stopped(&seq.tokens) {
+            Some(FinishReason::Stop)
+        } else if seq.tokens.len() >= seq.limit {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    };
+
+    while next < total || !live.is_empty() {
+        // Refill free slots, prefilling the prompts they need in one packed pass.
+        if live.len() < batch && next < total {
+            let admit = (batch - live.len()).min(total - next);
+            let pairs: Vec<(usize, usize)> = (next..next + admit).map(|i| (i / k, i % k)).collect();
+            next += admit;
+            let mut need: Vec<usize> = pairs
+                .iter()
+                .map(|p| p.0)
+                .filter(|p| !prefilled.contains_key(p))
+                .collect();
+            need.dedup();
+            if !need.is_empty() {
+                let started = Instant::now();
+                let seqs: Vec<&[u32]> = need.iter().map(|&p| prompts[p].as_slice()).collect();
+                let mut caches: Vec<KvCache> = need.iter().map(|_| model.new_cache()).collect();
+                let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+                let logits = model.forward(&seqs, &mut refs, LogitRows::Last);
+                let v = model.config.vocab_size;
+                for ((p, cache), row) in need.iter().zip(caches).zip(logits.chunks_exact(v)) {
+                    prefilled.insert(*p, (cache, row.to_vec()));
+                }
+                stats.prefill_tokens += seqs.iter().map(|s| s.len()).sum::<usize>();
+                stats.prefill_secs += started.elapsed().as_secs_f64();
+            }
+            for (p, s) in pairs {
+                let limit = opts.max_new_tokens.min(ctx - prompts[p].len());
+                let (cache, logits) = if s + 1 == k {
+                    prefilled.remove(&p).expect("prefilled above")
+                } else {
+                    let (cache, logits) = &prefilled[&p];
+                    (cache.clone(), logits.clone())
+                };
+                let mut seq = Live {
+                    prompt: p,
+                    sample: s,
+                    cache,
+                    tokens: Vec::with_capacity(limit),
+                    limit,
+                    rng: Rng::for_stream(opts.seed, p as u64, s as u64),
+                    scratch: Vec::new(),
+                };
+                seq.cache.reserve(limit);
+                if limit > 0 {
+                    let t = sample(&logits, &opts.sampling, &mut seq.rng, &mut seq.scratch);
+                    seq.tokens.push(t);
+                    on_tokens(1);
+                }
+                match finish(&mut seq) {
+                    Some(reason) => {
+                        results[p][s] = Some(Completion {
+                            token_ids: seq.tokens,
+                            finish_reason: reason,
+                        })
+                    }
+                    None if limit == 0 => {
+                        results[p][s] = Some(Completion {
+                            token_ids: vec![],
+                            finish_reason: FinishReason::Length,
+                        })
+                    }
+                    None => live.push(seq),
+                }
+            }
+        }
+        if live.is_empty() {
+            continue;
+        }
+
+        // One decode step for every live sequence.
+        let started = Instant::now();
+        let last: Vec<[u32; 1]> = live
+            .iter()
+            .map(|s| [*s.tokens.last().expect("live sequences have a token")])
+            .collect();
+        let seqs: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
+        let mut caches: Vec<&mut KvCache> = live.iter_mut().map(|s| &mut s.cache).collect();
+        let logits = model.forward(&seqs, &mut caches, LogitRows::Last);
+        let v = model.config.vocab_size;
+        let sampling = opts.sampling;
+        let done: Vec<Option<FinishReason>> = live
+            .par_iter_mut()
+            .zip(logits.par_chunks(v))
+            .map(|(seq, row)| {
+                let t = sample(row, &sampling, &mut seq.rng, &mut seq.scratch);
+                seq.tokens.push(t);
+                finish(seq)
+            })
+            .collect();
+        stats.decode_tokens += live.len();
+        stats.decode_secs += started.elapsed().as_secs_f64();
+        on_tokens(live.len());
+        // Retire finished sequences; their slots are refilled at the top of the loop.
+        for i in (0..live.len()).rev() {
+            if let Some(reason) = done[i] {
+                let seq = live.swap_remove(i);
+                results[seq.prompt][seq.sample] = Some(Completion {
+                    token_ids: seq.tokens,
+                    finish_reason: reason,
+                });
+            }
+        }
+    }
+    let results = results
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|c| c.expect("every sample finishes"))
+                .collect()
+        })
+        .collect();
+    (results, stats)
+}

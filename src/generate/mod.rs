@@ -1,0 +1,8 @@
+//! Sampling K completions per prompt: prompts prefilled once, their KV cache copied to each
+//! of their K samples, all live sequences decoded together with continuous batching.
+
+pub mod engine;
+pub mod prompts;
+
+pub use engine::{generate, Completion, FinishReason, GenerateOptions, GenerateStats};
+pub use prompts::{read_prompts, Prompt, PromptMode};

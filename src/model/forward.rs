@@ -1,0 +1,204 @@
+//! The decoder forward pass over a packed batch of sequences that continue their KV caches.
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::params::ParamLayout;
+use super::weights::{load_weights, StorageDtype};
+use crate::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
+use crate::backend::cpu::embedding::embedding_forward;
+use crate::backend::cpu::matmul::matmul_forward;
+use crate::backend::cpu::residual::residual_forward;
+use crate::backend::cpu::rmsnorm::rmsnorm_forward;
+use crate::backend::cpu::rope::{rope_forward, RopeTable};
+use crate::backend::cpu::swiglu::swiglu_forward;
+use anyhow::Result;
+use std::path::Path;
+
+/// A loaded model: its config, the flat f32 parameters and precomputed rotary tables.
+pub struct Model {
+    pub config: ModelConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+    /// How the checkpoint stored its weights (checkpoints we write keep it).
+    pub dtype: StorageDtype,
+    rope: RopeTable,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Every new token: (N, V).
+    All,
+    /// The last new token of each sequence: (S, V).
+    Last,
+}
+
+impl Model {
+    /// Loads config.json and the safetensors weights of a checkpoint directory.
+    pub fn load(dir: &Path) -> Result<Model> {
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let layout = ParamLayout::new(&config);
+        let (params, dtype) = load_weights(dir, &config, &layout)?;
+        Ok(Model::from_params(config, params, dtype))
+    }
+
+    pub fn from_params(config: ModelConfig, params: Vec<f32>, dtype: StorageDtype) -> Model {
+        let layout = ParamLayout::new(&config);
+        assert_eq!(
+            params.len(),
+            layout.len,
+            "parameter buffer does not match the config"
+        );
+        let rope = RopeTable::new(
+            config.head_dim,
+            config.max_context,
+            config.rope_theta,
+            &config.rope_scaling,
+        );
+        Model {
+            config,
+            layout,
+            params,
+            dtype,
+            rope,
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim())
+    }
+
+    /// Runs the new tokens `seqs[s]` of each sequence s, which continue `caches[s]` (empty
+    /// for a fresh prompt), appends their keys/values there and returns logits of `rows`.
+    ///
+    /// The sequences are packed row after row (N = total new tokens), so sequences of
+    /// different lengths need no padding. Every token must be below vocab_size and every
+    /// sequence must end within max_context; callers check both against user input.
+    pub fn forward(
+        &self,
+        seqs: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        rows: LogitRows,
+    ) -> Vec<f32> {
+        let cfg = &self.config;
+        assert_eq!(seqs.len(), caches.len(), "one cache per sequence");
+        let (c, im, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let dims = AttentionDims {
+            n_head: cfg.num_attention_heads,
+            n_kv_head: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        };
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let n = tokens.len();
+        assert!(
+            tokens.iter().all(|&t| (t as usize) < v),
+            "token id beyond vocab_size"
+        );
+        let (mut row_seq, mut row_pos) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for (s, (seq, cache)) in seqs.iter().zip(caches.iter()).enumerate() {
+            let start = cache.len();
+            assert!(
+                start + seq.len() <= cfg.max_context,
+                "sequence runs past max_context"
+            );
+            row_seq.extend(std::iter::repeat(s).take(seq.len()));
+            row_pos.extend(start..start + seq.len());
+        }
+        let p = &self.params;
+
+        let mut x = vec![0.0f32; n * c]; // (N, C) the residual stream
+        embedding_forward(&mut x, &tokens, &p[self.layout.embed_tokens.clone()], c);
+        let mut h = vec![0.0f32; n * c]; // (N, C)
+        let mut q = vec![0.0f32; n * qd]; // (N, H*D)
+        let mut k = vec![0.0f32; n * kvd]; // (N, Hkv*D)
+        let mut val = vec![0.0f32; n * kvd]; // (N, Hkv*D)
+        let mut att = vec![0.0f32; n * qd]; // (N, H*D)
+        let mut gate = vec![0.0f32; n * im]; // (N, I)
+        let mut up = vec![0.0f32; n * im]; // (N, I)
+        let mut act = vec![0.0f32; n * im]; // (N, I)
+        for (l, w) in self.layout.layers.iter().enumerate() {
+            let bias = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &p[r]);
+            rmsnorm_forward(
+                &mut h,
+                &x,
+                &p[w.input_layernorm.clone()],
+                cfg.rms_norm_eps,
+                c,
+            );
+            matmul_forward(&mut q, &h, &p[w.q_proj.clone()], bias(&w.q_bias), n, c, qd);
+            matmul_forward(&mut k, &h, &p[w.k_proj.clone()], bias(&w.k_bias), n, c, kvd);
+            matmul_forward(
+                &mut val,
+                &h,
+                &p[w.v_proj.clone()],
+                bias(&w.v_bias),
+                n,
+                c,
+                kvd,
+            );
+            rope_forward(&mut q, &row_pos, &self.rope, dims.n_head);
+            rope_forward(&mut k, &row_pos, &self.rope, dims.n_kv_head);
+            let mut row = 0;
+            for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {
+                let r = row * kvd..(row + seq.len()) * kvd;
+                cache.append(l, &k[r.clone()], &val[r]);
+                row += seq.len();
+            }
+            let views: Vec<KvView> = caches.iter().map(|cache| cache.view(l)).collect();
+            attention_forward(&mut att, &q, &views, &row_seq, &row_pos, dims);
+            matmul_forward(&mut h, &att, &p[w.o_proj.clone()], None, n, qd, c);
+            residual_forward(&mut x, &h);
+
+            rmsnorm_forward(
+                &mut h,
+                &x,
+                &p[w.post_attention_layernorm.clone()],
+                cfg.rms_norm_eps,
+                c,
+            );
+            matmul_forward(&mut gate, &h, &p[w.gate_proj.clone()], None, n, c, im);
+            matmul_forward(&mut up, &h, &p[w.up_proj.clone()], None, n, c, im);
+            swiglu_forward(&mut act, &gate, &up);
+            matmul_forward(&mut h, &act, &p[w.down_proj.clone()], None, n, im, c);
+            residual_forward(&mut x, &h);
+        }
+
+        let x_out: Vec<f32> = match rows {
+            LogitRows::All => x,
+            LogitRows::Last => {
+                let mut last = Vec::with_capacity(seqs.len() * c);
+                let mut end = 0;
+                for seq in seqs {
+                    end += seq.len();
+                    assert!(
+                        !seq.is_empty(),
+                        "a sequence with no new tokens has no last row"
+                    );
+                    last.extend_from_slice(&x[(end - 1) * c..end * c]);
+                }
+                last
+            }
+        };
+        let m = x_out.len() / c;
+        let mut normed = vec![0.0f32; m * c];
+        rmsnorm_forward(
+            &mut normed,
+            &x_out,
+            &p[self.layout.norm.clone()],
+            cfg.rms_norm_eps,
+            c,
+        );
+        let mut logits = vec![0.0f32; m * v]; // (M, V)
+        matmul_forward(
+            &mut logits,
+            &normed,
+            &p[self.layout.lm_head.clone()],
+            None,
+            m,
+            c,
+            v,
+        );
+        logits
+    }
+}
