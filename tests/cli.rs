@@ -1,0 +1,185 @@
+//! The `tpo-engine` binary end to end: a good generate run, and bad input that must end in
+//! a clear error naming the file and the problem, a non-zero exit, no panic and no output.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tempfile::TempDir;
+
+fn chat_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat")
+}
+
+/// A writable copy of the small init-model checkpoint.
+fn model_copy(tmp: &TempDir) -> PathBuf {
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for f in std::fs::read_dir(chat_fixture()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+struct Run {
+    ok: bool,
+    stderr: String,
+}
+
+fn generate(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args(["--threads", "2", "generate", "--model"])
+        .arg(model)
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "the binary panicked:\n{stderr}");
+    Run { ok: output.status.success(), stderr }
+}
+
+/// Runs generate expecting failure; the error must mention every `needles` and no output
+/// file may appear.
+fn expect_error(model: &Path, prompts: &Path, needles: &[&str]) {
+    let out = prompts.with_file_name("out.jsonl");
+    let run = generate(model, prompts, &out, &["--max-new-tokens", "4"]);
+    assert!(!run.ok, "expected failure, stderr:\n{}", run.stderr);
+    for n in needles {
+        assert!(run.stderr.contains(n), "error should mention {n:?}:\n{}", run.stderr);
+    }
+    assert!(!out.exists(), "a failed run left {}", out.display());
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+#[test]
+fn generate_writes_k_completions_per_prompt() {
+    let tmp = TempDir::new().unwrap();
+    let prompts = write(
+        &tmp.path().join("p.jsonl"),
+        "{\"prompt\": \"What is 3 plus 4?\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n",
+    );
+    let out = tmp.path().join("out.jsonl");
+    let run = generate(&chat_fixture(), &prompts, &out, &["--samples", "3", "--max-new-tokens", "6", "--seed", "5"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stderr.contains("tokens/s"), "summary missing:\n{}", run.stderr);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["prompt"], "What is 3 plus 4?");
+    assert!(lines[1]["messages"].is_array());
+    for line in &lines {
+        let completions = line["completions"].as_array().unwrap();
+        assert_eq!(completions.len(), 3);
+        for c in completions {
+            let n = c["token_ids"].as_array().unwrap().len();
+            let reason = c["finish_reason"].as_str().unwrap();
+            assert!(n <= 6 && (reason == "eos" || (reason == "length" && n == 6)), "{c}");
+            assert!(c["text"].is_string());
+        }
+    }
+    let again = tmp.path().join("again.jsonl");
+    let run = generate(&chat_fixture(), &prompts, &again, &["--samples", "3", "--max-new-tokens", "6", "--seed", "5"]);
+    assert!(run.ok);
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), text, "seeded runs are reproducible");
+}
+
+#[test]
+fn missing_config_weights_or_tokenizer() {
+    let tmp = TempDir::new().unwrap();
+    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    for (file, needle) in [("config.json", "config.json"), ("model.safetensors", "no weights"), ("tokenizer.json", "tokenizer.json")] {
+        let t = TempDir::new().unwrap();
+        let model = model_copy(&t);
+        std::fs::remove_file(model.join(file)).unwrap();
+        expect_error(&model, &prompts, &[needle]);
+    }
+    expect_error(&tmp.path().join("nowhere"), &prompts, &["nowhere"]);
+}
+
+#[test]
+fn unknown_architecture() {
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap().replace("LlamaForCausalLM", "BertModel");
+    write(&model.join("config.json"), &cfg);
+    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    expect_error(&model, &prompts, &["config.json", "BertModel"]);
+}
+
+/// Rewrites model.safetensors with one tensor replaced.
+fn replace_tensor(model: &Path, name: &str, dtype: safetensors::Dtype, shape: Vec<usize>) {
+    let path = model.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let size: usize = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+    let data = vec![0u8; size];
+    for t in tensors.iter_mut().filter(|t| t.0 == name) {
+        t.1 = safetensors::tensor::TensorView::new(dtype, shape.clone(), &data).unwrap();
+    }
+    let out = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+}
+
+#[test]
+fn wrong_tensor_shape_or_dtype_and_truncated_weights() {
+    let prompts_dir = TempDir::new().unwrap();
+    let prompts = write(&prompts_dir.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    let name = "model.layers.0.self_attn.q_proj.weight";
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    replace_tensor(&model, name, safetensors::Dtype::F32, vec![3, 5]);
+    expect_error(&model, &prompts, &["model.safetensors", name, "shape"]);
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    replace_tensor(&model, name, safetensors::Dtype::I32, vec![32, 32]);
+    expect_error(&model, &prompts, &["model.safetensors", name, "dtype"]);
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let path = model.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    expect_error(&model, &prompts, &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn bad_prompt_lines_name_the_file_and_line() {
+    let tmp = TempDir::new().unwrap();
+    let model = chat_fixture();
+    let p = |name: &str, text: &str| write(&tmp.path().join(name), text);
+    let good = "{\"prompt\": \"hi\"}\n";
+    expect_error(&model, &p("json.jsonl", &format!("{good}{{\"prompt\": \n")), &["json.jsonl:2", "not valid JSON"]);
+    expect_error(&model, &p("empty.jsonl", &format!("{good}{good}{{\"prompt\": \"  \"}}\n")), &["empty.jsonl:3", "empty prompt"]);
+    expect_error(&model, &p("field.jsonl", "{\"question\": \"hi\"}\n"), &["field.jsonl:1", "\"prompt\""]);
+    expect_error(&model, &p("none.jsonl", "\n"), &["none.jsonl", "no prompts"]);
+    let long = "word ".repeat(400);
+    expect_error(&model, &p("long.jsonl", &format!("{good}{{\"prompt\": \"{long}\"}}\n")), &["long.jsonl:2", "context"]);
+    expect_error(&model, &tmp.path().join("absent.jsonl"), &["absent.jsonl"]);
+}
+
+#[test]
+fn a_failed_run_keeps_an_existing_output_file() {
+    let tmp = TempDir::new().unwrap();
+    let out = write(&tmp.path().join("out.jsonl"), "earlier results\n");
+    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\nnot json\n");
+    let run = generate(&chat_fixture(), &prompts, &out, &[]);
+    assert!(!run.ok);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier results\n");
+}
