@@ -76,6 +76,9 @@ struct GenerateArgs {
     /// End a completion where this text appears (repeatable); the text is cut before it.
     #[arg(long = "stop")]
     stops: Vec<String>,
+    /// Never end on EOS: every completion runs to --max-new-tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Most sequences decoded together.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -157,7 +160,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let model = Model::load(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model)?;
-    let eos = eos_ids(&args.model, &model, &tokenizer)?;
+    let eos = if args.ignore_eos { vec![] } else { eos_ids(&args.model, &model, &tokenizer)? };
     let mode = if args.no_chat_template {
         PromptMode::Raw
     } else {
