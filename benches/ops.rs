@@ -1,1 +1,201 @@
-fn main() {}
+//! Each CPU op at the shapes of the benchmark model (the `tiny` defaults: Llama, C=256,
+//! 4 layers, H=8, Hkv=4, D=32, I=688, V=8192), for a decode step of 32 sequences and for
+//! a prefill. Matrix products and attention report FLOP/s (criterion's "elem/s"); the
+//! element-wise ops report the bytes they read and write.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::Duration;
+use tpo_engine::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
+use tpo_engine::backend::cpu::matmul::matmul_forward;
+use tpo_engine::backend::cpu::rmsnorm::rmsnorm_forward;
+use tpo_engine::backend::cpu::rope::{rope_forward, RopeScaling, RopeTable};
+use tpo_engine::backend::cpu::sampling::Rng;
+use tpo_engine::backend::cpu::swiglu::swiglu_forward;
+
+const C: usize = 256;
+const N_HEAD: usize = 8;
+const N_KV_HEAD: usize = 4;
+const HEAD_DIM: usize = 32;
+const INTERMEDIATE: usize = 688;
+const VOCAB: usize = 8192;
+const MAX_POSITIONS: usize = 1024;
+/// Sequences decoded at once: one row each in a decode step.
+const DECODE_ROWS: usize = 32;
+const PREFILL_ROWS: usize = 128;
+
+const F32: u64 = std::mem::size_of::<f32>() as u64;
+
+fn randn(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| scale * rng.normal()).collect()
+}
+
+fn matmul(c: &mut Criterion) {
+    let mut group = c.benchmark_group("matmul_forward");
+    let shapes = [
+        ("decode_q_proj", DECODE_ROWS, C, N_HEAD * HEAD_DIM),
+        ("decode_gate_proj", DECODE_ROWS, C, INTERMEDIATE),
+        ("decode_down_proj", DECODE_ROWS, INTERMEDIATE, C),
+        ("decode_lm_head", DECODE_ROWS, C, VOCAB),
+        ("prefill_q_proj", PREFILL_ROWS, C, N_HEAD * HEAD_DIM),
+        ("prefill_lm_head", PREFILL_ROWS, C, VOCAB),
+    ];
+    for (name, n, ic, oc) in shapes {
+        let inp = randn(n * ic, 1.0, 1);
+        let weight = randn(oc * ic, 0.02, 2);
+        let mut out = vec![0.0f32; n * oc];
+        group.throughput(Throughput::Elements((2 * n * ic * oc) as u64));
+        group.bench_function(BenchmarkId::new(name, format!("{n}x{ic}x{oc}")), |b| {
+            b.iter(|| {
+                matmul_forward(
+                    black_box(&mut out),
+                    black_box(&inp),
+                    black_box(&weight),
+                    None,
+                    n,
+                    ic,
+                    oc,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn rmsnorm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rmsnorm_forward");
+    let weight = randn(C, 1.0, 3);
+    for n in [DECODE_ROWS, PREFILL_ROWS] {
+        let inp = randn(n * C, 1.0, 4);
+        let mut out = vec![0.0f32; n * C];
+        // Reads the rows and the weight, writes the rows.
+        group.throughput(Throughput::Bytes(F32 * (2 * n * C + C) as u64));
+        group.bench_function(BenchmarkId::from_parameter(format!("{n}x{C}")), |b| {
+            b.iter(|| rmsnorm_forward(black_box(&mut out), black_box(&inp), &weight, 1e-5, C))
+        });
+    }
+    group.finish();
+}
+
+fn rope(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rope_forward");
+    let table = RopeTable::new(HEAD_DIM, MAX_POSITIONS, 10000.0, &RopeScaling::None);
+    let n = DECODE_ROWS;
+    // Decode rows of sequences at different depths.
+    let positions: Vec<usize> = (0..n).map(|i| 32 + 7 * i).collect();
+    // Rotating in place keeps the norms, so the values stay finite however often it runs.
+    let mut x = randn(n * N_HEAD * HEAD_DIM, 1.0, 5);
+    // Reads and writes x, reads one cos and one sin row per position.
+    group.throughput(Throughput::Bytes(
+        F32 * (2 * n * N_HEAD * HEAD_DIM + n * HEAD_DIM) as u64,
+    ));
+    group.bench_function(
+        BenchmarkId::from_parameter(format!("{n}x{N_HEAD}x{HEAD_DIM}")),
+        |b| b.iter(|| rope_forward(black_box(&mut x), &positions, &table, N_HEAD)),
+    );
+    group.finish();
+}
+
+fn swiglu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("swiglu_forward");
+    let n = DECODE_ROWS;
+    let gate = randn(n * INTERMEDIATE, 1.0, 6);
+    let up = randn(n * INTERMEDIATE, 1.0, 7);
+    let mut out = vec![0.0f32; n * INTERMEDIATE];
+    // Reads gate and up, writes out.
+    group.throughput(Throughput::Bytes(F32 * (3 * n * INTERMEDIATE) as u64));
+    group.bench_function(
+        BenchmarkId::from_parameter(format!("{n}x{INTERMEDIATE}")),
+        |b| b.iter(|| swiglu_forward(black_box(&mut out), black_box(&gate), black_box(&up))),
+    );
+    group.finish();
+}
+
+/// A packed attention batch: `rows_per_seq` query rows at the end of each of `seqs`
+/// caches of `cache_len` positions (the rows' own keys/values included, as in the model).
+struct AttentionCase {
+    q: Vec<f32>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    row_seq: Vec<usize>,
+    row_pos: Vec<usize>,
+}
+
+impl AttentionCase {
+    fn new(seqs: usize, cache_len: usize, rows_per_seq: usize) -> AttentionCase {
+        let kvd = N_KV_HEAD * HEAD_DIM;
+        let n = seqs * rows_per_seq;
+        let (mut row_seq, mut row_pos) = (vec![], vec![]);
+        for s in 0..seqs {
+            row_seq.extend(std::iter::repeat_n(s, rows_per_seq));
+            row_pos.extend(cache_len - rows_per_seq..cache_len);
+        }
+        AttentionCase {
+            q: randn(n * N_HEAD * HEAD_DIM, 1.0, 8),
+            k: (0..seqs)
+                .map(|s| randn(cache_len * kvd, 1.0, 100 + s as u64))
+                .collect(),
+            v: (0..seqs)
+                .map(|s| randn(cache_len * kvd, 1.0, 200 + s as u64))
+                .collect(),
+            row_seq,
+            row_pos,
+        }
+    }
+
+    /// Multiply-adds of q.k and of the weighted sum of v, two FLOPs each.
+    fn flops(&self) -> u64 {
+        let per_key = 2 * 2 * HEAD_DIM * N_HEAD;
+        self.row_pos
+            .iter()
+            .map(|&p| (p + 1) * per_key)
+            .sum::<usize>() as u64
+    }
+}
+
+fn attention(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention_forward");
+    let dims = AttentionDims {
+        n_head: N_HEAD,
+        n_kv_head: N_KV_HEAD,
+        head_dim: HEAD_DIM,
+    };
+    let cases = [
+        ("decode", "32seq_cache96", AttentionCase::new(32, 96, 1)),
+        ("prefill", "4seq_x32rows", AttentionCase::new(4, 32, 32)),
+    ];
+    for (name, param, case) in &cases {
+        let kv: Vec<KvView> = case
+            .k
+            .iter()
+            .zip(&case.v)
+            .map(|(k, v)| KvView { k, v })
+            .collect();
+        let mut out = vec![0.0f32; case.q.len()];
+        group.throughput(Throughput::Elements(case.flops()));
+        group.bench_function(BenchmarkId::new(*name, param), |b| {
+            b.iter(|| {
+                attention_forward(
+                    black_box(&mut out),
+                    black_box(&case.q),
+                    &kv,
+                    &case.row_seq,
+                    &case.row_pos,
+                    dims,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = ops;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = matmul, rmsnorm, rope, swiglu, attention
+}
+criterion_main!(ops);
