@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use serde_json::json;
 use std::hint::black_box;
 use std::time::Duration;
-use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplingParams};
+use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
 use tpo_engine::model::weights::StorageDtype;
 use tpo_engine::model::{KvCache, LogitRows, Model, ModelConfig, ParamLayout};
 
@@ -31,7 +31,7 @@ fn sampling(c: &mut Criterion) {
     group.throughput(Throughput::Elements(VOCAB as u64));
     for (name, params) in cases {
         let mut rng = Rng::new(2);
-        let mut scratch = Vec::with_capacity(VOCAB);
+        let mut scratch = SamplerScratch::default();
         group.bench_function(BenchmarkId::new(name, VOCAB), |b| {
             b.iter(|| sample(black_box(&logits), &params, &mut rng, &mut scratch))
         });

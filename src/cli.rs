@@ -160,7 +160,11 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let model = Model::load(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model)?;
-    let eos = if args.ignore_eos { vec![] } else { eos_ids(&args.model, &model, &tokenizer)? };
+    let eos = if args.ignore_eos {
+        vec![]
+    } else {
+        eos_ids(&args.model, &model, &tokenizer)?
+    };
     let mode = if args.no_chat_template {
         PromptMode::Raw
     } else {

@@ -43,8 +43,14 @@ fn generate(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Run {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "the binary panicked:\n{stderr}");
-    Run { ok: output.status.success(), stderr }
+    assert!(
+        !stderr.contains("panicked"),
+        "the binary panicked:\n{stderr}"
+    );
+    Run {
+        ok: output.status.success(),
+        stderr,
+    }
 }
 
 /// Runs generate expecting failure; the error must mention every `needles` and no output
@@ -54,7 +60,11 @@ fn expect_error(model: &Path, prompts: &Path, needles: &[&str]) {
     let run = generate(model, prompts, &out, &["--max-new-tokens", "4"]);
     assert!(!run.ok, "expected failure, stderr:\n{}", run.stderr);
     for n in needles {
-        assert!(run.stderr.contains(n), "error should mention {n:?}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(n),
+            "error should mention {n:?}:\n{}",
+            run.stderr
+        );
     }
     assert!(!out.exists(), "a failed run left {}", out.display());
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
@@ -73,11 +83,23 @@ fn generate_writes_k_completions_per_prompt() {
         "{\"prompt\": \"What is 3 plus 4?\"}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}\n",
     );
     let out = tmp.path().join("out.jsonl");
-    let run = generate(&chat_fixture(), &prompts, &out, &["--samples", "3", "--max-new-tokens", "6", "--seed", "5"]);
+    let run = generate(
+        &chat_fixture(),
+        &prompts,
+        &out,
+        &["--samples", "3", "--max-new-tokens", "6", "--seed", "5"],
+    );
     assert!(run.ok, "{}", run.stderr);
-    assert!(run.stderr.contains("tokens/s"), "summary missing:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("tokens/s"),
+        "summary missing:\n{}",
+        run.stderr
+    );
     let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["prompt"], "What is 3 plus 4?");
     assert!(lines[1]["messages"].is_array());
@@ -87,21 +109,37 @@ fn generate_writes_k_completions_per_prompt() {
         for c in completions {
             let n = c["token_ids"].as_array().unwrap().len();
             let reason = c["finish_reason"].as_str().unwrap();
-            assert!(n <= 6 && (reason == "eos" || (reason == "length" && n == 6)), "{c}");
+            assert!(
+                n <= 6 && (reason == "eos" || (reason == "length" && n == 6)),
+                "{c}"
+            );
             assert!(c["text"].is_string());
         }
     }
     let again = tmp.path().join("again.jsonl");
-    let run = generate(&chat_fixture(), &prompts, &again, &["--samples", "3", "--max-new-tokens", "6", "--seed", "5"]);
+    let run = generate(
+        &chat_fixture(),
+        &prompts,
+        &again,
+        &["--samples", "3", "--max-new-tokens", "6", "--seed", "5"],
+    );
     assert!(run.ok);
-    assert_eq!(std::fs::read_to_string(&again).unwrap(), text, "seeded runs are reproducible");
+    assert_eq!(
+        std::fs::read_to_string(&again).unwrap(),
+        text,
+        "seeded runs are reproducible"
+    );
 }
 
 #[test]
 fn missing_config_weights_or_tokenizer() {
     let tmp = TempDir::new().unwrap();
     let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
-    for (file, needle) in [("config.json", "config.json"), ("model.safetensors", "no weights"), ("tokenizer.json", "tokenizer.json")] {
+    for (file, needle) in [
+        ("config.json", "config.json"),
+        ("model.safetensors", "no weights"),
+        ("tokenizer.json", "tokenizer.json"),
+    ] {
         let t = TempDir::new().unwrap();
         let model = model_copy(&t);
         std::fs::remove_file(model.join(file)).unwrap();
@@ -114,7 +152,9 @@ fn missing_config_weights_or_tokenizer() {
 fn unknown_architecture() {
     let tmp = TempDir::new().unwrap();
     let model = model_copy(&tmp);
-    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap().replace("LlamaForCausalLM", "BertModel");
+    let cfg = std::fs::read_to_string(model.join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "BertModel");
     write(&model.join("config.json"), &cfg);
     let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
     expect_error(&model, &prompts, &["config.json", "BertModel"]);
@@ -138,7 +178,10 @@ fn replace_tensor(model: &Path, name: &str, dtype: safetensors::Dtype, shape: Ve
 #[test]
 fn wrong_tensor_shape_or_dtype_and_truncated_weights() {
     let prompts_dir = TempDir::new().unwrap();
-    let prompts = write(&prompts_dir.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    let prompts = write(
+        &prompts_dir.path().join("p.jsonl"),
+        "{\"prompt\": \"hi\"}\n",
+    );
     let name = "model.layers.0.self_attn.q_proj.weight";
 
     let tmp = TempDir::new().unwrap();
@@ -165,12 +208,35 @@ fn bad_prompt_lines_name_the_file_and_line() {
     let model = chat_fixture();
     let p = |name: &str, text: &str| write(&tmp.path().join(name), text);
     let good = "{\"prompt\": \"hi\"}\n";
-    expect_error(&model, &p("json.jsonl", &format!("{good}{{\"prompt\": \n")), &["json.jsonl:2", "not valid JSON"]);
-    expect_error(&model, &p("empty.jsonl", &format!("{good}{good}{{\"prompt\": \"  \"}}\n")), &["empty.jsonl:3", "empty prompt"]);
-    expect_error(&model, &p("field.jsonl", "{\"question\": \"hi\"}\n"), &["field.jsonl:1", "\"prompt\""]);
-    expect_error(&model, &p("none.jsonl", "\n"), &["none.jsonl", "no prompts"]);
+    expect_error(
+        &model,
+        &p("json.jsonl", &format!("{good}{{\"prompt\": \n")),
+        &["json.jsonl:2", "not valid JSON"],
+    );
+    expect_error(
+        &model,
+        &p(
+            "empty.jsonl",
+            &format!("{good}{good}{{\"prompt\": \"  \"}}\n"),
+        ),
+        &["empty.jsonl:3", "empty prompt"],
+    );
+    expect_error(
+        &model,
+        &p("field.jsonl", "{\"question\": \"hi\"}\n"),
+        &["field.jsonl:1", "\"prompt\""],
+    );
+    expect_error(
+        &model,
+        &p("none.jsonl", "\n"),
+        &["none.jsonl", "no prompts"],
+    );
     let long = "word ".repeat(400);
-    expect_error(&model, &p("long.jsonl", &format!("{good}{{\"prompt\": \"{long}\"}}\n")), &["long.jsonl:2", "context"]);
+    expect_error(
+        &model,
+        &p("long.jsonl", &format!("{good}{{\"prompt\": \"{long}\"}}\n")),
+        &["long.jsonl:2", "context"],
+    );
     expect_error(&model, &tmp.path().join("absent.jsonl"), &["absent.jsonl"]);
 }
 
@@ -178,7 +244,10 @@ fn bad_prompt_lines_name_the_file_and_line() {
 fn a_failed_run_keeps_an_existing_output_file() {
     let tmp = TempDir::new().unwrap();
     let out = write(&tmp.path().join("out.jsonl"), "earlier results\n");
-    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\nnot json\n");
+    let prompts = write(
+        &tmp.path().join("p.jsonl"),
+        "{\"prompt\": \"hi\"}\nnot json\n",
+    );
     let run = generate(&chat_fixture(), &prompts, &out, &[]);
     assert!(!run.ok);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier results\n");

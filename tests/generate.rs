@@ -2,7 +2,7 @@
 //! against full recomputation, and how completions end.
 
 use std::path::Path;
-use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplingParams};
+use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
 use tpo_engine::generate::{generate, Completion, FinishReason, GenerateOptions};
 use tpo_engine::model::{LogitRows, Model};
 
@@ -11,14 +11,23 @@ fn model() -> Model {
 }
 
 fn prompts() -> Vec<Vec<u32>> {
-    vec![vec![5, 17, 99, 3], vec![200, 1], vec![42; 9], vec![7, 8, 9, 10, 11, 12]]
+    vec![
+        vec![5, 17, 99, 3],
+        vec![200, 1],
+        vec![42; 9],
+        vec![7, 8, 9, 10, 11, 12],
+    ]
 }
 
 fn options(batch_size: usize, seed: u64) -> GenerateOptions {
     GenerateOptions {
         samples: 5,
         max_new_tokens: 12,
-        sampling: SamplingParams { temperature: 0.8, top_p: 0.95, top_k: 0 },
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 0,
+        },
         seed,
         batch_size,
         eos_ids: vec![],
@@ -44,7 +53,11 @@ fn tokens_do_not_depend_on_batch_size_or_prefix_sharing() {
     let m = model();
     let alone = run(&m, &prompts(), &options(1, 9));
     for batch in [3, 7, 64] {
-        assert_eq!(run(&m, &prompts(), &options(batch, 9)), alone, "batch size {batch}");
+        assert_eq!(
+            run(&m, &prompts(), &options(batch, 9)),
+            alone,
+            "batch size {batch}"
+        );
     }
 }
 
@@ -56,7 +69,7 @@ fn cached_decoding_matches_full_recomputation_with_the_same_rng_stream() {
     for (p, prompt) in prompts().iter().enumerate() {
         for s in [0, opts.samples - 1] {
             let mut rng = Rng::for_stream(opts.seed, p as u64, s as u64);
-            let mut scratch = vec![];
+            let mut scratch = SamplerScratch::default();
             let mut seq = prompt.clone();
             let mut tokens = vec![];
             for _ in 0..opts.max_new_tokens {
@@ -86,16 +99,31 @@ fn eos_and_stop_end_completions_and_the_context_caps_length() {
     let cut = free.iter().position(|&t| t == eos).unwrap();
     opts.eos_ids = vec![eos];
     let c = &run(&m, &prompt, &opts)[0][0];
-    assert_eq!((c.token_ids.as_slice(), c.finish_reason), (&free[..cut], FinishReason::Eos));
+    assert_eq!(
+        (c.token_ids.as_slice(), c.finish_reason),
+        (&free[..cut], FinishReason::Eos)
+    );
 
     opts.eos_ids = vec![];
     let stop_token = free[2];
-    let (out, _) = generate(&m, &prompt, &opts, &|toks: &[u32]| toks.contains(&stop_token), &|_| {});
+    let (out, _) = generate(
+        &m,
+        &prompt,
+        &opts,
+        &|toks: &[u32]| toks.contains(&stop_token),
+        &|_| {},
+    );
     let upto = free.iter().position(|&t| t == stop_token).unwrap() + 1;
-    assert_eq!((out[0][0].token_ids.as_slice(), out[0][0].finish_reason), (&free[..upto], FinishReason::Stop));
+    assert_eq!(
+        (out[0][0].token_ids.as_slice(), out[0][0].finish_reason),
+        (&free[..upto], FinishReason::Stop)
+    );
 
     let ctx = m.config.max_context;
     let long = vec![vec![3u32; ctx - 5]];
     let c = &run(&m, &long, &opts)[0][0];
-    assert_eq!((c.token_ids.len(), c.finish_reason), (5, FinishReason::Length));
+    assert_eq!(
+        (c.token_ids.len(), c.finish_reason),
+        (5, FinishReason::Length)
+    );
 }

@@ -13,7 +13,9 @@ use tpo_engine::model::{LogitRows, Model};
 use tpo_engine::tokenizer::Tokenizer;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn read_json(path: &Path) -> Value {
@@ -21,7 +23,11 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn assert_logits_close(got: &[f32], want: &[f32], what: &str) {
@@ -33,7 +39,10 @@ fn assert_logits_close(got: &[f32], want: &[f32], what: &str) {
         assert!(err <= 1e-4, "{what}: logit {i}: got {g}, want {w}");
         worst = worst.max(err);
     }
-    assert!(worst <= 2e-5 * scale, "{what}: max error {worst} vs max logit {scale}");
+    assert!(
+        worst <= 2e-5 * scale,
+        "{what}: max error {worst} vs max logit {scale}"
+    );
 }
 
 fn check_padded_batch_logits(name: &str) {
@@ -43,12 +52,26 @@ fn check_padded_batch_logits(name: &str) {
     let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let view = st.tensor("logits").unwrap();
-    let want: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let want: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     let (t, v) = (view.shape()[1], view.shape()[2]);
     assert_eq!(v, model.config.vocab_size);
 
-    let lengths: Vec<usize> = expected["lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-    let rows: Vec<Vec<u32>> = expected["input_ids"].as_array().unwrap().iter().map(ids).collect();
+    let lengths: Vec<usize> = expected["lengths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    let rows: Vec<Vec<u32>> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
     let seqs: Vec<&[u32]> = rows.iter().zip(&lengths).map(|(r, &n)| &r[..n]).collect();
     let mut caches: Vec<_> = seqs.iter().map(|_| model.new_cache()).collect();
     let mut refs: Vec<_> = caches.iter_mut().collect();
@@ -114,13 +137,21 @@ fn tokenizer_and_chat_template_match_transformers() {
     let expected = read_json(&dir.join("tokenizer_expected.json"));
     for case in expected["raw"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, true).unwrap(), ids(&case["ids"]), "raw text {text:?}");
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&case["ids"]),
+            "raw text {text:?}"
+        );
         assert_eq!(tok.decode(&ids(&case["ids"])).unwrap(), text, "decode");
     }
     for case in expected["chat"].as_array().unwrap() {
         let text = tok.render_chat(&case["messages"]).unwrap();
         assert_eq!(text, case["text"].as_str().unwrap(), "chat template");
-        assert_eq!(tok.encode(&text, false).unwrap(), ids(&case["ids"]), "chat ids");
+        assert_eq!(
+            tok.encode(&text, false).unwrap(),
+            ids(&case["ids"]),
+            "chat ids"
+        );
     }
 }
 
@@ -130,7 +161,12 @@ fn checkpoints_written_by_init_model_load_in_transformers_with_equal_logits() {
     let model = Model::load(&dir).unwrap();
     let expected = read_json(&dir.join("tokenizer_expected.json"));
     let input = ids(&expected["logits_input"]);
-    let want: Vec<f32> = expected["logits_last"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let want: Vec<f32> = expected["logits_last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     let mut cache = model.new_cache();
     let got = model.forward(&[&input], &mut [&mut cache], LogitRows::Last);
     assert_logits_close(&got, &want, "init-model checkpoint");

@@ -3,7 +3,7 @@
 //! Every (prompt, sample) pair gets its own RNG stream, derived from (seed, prompt, sample),
 //! so a seeded run gives the same tokens whatever the batch size or scheduling order.
 
-use crate::backend::cpu::sampling::{sample, Rng, SamplingParams};
+use crate::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
 use crate::model::{KvCache, LogitRows, Model};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -63,7 +63,7 @@ struct Live {
     /// Most tokens it may generate (max_new_tokens, or less near the context's end).
     limit: usize,
     rng: Rng,
-    scratch: Vec<(f32, u32)>,
+    scratch: SamplerScratch,
 }
 
 /// Generates `opts.samples` completions for each prompt (token ids, each shorter than the
@@ -145,7 +145,7 @@ pub fn generate(
                     tokens: Vec::with_capacity(limit),
                     limit,
                     rng: Rng::for_stream(opts.seed, p as u64, s as u64),
-                    scratch: Vec::new(),
+                    scratch: SamplerScratch::default(),
                 };
                 seq.cache.reserve(limit);
                 if limit > 0 {

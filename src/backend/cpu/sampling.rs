@@ -1,6 +1,6 @@
 //! Token sampling: greedy, temperature, top-k and top-p (nucleus), with a seeded RNG.
 //!
-//! Logits are never modified in place: the candidates live in a scratch buffer, so callers
+//! Logits are never modified in place: the weights live in a scratch buffer, so callers
 //! keep the raw distribution. The filters apply in the order transformers applies them:
 //! temperature, then top-k, then top-p over what top-k kept.
 
@@ -82,34 +82,97 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The tokens that survive temperature, top-k and top-p, as unnormalised weights (their
-/// sum is returned too), in no particular order. `scratch` is reused between calls.
-pub fn candidates<'a>(
-    logits: &[f32],
-    params: &SamplingParams,
-    scratch: &'a mut Vec<(f32, u32)>,
-) -> (&'a mut [(f32, u32)], f32) {
+/// Reusable buffers of the sampler: per-token weights, and a copy that selection reorders.
+#[derive(Default, Debug, Clone)]
+pub struct SamplerScratch {
+    weights: Vec<f32>,
+    select: Vec<(f32, u32)>,
+}
+
+/// Which tokens survive top-k and top-p: every weight above `cutoff`, and the first `ties`
+/// tokens (in id order) whose weight equals it. Walking tokens in id order against this
+/// rule, rather than the order selection left them in, keeps seeded draws identical across
+/// standard-library versions.
+struct Kept {
+    cutoff: f32,
+    ties: usize,
+}
+
+/// Fills `scratch.weights` with the unnormalised temperature-scaled probabilities and
+/// decides which tokens top-k and top-p keep.
+fn filter(logits: &[f32], params: &SamplingParams, scratch: &mut SamplerScratch) -> Kept {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let inv_t = 1.0 / params.temperature;
-    scratch.clear();
-    scratch.extend(
-        logits
+    scratch.weights.clear();
+    scratch
+        .weights
+        .extend(logits.iter().map(|&l| ((l - max) * inv_t).exp()));
+    let top_k = params.top_k > 0 && params.top_k < logits.len();
+    if !top_k && params.top_p >= 1.0 {
+        return Kept {
+            cutoff: f32::NEG_INFINITY,
+            ties: 0,
+        };
+    }
+    let c = &mut scratch.select;
+    c.clear();
+    c.extend(
+        scratch
+            .weights
             .iter()
             .enumerate()
-            .map(|(i, &l)| (((l - max) * inv_t).exp(), i as u32)),
+            .map(|(i, &w)| (w, i as u32)),
     );
-    let mut kept: &mut [(f32, u32)] = scratch.as_mut_slice();
-    if params.top_k > 0 && params.top_k < kept.len() {
-        kept.select_nth_unstable_by(params.top_k - 1, descending);
-        kept = &mut kept[..params.top_k];
+    let mut n = c.len();
+    if top_k {
+        c.select_nth_unstable_by(params.top_k - 1, descending);
+        n = params.top_k;
     }
-    let mut total: f32 = kept.iter().map(|c| c.0).sum();
     if params.top_p < 1.0 {
-        let n = nucleus_len(kept, params.top_p * total);
-        kept = &mut kept[..n];
-        total = kept.iter().map(|c| c.0).sum();
+        let total: f32 = c[..n].iter().map(|x| x.0).sum();
+        n = nucleus_len(&mut c[..n], params.top_p * total);
     }
-    (kept, total)
+    let kept = &c[..n];
+    let cutoff = kept.iter().map(|x| x.0).fold(f32::INFINITY, f32::min);
+    let above = kept.iter().filter(|x| x.0 > cutoff).count();
+    Kept {
+        cutoff,
+        ties: n - above,
+    }
+}
+
+/// Calls `f(token, weight)` for each surviving token, in id order.
+fn for_each_kept(weights: &[f32], kept: &Kept, mut f: impl FnMut(u32, f32) -> bool) {
+    let mut ties = kept.ties;
+    for (i, &w) in weights.iter().enumerate() {
+        let keep = if w > kept.cutoff {
+            true
+        } else if w == kept.cutoff && ties > 0 {
+            ties -= 1;
+            true
+        } else {
+            false
+        };
+        if keep && !f(i as u32, w) {
+            return;
+        }
+    }
+}
+
+/// The tokens that survive temperature, top-k and top-p, in id order, with their
+/// unnormalised weights.
+pub fn candidates(
+    logits: &[f32],
+    params: &SamplingParams,
+    scratch: &mut SamplerScratch,
+) -> Vec<(u32, f32)> {
+    let kept = filter(logits, params, scratch);
+    let mut out = vec![];
+    for_each_kept(&scratch.weights, &kept, |id, w| {
+        out.push((id, w));
+        true
+    });
+    out
 }
 
 fn descending(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
@@ -137,26 +200,36 @@ fn nucleus_len(c: &mut [(f32, u32)], target: f32) -> usize {
 }
 
 /// Chooses the next token. Greedy when temperature is 0; otherwise one uniform draw from
-/// `rng` over the surviving candidates.
+/// `rng` over the surviving candidates, walked in token-id order.
 pub fn sample(
     logits: &[f32],
     params: &SamplingParams,
     rng: &mut Rng,
-    scratch: &mut Vec<(f32, u32)>,
+    scratch: &mut SamplerScratch,
 ) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits);
     }
-    let (kept, total) = candidates(logits, params, scratch);
+    let kept = filter(logits, params, scratch);
+    let mut total = 0.0f32;
+    let mut last = 0;
+    for_each_kept(&scratch.weights, &kept, |id, w| {
+        total += w;
+        last = id;
+        true
+    });
     let r = rng.uniform() * total;
-    let mut acc = 0.0;
-    for &(w, id) in kept.iter() {
+    let mut acc = 0.0f32;
+    let mut chosen = last;
+    for_each_kept(&scratch.weights, &kept, |id, w| {
         acc += w;
         if r < acc {
-            return id;
+            chosen = id;
+            return false;
         }
-    }
-    kept.last().map_or(0, |c| c.1)
+        true
+    });
+    chosen
 }
 
 #[cfg(test)]
@@ -193,11 +266,10 @@ mod tests {
     }
 
     fn kept_set(logits: &[f32], p: &SamplingParams) -> Vec<u32> {
-        let mut scratch = vec![];
-        let (kept, _) = candidates(logits, p, &mut scratch);
-        let mut ids: Vec<u32> = kept.iter().map(|c| c.1).collect();
-        ids.sort();
-        ids
+        candidates(logits, p, &mut SamplerScratch::default())
+            .iter()
+            .map(|c| c.0)
+            .collect()
     }
 
     #[test]
@@ -227,6 +299,20 @@ mod tests {
     }
 
     #[test]
+    fn ties_at_the_boundary_keep_the_lowest_ids() {
+        let logits = [0.5f32, 1.0, 1.0, 2.0, 1.0, 1.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 3,
+        };
+        assert_eq!(kept_set(&logits, &p), vec![1, 2, 3]);
+        let mut want: Vec<u32> = reference(&logits, &p).iter().map(|x| x.0).collect();
+        want.sort();
+        assert_eq!(kept_set(&logits, &p), want);
+    }
+
+    #[test]
     fn sampled_frequencies_follow_the_filtered_distribution() {
         let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0, -3.0];
         let p = SamplingParams {
@@ -236,7 +322,7 @@ mod tests {
         };
         let want = reference(&logits, &p);
         let mut rng = Rng::new(42);
-        let mut scratch = vec![];
+        let mut scratch = SamplerScratch::default();
         let draws = 200_000;
         let mut counts = [0usize; 6];
         for _ in 0..draws {
@@ -263,7 +349,7 @@ mod tests {
         let logits = [1.0f32, 3.0, 3.0, 2.0];
         assert_eq!(argmax(&logits), 1);
         let mut rng = Rng::new(1);
-        let mut scratch = vec![];
+        let mut scratch = SamplerScratch::default();
         assert_eq!(
             sample(&logits, &SamplingParams::GREEDY, &mut rng, &mut scratch),
             1
