@@ -5,6 +5,7 @@
 //! sequence's cache (which already holds the keys/values of the new rows). Sequences of
 //! different lengths are packed without padding, so padding costs nothing.
 
+use super::math::{dot, exp};
 use rayon::prelude::*;
 
 /// The key/value cache of one sequence in one layer: each (T, Hkv, D).
@@ -51,7 +52,7 @@ pub fn attention_forward(
         .zip(q.par_chunks(d))
         .enumerate()
         .with_min_len(4)
-        .for_each(|(i, (o, qh))| {
+        .for_each_init(Vec::new, |scores, (i, (o, qh))| {
             let (row, h) = (i / n_head, i % n_head);
             let cache = kv[row_seq[row]];
             let len = row_pos[row] + 1;
@@ -60,19 +61,17 @@ pub fn attention_forward(
                 "cache shorter than the row's position"
             );
             let kvh = h / group;
-            let mut scores = Vec::with_capacity(len);
+            scores.clear();
             let mut max = f32::NEG_INFINITY;
             for t in 0..len {
-                let k = &cache.k[t * kv_stride + kvh * d..][..d];
-                let s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                let s = dot(qh, &cache.k[t * kv_stride + kvh * d..][..d]) * scale;
                 max = max.max(s);
                 scores.push(s);
             }
-            let mut sum = 0.0;
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+                *s = exp(*s - max);
             }
+            let sum: f32 = scores.iter().sum();
             o.fill(0.0);
             for (t, s) in scores.iter().enumerate() {
                 let w = s / sum;

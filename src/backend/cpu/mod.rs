@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod math;
 pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;

@@ -1,5 +1,6 @@
 //! RMSNorm as Llama, Mistral and Qwen2 define it: x / sqrt(mean(x^2) + eps) * weight.
 
+use super::math::dot;
 use rayon::prelude::*;
 
 /// out: (N, C), inp: (N, C), weight: (C).
@@ -10,7 +11,7 @@ pub fn rmsnorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], eps: f32, c
         .zip(inp.par_chunks(c))
         .with_min_len(16)
         .for_each(|(o, x)| {
-            let ms = x.iter().map(|v| v * v).sum::<f32>() / c as f32;
+            let ms = dot(x, x) / c as f32;
             let rstd = 1.0 / (ms + eps).sqrt();
             for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
                 *o = x * rstd * w;

@@ -4,6 +4,8 @@
 //! keep the raw distribution. The filters apply in the order transformers applies them:
 //! temperature, then top-k, then top-p over what top-k kept.
 
+use super::math::exp;
+
 /// A small, seedable, version-stable generator (SplitMix64 seeding, xorshift64* stream):
 /// a given seed gives the same tokens in every build of the engine.
 #[derive(Clone, Debug)]
@@ -106,7 +108,7 @@ fn filter(logits: &[f32], params: &SamplingParams, scratch: &mut SamplerScratch)
     scratch.weights.clear();
     scratch
         .weights
-        .extend(logits.iter().map(|&l| ((l - max) * inv_t).exp()));
+        .extend(logits.iter().map(|&l| exp((l - max) * inv_t)));
     let top_k = params.top_k > 0 && params.top_k < logits.len();
     if !top_k && params.top_p >= 1.0 {
         return Kept {

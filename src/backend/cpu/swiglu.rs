@@ -1,5 +1,7 @@
 //! The gated MLP activation: out = silu(gate) * up.
 
+use super::math::exp;
+
 /// out: (N, I), gate: (N, I), up: (N, I).
 pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert!(
@@ -7,7 +9,7 @@ pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
         "swiglu shapes"
     );
     for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
+        *o = g / (1.0 + exp(-g)) * u;
     }
 }
 
