@@ -110,33 +110,25 @@ impl Model {
         let mut x = vec![0.0f32; n * c]; // (N, C) the residual stream
         embedding_forward(&mut x, &tokens, &p[self.layout.embed_tokens.clone()], c);
         let mut h = vec![0.0f32; n * c]; // (N, C)
+        let qkv_dim = qd + 2 * kvd;
+        let mut qkv = vec![0.0f32; n * qkv_dim]; // (N, (H + 2 Hkv) * D)
         let mut q = vec![0.0f32; n * qd]; // (N, H*D)
         let mut k = vec![0.0f32; n * kvd]; // (N, Hkv*D)
         let mut val = vec![0.0f32; n * kvd]; // (N, Hkv*D)
         let mut att = vec![0.0f32; n * qd]; // (N, H*D)
-        let mut gate = vec![0.0f32; n * im]; // (N, I)
-        let mut up = vec![0.0f32; n * im]; // (N, I)
+        let mut gate_up = vec![0.0f32; n * 2 * im]; // (N, 2I): each row is gate, then up
         let mut act = vec![0.0f32; n * im]; // (N, I)
+        let eps = cfg.rms_norm_eps;
         for (l, w) in self.layout.layers.iter().enumerate() {
-            let bias = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &p[r]);
-            rmsnorm_forward(
-                &mut h,
-                &x,
-                &p[w.input_layernorm.clone()],
-                cfg.rms_norm_eps,
-                c,
-            );
-            matmul_forward(&mut q, &h, &p[w.q_proj.clone()], bias(&w.q_bias), n, c, qd);
-            matmul_forward(&mut k, &h, &p[w.k_proj.clone()], bias(&w.k_bias), n, c, kvd);
-            matmul_forward(
-                &mut val,
-                &h,
-                &p[w.v_proj.clone()],
-                bias(&w.v_bias),
-                n,
-                c,
-                kvd,
-            );
+            rmsnorm_forward(&mut h, &x, &p[w.input_layernorm.clone()], eps, c);
+            // q, k and v are adjacent in the layout: one product, then split per row.
+            let qkv_bias = w.qkv_bias().map(|r| &p[r]);
+            matmul_forward(&mut qkv, &h, &p[w.qkv_proj()], qkv_bias, n, c, qkv_dim);
+            for (r, row) in qkv.chunks_exact(qkv_dim).enumerate() {
+                q[r * qd..(r + 1) * qd].copy_from_slice(&row[..qd]);
+                k[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
+                val[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+            }
             rope_forward(&mut q, &row_pos, &self.rope, dims.n_head);
             rope_forward(&mut k, &row_pos, &self.rope, dims.n_kv_head);
             let mut row = 0;
@@ -150,16 +142,11 @@ impl Model {
             matmul_forward(&mut h, &att, &p[w.o_proj.clone()], None, n, qd, c);
             residual_forward(&mut x, &h);
 
-            rmsnorm_forward(
-                &mut h,
-                &x,
-                &p[w.post_attention_layernorm.clone()],
-                cfg.rms_norm_eps,
-                c,
-            );
-            matmul_forward(&mut gate, &h, &p[w.gate_proj.clone()], None, n, c, im);
-            matmul_forward(&mut up, &h, &p[w.up_proj.clone()], None, n, c, im);
-            swiglu_forward(&mut act, &gate, &up);
+            rmsnorm_forward(&mut h, &x, &p[w.post_attention_layernorm.clone()], eps, c);
+            matmul_forward(&mut gate_up, &h, &p[w.gate_up_proj()], None, n, c, 2 * im);
+            for (a, gu) in act.chunks_exact_mut(im).zip(gate_up.chunks_exact(2 * im)) {
+                swiglu_forward(a, &gu[..im], &gu[im..]);
+            }
             matmul_forward(&mut h, &act, &p[w.down_proj.clone()], None, n, im, c);
             residual_forward(&mut x, &h);
         }

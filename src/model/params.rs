@@ -25,6 +25,26 @@ pub struct LayerParams {
     pub down_proj: Range<usize>,                // (C, I)
 }
 
+impl LayerParams {
+    /// q_proj, k_proj and v_proj as one ((H + 2 Hkv) * D, C) matrix.
+    pub fn qkv_proj(&self) -> Range<usize> {
+        self.q_proj.start..self.v_proj.end
+    }
+
+    /// Their biases as one ((H + 2 Hkv) * D) vector, where the model has them.
+    pub fn qkv_bias(&self) -> Option<Range<usize>> {
+        match (&self.q_bias, &self.v_bias) {
+            (Some(q), Some(v)) => Some(q.start..v.end),
+            _ => None,
+        }
+    }
+
+    /// gate_proj and up_proj as one (2 I, C) matrix.
+    pub fn gate_up_proj(&self) -> Range<usize> {
+        self.gate_proj.start..self.up_proj.end
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
     pub embed_tokens: Range<usize>, // (V, C)
@@ -188,12 +208,17 @@ mod tests {
                 }
             }
             assert!(covered.iter().all(|&x| x == 1));
-            let qkv_end = layout.layers[0].v_proj.end;
-            assert_eq!(
-                layout.layers[0].q_proj.start + (8 + 4 + 4) * 8,
-                qkv_end,
-                "q, k, v are contiguous"
-            );
+            for l in &layout.layers {
+                assert_eq!(
+                    l.qkv_proj().len(),
+                    l.q_proj.len() + l.k_proj.len() + l.v_proj.len()
+                );
+                assert_eq!(l.qkv_proj().start, l.q_proj.start);
+                assert_eq!(l.gate_up_proj().len(), l.gate_proj.len() + l.up_proj.len());
+                if let Some(b) = l.qkv_bias() {
+                    assert_eq!(b.len(), 8 + 4 + 4);
+                }
+            }
         }
     }
 }

@@ -3,20 +3,27 @@
 use super::math::dot;
 use rayon::prelude::*;
 
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
 /// out: (N, C), inp: (N, C), weight: (C).
 pub fn rmsnorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], eps: f32, c: usize) {
     assert_eq!(out.len(), inp.len(), "rmsnorm shapes");
     assert_eq!(weight.len(), c, "rmsnorm weight shape");
-    out.par_chunks_mut(c)
-        .zip(inp.par_chunks(c))
-        .with_min_len(16)
-        .for_each(|(o, x)| {
-            let ms = dot(x, x) / c as f32;
-            let rstd = 1.0 / (ms + eps).sqrt();
-            for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
-                *o = x * rstd * w;
-            }
-        });
+    let row = |(o, x): (&mut [f32], &[f32])| {
+        let rstd = 1.0 / (dot(x, x) / c as f32 + eps).sqrt();
+        for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+            *o = x * rstd * w;
+        }
+    };
+    // Waking other threads costs more than normalising a few rows.
+    if out.len() < PARALLEL_MIN_ELEMENTS {
+        out.chunks_mut(c).zip(inp.chunks(c)).for_each(row);
+    } else {
+        out.par_chunks_mut(c)
+            .zip(inp.par_chunks(c))
+            .with_min_len(16)
+            .for_each(row);
+    }
 }
 
 #[cfg(test)]
