@@ -1,7 +1,7 @@
 """transformers' generate on the benchmark config, for scripts/bench-generate.sh.
 
 Usage: bench_generate_hf.py MODEL_DIR PROMPTS_JSONL THREADS
-Prints one line: `transformers: N tokens in S s (R tokens/s)`.
+Prints one line: tokens generated, best and median tokens/s of 5 runs.
 """
 
 import json
@@ -24,16 +24,16 @@ def main():
                   max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
     with torch.inference_mode():
         model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-        best = None
-        for _ in range(3):
-            torch.manual_seed(0)
+        times = []
+        for run in range(5):
+            torch.manual_seed(run)
             start = time.perf_counter()
             out = model.generate(ids, **kwargs)
-            secs = time.perf_counter() - start
-            best = secs if best is None else min(best, secs)
+            times.append(time.perf_counter() - start)
     tokens = out.shape[0] * (out.shape[1] - ids.shape[1])
-    print(f"transformers: {tokens} tokens in {best:.3f} s ({tokens / best:.0f} tokens/s), "
-          f"prompt {tuple(ids.shape)}, torch {torch.__version__}, {threads} threads")
+    times.sort()
+    print(f"transformers: {tokens} tokens; tokens/s best {tokens / times[0]:.0f}, median {tokens / times[2]:.0f} "
+          f"(5 runs; prompt {tuple(ids.shape)}, torch {torch.__version__}, {threads} threads)")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ pub fn make_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
 fn train_tokenizer(vocab: usize, seed: u64) -> Result<tokenizers::Tokenizer> {
     let byte_level = ByteLevel::new(false, true, true);
     let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
-    tokenizer.with_pre_tokenizer(Some(byte_level.clone()));
+    tokenizer.with_pre_tokenizer(Some(byte_level));
     tokenizer.with_decoder(Some(byte_level));
     let specials: Vec<AddedToken> = SPECIAL.iter().map(|t| AddedToken::from(*t, true)).collect();
     let trainer = BpeTrainerBuilder::new()

@@ -102,7 +102,7 @@ impl Model {
                 start + seq.len() <= cfg.max_context,
                 "sequence runs past max_context"
             );
-            row_seq.extend(std::iter::repeat(s).take(seq.len()));
+            row_seq.extend(std::iter::repeat_n(s, seq.len()));
             row_pos.extend(start..start + seq.len());
         }
         let p = &self.params;

@@ -151,7 +151,7 @@ mod tests {
             let kv: Vec<KvView> = seqs.iter().map(|s| KvView { k: &s.1, v: &s.2 }).collect();
             let (mut row_seq, mut row_pos) = (vec![], vec![]);
             for (s, &t) in lens.iter().enumerate() {
-                row_seq.extend(std::iter::repeat(s).take(t));
+                row_seq.extend(std::iter::repeat_n(s, t));
                 row_pos.extend(0..t);
             }
             let mut out = vec![f32::NAN; q.len()];
