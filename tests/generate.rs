@@ -4,7 +4,8 @@
 use std::path::Path;
 use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
 use tpo_engine::generate::{generate, Completion, FinishReason, GenerateOptions};
-use tpo_engine::model::{LogitRows, Model};
+use tpo_engine::model::weights::StorageDtype;
+use tpo_engine::model::{LogitRows, Model, ModelConfig, ParamLayout};
 
 fn model() -> Model {
     Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mistral")).unwrap()
@@ -57,6 +58,88 @@ fn tokens_do_not_depend_on_batch_size_or_prefix_sharing() {
             run(&m, &prompts(), &options(batch, 9)),
             alone,
             "batch size {batch}"
+        );
+    }
+}
+
+/// A random model at the benchmark's widths (K = 688 > one 512 block of the products).
+fn wide_model() -> Model {
+    let config = ModelConfig::from_json(&serde_json::json!({"model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "vocab_size": 4096, "max_position_embeddings": 256}))
+    .unwrap();
+    let layout = ParamLayout::new(&config);
+    let mut rng = Rng::new(5);
+    let params = (0..layout.len).map(|_| 0.05 * rng.normal()).collect();
+    Model::from_params(config, params, StorageDtype::F32)
+}
+
+#[test]
+fn logits_of_a_sequence_are_bitwise_the_same_alone_or_batched_on_any_thread_count() {
+    let m = wide_model();
+    let prompts: Vec<Vec<u32>> = (0..5u32)
+        .map(|p| (0..9 + 4 * p).map(|i| (i * 53 + p) % 4096).collect())
+        .collect();
+    // Prefill then one decode step for the sequences `which`, returning each one's logits.
+    let logits = |threads: usize, which: &[usize]| -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let seqs: Vec<&[u32]> = which.iter().map(|&i| prompts[i].as_slice()).collect();
+            let mut caches: Vec<_> = which.iter().map(|_| m.new_cache()).collect();
+            let mut refs: Vec<_> = caches.iter_mut().collect();
+            let first = m.forward(&seqs, &mut refs, LogitRows::Last);
+            let next: Vec<[u32; 1]> = which.iter().map(|&i| [i as u32 * 7 + 1]).collect();
+            let next_refs: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            let second = m.forward(&next_refs, &mut refs, LogitRows::Last);
+            let v = m.config.vocab_size;
+            (0..which.len())
+                .map(|j| [&first[j * v..(j + 1) * v], &second[j * v..(j + 1) * v]].concat())
+                .collect()
+        })
+    };
+    let all = logits(1, &[0, 1, 2, 3, 4]);
+    for threads in [1, 2, 3] {
+        for which in [vec![2], vec![4, 0], vec![1, 2, 3], vec![0, 1, 2, 3, 4]] {
+            let got = logits(threads, &which);
+            for (g, &i) in got.iter().zip(&which) {
+                assert!(
+                    *g == all[i],
+                    "sequence {i} in batch {which:?} on {threads} threads"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wide_model_tokens_do_not_depend_on_batch_size_or_threads() {
+    let m = wide_model();
+    let prompts: Vec<Vec<u32>> = (0..3u32)
+        .map(|p| (0..20 + 7 * p).map(|i| (i * 37 + p * 11) % 4096).collect())
+        .collect();
+    let mut opts = options(1, 3);
+    opts.samples = 4;
+    opts.max_new_tokens = 128;
+    let run_on = |threads: usize, batch: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let opts = GenerateOptions {
+            batch_size: batch,
+            ..opts.clone()
+        };
+        pool.install(|| run(&m, &prompts, &opts))
+    };
+    let reference = run_on(1, 1);
+    for (threads, batch) in [(1, 12), (2, 5), (3, 64), (4, 7)] {
+        assert_eq!(
+            run_on(threads, batch),
+            reference,
+            "{threads} threads, batch size {batch}"
         );
     }
 }

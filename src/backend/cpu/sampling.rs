@@ -116,6 +116,9 @@ fn filter(logits: &[f32], params: &SamplingParams, scratch: &mut SamplerScratch)
             ties: 0,
         };
     }
+    if !top_k {
+        return nucleus_by_buckets(&scratch.weights, params.top_p, &mut scratch.select);
+    }
     let c = &mut scratch.select;
     c.clear();
     c.extend(
@@ -125,22 +128,61 @@ fn filter(logits: &[f32], params: &SamplingParams, scratch: &mut SamplerScratch)
             .enumerate()
             .map(|(i, &w)| (w, i as u32)),
     );
-    let mut n = c.len();
-    if top_k {
-        c.select_nth_unstable_by(params.top_k - 1, descending);
-        n = params.top_k;
-    }
+    c.select_nth_unstable_by(params.top_k - 1, descending);
+    let mut n = params.top_k;
     if params.top_p < 1.0 {
         let total: f32 = c[..n].iter().map(|x| x.0).sum();
         n = nucleus_len(&mut c[..n], params.top_p * total);
     }
-    let kept = &c[..n];
+    kept_of(&c[..n])
+}
+
+/// The rule that keeps exactly `kept` (the largest weights): its smallest weight is the
+/// cutoff, and the ties at the cutoff it holds are taken in id order.
+fn kept_of(kept: &[(f32, u32)]) -> Kept {
     let cutoff = kept.iter().map(|x| x.0).fold(f32::INFINITY, f32::min);
     let above = kept.iter().filter(|x| x.0 > cutoff).count();
     Kept {
         cutoff,
-        ties: n - above,
+        ties: kept.len() - above,
     }
+}
+
+/// Weight buckets: the top bits of a positive f32 order it, 16 buckets per octave; weights
+/// are in (0, 1], so 2048 buckets cover them (NaN lands in the last).
+const BUCKETS: usize = 2048;
+
+fn bucket(w: f32) -> usize {
+    ((w.to_bits() >> 19) as usize).min(BUCKETS - 1)
+}
+
+/// Top-p alone, in O(V) with small constants: sum the mass of each weight bucket, walk the
+/// buckets down to the one where the nucleus ends, and select only within that bucket.
+/// Every weight of a higher bucket is larger than any in it, so the nucleus is the higher
+/// buckets plus the largest few of this one.
+fn nucleus_by_buckets(weights: &[f32], top_p: f32, select: &mut Vec<(f32, u32)>) -> Kept {
+    let mut mass = [0.0f32; BUCKETS];
+    for &w in weights {
+        mass[bucket(w)] += w;
+    }
+    let target = top_p * mass.iter().sum::<f32>();
+    // Rounding may leave `target` a hair above the running sum: stop at the lowest bucket.
+    let lowest = mass.iter().position(|&m| m > 0.0).unwrap_or(0);
+    let (mut above, mut b) = (0.0f32, BUCKETS - 1);
+    while b > lowest && (mass[b] == 0.0 || above + mass[b] < target) {
+        above += mass[b];
+        b -= 1;
+    }
+    select.clear();
+    select.extend(
+        weights
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| bucket(w) == b)
+            .map(|(i, &w)| (w, i as u32)),
+    );
+    let n = nucleus_len(select, target - above);
+    kept_of(&select[..n])
 }
 
 /// Calls `f(token, weight)` for each surviving token, in id order.
@@ -312,6 +354,19 @@ mod tests {
         let mut want: Vec<u32> = reference(&logits, &p).iter().map(|x| x.0).collect();
         want.sort();
         assert_eq!(kept_set(&logits, &p), want);
+        let flat = [1.0f32; 4];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            top_k: 0,
+        };
+        assert_eq!(kept_set(&flat, &p), vec![0, 1]);
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.99999994,
+            top_k: 0,
+        };
+        assert_eq!(kept_set(&flat, &p), vec![0, 1, 2, 3]);
     }
 
     #[test]
