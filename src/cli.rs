@@ -84,11 +84,15 @@ struct GenerateArgs {
     batch_size: usize,
 }
 
+const MAX_THREADS: usize = 1024;
+const MAX_SAMPLES: usize = 4096;
+const MAX_BATCH: usize = 65536;
+
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
+        if !(1..=MAX_THREADS).contains(&n) {
+            bail!("--threads {n}: expected 1 to {MAX_THREADS}");
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -151,8 +155,14 @@ fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>>
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let sampling = sampling_params(&args)?;
-    if args.samples == 0 {
-        bail!("--samples must be at least 1");
+    if !(1..=MAX_SAMPLES).contains(&args.samples) {
+        bail!("--samples {}: expected 1 to {MAX_SAMPLES}", args.samples);
+    }
+    if !(1..=MAX_BATCH).contains(&args.batch_size) {
+        bail!(
+            "--batch-size {}: expected 1 to {MAX_BATCH}",
+            args.batch_size
+        );
     }
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");

@@ -83,12 +83,13 @@ pub fn generate(
     );
     let k = opts.samples;
     let total = prompts.len() * k;
-    let batch = opts.batch_size.max(1);
+    assert!(opts.batch_size > 0, "batch_size must be positive");
+    let batch = opts.batch_size;
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
     let mut stats = GenerateStats::default();
     // Prompts prefilled but not yet handed to all their samples: (cache, last logits).
     let mut prefilled: HashMap<usize, (KvCache, Vec<f32>)> = HashMap::new();
-    let mut live: Vec<Live> = Vec::with_capacity(batch);
+    let mut live: Vec<Live> = Vec::with_capacity(batch.min(total));
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
 
     let finish = |seq: &mut Live| -> Option<FinishReason> {

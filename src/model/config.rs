@@ -140,6 +140,8 @@ impl ModelConfig {
 
         let mut max_context = usize_field("max_position_embeddings")?.unwrap_or(2048);
         let sliding = match architecture {
+            // transformers' MistralConfig defaults to a 4096 window; an explicit null means none.
+            Architecture::Mistral if !obj.contains_key("sliding_window") => Some(4096),
             Architecture::Mistral => usize_field("sliding_window")?,
             Architecture::Qwen2 if bool_field("use_sliding_window", false)? => {
                 usize_field("sliding_window")?
@@ -151,7 +153,14 @@ impl ModelConfig {
         }
         let eos_token_ids = token_ids(obj.get("eos_token_id")).context("field `eos_token_id`")?;
 
-        Ok(ModelConfig {
+        let rms_norm_eps = float_field(obj, "rms_norm_eps")?.unwrap_or(1e-6);
+        if !(rms_norm_eps > 0.0 && rms_norm_eps.is_finite()) {
+            bail!("field `rms_norm_eps`: expected a positive number, found {rms_norm_eps}");
+        }
+        if !(rope_theta > 0.0 && rope_theta.is_finite()) {
+            bail!("rope_theta: expected a positive number, found {rope_theta}");
+        }
+        let cfg = ModelConfig {
             architecture,
             hidden_size,
             intermediate_size: required("intermediate_size")?,
@@ -160,7 +169,7 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             vocab_size: required("vocab_size")?,
-            rms_norm_eps: float_field(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rms_norm_eps: rms_norm_eps as f32,
             rope_theta,
             rope_scaling,
             tie_word_embeddings: bool_field("tie_word_embeddings", false)?,
@@ -168,7 +177,27 @@ impl ModelConfig {
                 || bool_field("attention_bias", false)?,
             max_context,
             eos_token_ids,
-        })
+        };
+        cfg.parameter_count()
+            .context("the model's sizes overflow: is the config corrupt?")?;
+        Ok(cfg)
+    }
+
+    /// Parameters in the model, or None when the sizes overflow.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let (c, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (qd, kvd) = (self.q_dim(), self.kv_dim());
+        let attn = qd
+            .checked_add(kvd.checked_mul(2)?)?
+            .checked_mul(c.checked_add(1)?)?;
+        let mlp = i.checked_mul(c)?.checked_mul(3)?;
+        let per_layer = attn.checked_add(c.checked_mul(qd)?)?.checked_add(mlp)?;
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        per_layer
+            .checked_add(c.checked_mul(2)?)?
+            .checked_mul(self.num_hidden_layers)?
+            .checked_add(v.checked_mul(c)?.checked_mul(heads)?)?
+            .checked_add(c)
     }
 }
 
@@ -206,17 +235,33 @@ fn rope_scaling(
     let need = |name: &str| -> Result<f64> {
         float_field(s, name)?.with_context(|| format!("rope scaling \"{kind}\" needs `{name}`"))
     };
+    let positive = |name: &str| -> Result<f64> {
+        let x = need(name)?;
+        if x > 0.0 && x.is_finite() {
+            Ok(x)
+        } else {
+            bail!("rope scaling `{name}`: expected a positive number, found {x}")
+        }
+    };
     Ok(match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear {
-            factor: need("factor")?,
+            factor: positive("factor")?,
         },
-        "llama3" => RopeScaling::Llama3 {
-            factor: need("factor")?,
-            low_freq_factor: need("low_freq_factor")?,
-            high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: need("original_max_position_embeddings")?,
-        },
+        "llama3" => {
+            let (low, high) = (positive("low_freq_factor")?, positive("high_freq_factor")?);
+            if high <= low {
+                bail!(
+                    "rope scaling: high_freq_factor ({high}) must exceed low_freq_factor ({low})"
+                );
+            }
+            RopeScaling::Llama3 {
+                factor: positive("factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: positive("original_max_position_embeddings")?,
+            }
+        }
         other => {
             bail!("rope scaling type \"{other}\" is not supported (default, linear and llama3 are)")
         }
@@ -277,5 +322,18 @@ mod tests {
         let err = ModelConfig::from_json(&json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
             "num_key_value_heads": 3, "intermediate_size": 8, "num_hidden_layers": 1, "vocab_size": 9})).unwrap_err();
         assert!(err.to_string().contains("num_key_value_heads"), "{err}");
+        let base = json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "intermediate_size": 8, "num_hidden_layers": 1, "vocab_size": 9});
+        let bad = [
+            ("rms_norm_eps", json!(-1.0), "rms_norm_eps"),
+            ("rope_theta", json!(0.0), "rope_theta"),
+            ("vocab_size", json!(1u64 << 62), "overflow"),
+        ];
+        for (field, value, needle) in bad {
+            let mut cfg = base.clone();
+            cfg[field] = value;
+            let err = ModelConfig::from_json(&cfg).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{field}: {err:#}");
+        }
     }
 }

@@ -104,11 +104,11 @@ struct Kept {
 /// decides which tokens top-k and top-p keep.
 fn filter(logits: &[f32], params: &SamplingParams, scratch: &mut SamplerScratch) -> Kept {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let inv_t = 1.0 / params.temperature;
+    let t = params.temperature;
     scratch.weights.clear();
     scratch
         .weights
-        .extend(logits.iter().map(|&l| exp((l - max) * inv_t)));
+        .extend(logits.iter().map(|&l| exp((l - max) / t)));
     let top_k = params.top_k > 0 && params.top_k < logits.len();
     if !top_k && params.top_p >= 1.0 {
         return Kept {
@@ -411,14 +411,16 @@ mod tests {
             sample(&logits, &SamplingParams::GREEDY, &mut rng, &mut scratch),
             1
         );
-        let cold = SamplingParams {
-            temperature: 0.05,
-            top_p: 1.0,
-            top_k: 0,
-        };
-        for _ in 0..100 {
-            let t = sample(&logits, &cold, &mut rng, &mut scratch);
-            assert!(t == 1 || t == 2);
+        for temperature in [0.05, 1e-30, 1e-40] {
+            let cold = SamplingParams {
+                temperature,
+                top_p: 0.9,
+                top_k: 0,
+            };
+            for _ in 0..100 {
+                let t = sample(&logits, &cold, &mut rng, &mut scratch);
+                assert!(t == 1 || t == 2, "temperature {temperature} drew {t}");
+            }
         }
     }
 
