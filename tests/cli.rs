@@ -28,6 +28,7 @@ fn write(path: &Path, text: &str) -> PathBuf {
 
 struct Run {
     ok: bool,
+    code: Option<i32>,
     stderr: String,
 }
 
@@ -49,6 +50,7 @@ fn generate(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Run {
     );
     Run {
         ok: output.status.success(),
+        code: output.status.code(),
         stderr,
     }
 }
@@ -59,6 +61,12 @@ fn expect_error(model: &Path, prompts: &Path, needles: &[&str]) {
     let out = prompts.with_file_name("out.jsonl");
     let run = generate(model, prompts, &out, &["--max-new-tokens", "4"]);
     assert!(!run.ok, "expected failure, stderr:\n{}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "an error exits with 1, not a crash:\n{}",
+        run.stderr
+    );
     for n in needles {
         assert!(
             run.stderr.contains(n),
@@ -251,4 +259,77 @@ fn a_failed_run_keeps_an_existing_output_file() {
     let run = generate(&chat_fixture(), &prompts, &out, &[]);
     assert!(!run.ok);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier results\n");
+}
+
+#[test]
+fn bad_shards_non_finite_weights_and_impossible_sizes() {
+    let prompts_dir = TempDir::new().unwrap();
+    let prompts = write(
+        &prompts_dir.path().join("p.jsonl"),
+        "{\"prompt\": \"hi\"}\n",
+    );
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    let index = "{\"weight_map\": {\"model.norm.weight\": \"../outside.safetensors\"}}";
+    write(&model.join("model.safetensors.index.json"), index);
+    expect_error(
+        &model,
+        &prompts,
+        &["model.safetensors.index.json", "must name a file"],
+    );
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let path = model.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.norm.weight";
+    let view = st.tensor(name).unwrap();
+    let nan: Vec<u8> = (0..view.shape()[0])
+        .flat_map(|_| f32::NAN.to_le_bytes())
+        .collect();
+    let mut tensors = st.tensors();
+    for t in tensors.iter_mut().filter(|t| t.0 == name) {
+        t.1 = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            view.shape().to_vec(),
+            &nan,
+        )
+        .unwrap();
+    }
+    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    expect_error(&model, &prompts, &["model.safetensors", name, "non-finite"]);
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let mut cfg: Value = serde_json::from_str(&cfg).unwrap();
+    cfg["vocab_size"] = Value::from(4_000_000_000u64);
+    write(&model.join("config.json"), &cfg.to_string());
+    expect_error(
+        &model,
+        &prompts,
+        &["model.safetensors", "shape", "4000000000"],
+    );
+}
+
+#[test]
+fn out_of_range_flags_are_refused() {
+    let tmp = TempDir::new().unwrap();
+    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    for (flag, value) in [
+        ("--samples", "0"),
+        ("--samples", "100000000000"),
+        ("--batch-size", "0"),
+        ("--top-p", "0"),
+        ("--temperature", "nan"),
+    ] {
+        let out = tmp.path().join("out.jsonl");
+        let run = generate(&chat_fixture(), &prompts, &out, &[flag, value]);
+        assert_eq!(run.code, Some(1), "{flag} {value}:\n{}", run.stderr);
+        assert!(run.stderr.contains(flag), "{flag} {value}:\n{}", run.stderr);
+        assert!(!out.exists());
+    }
 }

@@ -58,11 +58,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("{}: missing object `weight_map`", index.display()))?;
         let mut files = BTreeSet::new();
         for (name, file) in map {
-            let file = file.as_str().with_context(|| {
-                format!(
-                    "{}: weight_map[\"{name}\"] is not a file name",
-                    index.display()
-                )
+            let file = file.as_str().filter(|f| is_plain_file_name(f)).with_context(|| {
+                format!("{}: weight_map[\"{name}\"] must name a file in the checkpoint directory, found {file}", index.display())
             })?;
             files.insert(dir.join(file));
         }
@@ -78,6 +75,71 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     )
 }
 
+/// A file name with no directory part (shard names must stay inside the checkpoint).
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
+}
+
+/// The header of a safetensors file: tensor name -> (dtype, shape), checked against the
+/// file's length so a truncated file is caught before any data is read.
+fn read_header(file: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
+    use std::io::Read;
+    let bad = |what: &str| {
+        anyhow::anyhow!(
+            "{}: not a valid safetensors file ({what}); is it truncated?",
+            file.display()
+        )
+    };
+    let mut f = std::fs::File::open(file)
+        .with_context(|| format!("cannot read weights {}", file.display()))?;
+    let file_len = f
+        .metadata()
+        .with_context(|| format!("cannot read weights {}", file.display()))?
+        .len();
+    let mut len_bytes = [0u8; 8];
+    f.read_exact(&mut len_bytes).map_err(|_| bad("no header"))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > 100 << 20 || 8 + header_len > file_len {
+        return Err(bad("header length beyond the file"));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|_| bad("short header"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
+    let map = value
+        .as_object()
+        .ok_or_else(|| bad("header is not a JSON object"))?;
+    let mut out = vec![];
+    let mut data_end = 0u64;
+    for (name, info) in map.iter().filter(|(n, _)| *n != "__metadata__") {
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("a tensor without dtype"))?;
+        let shape: Option<Vec<usize>> = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(|e| e.as_u64());
+        let (Some(shape), Some(end)) = (shape, end) else {
+            return Err(bad("a tensor without shape or data_offsets"));
+        };
+        data_end = data_end.max(end);
+        out.push((name.clone(), dtype.to_string(), shape));
+    }
+    if 8 + header_len + data_end > file_len {
+        return Err(bad("data ends beyond the file"));
+    }
+    Ok(out)
+}
+
 /// Loads every tensor of `layout` into a new flat buffer, converting to f32. Returns the
 /// buffer and the checkpoint's storage dtype (that of its largest tensors).
 pub fn load_weights(
@@ -90,10 +152,50 @@ pub fn load_weights(
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
+    // Pass 1, headers only: every tensor present once, with its shape and a float dtype,
+    // before the (possibly large) buffer is allocated or any data is read.
+    let files = weight_files(dir)?;
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for file in &files {
+        for (name, dtype, shape) in read_header(file)? {
+            let Some(slot) = slots.get(&name) else {
+                continue;
+            };
+            if let Some(first) = seen.insert(name.clone(), file.clone()) {
+                bail!(
+                    "tensor {name} is stored twice: in {} and in {}",
+                    first.display(),
+                    file.display()
+                );
+            }
+            if shape != slot.shape {
+                bail!(
+                    "{}: tensor {name} has shape {shape:?}, expected {:?}",
+                    file.display(),
+                    slot.shape
+                );
+            }
+            if !matches!(dtype.as_str(), "F32" | "BF16" | "F16") {
+                bail!(
+                    "{}: tensor {name} has dtype {dtype}; expected F32, BF16 or F16",
+                    file.display()
+                );
+            }
+        }
+    }
+    let missing: Vec<&String> = slots.keys().filter(|n| !seen.contains_key(*n)).collect();
+    if let Some(first) = missing.iter().min() {
+        bail!(
+            "{}: weights are missing {} tensor(s), e.g. {first}",
+            dir.display(),
+            missing.len()
+        );
+    }
+
+    // Pass 2: the data, converted to f32.
     let mut params = vec![0.0f32; layout.len];
-    let mut filled: BTreeSet<String> = BTreeSet::new();
     let mut dtype = None;
-    for file in weight_files(dir)? {
+    for file in files {
         let bytes = std::fs::read(&file)
             .with_context(|| format!("cannot read weights {}", file.display()))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
@@ -143,22 +245,16 @@ pub fn load_weights(
             if slot.shape.len() == 2 {
                 dtype = Some(this);
             }
-            filled.insert(name);
+            if let Some(bad) = params[slot.range.clone()]
+                .iter()
+                .position(|x| !x.is_finite())
+            {
+                bail!(
+                    "{}: tensor {name} holds a non-finite value at flat index {bad}",
+                    file.display()
+                );
+            }
         }
-    }
-    let missing: Vec<&String> = slots.keys().filter(|n| !filled.contains(*n)).collect();
-    if let Some(first) = missing.iter().min() {
-        bail!(
-            "{}: weights are missing {} tensor(s), e.g. {first}",
-            dir.display(),
-            missing.len()
-        );
-    }
-    if let Some(bad) = params.iter().position(|x| !x.is_finite()) {
-        bail!(
-            "{}: weights hold a non-finite value (flat index {bad})",
-            dir.display()
-        );
     }
     Ok((params, dtype.unwrap_or(StorageDtype::F32)))
 }
