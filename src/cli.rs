@@ -213,7 +213,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
                 .is_ok_and(|text| stops.iter().any(|s| text.contains(s.as_str())))
     };
     let gen_started = Instant::now();
-    let (completions, stats) = generate(&model, &ids, &opts, &is_stopped, &|n| bar.inc(n as u64));
+    let (completions, stats) = generate(&model, &ids, &opts, &is_stopped, &|n| bar.inc(n as u64))?;
     let gen_secs = gen_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 

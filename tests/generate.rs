@@ -36,7 +36,9 @@ fn options(batch_size: usize, seed: u64) -> GenerateOptions {
 }
 
 fn run(model: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Vec<Vec<Completion>> {
-    generate(model, prompts, opts, &|_| false, &|_| {}).0
+    generate(model, prompts, opts, &|_| false, &|_| {})
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -195,7 +197,8 @@ fn eos_and_stop_end_completions_and_the_context_caps_length() {
         &opts,
         &|toks: &[u32]| toks.contains(&stop_token),
         &|_| {},
-    );
+    )
+    .unwrap();
     let upto = free.iter().position(|&t| t == stop_token).unwrap() + 1;
     assert_eq!(
         (out[0][0].token_ids.as_slice(), out[0][0].finish_reason),
@@ -209,4 +212,14 @@ fn eos_and_stop_end_completions_and_the_context_caps_length() {
         (c.token_ids.len(), c.finish_reason),
         (5, FinishReason::Length)
     );
+}
+
+#[test]
+fn non_finite_logits_give_an_error_not_tokens() {
+    let mut m = wide_model();
+    // Stands in for activations that overflowed somewhere in the stack.
+    let r = m.layout.norm.clone();
+    m.params[r].fill(f32::NAN);
+    let err = generate(&m, &[vec![1, 2, 3]], &options(4, 0), &|_| false, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("non-finite logits"), "{err}");
 }

@@ -103,7 +103,7 @@ fn check_greedy(name: &str) {
             batch_size: 4,
             eos_ids: vec![],
         };
-        let (out, _) = generate(&model, &[prompt], &opts, &|_| false, &|_| {});
+        let (out, _) = generate(&model, &[prompt], &opts, &|_| false, &|_| {}).unwrap();
         assert_eq!(out[0][0].token_ids, want, "{name}: greedy tokens");
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
 use crate::model::{KvCache, LogitRows, Model};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -68,14 +69,15 @@ struct Live {
 
 /// Generates `opts.samples` completions for each prompt (token ids, each shorter than the
 /// model's context). `is_stopped` says whether a completion's tokens contain a stop string;
-/// `on_tokens` is told how many tokens each step produced.
+/// `on_tokens` is told how many tokens each step produced. Fails when the model produces a
+/// non-finite logit (weights that overflow f32), rather than sampling garbage.
 pub fn generate(
     model: &Model,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
     on_tokens: &dyn Fn(usize),
-) -> (Vec<Vec<Completion>>, GenerateStats) {
+) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
     let ctx = model.config.max_context;
     assert!(
         prompts.iter().all(|p| !p.is_empty() && p.len() < ctx),
@@ -124,6 +126,7 @@ pub fn generate(
                 let mut caches: Vec<KvCache> = need.iter().map(|_| model.new_cache()).collect();
                 let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
                 let logits = model.forward(&seqs, &mut refs, LogitRows::Last);
+                check_finite(&logits, "prefill")?;
                 let v = model.config.vocab_size;
                 for ((p, cache), row) in need.iter().zip(caches).zip(logits.chunks_exact(v)) {
                     prefilled.insert(*p, (cache, row.to_vec()));
@@ -184,6 +187,7 @@ pub fn generate(
         let seqs: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
         let mut caches: Vec<&mut KvCache> = live.iter_mut().map(|s| &mut s.cache).collect();
         let logits = model.forward(&seqs, &mut caches, LogitRows::Last);
+        check_finite(&logits, "decoding")?;
         let v = model.config.vocab_size;
         let sampling = opts.sampling;
         let done: Vec<Option<FinishReason>> = live
@@ -217,5 +221,12 @@ pub fn generate(
                 .collect()
         })
         .collect();
-    (results, stats)
+    Ok((results, stats))
+}
+
+fn check_finite(logits: &[f32], stage: &str) -> Result<()> {
+    if logits.iter().any(|x| !x.is_finite()) {
+        bail!("the model produced non-finite logits during {stage}: its weights or activations overflow f32");
+    }
+    Ok(())
 }
