@@ -9,7 +9,7 @@ use crate::backend::cpu::embedding::embedding_forward;
 use crate::backend::cpu::matmul::matmul_forward;
 use crate::backend::cpu::residual::residual_forward;
 use crate::backend::cpu::rmsnorm::rmsnorm_forward;
-use crate::backend::cpu::rope::{rope_forward, RopeTable};
+use crate::backend::cpu::rope::{inv_frequencies, rope_forward, RopeTable};
 use crate::backend::cpu::swiglu::swiglu_forward;
 use anyhow::Result;
 use std::path::Path;
@@ -21,7 +21,8 @@ pub struct Model {
     pub params: Vec<f32>,
     /// How the checkpoint stored its weights (checkpoints we write keep it).
     pub dtype: StorageDtype,
-    rope: RopeTable,
+    /// Rotary inverse frequencies: (D/2).
+    inv_freq: Vec<f64>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -49,18 +50,13 @@ impl Model {
             layout.len,
             "parameter buffer does not match the config"
         );
-        let rope = RopeTable::new(
-            config.head_dim,
-            config.max_context,
-            config.rope_theta,
-            &config.rope_scaling,
-        );
+        let inv_freq = inv_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
         Model {
             config,
             layout,
             params,
             dtype,
-            rope,
+            inv_freq,
         }
     }
 
@@ -106,6 +102,7 @@ impl Model {
             row_pos.extend(start..start + seq.len());
         }
         let p = &self.params;
+        let rope = RopeTable::for_positions(&self.inv_freq, &row_pos);
 
         let mut x = vec![0.0f32; n * c]; // (N, C) the residual stream
         embedding_forward(&mut x, &tokens, &p[self.layout.embed_tokens.clone()], c);
@@ -129,8 +126,8 @@ impl Model {
                 k[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
                 val[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
             }
-            rope_forward(&mut q, &row_pos, &self.rope, dims.n_head);
-            rope_forward(&mut k, &row_pos, &self.rope, dims.n_kv_head);
+            rope_forward(&mut q, &rope, dims.n_head);
+            rope_forward(&mut k, &rope, dims.n_kv_head);
             let mut row = 0;
             for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {
                 let r = row * kvd..(row + seq.len()) * kvd;

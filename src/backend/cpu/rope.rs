@@ -51,48 +51,40 @@ pub fn inv_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Ve
     }
 }
 
-/// Precomputed cos/sin of every position: each (T, D/2).
+/// cos/sin of the rotation angles of a batch's rows: each (N, D/2). Built per forward pass
+/// for just the positions it needs (no table over the whole context).
 pub struct RopeTable {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
     pub half: usize,
-    pub max_positions: usize,
 }
 
 impl RopeTable {
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64, scaling: &RopeScaling) -> Self {
-        let inv = inv_frequencies(head_dim, theta, scaling);
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for p in 0..max_positions {
-            for f in &inv {
+    /// inv_freq: (D/2) from `inv_frequencies`; positions: (N).
+    pub fn for_positions(inv_freq: &[f64], positions: &[usize]) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for f in inv_freq {
                 let angle = p as f64 * f;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
             }
         }
-        RopeTable {
-            cos,
-            sin,
-            half,
-            max_positions,
-        }
+        RopeTable { cos, sin, half }
     }
 }
 
-/// Rotates x: (N, heads, D) in place; row n sits at position positions[n].
-pub fn rope_forward(x: &mut [f32], positions: &[usize], table: &RopeTable, heads: usize) {
+/// Rotates x: (N, heads, D) in place by the angles of row n of `table`.
+pub fn rope_forward(x: &mut [f32], table: &RopeTable, heads: usize) {
     let half = table.half;
     let d = 2 * half;
-    assert_eq!(x.len(), positions.len() * heads * d, "rope shape");
-    for (row, &p) in x.chunks_exact_mut(heads * d).zip(positions) {
-        assert!(
-            p < table.max_positions,
-            "rope position {p} beyond the table"
-        );
-        let cos = &table.cos[p * half..(p + 1) * half];
-        let sin = &table.sin[p * half..(p + 1) * half];
+    let n = table.cos.len() / half.max(1);
+    assert_eq!(x.len(), n * heads * d, "rope shape");
+    for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
+        let cos = &table.cos[r * half..(r + 1) * half];
+        let sin = &table.sin[r * half..(r + 1) * half];
         for head in row.chunks_exact_mut(d) {
             let (a, b) = head.split_at_mut(half);
             for i in 0..half {
@@ -114,10 +106,10 @@ mod tests {
         let (heads, d) = (3, 8);
         let positions = [0usize, 1, 5, 17];
         let scaling = RopeScaling::None;
-        let table = RopeTable::new(d, 32, 10000.0, &scaling);
+        let table = RopeTable::for_positions(&inv_frequencies(d, 10000.0, &scaling), &positions);
         let x0 = randn(positions.len() * heads * d, 11);
         let mut x = x0.clone();
-        rope_forward(&mut x, &positions, &table, heads);
+        rope_forward(&mut x, &table, heads);
         let mut want = vec![0.0f64; x.len()];
         for (n, &p) in positions.iter().enumerate() {
             for h in 0..heads {
