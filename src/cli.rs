@@ -209,7 +209,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let is_stopped = |tokens: &[u32]| -> bool {
         !stops.is_empty()
             && tokenizer
-                .decode(tokens)
+                .decode_with_special(tokens)
                 .is_ok_and(|text| stops.iter().any(|s| text.contains(s.as_str())))
     };
     let gen_started = Instant::now();

@@ -115,6 +115,13 @@ impl Tokenizer {
             .map_err(|e| anyhow!("tokenizer: {e}"))
     }
 
+    /// Text of `ids` with special tokens kept (for matching stop strings such as "<|end|>").
+    pub fn decode_with_special(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow!("tokenizer: {e}"))
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

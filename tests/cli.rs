@@ -333,3 +333,32 @@ fn out_of_range_flags_are_refused() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn stop_strings_cut_the_text_and_end_the_completion() {
+    let tmp = TempDir::new().unwrap();
+    let prompts = write(
+        &tmp.path().join("p.jsonl"),
+        "{\"prompt\": \"Count to ten.\"}\n",
+    );
+    let args = ["--max-new-tokens", "24", "--seed", "2", "--ignore-eos"];
+    let free_out = tmp.path().join("free.jsonl");
+    assert!(generate(&chat_fixture(), &prompts, &free_out, &args).ok);
+    let free: Value = serde_json::from_str(&std::fs::read_to_string(&free_out).unwrap()).unwrap();
+    let text = free["completions"][0]["text"].as_str().unwrap().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 12, "completion too short to cut: {text:?}");
+    let stop: String = chars[8..11].iter().collect();
+    let out = tmp.path().join("stopped.jsonl");
+    let mut with_stop = args.to_vec();
+    with_stop.extend(["--stop", stop.as_str()]);
+    let run = generate(&chat_fixture(), &prompts, &out, &with_stop);
+    assert!(run.ok, "{}", run.stderr);
+    let got: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let c = &got["completions"][0];
+    assert_eq!(c["finish_reason"], "stop");
+    assert_eq!(
+        c["text"].as_str().unwrap(),
+        &text[..text.find(&stop).unwrap()]
+    );
+}

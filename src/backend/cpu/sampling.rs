@@ -2,7 +2,9 @@
 //!
 //! Logits are never modified in place: the weights live in a scratch buffer, so callers
 //! keep the raw distribution. The filters apply in the order transformers applies them:
-//! temperature, then top-k, then top-p over what top-k kept.
+//! temperature, then top-k, then top-p over what top-k kept. Ties at a cutoff are broken
+//! toward the lowest token ids (top-k keeps exactly k tokens; transformers keeps every
+//! token tied with the k-th).
 
 use super::math::exp;
 
