@@ -56,6 +56,20 @@ const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}<|{{ me
 pub fn make_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
     let dtype = StorageDtype::parse(&spec.dtype)
         .with_context(|| format!("--dtype {}: expected f32, bf16 or f16", spec.dtype))?;
+    let limits = [
+        ("--hidden", spec.hidden, 1 << 14),
+        ("--layers", spec.layers, 256),
+        ("--heads", spec.heads, 1024),
+        ("--kv-heads", spec.kv_heads, 1024),
+        ("--intermediate", spec.intermediate, 1 << 16),
+        ("--vocab", spec.vocab, 1 << 20),
+        ("--max-positions", spec.max_positions, 1 << 20),
+    ];
+    for (flag, value, max) in limits {
+        if value == 0 || value > max {
+            anyhow::bail!("{flag} {value}: expected 1 to {max} for a generated test model");
+        }
+    }
     if spec.vocab < 512 {
         anyhow::bail!(
             "--vocab {}: at least 512 (256 bytes, special tokens and merges)",
