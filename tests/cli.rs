@@ -168,14 +168,21 @@ fn unknown_architecture() {
     expect_error(&model, &prompts, &["config.json", "BertModel"]);
 }
 
-/// Rewrites model.safetensors with one tensor replaced.
-fn replace_tensor(model: &Path, name: &str, dtype: safetensors::Dtype, shape: Vec<usize>) {
+/// Rewrites model.safetensors with one tensor replaced by `element` (the bytes of one value,
+/// in `dtype`) repeated over `shape`.
+fn replace_tensor(
+    model: &Path,
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    element: &[u8],
+) {
+    assert_eq!(element.len() * 8, dtype.bitsize());
     let path = model.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
-    let size: usize = shape.iter().product::<usize>() * dtype.bitsize() / 8;
-    let data = vec![0u8; size];
+    let data = element.repeat(shape.iter().product::<usize>());
     for t in tensors.iter_mut().filter(|t| t.0 == name) {
         t.1 = safetensors::tensor::TensorView::new(dtype, shape.clone(), &data).unwrap();
     }
@@ -194,12 +201,12 @@ fn wrong_tensor_shape_or_dtype_and_truncated_weights() {
 
     let tmp = TempDir::new().unwrap();
     let model = model_copy(&tmp);
-    replace_tensor(&model, name, safetensors::Dtype::F32, vec![3, 5]);
+    replace_tensor(&model, name, safetensors::Dtype::F32, vec![3, 5], &[0; 4]);
     expect_error(&model, &prompts, &["model.safetensors", name, "shape"]);
 
     let tmp = TempDir::new().unwrap();
     let model = model_copy(&tmp);
-    replace_tensor(&model, name, safetensors::Dtype::I32, vec![32, 32]);
+    replace_tensor(&model, name, safetensors::Dtype::I32, vec![32, 32], &[0; 4]);
     expect_error(&model, &prompts, &["model.safetensors", name, "dtype"]);
 
     let tmp = TempDir::new().unwrap();
@@ -282,24 +289,15 @@ fn bad_shards_non_finite_weights_and_impossible_sizes() {
 
     let tmp = TempDir::new().unwrap();
     let model = model_copy(&tmp);
-    let path = model.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let name = "model.norm.weight";
-    let view = st.tensor(name).unwrap();
-    let nan: Vec<u8> = (0..view.shape()[0])
-        .flat_map(|_| f32::NAN.to_le_bytes())
-        .collect();
-    let mut tensors = st.tensors();
-    for t in tensors.iter_mut().filter(|t| t.0 == name) {
-        t.1 = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            view.shape().to_vec(),
-            &nan,
-        )
-        .unwrap();
-    }
-    std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let hidden = 32; // the chat fixture's hidden_size
+    replace_tensor(
+        &model,
+        name,
+        safetensors::Dtype::F32,
+        vec![hidden],
+        &f32::NAN.to_le_bytes(),
+    );
     expect_error(&model, &prompts, &["model.safetensors", name, "non-finite"]);
 
     let tmp = TempDir::new().unwrap();

@@ -136,11 +136,14 @@ pub fn generate(
             }
             for (p, s) in pairs {
                 let limit = opts.max_new_tokens.min(ctx - prompts[p].len());
+                // The last sample takes the prompt's cache; the others copy it.
                 let (cache, logits) = if s + 1 == k {
-                    prefilled.remove(&p).expect("prefilled above")
+                    let (mut cache, logits) = prefilled.remove(&p).expect("prefilled above");
+                    cache.reserve(limit);
+                    (cache, logits)
                 } else {
                     let (cache, logits) = &prefilled[&p];
-                    (cache.clone(), logits.clone())
+                    (cache.clone_with_room(limit), logits.clone())
                 };
                 let mut seq = Live {
                     prompt: p,
@@ -151,7 +154,6 @@ pub fn generate(
                     rng: Rng::for_stream(opts.seed, p as u64, s as u64),
                     scratch: SamplerScratch::default(),
                 };
-                seq.cache.reserve(limit);
                 if limit > 0 {
                     let t = sample(&logits, &opts.sampling, &mut seq.rng, &mut seq.scratch);
                     seq.tokens.push(t);

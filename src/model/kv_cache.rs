@@ -48,4 +48,23 @@ impl KvCache {
             v.reserve(extra * self.kv_dim);
         }
     }
+
+    /// A copy with room for `extra` more positions, allocated once.
+    pub fn clone_with_room(&self, extra: usize) -> KvCache {
+        let copy = |layers: &[Vec<f32>]| -> Vec<Vec<f32>> {
+            layers
+                .iter()
+                .map(|l| {
+                    let mut c = Vec::with_capacity(l.len() + extra * self.kv_dim);
+                    c.extend_from_slice(l);
+                    c
+                })
+                .collect()
+        };
+        KvCache {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            kv_dim: self.kv_dim,
+        }
+    }
 }
