@@ -1,13 +1,14 @@
 //! Each CPU op at the shapes of the benchmark model (the `tiny` defaults: Llama, C=256,
 //! 4 layers, H=8, Hkv=4, D=32, I=688, V=8192), for a decode step of 32 sequences and for
-//! a prefill. Matrix products and attention report FLOP/s (criterion's "elem/s"); the
+//! a prefill, and the matrix products' forward and backward for a training batch. Matrix
+//! products and attention report FLOP/s (criterion's "elem/s"); the
 //! element-wise ops report the bytes they read and write.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use tpo_engine::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
-use tpo_engine::backend::cpu::matmul::matmul_forward;
+use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::rmsnorm_forward;
 use tpo_engine::backend::cpu::rope::{inv_frequencies, rope_forward, RopeScaling, RopeTable};
 use tpo_engine::backend::cpu::sampling::Rng;
@@ -22,6 +23,8 @@ const VOCAB: usize = 8192;
 /// Sequences decoded at once: one row each in a decode step.
 const DECODE_ROWS: usize = 32;
 const PREFILL_ROWS: usize = 128;
+/// Tokens of a training batch.
+const TRAIN_ROWS: usize = 2048;
 
 const F32: u64 = std::mem::size_of::<f32>() as u64;
 
@@ -39,6 +42,8 @@ fn matmul(c: &mut Criterion) {
         ("decode_lm_head", DECODE_ROWS, C, VOCAB),
         ("prefill_q_proj", PREFILL_ROWS, C, N_HEAD * HEAD_DIM),
         ("prefill_lm_head", PREFILL_ROWS, C, VOCAB),
+        ("train_gate_up_proj", TRAIN_ROWS, C, 2 * INTERMEDIATE),
+        ("train_lm_head", TRAIN_ROWS, C, VOCAB),
     ];
     for (name, n, ic, oc) in shapes {
         let inp = randn(n * ic, 1.0, 1);
@@ -52,6 +57,45 @@ fn matmul(c: &mut Criterion) {
                     black_box(&inp),
                     black_box(&weight),
                     None,
+                    n,
+                    ic,
+                    oc,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The products of one training layer and the head, q, k and v fused as are gate and up.
+fn matmul_train_backward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("matmul_backward");
+    let n = TRAIN_ROWS;
+    let kv_dim = N_KV_HEAD * HEAD_DIM;
+    let shapes = [
+        ("qkv_proj", C, N_HEAD * HEAD_DIM + 2 * kv_dim),
+        ("o_proj", N_HEAD * HEAD_DIM, C),
+        ("gate_up_proj", C, 2 * INTERMEDIATE),
+        ("down_proj", INTERMEDIATE, C),
+        ("lm_head", C, VOCAB),
+    ];
+    for (name, ic, oc) in shapes {
+        let inp = randn(n * ic, 1.0, 1);
+        let weight = randn(oc * ic, 0.02, 2);
+        let dout = randn(n * oc, 1.0, 3);
+        let mut dinp = vec![0.0f32; n * ic];
+        let mut dweight = vec![0.0f32; oc * ic];
+        // dinp = dout @ weight and dweight += dout^T @ inp: twice the forward's FLOPs.
+        group.throughput(Throughput::Elements((4 * n * ic * oc) as u64));
+        group.bench_function(BenchmarkId::new(name, format!("{n}x{ic}x{oc}")), |b| {
+            b.iter(|| {
+                matmul_backward(
+                    black_box(&mut dinp),
+                    black_box(&mut dweight),
+                    None,
+                    black_box(&dout),
+                    black_box(&inp),
+                    black_box(&weight),
                     n,
                     ic,
                     oc,
@@ -173,11 +217,13 @@ fn attention(c: &mut Criterion) {
             .map(|(k, v)| KvView { k, v })
             .collect();
         let mut out = vec![0.0f32; case.q.len()];
+        let mut lse = vec![0.0f32; case.row_seq.len() * N_HEAD];
         group.throughput(Throughput::Elements(case.flops()));
         group.bench_function(BenchmarkId::new(*name, param), |b| {
             b.iter(|| {
                 attention_forward(
                     black_box(&mut out),
+                    black_box(&mut lse),
                     black_box(&case.q),
                     &kv,
                     &case.row_seq,
@@ -196,6 +242,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = matmul, rmsnorm, rope, swiglu, attention
+    targets = matmul, matmul_train_backward, rmsnorm, rope, swiglu, attention
 }
 criterion_main!(ops);

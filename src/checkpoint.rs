@@ -1,8 +1,8 @@
 //! Writing model weights as a Hugging Face safetensors file in a chosen storage dtype.
 
 use crate::model::weights::StorageDtype;
-use crate::model::{ModelConfig, ParamLayout};
-use anyhow::{anyhow, Result};
+use crate::model::{Model, ModelConfig, ParamLayout};
+use anyhow::{anyhow, Context, Result};
 use safetensors::tensor::View;
 use safetensors::Dtype;
 use std::borrow::Cow;
@@ -76,4 +76,39 @@ pub fn save_safetensors(
     let bytes = safetensors::serialize(stored.iter().map(|(n, s)| (n.as_str(), s)), metadata)
         .map_err(|e| anyhow!("cannot serialize {}: {e:?}", path.display()))?;
     crate::io::write_atomic(path, &bytes)
+}
+
+/// Files of a checkpoint directory besides the weights, copied verbatim into checkpoints we
+/// write (the config keeps its dtype because the weights keep theirs).
+const COPIED_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+/// Writes `model` as a Hugging Face checkpoint directory at `dir` (which must not exist):
+/// model.safetensors in the model's storage dtype, plus the config, tokenizer and
+/// generation files of `source`, the directory it was loaded from. Atomic: the files are
+/// written to a temporary directory that is then renamed, so a crash leaves no half.
+pub fn save_checkpoint(dir: &Path, source: &Path, model: &Model) -> Result<()> {
+    crate::io::create_dir_atomic(dir, |tmp| {
+        for name in COPIED_FILES {
+            let from = source.join(name);
+            if from.exists() {
+                let bytes = std::fs::read(&from)
+                    .with_context(|| format!("cannot read {}", from.display()))?;
+                crate::io::write_atomic(&tmp.join(name), &bytes)?;
+            }
+        }
+        save_safetensors(
+            &tmp.join("model.safetensors"),
+            &model.config,
+            &model.layout,
+            &model.params,
+            model.dtype,
+        )
+    })
 }

@@ -2,8 +2,8 @@
 //!
 //! The crate is layered as `../shared/DESIGN.md` describes: `backend` holds the narrow op set,
 //! `model` loads Hugging Face Llama-family checkpoints and runs them on those ops, `tokenizer`
-//! turns chat messages into token ids, and `generate` samples K candidates per prompt with
-//! continuous batching.
+//! turns chat messages into token ids, `generate` samples K candidates per prompt with
+//! continuous batching, and `train` updates the policy by DPO or SFT.
 
 pub mod backend;
 pub mod checkpoint;
@@ -13,3 +13,4 @@ pub mod io;
 pub mod model;
 pub mod tiny;
 pub mod tokenizer;
+pub mod train;

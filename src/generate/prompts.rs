@@ -68,6 +68,32 @@ fn parse_line(
     let obj = source
         .as_object()
         .context("expected a JSON object with \"prompt\" or \"messages\"")?;
+    let (text, token_ids) = render_prompt(obj, tokenizer, mode)?;
+    if let Some(bad) = token_ids.iter().find(|&&t| t as usize >= vocab_size) {
+        bail!("token id {bad} is beyond the model's vocab_size {vocab_size}: tokenizer and model do not match");
+    }
+    if token_ids.len() >= max_context {
+        bail!(
+            "the prompt is {} tokens; the model's context is {max_context}, leaving no room to generate",
+            token_ids.len()
+        );
+    }
+    Ok(Prompt {
+        line: number,
+        source,
+        text,
+        token_ids,
+    })
+}
+
+/// The prompt of a JSONL object (`prompt` text or chat `messages`) as the model sees it:
+/// rendered through the chat template unless `mode` is Raw, and tokenized. Callers check
+/// the ids against the model's vocabulary and context.
+pub fn render_prompt(
+    obj: &serde_json::Map<String, Value>,
+    tokenizer: &Tokenizer,
+    mode: PromptMode,
+) -> Result<(String, Vec<u32>)> {
     let use_template = mode == PromptMode::Chat && tokenizer.has_chat_template();
     let text = match (obj.get("prompt"), obj.get("messages")) {
         (Some(Value::String(p)), None) => {
@@ -103,21 +129,7 @@ fn parse_line(
     if token_ids.is_empty() {
         bail!("the prompt has no tokens");
     }
-    if let Some(bad) = token_ids.iter().find(|&&t| t as usize >= vocab_size) {
-        bail!("token id {bad} is beyond the model's vocab_size {vocab_size}: tokenizer and model do not match");
-    }
-    if token_ids.len() >= max_context {
-        bail!(
-            "the prompt is {} tokens; the model's context is {max_context}, leaving no room to generate",
-            token_ids.len()
-        );
-    }
-    Ok(Prompt {
-        line: number,
-        source,
-        text,
-        token_ids,
-    })
+    Ok((text, token_ids))
 }
 
 fn check_messages(messages: &[Value]) -> Result<()> {

@@ -22,7 +22,7 @@ pub struct Model {
     /// How the checkpoint stored its weights (checkpoints we write keep it).
     pub dtype: StorageDtype,
     /// Rotary inverse frequencies: (D/2).
-    inv_freq: Vec<f64>,
+    pub(super) inv_freq: Vec<f64>,
 }
 
 /// Which positions' logits a forward pass returns.
@@ -113,6 +113,7 @@ impl Model {
         let mut k = vec![0.0f32; n * kvd]; // (N, Hkv*D)
         let mut val = vec![0.0f32; n * kvd]; // (N, Hkv*D)
         let mut att = vec![0.0f32; n * qd]; // (N, H*D)
+        let mut lse = vec![0.0f32; n * dims.n_head]; // (N, H)
         let mut gate_up = vec![0.0f32; n * 2 * im]; // (N, 2I): each row is gate, then up
         let mut act = vec![0.0f32; n * im]; // (N, I)
         let eps = cfg.rms_norm_eps;
@@ -135,7 +136,7 @@ impl Model {
                 row += seq.len();
             }
             let views: Vec<KvView> = caches.iter().map(|cache| cache.view(l)).collect();
-            attention_forward(&mut att, &q, &views, &row_seq, &row_pos, dims);
+            attention_forward(&mut att, &mut lse, &q, &views, &row_seq, &row_pos, dims);
             matmul_forward(&mut h, &att, &p[w.o_proj.clone()], None, n, qd, c);
             residual_forward(&mut x, &h);
 

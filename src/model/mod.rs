@@ -5,6 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod kv_cache;
 pub mod params;
+pub mod training;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};

@@ -1,4 +1,4 @@
-//! Token embedding lookup.
+//! Token embedding lookup and its backward.
 
 /// out: (N, C), tokens: (N), table: (V, C). Token ids are checked by the caller against V.
 pub fn embedding_forward(out: &mut [f32], tokens: &[u32], table: &[f32], c: usize) {
@@ -9,10 +9,26 @@ pub fn embedding_forward(out: &mut [f32], tokens: &[u32], table: &[f32], c: usiz
     }
 }
 
+/// dtable: (V, C) accumulated; dout: (N, C); tokens: (N).
+///
+/// Serial in row order: a token that repeats adds to the same table row, and a fixed order
+/// keeps the sum deterministic.
+pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], tokens: &[u32], c: usize) {
+    assert_eq!(dout.len(), tokens.len() * c, "embedding dout shape");
+    for (row, &t) in dout.chunks_exact(c).zip(tokens) {
+        let t = t as usize;
+        for (d, g) in dtable[t * c..(t + 1) * c].iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::testutil::randn;
+    use crate::backend::cpu::testutil::{
+        assert_close, numeric_grad, plus, randn, to_f64, weighted_sum, GRAD_TOL,
+    };
 
     #[test]
     fn rows_are_the_table_rows_of_the_tokens() {
@@ -26,5 +42,26 @@ mod tests {
                 assert_eq!(out[i * c + j], table[t as usize * c + j]);
             }
         }
+    }
+
+    /// Token 3 repeats, token 5 never occurs; dtable starts nonzero and is added to.
+    #[test]
+    fn backward_matches_finite_differences_and_accumulates() {
+        let (v, c) = (7, 5);
+        let tokens = [3u32, 0, 6, 3, 1];
+        let table = randn(v * c, 50);
+        let dout = randn(tokens.len() * c, 51);
+        let dtable0 = randn(v * c, 52);
+        let mut dtable = dtable0.clone();
+        embedding_backward(&mut dtable, &dout, &tokens, c);
+        let loss = |table: &[f64]| {
+            let out: Vec<f64> = tokens
+                .iter()
+                .flat_map(|&t| table[t as usize * c..][..c].to_vec())
+                .collect();
+            weighted_sum(&dout, &out)
+        };
+        let want = numeric_grad(&to_f64(&table), loss);
+        assert_close(&dtable, &plus(&want, &dtable0), GRAD_TOL, GRAD_TOL);
     }
 }

@@ -1,8 +1,10 @@
 //! CPU implementations of the op set: f32, parallel with rayon, matrix products through the
 //! `gemm` crate. Each op file carries its tests against a naive f64 reference.
 
+pub mod adamw;
 pub mod attention;
 pub mod embedding;
+pub mod logprobs;
 pub mod math;
 pub mod matmul;
 pub mod residual;

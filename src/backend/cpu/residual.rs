@@ -1,4 +1,5 @@
-//! Residual connection: x += y.
+//! Residual connection: x += y. Its backward is the identity: the gradient of the sum passes
+//! through unchanged to both inputs, so it needs no function of its own.
 
 /// x: (N, C) updated in place, y: (N, C).
 pub fn residual_forward(x: &mut [f32], y: &[f32]) {

@@ -1,5 +1,5 @@
 //! Rotary position embedding, in the "rotate half" layout of Hugging Face Llama models,
-//! with the llama3 and linear frequency scalings.
+//! with the llama3 and linear frequency scalings, and its backward.
 
 /// How the rotary frequencies are scaled (config.json `rope_scaling`).
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +78,21 @@ impl RopeTable {
 
 /// Rotates x: (N, heads, D) in place by the angles of row n of `table`.
 pub fn rope_forward(x: &mut [f32], table: &RopeTable, heads: usize) {
+    rotate(x, table, heads, 1.0);
+}
+
+/// dx: (N, heads, D): the gradient of rope_forward's output, turned in place into the
+/// gradient of its input (the rotation by the opposite angle).
+///
+/// A rotation is orthogonal: its transpose, the gradient's map, is its inverse.
+pub fn rope_backward(dx: &mut [f32], table: &RopeTable, heads: usize) {
+    rotate(dx, table, heads, -1.0);
+}
+
+/// Rotates x: (N, heads, D) by the angles of `table` times `direction`, 1 or -1 (multiplying
+/// the sine by either is exact, so sharing this loop leaves the forward's results as they
+/// were).
+fn rotate(x: &mut [f32], table: &RopeTable, heads: usize, direction: f32) {
     let half = table.half;
     let d = 2 * half;
     let n = table.cos.len() / half.max(1);
@@ -88,9 +103,9 @@ pub fn rope_forward(x: &mut [f32], table: &RopeTable, heads: usize) {
         for head in row.chunks_exact_mut(d) {
             let (a, b) = head.split_at_mut(half);
             for i in 0..half {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * cos[i] - x2 * sin[i];
-                b[i] = x2 * cos[i] + x1 * sin[i];
+                let (x1, x2, s) = (a[i], b[i], direction * sin[i]);
+                a[i] = x1 * cos[i] - x2 * s;
+                b[i] = x2 * cos[i] + x1 * s;
             }
         }
     }
@@ -99,7 +114,27 @@ pub fn rope_forward(x: &mut [f32], table: &RopeTable, heads: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::testutil::{assert_close, randn};
+    use crate::backend::cpu::testutil::{
+        assert_close, numeric_grad, randn, to_f64, weighted_sum, GRAD_TOL,
+    };
+
+    /// Rotates x: (N, heads, D) by the unscaled angles of `positions` (theta 10000), in f64.
+    fn naive(x: &[f64], positions: &[usize], heads: usize, d: usize) -> Vec<f64> {
+        let mut out = vec![0.0f64; x.len()];
+        for (n, &p) in positions.iter().enumerate() {
+            for h in 0..heads {
+                let base = (n * heads + h) * d;
+                for i in 0..d / 2 {
+                    let f = 1.0 / 10000f64.powf(2.0 * i as f64 / d as f64);
+                    let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
+                    let (x1, x2) = (x[base + i], x[base + i + d / 2]);
+                    out[base + i] = x1 * c - x2 * s;
+                    out[base + i + d / 2] = x2 * c + x1 * s;
+                }
+            }
+        }
+        out
+    }
 
     #[test]
     fn matches_naive_f64_rotation() {
@@ -110,20 +145,26 @@ mod tests {
         let x0 = randn(positions.len() * heads * d, 11);
         let mut x = x0.clone();
         rope_forward(&mut x, &table, heads);
-        let mut want = vec![0.0f64; x.len()];
-        for (n, &p) in positions.iter().enumerate() {
-            for h in 0..heads {
-                let base = (n * heads + h) * d;
-                for i in 0..d / 2 {
-                    let f = 1.0 / 10000f64.powf(2.0 * i as f64 / d as f64);
-                    let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
-                    let (x1, x2) = (x0[base + i] as f64, x0[base + i + d / 2] as f64);
-                    want[base + i] = x1 * c - x2 * s;
-                    want[base + i + d / 2] = x2 * c + x1 * s;
-                }
-            }
-        }
+        let want = naive(&to_f64(&x0), &positions, heads, d);
         assert_close(&x, &want, 1e-6, 1e-5);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        for &(heads, d) in &[(3, 8), (2, 2), (1, 6)] {
+            let positions = [4usize, 0, 1, 1000];
+            let scaling = RopeScaling::None;
+            let table =
+                RopeTable::for_positions(&inv_frequencies(d, 10000.0, &scaling), &positions);
+            let x = randn(positions.len() * heads * d, 70);
+            let dout = randn(x.len(), 71);
+            let mut dx = dout.clone();
+            rope_backward(&mut dx, &table, heads);
+            let want = numeric_grad(&to_f64(&x), |x| {
+                weighted_sum(&dout, &naive(x, &positions, heads, d))
+            });
+            assert_close(&dx, &want, GRAD_TOL, GRAD_TOL);
+        }
     }
 
     #[test]

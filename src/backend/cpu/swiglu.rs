@@ -1,4 +1,4 @@
-//! The gated MLP activation: out = silu(gate) * up.
+//! The gated MLP activation, out = silu(gate) * up, and its backward.
 
 use super::math::exp;
 
@@ -13,10 +13,41 @@ pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     }
 }
 
+/// dgate, dup: (N, I) assigned; dout, gate, up: (N, I).
+///
+/// With s = sigmoid(g): d silu(g) / dg = s + g s (1 - s) = s (1 + g (1 - s)).
+pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    let len = dout.len();
+    assert!(
+        dgate.len() == len && dup.len() == len && gate.len() == len && up.len() == len,
+        "swiglu backward shapes"
+    );
+    for ((((dg, du), d), g), u) in dgate
+        .iter_mut()
+        .zip(dup.iter_mut())
+        .zip(dout)
+        .zip(gate)
+        .zip(up)
+    {
+        let s = 1.0 / (1.0 + exp(-g));
+        *du = d * g * s;
+        *dg = d * u * s * (1.0 + g * (1.0 - s));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::testutil::{assert_close, randn};
+    use crate::backend::cpu::testutil::{
+        assert_close, numeric_grad, randn, to_f64, weighted_sum, GRAD_TOL,
+    };
+
+    fn naive(gate: &[f64], up: &[f64]) -> Vec<f64> {
+        gate.iter()
+            .zip(up)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect()
+    }
 
     #[test]
     fn matches_naive_f64() {
@@ -24,14 +55,22 @@ mod tests {
         let u = randn(101, 10);
         let mut out = vec![0.0; 101];
         swiglu_forward(&mut out, &g, &u);
-        let want: Vec<f64> = g
-            .iter()
-            .zip(&u)
-            .map(|(&g, &u)| {
-                let g = g as f64;
-                g / (1.0 + (-g).exp()) * u as f64
-            })
-            .collect();
-        assert_close(&out, &want, 1e-6, 1e-5);
+        assert_close(&out, &naive(&to_f64(&g), &to_f64(&u)), 1e-6, 1e-5);
+    }
+
+    /// Gates spread evenly over [-12, 12] reach both saturated ends of the sigmoid.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let n = 61;
+        let gate: Vec<f32> = (0..n).map(|i| -12.0 + 0.4 * i as f32).collect();
+        let up = randn(n, 61);
+        let dout = randn(n, 62);
+        let (mut dgate, mut dup) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        swiglu_backward(&mut dgate, &mut dup, &dout, &gate, &up);
+        let (gate64, up64) = (to_f64(&gate), to_f64(&up));
+        let want_dgate = numeric_grad(&gate64, |g| weighted_sum(&dout, &naive(g, &up64)));
+        let want_dup = numeric_grad(&up64, |u| weighted_sum(&dout, &naive(&gate64, u)));
+        assert_close(&dgate, &want_dgate, GRAD_TOL, GRAD_TOL);
+        assert_close(&dup, &want_dup, GRAD_TOL, GRAD_TOL);
     }
 }

@@ -1,49 +1,22 @@
-//! The command line: parses arguments and calls the library.
+//! `tpo-engine generate`: sample K completions per prompt.
 
 use crate::backend::cpu::sampling::SamplingParams;
 use crate::generate::{generate, read_prompts, GenerateOptions, PromptMode};
 use crate::io::write_atomic;
 use crate::model::config::token_ids;
 use crate::model::Model;
-use crate::tiny::{make_tiny_model, TinySpec};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Parser)]
-#[command(
-    name = "tpo-engine",
-    version,
-    about = "Thought Preference Optimization: sampling and training for Llama-family models"
-)]
-pub struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Sample K completions per prompt from a Hugging Face checkpoint.
-    Generate(GenerateArgs),
-    /// Write a small Llama checkpoint with random weights and a trained BPE tokenizer.
-    InitModel {
-        /// The checkpoint directory to create (must not exist).
-        #[arg(long)]
-        out: PathBuf,
-        #[command(flatten)]
-        spec: TinySpec,
-    },
-}
+const MAX_SAMPLES: usize = 4096;
+const MAX_BATCH: usize = 65536;
 
 #[derive(clap::Args)]
-struct GenerateArgs {
+pub struct GenerateArgs {
     /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
@@ -84,31 +57,6 @@ struct GenerateArgs {
     batch_size: usize,
 }
 
-const MAX_THREADS: usize = 1024;
-const MAX_SAMPLES: usize = 4096;
-const MAX_BATCH: usize = 65536;
-
-pub fn run() -> Result<()> {
-    let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        if !(1..=MAX_THREADS).contains(&n) {
-            bail!("--threads {n}: expected 1 to {MAX_THREADS}");
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("cannot start the thread pool")?;
-    }
-    match cli.command {
-        Command::Generate(args) => run_generate(args),
-        Command::InitModel { out, spec } => {
-            make_tiny_model(&out, &spec)?;
-            eprintln!("wrote {}", out.display());
-            Ok(())
-        }
-    }
-}
-
 fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
     if args.greedy {
         return Ok(SamplingParams::GREEDY);
@@ -130,7 +78,7 @@ fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
 }
 
 /// EOS ids: generation_config.json, else config.json, else the tokenizer's eos_token.
-fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+pub fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     let path = dir.join("generation_config.json");
     if path.exists() {
         let text = std::fs::read_to_string(&path)
@@ -153,7 +101,7 @@ fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>>
         .collect())
 }
 
-fn run_generate(args: GenerateArgs) -> Result<()> {
+pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let sampling = sampling_params(&args)?;
     if !(1..=MAX_SAMPLES).contains(&args.samples) {
         bail!("--samples {}: expected 1 to {MAX_SAMPLES}", args.samples);

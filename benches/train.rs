@@ -1,0 +1,113 @@
+//! One DPO training update on the benchmark config (the `tiny` defaults: the 7M model of the
+//! generate benchmark, random weights): 4 pairs = 8 sequences of 256 tokens (64 prompt +
+//! 192 completion), forward, fused log-probs, DPO loss, backward, gradient norm and AdamW;
+//! the reference log-probs are precomputed, as in `tpo-engine dpo`. Tokens/s of the update
+//! = 2048 / time. scripts/bench-train.sh runs it beside PyTorch eager.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::json;
+use std::time::Duration;
+use tpo_engine::backend::cpu::sampling::Rng;
+use tpo_engine::model::weights::StorageDtype;
+use tpo_engine::model::{Model, ModelConfig, ParamLayout};
+use tpo_engine::train::trainer::Trainer;
+use tpo_engine::train::{
+    DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
+};
+
+const VOCAB: usize = 8192;
+const PAIRS: usize = 4;
+const SEQ_LEN: usize = 256;
+const PROMPT_LEN: usize = 64;
+
+fn bench_model() -> Model {
+    let config = ModelConfig::from_json(&json!({
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+    }))
+    .expect("the benchmark config is valid");
+    let mut rng = Rng::new(3);
+    let params = (0..ParamLayout::new(&config).len)
+        .map(|_| 0.02 * rng.normal())
+        .collect();
+    Model::from_params(config, params, StorageDtype::F32)
+}
+
+fn dpo_train_step(c: &mut Criterion) {
+    let mut model = bench_model();
+    let mut rng = Rng::new(4);
+    let mut tokens = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| (rng.next_u64() % VOCAB as u64) as u32)
+            .collect()
+    };
+    let examples: Vec<Example> = (0..PAIRS)
+        .map(|_| {
+            let prompt = tokens(PROMPT_LEN);
+            let completion = |t: Vec<u32>| [prompt.as_slice(), &t].concat();
+            Example {
+                seqs: vec![
+                    completion(tokens(SEQ_LEN - PROMPT_LEN)),
+                    completion(tokens(SEQ_LEN - PROMPT_LEN)),
+                ],
+                prompt_len: PROMPT_LEN,
+                reference: vec![-1500.0, -1510.0],
+            }
+        })
+        .collect();
+    let cfg = TrainConfig {
+        objective: Objective::Dpo(DpoConfig {
+            loss_type: DpoLossType::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            nll_alpha: 0.0,
+        }),
+        optimizer: OptimizerConfig {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+        },
+        epochs: 1,
+        batch_size: PAIRS,
+        micro_batch_tokens: 2 * PAIRS * SEQ_LEN,
+        seed: 0,
+    };
+    let mut trainer = Trainer::new(&model, &cfg);
+    let batch: Vec<usize> = (0..PAIRS).collect();
+    let mut group = c.benchmark_group("dpo_train_step");
+    group.throughput(Throughput::Elements((2 * PAIRS * SEQ_LEN) as u64));
+    group.bench_function(
+        BenchmarkId::from_parameter(format!("{}x{SEQ_LEN}", 2 * PAIRS)),
+        |b| {
+            b.iter(|| {
+                trainer
+                    .step(&mut model, &examples, &batch, 0, 1_000_000)
+                    .expect("a finite step")
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8));
+    targets = dpo_train_step
+}
+criterion_main!(benches);

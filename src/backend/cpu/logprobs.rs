@@ -1,0 +1,202 @@
+//! Log-prob gathering fused with the LM head: log p(target) of each scored row, and its
+//! backward, without ever holding the (rows x vocab) logits.
+//!
+//! Rows are taken `chunk` at a time: the chunk's logits are computed into one reused
+//! (chunk, V) buffer, reduced to a log-normaliser and the target's log-prob, and dropped.
+//! The backward recomputes the chunk's logits (the DPO gradient of a sequence is known only
+//! once every sequence's log-prob is), turns them in place into
+//! dlogp * (one_hot(target) - softmax) and feeds them to the two products that give
+//! d(hidden) and d(W_lm_head). Peak extra memory of either pass: one (chunk, V) f32 buffer,
+//! i.e. O(chunk x V) and independent of the row count, against O(rows x V) for materialised
+//! logits (plus the GEMM library's packing scratch, at most one (V, C) panel).
+//! `tests/logprob_memory.rs` measures it.
+
+use super::math::exp;
+use super::matmul::{matmul_backward, matmul_forward};
+use rayon::prelude::*;
+
+/// Rows per chunk so that a chunk's logits take about 8 MiB, within [8, 512] rows.
+pub fn default_chunk_rows(vocab: usize) -> usize {
+    ((2 << 20) / vocab.max(1)).clamp(8, 512)
+}
+
+/// logp, lse: (M) written; hidden: (M, C) final-norm outputs of the scored rows;
+/// weight: (V, C) the LM head; targets: (M) token ids below V.
+#[allow(clippy::too_many_arguments)]
+pub fn logprobs_forward(
+    logp: &mut [f32],
+    lse: &mut [f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    c: usize,
+    v: usize,
+    chunk: usize,
+) {
+    let m = targets.len();
+    assert!(
+        logp.len() == m && lse.len() == m && hidden.len() == m * c,
+        "logprobs shapes"
+    );
+    assert!(chunk > 0, "logprobs chunk");
+    let mut logits = vec![0.0f32; chunk.min(m) * v]; // (chunk, V), reused
+    for r0 in (0..m).step_by(chunk) {
+        let rows = chunk.min(m - r0);
+        let logits = &mut logits[..rows * v];
+        matmul_forward(
+            logits,
+            &hidden[r0 * c..(r0 + rows) * c],
+            weight,
+            None,
+            rows,
+            c,
+            v,
+        );
+        logits
+            .par_chunks(v)
+            .zip(lse[r0..r0 + rows].par_iter_mut())
+            .zip(logp[r0..r0 + rows].par_iter_mut())
+            .zip(targets[r0..r0 + rows].par_iter())
+            .for_each(|(((row, lse), logp), &t)| {
+                *lse = log_normaliser(row);
+                *logp = row[t as usize] - *lse;
+            });
+    }
+}
+
+/// dhidden: (M, C) assigned; dweight: (V, C) accumulated; dlogp: (M) the loss gradient of
+/// each row's log-prob; hidden, weight, targets as in the forward; lse: (M) from it.
+#[allow(clippy::too_many_arguments)]
+pub fn logprobs_backward(
+    dhidden: &mut [f32],
+    dweight: &mut [f32],
+    dlogp: &[f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    c: usize,
+    v: usize,
+    chunk: usize,
+) {
+    let m = targets.len();
+    assert!(
+        dlogp.len() == m && lse.len() == m && hidden.len() == m * c && dhidden.len() == m * c,
+        "logprobs backward shapes"
+    );
+    assert!(chunk > 0, "logprobs chunk");
+    let mut logits = vec![0.0f32; chunk.min(m) * v]; // (chunk, V), reused as d(logits)
+    for r0 in (0..m).step_by(chunk) {
+        let rows = chunk.min(m - r0);
+        let dlogits = &mut logits[..rows * v];
+        let h = &hidden[r0 * c..(r0 + rows) * c];
+        matmul_forward(dlogits, h, weight, None, rows, c, v);
+        dlogits
+            .par_chunks_mut(v)
+            .zip(lse[r0..r0 + rows].par_iter())
+            .zip(dlogp[r0..r0 + rows].par_iter())
+            .zip(targets[r0..r0 + rows].par_iter())
+            .for_each(|(((row, &lse), &g), &t)| {
+                for z in row.iter_mut() {
+                    *z = -g * exp(*z - lse);
+                }
+                row[t as usize] += g;
+            });
+        matmul_backward(
+            &mut dhidden[r0 * c..(r0 + rows) * c],
+            dweight,
+            None,
+            dlogits,
+            h,
+            weight,
+            rows,
+            c,
+            v,
+        );
+    }
+}
+
+/// ln(sum exp(row)), shifted by the row's max so nothing overflows.
+fn log_normaliser(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let sum: f32 = row.iter().map(|&z| exp(z - max)).sum();
+    max + sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::{assert_close, randn};
+
+    /// The naive path in f64: full logits, log-softmax, gather; and its gradients.
+    fn naive(
+        hidden: &[f32],
+        weight: &[f32],
+        targets: &[u32],
+        dlogp: &[f32],
+        c: usize,
+        v: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let m = targets.len();
+        let mut logp = vec![0.0; m];
+        let mut dh = vec![0.0; m * c];
+        let mut dw = vec![0.0; v * c];
+        for r in 0..m {
+            let h = &hidden[r * c..(r + 1) * c];
+            let logits: Vec<f64> = (0..v)
+                .map(|o| (0..c).map(|k| h[k] as f64 * weight[o * c + k] as f64).sum())
+                .collect();
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + logits.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+            logp[r] = logits[targets[r] as usize] - lse;
+            for o in 0..v {
+                let onehot = if o == targets[r] as usize { 1.0 } else { 0.0 };
+                let dz = dlogp[r] as f64 * (onehot - (logits[o] - lse).exp());
+                for k in 0..c {
+                    dh[r * c + k] += dz * weight[o * c + k] as f64;
+                    dw[o * c + k] += dz * h[k] as f64;
+                }
+            }
+        }
+        (logp, dh, dw)
+    }
+
+    #[test]
+    fn chunked_values_and_gradients_match_the_full_logits_path() {
+        let (m, c, v) = (23, 12, 37);
+        let hidden = randn(m * c, 30);
+        let weight: Vec<f32> = randn(v * c, 31).iter().map(|w| w * 0.5).collect();
+        let targets: Vec<u32> = (0..m).map(|r| ((r * 7 + 3) % v) as u32).collect();
+        let dlogp = randn(m, 32);
+        let (want_logp, want_dh, want_dw) = naive(&hidden, &weight, &targets, &dlogp, c, v);
+        let dw0 = randn(v * c, 33);
+        for chunk in [1, 4, 7, 23, 64] {
+            let (mut logp, mut lse) = (vec![f32::NAN; m], vec![f32::NAN; m]);
+            logprobs_forward(&mut logp, &mut lse, &hidden, &weight, &targets, c, v, chunk);
+            assert_close(&logp, &want_logp, 1e-5, 1e-5);
+            let mut dh = vec![f32::NAN; m * c];
+            let mut dw = dw0.clone();
+            logprobs_backward(
+                &mut dh, &mut dw, &dlogp, &hidden, &weight, &targets, &lse, c, v, chunk,
+            );
+            assert_close(&dh, &want_dh, 1e-5, 1e-4);
+            let want_dw_acc: Vec<f64> = want_dw
+                .iter()
+                .zip(&dw0)
+                .map(|(g, w0)| g + *w0 as f64)
+                .collect();
+            assert_close(&dw, &want_dw_acc, 1e-5, 1e-4);
+        }
+    }
+
+    #[test]
+    fn huge_logits_do_not_overflow() {
+        let (c, v) = (2, 3);
+        let hidden = [100.0f32, 0.0];
+        let weight = [10.0f32, 0.0, 9.0, 0.0, -10.0, 0.0];
+        let (mut logp, mut lse) = ([0.0f32], [0.0f32]);
+        logprobs_forward(&mut logp, &mut lse, &hidden, &weight, &[1], c, v, 4);
+        // logits 1000, 900, -1000: log p(1) = -100 - ln(1 + e^-100 + ...) ~ -100.
+        assert!((logp[0] + 100.0).abs() < 1e-3, "{}", logp[0]);
+    }
+}

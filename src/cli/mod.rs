@@ -1,0 +1,69 @@
+//! The command line: parses arguments and calls the library.
+
+mod generate;
+mod train;
+
+use crate::tiny::{make_tiny_model, TinySpec};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "tpo-engine",
+    version,
+    about = "Thought Preference Optimization: sampling and training for Llama-family models"
+)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample K completions per prompt from a Hugging Face checkpoint.
+    Generate(generate::GenerateArgs),
+    /// Train on preference pairs by DPO (reference log-probs computed once, up front).
+    Dpo(train::DpoArgs),
+    /// Supervised fine-tuning on prompt/completion examples (loss on the completion only).
+    Sft(train::SftArgs),
+    /// Summed log-prob of each completion given its prompt.
+    Logprobs(train::LogprobsArgs),
+    /// Write a small Llama checkpoint with random weights and a trained BPE tokenizer.
+    InitModel {
+        /// The checkpoint directory to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        spec: TinySpec,
+    },
+}
+
+const MAX_THREADS: usize = 1024;
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if !(1..=MAX_THREADS).contains(&n) {
+            bail!("--threads {n}: expected 1 to {MAX_THREADS}");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
+    match cli.command {
+        Command::Generate(args) => generate::run_generate(args),
+        Command::Dpo(args) => train::run_dpo(args),
+        Command::Sft(args) => train::run_sft(args),
+        Command::Logprobs(args) => train::run_logprobs(args),
+        Command::InitModel { out, spec } => {
+            make_tiny_model(&out, &spec)?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}

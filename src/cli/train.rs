@@ -1,0 +1,448 @@
+//! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the CPU backend.
+
+use super::generate::eos_ids;
+use crate::generate::PromptMode;
+use crate::io::write_atomic;
+use crate::model::training::ScoredSequence;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::train::batching::score_sequences;
+use crate::train::data::{read_completions, read_pairs, TextEncoder, REF_CHOSEN, REF_REJECTED};
+use crate::train::run::RunDir;
+use crate::train::trainer::total_steps;
+use crate::train::{
+    train, DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
+};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options every training command shares.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Checkpoint directory to start from (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Run directory to create: metrics.jsonl, checkpoint-STEP/ and the trained model/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Peak learning rate (default: 1e-6 for dpo, 2e-5 for sft, as TRL).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, value_enum, default_value_t = LrSchedule::Linear)]
+    lr_schedule: LrSchedule,
+    /// Updates over which the learning rate rises linearly from 0.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Examples (dpo: pairs) per optimizer update.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Most tokens in one forward/backward pass; a batch is split into such micro-batches
+    /// and their gradients accumulated.
+    #[arg(long, default_value_t = 4096)]
+    micro_batch_tokens: usize,
+    /// AdamW weight decay (on matrices; never on norm weights or biases).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Save a checkpoint every this many updates (0: only the final model).
+    #[arg(long, default_value_t = 0)]
+    save_steps: usize,
+    /// Seed of the example order; a run is deterministic for a given seed and thread count.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Feed prompt text as it is, without the chat template.
+    #[arg(long)]
+    no_chat_template: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DpoArgs {
+    /// JSONL, one {"prompt", "chosen", "rejected"} per line; the completions are the text
+    /// after the prompt. Optional "ref_chosen_logps" and "ref_rejected_logps" skip the
+    /// reference pass.
+    #[arg(long)]
+    pairs: PathBuf,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, value_enum, default_value_t = DpoLossType::Sigmoid)]
+    loss: DpoLossType,
+    /// Assumed probability that a preference is flipped (sigmoid loss).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Weight of an NLL term on the chosen completions (DPO+NLL); 0 disables it.
+    #[arg(long, default_value_t = 0.0)]
+    nll_alpha: f64,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SftArgs {
+    /// JSONL, one {"prompt", "completion"} per line.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(clap::Args)]
+pub struct LogprobsArgs {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL, one {"prompt", "completion"} per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output JSONL: each input line with "sum_logprob" and "n_tokens" added.
+    #[arg(long)]
+    out: PathBuf,
+    /// Most tokens in one forward pass.
+    #[arg(long, default_value_t = 8192)]
+    micro_batch_tokens: usize,
+    /// Feed prompt text as it is, without the chat template.
+    #[arg(long)]
+    no_chat_template: bool,
+}
+
+const MAX_EPOCHS: usize = 10_000;
+const MAX_BATCH: usize = 65_536;
+
+/// A model with what is needed to encode its training text.
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+    end_token: u32,
+}
+
+fn load(dir: &Path) -> Result<Loaded> {
+    let model = Model::load(dir)?;
+    let tokenizer = Tokenizer::load(dir)?;
+    // The token that ends an assistant turn: the tokenizer's EOS, else generation's first.
+    let end_token = match tokenizer.eos_token().and_then(|t| tokenizer.token_id(t)) {
+        Some(id) => id,
+        None => *eos_ids(dir, &model, &tokenizer)?.first().with_context(|| {
+            format!(
+                "{}: no end-of-sequence token (tokenizer_config.json eos_token, or eos_token_id in generation_config.json or config.json); completions need one to end on",
+                dir.display()
+            )
+        })?,
+    };
+    Ok(Loaded {
+        model,
+        tokenizer,
+        end_token,
+    })
+}
+
+fn encoder<'a>(l: &'a Loaded, no_chat_template: bool) -> TextEncoder<'a> {
+    TextEncoder {
+        tokenizer: &l.tokenizer,
+        mode: if no_chat_template {
+            PromptMode::Raw
+        } else {
+            PromptMode::Chat
+        },
+        end_token: l.end_token,
+        vocab_size: l.model.config.vocab_size,
+        max_context: l.model.config.max_context,
+    }
+}
+
+fn check_range(flag: &str, value: f64, ok: bool, expected: &str) -> Result<()> {
+    if !ok || !value.is_finite() {
+        bail!("{flag} {value}: expected {expected}");
+    }
+    Ok(())
+}
+
+fn train_config(args: &TrainArgs, objective: Objective, default_lr: f64) -> Result<TrainConfig> {
+    let lr = args.lr.unwrap_or(default_lr);
+    check_range("--lr", lr, lr >= 0.0, "a finite number >= 0")?;
+    let b1 = args.adam_beta1;
+    check_range(
+        "--adam-beta1",
+        b1,
+        (0.0..1.0).contains(&b1),
+        "a number in [0, 1)",
+    )?;
+    let b2 = args.adam_beta2;
+    check_range(
+        "--adam-beta2",
+        b2,
+        (0.0..1.0).contains(&b2),
+        "a number in [0, 1)",
+    )?;
+    let eps = args.adam_eps;
+    check_range("--adam-eps", eps, eps > 0.0, "a number > 0")?;
+    let wd = args.weight_decay;
+    check_range("--weight-decay", wd, wd >= 0.0, "a finite number >= 0")?;
+    let clip = args.max_grad_norm;
+    check_range(
+        "--max-grad-norm",
+        clip,
+        clip >= 0.0,
+        "a finite number >= 0 (0: off)",
+    )?;
+    if !(1..=MAX_EPOCHS).contains(&args.epochs) {
+        bail!("--epochs {}: expected 1 to {MAX_EPOCHS}", args.epochs);
+    }
+    if !(1..=MAX_BATCH).contains(&args.batch_size) {
+        bail!(
+            "--batch-size {}: expected 1 to {MAX_BATCH}",
+            args.batch_size
+        );
+    }
+    if args.micro_batch_tokens == 0 {
+        bail!("--micro-batch-tokens 0: expected at least 1");
+    }
+    Ok(TrainConfig {
+        objective,
+        optimizer: OptimizerConfig {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps,
+            weight_decay: wd,
+            max_grad_norm: clip,
+            schedule: args.lr_schedule,
+            warmup_steps: args.warmup_steps,
+        },
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        micro_batch_tokens: args.micro_batch_tokens,
+        seed: args.seed,
+    })
+}
+
+fn dpo_config(args: &DpoArgs) -> Result<DpoConfig> {
+    check_range("--beta", args.beta, args.beta > 0.0, "a number > 0")?;
+    let ls = args.label_smoothing;
+    check_range(
+        "--label-smoothing",
+        ls,
+        (0.0..0.5).contains(&ls),
+        "a number in [0, 0.5)",
+    )?;
+    if ls > 0.0 && args.loss != DpoLossType::Sigmoid {
+        bail!("--label-smoothing applies to the sigmoid loss only");
+    }
+    let a = args.nll_alpha;
+    check_range("--nll-alpha", a, a >= 0.0, "a finite number >= 0")?;
+    Ok(DpoConfig {
+        loss_type: args.loss,
+        beta: args.beta,
+        label_smoothing: ls,
+        nll_alpha: a,
+    })
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed_precise}}<{{eta_precise}}]"
+        ))
+        .expect("the template is valid"),
+    );
+    bar
+}
+
+pub fn run_dpo(args: DpoArgs) -> Result<()> {
+    let dpo = dpo_config(&args)?;
+    let cfg = train_config(&args.train, Objective::Dpo(dpo), 1e-6)?;
+    let loaded = load(&args.train.model)?;
+    let pairs = read_pairs(&args.pairs, &encoder(&loaded, args.train.no_chat_template))?;
+    let total = total_steps(pairs.len(), &cfg);
+    let mut run = RunDir::create(
+        &args.train.out,
+        &args.train.model,
+        args.train.save_steps,
+        total,
+    )?;
+
+    // The reference is the starting model: its log-probs are computed once, here, and stored
+    // with the pairs, so no second model is resident while training.
+    let ref_started = Instant::now();
+    let references: Vec<(f64, f64)> = match pairs[0].reference {
+        Some(_) => pairs
+            .iter()
+            .map(|p| p.reference.expect("checked"))
+            .collect(),
+        None => {
+            let seqs: Vec<Vec<u32>> = pairs
+                .iter()
+                .flat_map(|p| {
+                    [
+                        [p.prompt.as_slice(), &p.chosen].concat(),
+                        [p.prompt.as_slice(), &p.rejected].concat(),
+                    ]
+                })
+                .collect();
+            let scored: Vec<ScoredSequence> = seqs
+                .iter()
+                .zip(pairs.iter().flat_map(|p| [p.prompt.len(); 2]))
+                .map(|(tokens, prompt_len)| ScoredSequence { tokens, prompt_len })
+                .collect();
+            let bar = progress_bar(scored.len(), "reference log-probs");
+            let logps = score_sequences(&loaded.model, &scored, cfg.micro_batch_tokens, &|n| {
+                bar.inc(n as u64)
+            });
+            bar.finish_and_clear();
+            if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
+                    args.pairs.display(),
+                    pairs[i / 2].line,
+                    logps[i],
+                    args.train.model.display()
+                );
+            }
+            logps.chunks_exact(2).map(|c| (c[0], c[1])).collect()
+        }
+    };
+    let ref_secs = ref_started.elapsed().as_secs_f64();
+    let mut text = String::new();
+    for (p, (c, r)) in pairs.iter().zip(&references) {
+        let mut line = p.source.clone();
+        line[REF_CHOSEN] = json!(c);
+        line[REF_REJECTED] = json!(r);
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
+    write_atomic(&run.out.join("pairs.jsonl"), text.as_bytes())?;
+
+    let examples: Vec<Example> = pairs
+        .iter()
+        .zip(&references)
+        .map(|(p, &(c, r))| Example {
+            seqs: vec![
+                [p.prompt.as_slice(), &p.chosen].concat(),
+                [p.prompt.as_slice(), &p.rejected].concat(),
+            ],
+            prompt_len: p.prompt.len(),
+            reference: vec![c, r],
+        })
+        .collect();
+    eprintln!(
+        "{} pairs; reference log-probs in {ref_secs:.2}s; {total} updates",
+        pairs.len()
+    );
+    finish(loaded.model, &examples, &cfg, &mut run)
+}
+
+pub fn run_sft(args: SftArgs) -> Result<()> {
+    let cfg = train_config(&args.train, Objective::Sft, 2e-5)?;
+    let loaded = load(&args.train.model)?;
+    let data = read_completions(&args.data, &encoder(&loaded, args.train.no_chat_template))?;
+    let total = total_steps(data.len(), &cfg);
+    let mut run = RunDir::create(
+        &args.train.out,
+        &args.train.model,
+        args.train.save_steps,
+        total,
+    )?;
+    let examples: Vec<Example> = data
+        .iter()
+        .map(|e| Example {
+            seqs: vec![[e.prompt.as_slice(), &e.completion].concat()],
+            prompt_len: e.prompt.len(),
+            reference: vec![],
+        })
+        .collect();
+    eprintln!("{} examples; {total} updates", data.len());
+    finish(loaded.model, &examples, &cfg, &mut run)
+}
+
+fn finish(
+    mut model: Model,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    run: &mut RunDir,
+) -> Result<()> {
+    let summary = train(&mut model, examples, cfg, run)?;
+    run.finish_progress();
+    let metric = |name: &str| {
+        summary
+            .last_metrics
+            .get(name)
+            .and_then(Value::as_f64)
+            .map_or(String::new(), |v| format!(", {name} {v:.4}"))
+    };
+    eprintln!(
+        "{} updates, {} tokens in {:.2}s ({:.0} tokens/s); last loss {:.4}{}{}; wrote {}",
+        summary.steps,
+        summary.tokens,
+        summary.secs,
+        summary.tokens as f64 / summary.secs.max(1e-9),
+        summary.last_metrics["loss"].as_f64().unwrap_or(f64::NAN),
+        metric("rewards/accuracies"),
+        metric("rewards/margins"),
+        run.model_dir().display()
+    );
+    Ok(())
+}
+
+pub fn run_logprobs(args: LogprobsArgs) -> Result<()> {
+    if args.micro_batch_tokens == 0 {
+        bail!("--micro-batch-tokens 0: expected at least 1");
+    }
+    let loaded = load(&args.model)?;
+    let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
+    let seqs: Vec<Vec<u32>> = data
+        .iter()
+        .map(|e| [e.prompt.as_slice(), &e.completion].concat())
+        .collect();
+    let scored: Vec<ScoredSequence> = seqs
+        .iter()
+        .zip(&data)
+        .map(|(tokens, e)| ScoredSequence {
+            tokens,
+            prompt_len: e.prompt.len(),
+        })
+        .collect();
+    let started = Instant::now();
+    let bar = progress_bar(scored.len(), "sequences");
+    let logps = score_sequences(&loaded.model, &scored, args.micro_batch_tokens, &|n| {
+        bar.inc(n as u64)
+    });
+    bar.finish_and_clear();
+    let mut text = String::new();
+    for ((e, lp), tokens) in data.iter().zip(&logps).zip(&seqs) {
+        if !lp.is_finite() {
+            bail!(
+                "{}:{}: the log-prob is {lp}: the model {} produces non-finite values",
+                args.input.display(),
+                e.line,
+                args.model.display()
+            );
+        }
+        let mut line = e.source.clone();
+        line["sum_logprob"] = json!(lp);
+        line["n_tokens"] = json!(tokens.len() - e.prompt.len());
+        text.push_str(&serde_json::to_string(&line)?);
+        text.push('\n');
+    }
+    write_atomic(&args.out, text.as_bytes())?;
+    let tokens: usize = seqs.iter().map(Vec::len).sum();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} sequences, {tokens} tokens in {secs:.2}s ({:.0} tokens/s); wrote {}",
+        data.len(),
+        tokens as f64 / secs.max(1e-9),
+        args.out.display()
+    );
+    Ok(())
+}

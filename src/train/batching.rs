@@ -1,0 +1,66 @@
+//! Micro-batches packed by a token budget, and scoring (log-probs without gradients) of many
+//! sequences that way.
+
+use crate::model::training::{Activations, ScoredSequence, TrainBatch};
+use crate::model::Model;
+
+/// Splits `units` (in order) into runs whose token counts add up to at most `budget`; a
+/// unit larger than the budget forms a micro-batch of its own.
+pub fn micro_batches(
+    units: &[usize],
+    tokens: impl Fn(usize) -> usize,
+    budget: usize,
+) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = vec![];
+    let mut used = 0;
+    for &u in units {
+        let t = tokens(u);
+        match out.last_mut() {
+            Some(last) if used + t <= budget => {
+                last.push(u);
+                used += t;
+            }
+            _ => {
+                out.push(vec![u]);
+                used = t;
+            }
+        }
+    }
+    out
+}
+
+/// Summed completion log-prob of every sequence, computed `budget` tokens at a time;
+/// `on_done(sequences)` reports progress.
+pub fn score_sequences(
+    model: &Model,
+    seqs: &[ScoredSequence],
+    budget: usize,
+    on_done: &dyn Fn(usize),
+) -> Vec<f64> {
+    let order: Vec<usize> = (0..seqs.len()).collect();
+    let mut out = vec![0.0; seqs.len()];
+    let mut acts = Activations::default();
+    for micro in micro_batches(&order, |i| seqs[i].tokens.len(), budget) {
+        let batch_seqs: Vec<ScoredSequence> = micro.iter().map(|&i| seqs[i]).collect();
+        let batch = TrainBatch::new(&batch_seqs);
+        let sums = model.sequence_logprobs(&batch, &mut acts);
+        for (&i, s) in micro.iter().zip(sums) {
+            out[i] = s;
+        }
+        on_done(micro.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_in_order_within_the_budget() {
+        let sizes = [3, 4, 2, 9, 1, 1, 5];
+        let got = micro_batches(&[0, 1, 2, 3, 4, 5, 6], |i| sizes[i], 8);
+        assert_eq!(got, vec![vec![0, 1], vec![2], vec![3], vec![4, 5, 6]]);
+        assert!(micro_batches(&[], |i| sizes[i], 8).is_empty());
+    }
+}

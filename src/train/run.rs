@@ -1,0 +1,132 @@
+//! A training run's output directory:
+//!
+//! ```text
+//! OUT/metrics.jsonl        one line per optimizer update (TRL's metric names)
+//! OUT/pairs.jsonl          dpo: the pairs with their reference log-probs
+//! OUT/checkpoint-STEP/     every --save-steps updates, and the last good weights on a stop
+//! OUT/model/               the trained model
+//! ```
+//! Every checkpoint is a Hugging Face directory written atomically; metrics lines are
+//! appended and flushed one whole line at a time.
+
+use super::trainer::RunSink;
+use crate::checkpoint::save_checkpoint;
+use crate::model::Model;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct RunDir {
+    pub out: PathBuf,
+    /// The checkpoint directory training started from (tokenizer and config come from it).
+    source: PathBuf,
+    /// Save a checkpoint every this many updates (0: only the final model).
+    save_steps: usize,
+    metrics: std::fs::File,
+    bar: ProgressBar,
+    saved: Vec<usize>,
+}
+
+impl RunDir {
+    /// Creates OUT, which must not exist or be empty.
+    pub fn create(
+        out: &Path,
+        source: &Path,
+        save_steps: usize,
+        total_steps: usize,
+    ) -> Result<RunDir> {
+        if out.exists() {
+            let empty = out.is_dir()
+                && std::fs::read_dir(out)
+                    .with_context(|| format!("cannot read {}", out.display()))?
+                    .next()
+                    .is_none();
+            if !empty {
+                bail!(
+                    "{}: already exists and is not empty; choose a new output directory",
+                    out.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let path = out.join("metrics.jsonl");
+        let metrics = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let bar = ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("the template is valid"),
+        );
+        Ok(RunDir {
+            out: out.to_path_buf(),
+            source: source.to_path_buf(),
+            save_steps,
+            metrics,
+            bar,
+            saved: vec![],
+        })
+    }
+
+    pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
+        self.out.join(format!("checkpoint-{step}"))
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        self.out.join("model")
+    }
+
+    pub fn finish_progress(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl RunSink for RunDir {
+    fn metrics(&mut self, line: &Map<String, Value>) -> Result<()> {
+        let mut text = serde_json::to_string(line)?;
+        text.push('\n');
+        self.metrics
+            .write_all(text.as_bytes())
+            .and_then(|()| self.metrics.flush())
+            .with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))
+    }
+
+    fn after_step(&mut self, model: &Model, step: usize, last: bool) -> Result<()> {
+        if self.save_steps > 0 && step.is_multiple_of(self.save_steps) {
+            save_checkpoint(&self.checkpoint_dir(step), &self.source, model)?;
+            self.saved.push(step);
+        }
+        if last {
+            self.bar.set_message("saving the model");
+            save_checkpoint(&self.model_dir(), &self.source, model)?;
+        }
+        Ok(())
+    }
+
+    fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String> {
+        self.bar.abandon();
+        if good_steps == 0 {
+            return Ok(format!(
+                "the model in {} is unchanged",
+                self.source.display()
+            ));
+        }
+        let dir = self.checkpoint_dir(good_steps);
+        if !self.saved.contains(&good_steps) {
+            save_checkpoint(&dir, &self.source, model)?;
+        }
+        Ok(format!(
+            "the weights after step {good_steps}, the last good one, are in {}",
+            dir.display()
+        ))
+    }
+
+    fn progress(&mut self, step: usize, _total: usize, loss: f64, tokens_per_s: f64) {
+        self.bar.set_position(step as u64);
+        self.bar
+            .set_message(format!("loss {loss:.4} | {tokens_per_s:.0} tokens/s"));
+    }
+}

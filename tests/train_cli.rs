@@ -1,0 +1,402 @@
+//! `tpo-engine dpo`, `sft` and `logprobs` end to end on the small init-model checkpoint:
+//! training moves the metrics the right way, runs are deterministic, checkpoints load, and
+//! bad input or a diverging run ends in a clear error that loses nothing.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tempfile::TempDir;
+use tpo_engine::model::Model;
+
+fn chat_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat")
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+struct Run {
+    ok: bool,
+    code: Option<i32>,
+    stderr: String,
+}
+
+fn tpo(args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked"),
+        "the binary panicked:\n{stderr}"
+    );
+    Run {
+        ok: output.status.success(),
+        code: output.status.code(),
+        stderr,
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const PAIRS: &str = r#"{"prompt": "Name a color.", "chosen": "Blue, like the sky.", "rejected": "I do not know."}
+{"prompt": "What is two plus two?", "chosen": "Four.", "rejected": "Five, I think."}
+{"prompt": "Say hello.", "chosen": "Hello there!", "rejected": "No."}
+{"prompt": "Name an animal.", "chosen": "A cat.", "rejected": "A rock is an animal."}
+"#;
+
+fn metrics(out: &Path) -> Vec<serde_json::Map<String, Value>> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+fn f(line: &serde_json::Map<String, Value>, key: &str) -> f64 {
+    line.get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no metric {key} in {line:?}"))
+}
+
+fn dpo(tmp: &Path, out: &str, extra: &[&str]) -> (Run, PathBuf) {
+    let pairs = write(&tmp.join("pairs.jsonl"), PAIRS);
+    let out = tmp.join(out);
+    let model = chat_fixture();
+    let mut args = vec![
+        "dpo",
+        "--model",
+        s(&model),
+        "--pairs",
+        s(&pairs),
+        "--out",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    (tpo(&args), out)
+}
+
+#[test]
+fn dpo_drives_accuracy_to_one_and_margins_up() {
+    let tmp = TempDir::new().unwrap();
+    let (run, out) = dpo(
+        tmp.path(),
+        "run",
+        &[
+            "--lr",
+            "3e-3",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "4",
+            "--save-steps",
+            "5",
+        ],
+    );
+    assert!(run.ok, "{}", run.stderr);
+    let lines = metrics(&out);
+    assert_eq!(lines.len(), 12);
+    for key in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+    ] {
+        assert!(f(&lines[0], key).is_finite(), "{key}");
+    }
+    // The first update starts from the reference itself: zero margins, loss ln 2.
+    assert!(f(&lines[0], "rewards/margins").abs() < 1e-4);
+    assert!((f(&lines[0], "loss") - std::f64::consts::LN_2).abs() < 1e-4);
+    let last = lines.last().unwrap();
+    assert_eq!(f(last, "rewards/accuracies"), 1.0, "{last:?}");
+    assert!(f(last, "rewards/margins") > 0.5, "{last:?}");
+    assert!(f(last, "loss") < 0.5, "{last:?}");
+    // Linear decay to zero over the run.
+    assert!(f(&lines[0], "learning_rate") > f(last, "learning_rate"));
+
+    // The pairs with their reference log-probs, and checkpoints that load.
+    let pairs = std::fs::read_to_string(out.join("pairs.jsonl")).unwrap();
+    for line in pairs.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["ref_chosen_logps"].as_f64().unwrap() < 0.0);
+        assert!(v["ref_rejected_logps"].as_f64().unwrap() < 0.0);
+    }
+    for dir in ["checkpoint-5", "checkpoint-10", "model"] {
+        let m = Model::load(&out.join(dir)).unwrap();
+        assert!(out.join(dir).join("tokenizer.json").exists());
+        assert!(m.params.iter().all(|x| x.is_finite()));
+    }
+    let start = Model::load(&chat_fixture()).unwrap();
+    let end = Model::load(&out.join("model")).unwrap();
+    assert_ne!(start.params, end.params);
+    // Nothing temporary is left behind.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(!name.starts_with('.'), "left {name}");
+    }
+}
+
+#[test]
+fn runs_are_deterministic_for_a_seed() {
+    let tmp = TempDir::new().unwrap();
+    let args = [
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--micro-batch-tokens",
+        "40",
+    ];
+    let strip = |out: &Path| -> Vec<String> {
+        metrics(out)
+            .into_iter()
+            .map(|mut l| {
+                l.remove("tokens_per_s");
+                serde_json::to_string(&l).unwrap()
+            })
+            .collect()
+    };
+    let (a, out_a) = dpo(tmp.path(), "a", &[&args[..], &["--seed", "5"]].concat());
+    let (b, out_b) = dpo(tmp.path(), "b", &[&args[..], &["--seed", "5"]].concat());
+    let (c, out_c) = dpo(tmp.path(), "c", &[&args[..], &["--seed", "6"]].concat());
+    assert!(a.ok && b.ok && c.ok, "{}{}{}", a.stderr, b.stderr, c.stderr);
+    assert_eq!(strip(&out_a), strip(&out_b));
+    let weights = |out: &Path| std::fs::read(out.join("model/model.safetensors")).unwrap();
+    assert_eq!(weights(&out_a), weights(&out_b));
+    assert_ne!(
+        strip(&out_a),
+        strip(&out_c),
+        "another seed orders the pairs otherwise"
+    );
+}
+
+#[test]
+fn sft_lowers_the_completion_loss_and_logprobs_see_it() {
+    let tmp = TempDir::new().unwrap();
+    let data = write(
+        &tmp.path().join("sft.jsonl"),
+        r#"{"prompt": "Name a color.", "completion": "Blue, like the sky."}
+{"prompt": "Say hello.", "completion": "Hello there, friend!"}
+"#,
+    );
+    let out = tmp.path().join("sft");
+    let run = tpo(&[
+        "sft",
+        "--model",
+        s(&chat_fixture()),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "2",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let lines = metrics(&out);
+    assert_eq!(lines.len(), 20);
+    assert!(
+        f(&lines[19], "loss") < 0.5 * f(&lines[0], "loss"),
+        "{lines:?}"
+    );
+
+    let score = |model: &Path, name: &str| -> Vec<(f64, u64)> {
+        let o = tmp.path().join(name);
+        let run = tpo(&[
+            "logprobs",
+            "--model",
+            s(model),
+            "--input",
+            s(&data),
+            "--out",
+            s(&o),
+        ]);
+        assert!(run.ok, "{}", run.stderr);
+        std::fs::read_to_string(&o)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                assert!(v["prompt"].is_string(), "input fields are kept");
+                (
+                    v["sum_logprob"].as_f64().unwrap(),
+                    v["n_tokens"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = score(&chat_fixture(), "before.jsonl");
+    let after = score(&out.join("model"), "after.jsonl");
+    // The SFT loss at step 1 is the token-mean NLL of the untrained model.
+    let tokens: u64 = before.iter().map(|x| x.1).sum();
+    let nll: f64 = -before.iter().map(|x| x.0).sum::<f64>() / tokens as f64;
+    assert!(
+        (nll - f(&lines[0], "loss")).abs() < 1e-4 * nll,
+        "{nll} vs {:?}",
+        lines[0]
+    );
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.1, a.1);
+        assert!(a.0 > b.0 + 1.0, "log-prob {} -> {}", b.0, a.0);
+    }
+}
+
+/// Runs dpo on `pairs` expecting failure naming every needle, with no run directory made.
+fn expect_dpo_error(tmp: &Path, pairs: &str, needles: &[&str]) {
+    let file = write(&tmp.join("bad.jsonl"), pairs);
+    let out = tmp.join("bad-run");
+    let run = tpo(&[
+        "dpo",
+        "--model",
+        s(&chat_fixture()),
+        "--pairs",
+        s(&file),
+        "--out",
+        s(&out),
+    ]);
+    assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+    for n in needles {
+        assert!(
+            run.stderr.contains(n),
+            "error should mention {n:?}:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!out.exists(), "a refused run created {}", out.display());
+}
+
+#[test]
+fn bad_pairs_are_refused_with_file_and_line() {
+    let tmp = TempDir::new().unwrap();
+    let good = r#"{"prompt": "Hi.", "chosen": "Hello.", "rejected": "Go away."}"#;
+    expect_dpo_error(
+        tmp.path(),
+        &format!("{good}\n{{\"prompt\": \"Hi.\", \"chosen\": \"\", \"rejected\": \"No.\"}}\n"),
+        &["bad.jsonl:2", "empty \"chosen\""],
+    );
+    expect_dpo_error(
+        tmp.path(),
+        r#"{"prompt": "Hi.", "chosen": "Hello.", "rejected": "  "}"#,
+        &["bad.jsonl:1", "empty \"rejected\""],
+    );
+    expect_dpo_error(
+        tmp.path(),
+        &format!(
+            "{good}\n\n{{\"prompt\": \"Hi.\", \"chosen\": \"Same.\", \"rejected\": \"Same.\"}}\n"
+        ),
+        &["bad.jsonl:3", "same text"],
+    );
+    let long = "word ".repeat(400);
+    expect_dpo_error(
+        tmp.path(),
+        &format!("{{\"prompt\": \"Hi.\", \"chosen\": \"{long}\", \"rejected\": \"No.\"}}\n"),
+        &["bad.jsonl:1", "context is 128"],
+    );
+    expect_dpo_error(
+        tmp.path(),
+        "{\"prompt\": \"Hi.\",\n",
+        &["bad.jsonl:1", "not valid JSON"],
+    );
+    expect_dpo_error(
+        tmp.path(),
+        r#"{"prompt": "Hi.", "rejected": "No."}"#,
+        &["bad.jsonl:1", "missing field \"chosen\""],
+    );
+    expect_dpo_error(
+        tmp.path(),
+        &format!("{good}\n{{\"prompt\": \"Hi.\", \"chosen\": \"A.\", \"rejected\": \"B.\", \"ref_chosen_logps\": -3.0, \"ref_rejected_logps\": -4.0}}\n"),
+        &["bad.jsonl:1", "reference log-probs"],
+    );
+    expect_dpo_error(tmp.path(), "\n\n", &["bad.jsonl", "no pairs"]);
+}
+
+#[test]
+fn bad_flags_and_an_existing_run_directory_are_refused() {
+    let tmp = TempDir::new().unwrap();
+    for (flag, value, needle) in [
+        ("--beta", "0", "--beta"),
+        ("--lr", "nan", "--lr"),
+        ("--label-smoothing", "0.7", "--label-smoothing"),
+        ("--batch-size", "0", "--batch-size"),
+        ("--adam-beta2", "1", "--adam-beta2"),
+    ] {
+        let (run, out) = dpo(tmp.path(), "flags", &[flag, value]);
+        assert!(
+            !run.ok && run.code == Some(1) && run.stderr.contains(needle),
+            "{flag}: {}",
+            run.stderr
+        );
+        assert!(!out.exists());
+    }
+    let taken = tmp.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    write(&taken.join("keep.txt"), "mine");
+    let (run, _) = dpo(tmp.path(), "taken", &[]);
+    assert!(
+        !run.ok && run.stderr.contains("not empty"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(taken.join("keep.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_on_the_non_finite_loss_and_keeps_the_last_good_weights() {
+    let tmp = TempDir::new().unwrap();
+    // Adam moves every weight by about lr on its first update: 1e12 makes the next
+    // forward overflow.
+    let (run, out) = dpo(
+        tmp.path(),
+        "diverge",
+        &[
+            "--lr",
+            "1e12",
+            "--lr-schedule",
+            "constant",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "3",
+        ],
+    );
+    assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("training stopped at step 2"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("checkpoint-1"), "{}", run.stderr);
+    assert_eq!(metrics(&out).len(), 1, "only the good update is logged");
+    let kept = Model::load(&out.join("checkpoint-1")).unwrap();
+    let start = Model::load(&chat_fixture()).unwrap();
+    assert_ne!(kept.params, start.params);
+    assert!(
+        !out.join("model").exists(),
+        "no final model from a failed run"
+    );
+}
