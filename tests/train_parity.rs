@@ -203,7 +203,53 @@ fn dpo_loss_metrics_and_every_gradient_match_pytorch() {
         }
         let file = fixtures().join("dpo").join(case["grads"].as_str().unwrap());
         assert_tensors_close(&model, &grads, &file, 1e-3, 1e-6);
+        // The training path: the LM head in one pass per pair (a chunk of 64 rows holds
+        // any pair here), and its two-pass fallback (3 rows per chunk, fewer than any pair).
+        for chunk in [64, 3] {
+            let (loss, grads) = fused_loss_and_grads(&model, &ex, &cfg, chunk);
+            assert_scalar(loss, case["loss"].as_f64().unwrap(), name);
+            assert_tensors_close(&model, &grads, &file, 1e-3, 1e-6);
+        }
     }
+}
+
+/// The loss and gradient through `sequence_logprobs_with_grad`, one loss group per pair.
+fn fused_loss_and_grads(
+    model: &Model,
+    examples: &[Example],
+    cfg: &DpoConfig,
+    chunk: usize,
+) -> (f64, Vec<f32>) {
+    let seqs: Vec<ScoredSequence> = examples
+        .iter()
+        .flat_map(|e| {
+            e.seqs.iter().map(|s| ScoredSequence {
+                tokens: s,
+                prompt_len: e.prompt_len,
+            })
+        })
+        .collect();
+    let batch = TrainBatch::new(&seqs);
+    let n = batch.completion_lengths();
+    let chosen_tokens: usize = n.iter().step_by(2).sum();
+    let mut totals = DpoTotals::default();
+    let mut loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+        let pair = PairLogps {
+            chosen: logps[0],
+            rejected: logps[1],
+            ref_chosen: examples[g].reference[0],
+            ref_rejected: examples[g].reference[1],
+            n_chosen: n[2 * g],
+            n_rejected: n[2 * g + 1],
+        };
+        let d = dpo_loss(&[pair], cfg, examples.len(), chosen_tokens, &mut totals);
+        vec![d[0].0, d[0].1]
+    };
+    let mut grads = vec![0.0f32; model.layout.len];
+    let groups = vec![2; examples.len()];
+    let mut acts = Activations::default();
+    model.sequence_logprobs_with_grad(&batch, &mut acts, &groups, &mut loss, &mut grads, chunk);
+    (totals.loss, grads)
 }
 
 /// Records what the training loop reports.

@@ -11,7 +11,9 @@ use crate::backend::cpu::attention::{
     attention_backward, attention_forward, AttentionDims, KvView,
 };
 use crate::backend::cpu::embedding::{embedding_backward, embedding_forward};
-use crate::backend::cpu::logprobs::{default_chunk_rows, logprobs_backward, logprobs_forward};
+use crate::backend::cpu::logprobs::{
+    default_chunk_rows, logprobs_backward, logprobs_forward, logprobs_fused,
+};
 use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::backend::cpu::residual::residual_forward;
 use crate::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -114,12 +116,35 @@ pub struct Activations {
     x_out: Vec<f32>,  // (N, C) the residual stream leaving the last layer
     hidden: Vec<f32>, // (M, C) final-norm output of the scored rows
     lse: Vec<f32>,    // (M)
+    /// Scratch for one chunk's logits: (chunk, V).
+    logits: Vec<f32>,
 }
 
 impl Model {
     /// Forward over `batch`, returning each sequence's summed completion log-prob (f64 sums
     /// of the f32 token log-probs). `acts` keeps the state `logprobs_backward` needs.
     pub fn sequence_logprobs(&self, batch: &TrainBatch, acts: &mut Activations) -> Vec<f64> {
+        self.body_forward(batch, acts);
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let m = batch.scored_rows.len();
+        let mut logp = vec![0.0f32; m];
+        resize(&mut acts.lse, m);
+        logprobs_forward(
+            &mut logp,
+            &mut acts.lse,
+            &acts.hidden,
+            &self.params[self.layout.lm_head.clone()],
+            &batch.targets,
+            c,
+            v,
+            default_chunk_rows(v),
+        );
+        sums_per_sequence(batch, &logp)
+    }
+
+    /// Forward through the layers and the final norm: leaves in `acts` what the backward
+    /// needs and, in `acts.hidden`, the final-norm output of the scored rows (M, C).
+    fn body_forward(&self, batch: &TrainBatch, acts: &mut Activations) {
         let cfg = &self.config;
         let p = &self.params;
         let (c, im, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
@@ -239,28 +264,119 @@ impl Model {
             eps,
             c,
         );
-        let mut logp = vec![0.0f32; m];
-        resize(&mut acts.lse, m);
-        logprobs_forward(
-            &mut logp,
-            &mut acts.lse,
-            &acts.hidden,
-            &p[self.layout.lm_head.clone()],
-            &batch.targets,
-            c,
-            v,
-            default_chunk_rows(v),
+    }
+
+    /// Forward, log-probs and backward in one go, the LM head in a single pass per loss
+    /// group: `groups` gives the number of consecutive sequences in each group (a DPO pair:
+    /// 2), and `loss(group, logps)` adds the group's loss wherever it keeps it and returns
+    /// d(loss)/d(summed log-prob) of each of its sequences. A group whose scored rows exceed
+    /// `chunk` (`default_chunk_rows` unless testing) takes the two-pass path (logits
+    /// recomputed). Parameter gradients accumulate into `grads`; returns each sequence's
+    /// summed log-prob.
+    pub fn sequence_logprobs_with_grad(
+        &self,
+        batch: &TrainBatch,
+        acts: &mut Activations,
+        groups: &[usize],
+        loss: &mut dyn FnMut(usize, &[f64]) -> Vec<f64>,
+        grads: &mut [f32],
+        chunk: usize,
+    ) -> Vec<f64> {
+        assert_eq!(
+            groups.iter().sum::<usize>(),
+            batch.seqs.len(),
+            "groups cover the batch"
         );
+        assert_eq!(
+            grads.len(),
+            self.layout.len,
+            "gradient buffer does not match the model"
+        );
+        self.body_forward(batch, acts);
+        let lay = &self.layout;
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let m = batch.scored_rows.len();
+        let mut logp = vec![0.0f32; m]; // (M)
+        let mut dhidden = vec![0.0f32; m * c]; // (M, C)
         let mut sums = vec![0.0f64; batch.seqs.len()];
-        for (&s, &lp) in batch.scored_seq.iter().zip(&logp) {
-            sums[s] += lp as f64;
+        let (mut seq0, mut row0) = (0, 0);
+        for (g, &size) in groups.iter().enumerate() {
+            let seqs = seq0..seq0 + size;
+            let rows = row0..row0 + batch.scored_seq[row0..].partition_point(|s| seqs.contains(s));
+            let (hidden, targets) = (
+                &acts.hidden[rows.start * c..rows.end * c],
+                &batch.targets[rows.clone()],
+            );
+            let (head, dhead) = (
+                &self.params[lay.lm_head.clone()],
+                &mut grads[lay.lm_head.clone()],
+            );
+            let to_rows = |dseq: Vec<f64>| -> Vec<f32> {
+                assert_eq!(dseq.len(), size, "one gradient per sequence of the group");
+                batch.scored_seq[rows.clone()]
+                    .iter()
+                    .map(|&s| dseq[s - seqs.start] as f32)
+                    .collect()
+            };
+            let group_sums = |logp: &[f32]| -> Vec<f64> {
+                let mut out = vec![0.0f64; size];
+                for (&s, &lp) in batch.scored_seq[rows.clone()].iter().zip(logp) {
+                    out[s - seqs.start] += lp as f64;
+                }
+                out
+            };
+            if rows.len() <= chunk {
+                logprobs_fused(
+                    &mut logp[rows.clone()],
+                    &mut dhidden[rows.start * c..rows.end * c],
+                    dhead,
+                    hidden,
+                    head,
+                    targets,
+                    c,
+                    v,
+                    &mut acts.logits,
+                    &mut |lp| to_rows(loss(g, &group_sums(lp))),
+                );
+            } else {
+                let mut lse = vec![0.0f32; rows.len()];
+                logprobs_forward(
+                    &mut logp[rows.clone()],
+                    &mut lse,
+                    hidden,
+                    head,
+                    targets,
+                    c,
+                    v,
+                    chunk,
+                );
+                let dlogp = to_rows(loss(g, &group_sums(&logp[rows.clone()])));
+                logprobs_backward(
+                    &mut dhidden[rows.start * c..rows.end * c],
+                    dhead,
+                    &dlogp,
+                    hidden,
+                    head,
+                    targets,
+                    &lse,
+                    c,
+                    v,
+                    chunk,
+                );
+            }
+            for (s, x) in seqs.clone().zip(group_sums(&logp[rows.clone()])) {
+                sums[s] = x;
+            }
+            seq0 = seqs.end;
+            row0 = rows.end;
         }
+        self.body_backward(batch, acts, &dhidden, grads);
         sums
     }
 
     /// Backward of the last `sequence_logprobs` on `batch`: `dseq[s]` is the loss gradient
-    /// of sequence s's summed log-prob. Parameter gradients accumulate into `grads`, a flat
-    /// buffer with the model's layout.
+    /// of sequence s's summed log-prob. The LM head's logits are recomputed chunk by chunk.
+    /// Parameter gradients accumulate into `grads`, a flat buffer with the model's layout.
     pub fn sequence_logprobs_backward(
         &self,
         batch: &TrainBatch,
@@ -268,39 +384,51 @@ impl Model {
         dseq: &[f32],
         grads: &mut [f32],
     ) {
-        let cfg = &self.config;
-        let p = &self.params;
         let lay = &self.layout;
-        let (c, im, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let qkv_dim = qd + 2 * kvd;
-        let dims = self.attention_dims();
-        let n = batch.len();
-        let m = batch.scored_rows.len();
-        let eps = cfg.rms_norm_eps;
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
         assert_eq!(dseq.len(), batch.seqs.len(), "one gradient per sequence");
         assert_eq!(
             grads.len(),
             lay.len,
             "gradient buffer does not match the model"
         );
-        let rope = RopeTable::for_positions(&self.inv_freq, &batch.positions);
-
-        // LM head and final norm, on the scored rows only.
         let dlogp: Vec<f32> = batch.scored_seq.iter().map(|&s| dseq[s]).collect();
-        let mut dhidden = vec![0.0f32; m * c]; // (M, C)
+        let mut dhidden = vec![0.0f32; batch.scored_rows.len() * c]; // (M, C)
         logprobs_backward(
             &mut dhidden,
             &mut grads[lay.lm_head.clone()],
             &dlogp,
             &acts.hidden,
-            &p[lay.lm_head.clone()],
+            &self.params[lay.lm_head.clone()],
             &batch.targets,
             &acts.lse,
             c,
             v,
             default_chunk_rows(v),
         );
+        self.body_backward(batch, acts, &dhidden, grads);
+    }
+
+    /// Backward from d(final-norm output) of the scored rows, dhidden: (M, C), through the
+    /// final norm, the layers and the embedding.
+    fn body_backward(
+        &self,
+        batch: &TrainBatch,
+        acts: &Activations,
+        dhidden: &[f32],
+        grads: &mut [f32],
+    ) {
+        let cfg = &self.config;
+        let p = &self.params;
+        let lay = &self.layout;
+        let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = qd + 2 * kvd;
+        let dims = self.attention_dims();
+        let n = batch.len();
+        let m = batch.scored_rows.len();
+        let eps = cfg.rms_norm_eps;
+        let rope = RopeTable::for_positions(&self.inv_freq, &batch.positions);
         let mut x_scored = vec![0.0f32; m * c];
         for (dst, &r) in x_scored.chunks_exact_mut(c).zip(&batch.scored_rows) {
             dst.copy_from_slice(&acts.x_out[r * c..(r + 1) * c]);
@@ -309,7 +437,7 @@ impl Model {
         rmsnorm_backward(
             &mut dx_scored,
             &mut grads[lay.norm.clone()],
-            &dhidden,
+            dhidden,
             &x_scored,
             &p[lay.norm.clone()],
             eps,
@@ -448,6 +576,15 @@ impl Model {
             head_dim: self.config.head_dim,
         }
     }
+}
+
+/// Sums the log-probs of the scored rows per sequence.
+fn sums_per_sequence(batch: &TrainBatch, logp: &[f32]) -> Vec<f64> {
+    let mut sums = vec![0.0f64; batch.seqs.len()];
+    for (&s, &lp) in batch.scored_seq.iter().zip(logp) {
+        sums[s] += lp as f64;
+    }
+    sums
 }
 
 /// Sets a reused buffer's length; its contents are overwritten by the caller.

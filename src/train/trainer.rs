@@ -6,6 +6,7 @@
 use super::batching::micro_batches;
 use super::loss::{dpo_loss, sft_loss, DpoConfig, DpoTotals, PairLogps};
 use super::optimizer::{Optimizer, OptimizerConfig};
+use crate::backend::cpu::logprobs::default_chunk_rows;
 use crate::backend::cpu::sampling::Rng;
 use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::model::Model;
@@ -259,41 +260,34 @@ fn accumulate_gradients(
             .collect();
         let tb = TrainBatch::new(&seqs);
         tokens += tb.len();
-        let logps = model.sequence_logprobs(&tb, acts);
-        let dseq: Vec<f32> = match cfg.objective {
-            Objective::Dpo(dpo) => {
-                let pairs: Vec<PairLogps> = micro
-                    .iter()
-                    .zip(logps.chunks_exact(2))
-                    .map(|(&i, lp)| {
-                        let ex = &examples[i];
-                        PairLogps {
-                            chosen: lp[0],
-                            rejected: lp[1],
-                            ref_chosen: ex.reference[0],
-                            ref_rejected: ex.reference[1],
-                            n_chosen: ex.completion_tokens(0),
-                            n_rejected: ex.completion_tokens(1),
-                        }
-                    })
-                    .collect();
-                dpo_loss(
-                    &pairs,
-                    &dpo,
-                    batch.len(),
-                    first_completion_tokens,
-                    &mut dpo_totals,
-                )
-                .into_iter()
-                .flat_map(|(c, r)| [c as f32, r as f32])
-                .collect()
+        // One loss group per example: its gradient depends on its own log-probs only.
+        let groups: Vec<usize> = micro.iter().map(|&i| examples[i].seqs.len()).collect();
+        let mut loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+            let ex = &examples[micro[g]];
+            match cfg.objective {
+                Objective::Dpo(dpo) => {
+                    let pair = PairLogps {
+                        chosen: logps[0],
+                        rejected: logps[1],
+                        ref_chosen: ex.reference[0],
+                        ref_rejected: ex.reference[1],
+                        n_chosen: ex.completion_tokens(0),
+                        n_rejected: ex.completion_tokens(1),
+                    };
+                    let d = dpo_loss(
+                        &[pair],
+                        &dpo,
+                        batch.len(),
+                        first_completion_tokens,
+                        &mut dpo_totals,
+                    );
+                    vec![d[0].0, d[0].1]
+                }
+                Objective::Sft => sft_loss(logps, all_completion_tokens, &mut sft_loss_total),
             }
-            Objective::Sft => sft_loss(&logps, all_completion_tokens, &mut sft_loss_total)
-                .into_iter()
-                .map(|g| g as f32)
-                .collect(),
         };
-        model.sequence_logprobs_backward(&tb, acts, &dseq, grads);
+        let chunk = default_chunk_rows(model.config.vocab_size);
+        model.sequence_logprobs_with_grad(&tb, acts, &groups, &mut loss, grads, chunk);
     }
     let metrics = match cfg.objective {
         Objective::Dpo(dpo) => dpo_totals.metrics(&dpo),

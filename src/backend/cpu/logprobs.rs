@@ -3,10 +3,13 @@
 //!
 //! Rows are taken `chunk` at a time: the chunk's logits are computed into one reused
 //! (chunk, V) buffer, reduced to a log-normaliser and the target's log-prob, and dropped.
-//! The backward recomputes the chunk's logits (the DPO gradient of a sequence is known only
-//! once every sequence's log-prob is), turns them in place into
-//! dlogp * (one_hot(target) - softmax) and feeds them to the two products that give
-//! d(hidden) and d(W_lm_head). Peak extra memory of either pass: one (chunk, V) f32 buffer,
+//!
+//! Training uses `logprobs_fused` where it can: a chunk holds the rows of whole loss groups
+//! (a DPO pair, whose gradient depends on its own two log-probs only), so the chunk's logits
+//! are computed once, reduced to log-probs, handed to the loss for d(loss)/d(log-prob), turned
+//! in place into dlogp * (one_hot(target) - softmax), and fed to the two products that give
+//! d(hidden) and d(W_lm_head), all in one pass. `logprobs_backward` is the two-pass fallback
+//! for a group too large for one chunk: it recomputes each chunk's logits. Peak extra memory of either pass: one (chunk, V) f32 buffer,
 //! i.e. O(chunk x V) and independent of the row count, against O(rows x V) for materialised
 //! logits (plus the GEMM library's packing scratch, at most one (V, C) panel).
 //! `tests/logprob_memory.rs` measures it.
@@ -15,9 +18,9 @@ use super::math::exp;
 use super::matmul::{matmul_backward, matmul_forward};
 use rayon::prelude::*;
 
-/// Rows per chunk so that a chunk's logits take about 8 MiB, within [8, 512] rows.
+/// Rows per chunk so that a chunk's logits take at most 32 MiB, within [8, 1024] rows.
 pub fn default_chunk_rows(vocab: usize) -> usize {
-    ((2 << 20) / vocab.max(1)).clamp(8, 512)
+    ((8 << 20) / vocab.max(1)).clamp(8, 1024)
 }
 
 /// logp, lse: (M) written; hidden: (M, C) final-norm outputs of the scored rows;
@@ -96,12 +99,7 @@ pub fn logprobs_backward(
             .zip(lse[r0..r0 + rows].par_iter())
             .zip(dlogp[r0..r0 + rows].par_iter())
             .zip(targets[r0..r0 + rows].par_iter())
-            .for_each(|(((row, &lse), &g), &t)| {
-                for z in row.iter_mut() {
-                    *z = -g * exp(*z - lse);
-                }
-                row[t as usize] += g;
-            });
+            .for_each(|(((row, &lse), &g), &t)| softmax_minus_one_hot(row, lse, g, t));
         matmul_backward(
             &mut dhidden[r0 * c..(r0 + rows) * c],
             dweight,
@@ -116,10 +114,82 @@ pub fn logprobs_backward(
     }
 }
 
-/// ln(sum exp(row)), shifted by the row's max so nothing overflows.
+/// One pass over rows whose loss gradient depends on their own log-probs only.
+/// logp: (M) written; dhidden: (M, C) assigned; dweight: (V, C) accumulated; hidden: (M, C);
+/// weight: (V, C); targets: (M); `upstream(logp)` returns d(loss)/d(logp) for each row.
+/// `logits` is a reused scratch buffer that grows to (M, V): callers keep M within a chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn logprobs_fused(
+    logp: &mut [f32],
+    dhidden: &mut [f32],
+    dweight: &mut [f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    c: usize,
+    v: usize,
+    logits: &mut Vec<f32>,
+    upstream: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+) {
+    let m = targets.len();
+    assert!(
+        logp.len() == m && hidden.len() == m * c && dhidden.len() == m * c,
+        "logprobs shapes"
+    );
+    logits.resize(m * v, 0.0);
+    let logits = &mut logits[..m * v]; // (M, V)
+    matmul_forward(logits, hidden, weight, None, m, c, v);
+    let mut lse = vec![0.0f32; m];
+    logits
+        .par_chunks(v)
+        .zip(lse.par_iter_mut())
+        .zip(logp.par_iter_mut())
+        .zip(targets.par_iter())
+        .for_each(|(((row, lse), logp), &t)| {
+            *lse = log_normaliser(row);
+            *logp = row[t as usize] - *lse;
+        });
+    let dlogp = upstream(logp);
+    assert_eq!(dlogp.len(), m, "one gradient per row");
+    logits
+        .par_chunks_mut(v)
+        .zip(lse.par_iter())
+        .zip(dlogp.par_iter())
+        .zip(targets.par_iter())
+        .for_each(|(((row, &lse), &g), &t)| softmax_minus_one_hot(row, lse, g, t));
+    matmul_backward(dhidden, dweight, None, logits, hidden, weight, m, c, v);
+}
+
+/// Turns a row of logits into d(loss)/d(logits) = g * (one_hot(t) - softmax), in place.
+fn softmax_minus_one_hot(row: &mut [f32], lse: f32, g: f32, t: u32) {
+    for z in row.iter_mut() {
+        *z = -g * exp(*z - lse);
+    }
+    row[t as usize] += g;
+}
+
+/// ln(sum exp(row)), shifted by the row's max so nothing overflows. Eight independent
+/// lanes for the max and the sum, so the loops vectorize.
 fn log_normaliser(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let sum: f32 = row.iter().map(|&z| exp(z - max)).sum();
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for ch in chunks.clone() {
+        for i in 0..8 {
+            lanes[i] = if ch[i] > lanes[i] { ch[i] } else { lanes[i] };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sums = [0.0f32; 8];
+    for ch in chunks {
+        for i in 0..8 {
+            sums[i] += exp(ch[i] - max);
+        }
+    }
+    let sum: f32 = sums.iter().sum::<f32>() + tail.iter().map(|&z| exp(z - max)).sum::<f32>();
     max + sum.ln()
 }
 
@@ -187,6 +257,47 @@ mod tests {
                 .collect();
             assert_close(&dw, &want_dw_acc, 1e-5, 1e-4);
         }
+    }
+
+    #[test]
+    fn the_fused_pass_matches_the_full_logits_path_and_feeds_the_loss_its_log_probs() {
+        let (m, c, v) = (9, 12, 37);
+        let hidden = randn(m * c, 34);
+        let weight: Vec<f32> = randn(v * c, 35).iter().map(|w| w * 0.5).collect();
+        let targets: Vec<u32> = (0..m).map(|r| ((r * 5 + 1) % v) as u32).collect();
+        // A loss whose gradient depends on the log-probs it is given: sum(logp^2) / 2.
+        let mut seen = vec![];
+        let mut upstream = |logp: &[f32]| {
+            seen = logp.to_vec();
+            logp.to_vec()
+        };
+        let (mut logp, mut dh) = (vec![f32::NAN; m], vec![f32::NAN; m * c]);
+        let dw0 = randn(v * c, 36);
+        let mut dw = dw0.clone();
+        let mut scratch = vec![];
+        logprobs_fused(
+            &mut logp,
+            &mut dh,
+            &mut dw,
+            &hidden,
+            &weight,
+            &targets,
+            c,
+            v,
+            &mut scratch,
+            &mut upstream,
+        );
+        assert_eq!(seen, logp);
+        let (want_logp, _, _) = naive(&hidden, &weight, &targets, &vec![0.0; m], c, v);
+        assert_close(&logp, &want_logp, 1e-5, 1e-5);
+        let (_, want_dh, want_dw) = naive(&hidden, &weight, &targets, &logp, c, v);
+        assert_close(&dh, &want_dh, 1e-5, 1e-4);
+        let want_dw_acc: Vec<f64> = want_dw
+            .iter()
+            .zip(&dw0)
+            .map(|(g, w)| g + *w as f64)
+            .collect();
+        assert_close(&dw, &want_dw_acc, 1e-5, 1e-4);
     }
 
     #[test]
