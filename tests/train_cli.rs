@@ -187,6 +187,27 @@ fn runs_are_deterministic_for_a_seed() {
         strip(&out_c),
         "another seed orders the pairs otherwise"
     );
+
+    // The pairs a run writes carry their reference log-probs: training from them again
+    // skips the reference pass and gives the same run.
+    let out_d = tmp.path().join("d");
+    let (model, pairs) = (chat_fixture(), out_a.join("pairs.jsonl"));
+    let d = tpo(&[
+        &[
+            "dpo",
+            "--model",
+            s(&model),
+            "--pairs",
+            s(&pairs),
+            "--out",
+            s(&out_d),
+        ],
+        &args[..],
+        &["--seed", "5"],
+    ]
+    .concat());
+    assert!(d.ok, "{}", d.stderr);
+    assert_eq!(strip(&out_a), strip(&out_d));
 }
 
 #[test]

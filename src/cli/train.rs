@@ -266,12 +266,7 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
     let loaded = load(&args.train.model)?;
     let pairs = read_pairs(&args.pairs, &encoder(&loaded, args.train.no_chat_template))?;
     let total = total_steps(pairs.len(), &cfg);
-    let mut run = RunDir::create(
-        &args.train.out,
-        &args.train.model,
-        args.train.save_steps,
-        total,
-    )?;
+    RunDir::check_free(&args.train.out)?;
 
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
@@ -314,6 +309,12 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
         }
     };
     let ref_secs = ref_started.elapsed().as_secs_f64();
+    let mut run = RunDir::create(
+        &args.train.out,
+        &args.train.model,
+        args.train.save_steps,
+        total,
+    )?;
     let mut text = String::new();
     for (p, (c, r)) in pairs.iter().zip(&references) {
         let mut line = p.source.clone();

@@ -30,13 +30,9 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates OUT, which must not exist or be empty.
-    pub fn create(
-        out: &Path,
-        source: &Path,
-        save_steps: usize,
-        total_steps: usize,
-    ) -> Result<RunDir> {
+    /// Fails unless OUT is free for a new run: absent, or an empty directory. Checked
+    /// before any work, so a run never starts that could not write its results.
+    pub fn check_free(out: &Path) -> Result<()> {
         if out.exists() {
             let empty = out.is_dir()
                 && std::fs::read_dir(out)
@@ -50,6 +46,17 @@ impl RunDir {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Creates OUT (see `check_free`) with an empty metrics file.
+    pub fn create(
+        out: &Path,
+        source: &Path,
+        save_steps: usize,
+        total_steps: usize,
+    ) -> Result<RunDir> {
+        Self::check_free(out)?;
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let path = out.join("metrics.jsonl");
         let metrics = std::fs::File::create(&path)
