@@ -118,6 +118,8 @@ pub struct Activations {
     lse: Vec<f32>,    // (M)
     /// Scratch for one chunk's logits: (chunk, V).
     logits: Vec<f32>,
+    /// The rotary angles of the batch's positions.
+    rope: Option<RopeTable>,
 }
 
 impl Model {
@@ -160,7 +162,9 @@ impl Model {
             batch.seqs.iter().all(|s| s.len() <= cfg.max_context),
             "sequence longer than max_context"
         );
-        let rope = RopeTable::for_positions(&self.inv_freq, &batch.positions);
+        let rope = acts
+            .rope
+            .insert(RopeTable::for_positions(&self.inv_freq, &batch.positions));
         let eps = cfg.rms_norm_eps;
         acts.layers
             .resize_with(self.layout.layers.len(), LayerState::default);
@@ -196,8 +200,8 @@ impl Model {
                 st.k[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
                 st.v[r * kvd..(r + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
             }
-            rope_forward(&mut st.q, &rope, dims.n_head);
-            rope_forward(&mut st.k, &rope, dims.n_kv_head);
+            rope_forward(&mut st.q, rope, dims.n_head);
+            rope_forward(&mut st.k, rope, dims.n_kv_head);
             let views: Vec<KvView> = batch
                 .seqs
                 .iter()
@@ -428,7 +432,7 @@ impl Model {
         let n = batch.len();
         let m = batch.scored_rows.len();
         let eps = cfg.rms_norm_eps;
-        let rope = RopeTable::for_positions(&self.inv_freq, &batch.positions);
+        let rope = acts.rope.as_ref().expect("the forward ran");
         let mut x_scored = vec![0.0f32; m * c];
         for (dst, &r) in x_scored.chunks_exact_mut(c).zip(&batch.scored_rows) {
             dst.copy_from_slice(&acts.x_out[r * c..(r + 1) * c]);
@@ -526,8 +530,8 @@ impl Model {
                 &batch.seqs,
                 dims,
             );
-            rope_backward(&mut dq, &rope, dims.n_head);
-            rope_backward(&mut dk, &rope, dims.n_kv_head);
+            rope_backward(&mut dq, rope, dims.n_head);
+            rope_backward(&mut dk, rope, dims.n_kv_head);
             for (r, row) in dqkv.chunks_exact_mut(qkv_dim).enumerate() {
                 row[..qd].copy_from_slice(&dq[r * qd..(r + 1) * qd]);
                 row[qd..qd + kvd].copy_from_slice(&dk[r * kvd..(r + 1) * kvd]);
