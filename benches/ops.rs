@@ -1,13 +1,16 @@
 //! Each CPU op at the shapes of the benchmark model (the `tiny` defaults: Llama, C=256,
 //! 4 layers, H=8, Hkv=4, D=32, I=688, V=8192), for a decode step of 32 sequences and for
-//! a prefill, and the matrix products' forward and backward for a training batch. Matrix
+//! a prefill, and the matrix products' and attention's forward and backward for a training
+//! batch. Matrix
 //! products and attention report FLOP/s (criterion's "elem/s"); the
 //! element-wise ops report the bytes they read and write.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use tpo_engine::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
+use tpo_engine::backend::cpu::attention::{
+    attention_backward, attention_forward, AttentionDims, KvView,
+};
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::rmsnorm_forward;
 use tpo_engine::backend::cpu::rope::{inv_frequencies, rope_forward, RopeScaling, RopeTable};
@@ -25,6 +28,8 @@ const DECODE_ROWS: usize = 32;
 const PREFILL_ROWS: usize = 128;
 /// Tokens of a training batch.
 const TRAIN_ROWS: usize = 2048;
+/// A training batch of TRAIN_ROWS: sequences of this many tokens.
+const TRAIN_SEQ_LEN: usize = 256;
 
 const F32: u64 = std::mem::size_of::<f32>() as u64;
 
@@ -236,12 +241,84 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
+/// Causal self-attention over a training batch of whole sequences packed row after row,
+/// each sequence's keys/values slices of the packed k/v, forward then backward.
+fn attention_train(c: &mut Criterion) {
+    let mut group = c.benchmark_group("attention_train");
+    let dims = AttentionDims {
+        n_head: N_HEAD,
+        n_kv_head: N_KV_HEAD,
+        head_dim: HEAD_DIM,
+    };
+    let (n, qd, kvd) = (TRAIN_ROWS, N_HEAD * HEAD_DIM, N_KV_HEAD * HEAD_DIM);
+    let seqs: Vec<std::ops::Range<usize>> = (0..n)
+        .step_by(TRAIN_SEQ_LEN)
+        .map(|r| r..r + TRAIN_SEQ_LEN)
+        .collect();
+    let row_seq: Vec<usize> = (0..n).map(|r| r / TRAIN_SEQ_LEN).collect();
+    let row_pos: Vec<usize> = (0..n).map(|r| r % TRAIN_SEQ_LEN).collect();
+    let (q, k, v) = (
+        randn(n * qd, 1.0, 9),
+        randn(n * kvd, 1.0, 10),
+        randn(n * kvd, 1.0, 11),
+    );
+    let dout = randn(n * qd, 1.0, 12);
+    let kv: Vec<KvView> = seqs
+        .iter()
+        .map(|r| KvView {
+            k: &k[r.start * kvd..r.end * kvd],
+            v: &v[r.start * kvd..r.end * kvd],
+        })
+        .collect();
+    let (mut out, mut lse) = (vec![0.0f32; n * qd], vec![0.0f32; n * N_HEAD]);
+    // Multiply-adds of q.k and of the weighted sum of v over the causal keys, two FLOPs each.
+    let forward_flops = (row_pos.iter().map(|&p| p + 1).sum::<usize>() * 2 * 2 * qd) as u64;
+    let param = format!("{}seq_x{TRAIN_SEQ_LEN}rows", seqs.len());
+    group.throughput(Throughput::Elements(forward_flops));
+    group.bench_function(BenchmarkId::new("forward", &param), |b| {
+        b.iter(|| {
+            attention_forward(
+                black_box(&mut out),
+                black_box(&mut lse),
+                black_box(&q),
+                &kv,
+                &row_seq,
+                &row_pos,
+                dims,
+            )
+        })
+    });
+    // The backward's saved state, whether or not the forward's benchmark ran.
+    attention_forward(&mut out, &mut lse, &q, &kv, &row_seq, &row_pos, dims);
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
+    // Five products of the forward's size: the scores again, dP, dQ, dK and dV.
+    group.throughput(Throughput::Elements(forward_flops * 5 / 2));
+    group.bench_function(BenchmarkId::new("backward", &param), |b| {
+        b.iter(|| {
+            attention_backward(
+                black_box(&mut dq),
+                black_box(&mut dk),
+                black_box(&mut dv),
+                black_box(&dout),
+                &q,
+                &k,
+                &v,
+                &out,
+                &lse,
+                &seqs,
+                dims,
+            )
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = ops;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = matmul, matmul_train_backward, rmsnorm, rope, swiglu, attention
+    targets = matmul, matmul_train_backward, rmsnorm, rope, swiglu, attention, attention_train
 }
 criterion_main!(ops);

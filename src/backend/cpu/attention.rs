@@ -5,8 +5,13 @@
 //! sequence's cache (which already holds the keys/values of the new rows). Sequences of
 //! different lengths are packed without padding, so padding costs nothing.
 //!
-//! The backward serves training: whole sequences packed row after row, no cache.
+//! The backward serves training: whole sequences packed row after row, no cache. Both run the
+//! many-row work as GEMMs on tiles (attention_tiled); this file holds the entry points, the
+//! split into parallel work, and the row-by-row path of decode steps over short caches.
 
+use super::attention_tiled::{
+    backward_task, forward_tile, tile_positions, BackwardTask, ForwardScratch,
+};
 use super::math::{dot, exp};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -26,9 +31,21 @@ pub struct AttentionDims {
     pub head_dim: usize,
 }
 
+/// A run of rows goes in tiles when its rows see at least this many keys in all; below, a
+/// GEMM's packing costs more than it saves and it goes row by row. Measured on 2 cores at
+/// the benchmark shapes (32 sequences, one row each): about 22 us row by row against 40 us
+/// tiled over a 4-key cache, 65 against 55 us at 32 keys, 130 against 85 us at 64 keys.
+const TILED_MIN_KEYS: usize = 32;
+
 /// out: (N, H, D), lse: (N, H) the log of each softmax's normaliser (natural log of
 /// sum_t exp(score_t), scores already scaled by 1/sqrt(D)), q: (N, H, D), kv[s]: (T_s, Hkv, D)
 /// each.
+///
+/// The rows that continue one sequence position by position (a prefill, a training
+/// sequence, a decode row) form a run; a run that sees many keys goes in tiles of GEMMs
+/// (attention_tiled), a small one row by row. Either way a row's result depends only on its
+/// own sequence's run, so it is the same whatever else shares the batch and whatever the
+/// thread count.
 pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
@@ -53,43 +70,165 @@ pub fn attention_forward(
         "heads must group evenly"
     );
     let group = n_head / n_kv_head;
-    let kv_stride = n_kv_head * d;
-    let scale = 1.0 / (d as f32).sqrt();
-    out.par_chunks_mut(d)
-        .zip(lse.par_iter_mut())
-        .zip(q.par_chunks(d))
-        .enumerate()
-        .with_min_len(4)
-        .for_each_init(Vec::new, |scores, (i, ((o, lse), qh))| {
-            let (row, h) = (i / n_head, i % n_head);
-            let cache = kv[row_seq[row]];
-            let len = row_pos[row] + 1;
-            assert!(
-                cache.k.len() >= len * kv_stride,
-                "cache shorter than the row's position"
-            );
-            let kvh = h / group;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for t in 0..len {
-                let s = dot(qh, &cache.k[t * kv_stride + kvh * d..][..d]) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            for s in scores.iter_mut() {
-                *s = exp(*s - max);
-            }
-            let sum: f32 = scores.iter().sum();
-            *lse = max + sum.ln();
-            o.fill(0.0);
-            for (t, s) in scores.iter().enumerate() {
-                let w = s / sum;
-                let v = &cache.v[t * kv_stride + kvh * d..][..d];
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += w * v;
+    // (N * Hkv): row r's query heads of kv head g at r * Hkv + g, each taken by one work item.
+    let mut blocks: Vec<Option<GroupOut>> = out
+        .chunks_exact_mut(group * d)
+        .zip(lse.chunks_exact_mut(group))
+        .map(|(out, lse)| Some(GroupOut { out, lse }))
+        .collect();
+    let mut take = |row: usize, g: usize| {
+        blocks[row * n_kv_head + g]
+            .take()
+            .expect("one work item per block")
+    };
+    let mut work = Vec::new();
+    let mut r0 = 0;
+    while r0 < n {
+        let mut r1 = r0 + 1;
+        while r1 < n && row_seq[r1] == row_seq[r0] && row_pos[r1] == row_pos[r1 - 1] + 1 {
+            r1 += 1;
+        }
+        let keys_seen: usize = row_pos[r0..r1].iter().map(|p| p + 1).sum();
+        if keys_seen >= TILED_MIN_KEYS {
+            for t0 in (r0..r1).step_by(tile_positions(group)) {
+                let t1 = (t0 + tile_positions(group)).min(r1);
+                for g in 0..n_kv_head {
+                    let dst = (t0..t1).map(|r| take(r, g)).collect();
+                    work.push(Work::Tile {
+                        rows: t0..t1,
+                        g,
+                        dst,
+                    });
                 }
             }
+        } else {
+            for row in r0..r1 {
+                for g in 0..n_kv_head {
+                    let dst = take(row, g);
+                    work.push(Work::Row { row, g, dst });
+                }
+            }
+        }
+        r0 = r1;
+    }
+    work.into_par_iter()
+        .for_each_init(Scratch::default, |scratch, work| match work {
+            Work::Row { row, g, dst } => {
+                let cache = kv[row_seq[row]];
+                attend_row(
+                    dst,
+                    q,
+                    row,
+                    row_pos[row] + 1,
+                    cache,
+                    g,
+                    dims,
+                    &mut scratch.row,
+                );
+            }
+            Work::Tile { rows, g, mut dst } => {
+                let (first_pos, cache) = (row_pos[rows.start], kv[row_seq[rows.start]]);
+                forward_tile(
+                    &mut dst,
+                    q,
+                    rows,
+                    first_pos,
+                    cache,
+                    g,
+                    dims,
+                    &mut scratch.tile,
+                );
+            }
         });
+}
+
+/// The outputs of one row's query heads that share a kv head: out (group, D), lse (group).
+pub(super) struct GroupOut<'a> {
+    pub out: &'a mut [f32],
+    pub lse: &'a mut [f32],
+}
+
+/// A unit of the forward's parallel work: one row, or one tile of a run, for one kv head.
+enum Work<'a> {
+    Row {
+        row: usize,
+        g: usize,
+        dst: GroupOut<'a>,
+    },
+    Tile {
+        rows: Range<usize>,
+        g: usize,
+        /// One per row of the tile.
+        dst: Vec<GroupOut<'a>>,
+    },
+}
+
+/// Buffers a thread reuses across its work items.
+#[derive(Default)]
+struct Scratch {
+    /// (T) one head's scores over its cache.
+    row: Vec<f32>,
+    tile: ForwardScratch,
+}
+
+/// Row `row` of q (N, H, D), which sees `len` positions of its cache, for the query heads of
+/// kv head g: one head at a time, a dot product per key.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_row(
+    dst: GroupOut,
+    q: &[f32],
+    row: usize,
+    len: usize,
+    cache: KvView,
+    g: usize,
+    dims: AttentionDims,
+    scores: &mut Vec<f32>,
+) {
+    let AttentionDims {
+        n_head,
+        n_kv_head,
+        head_dim: d,
+    } = dims;
+    let group = n_head / n_kv_head;
+    let kv_stride = n_kv_head * d;
+    assert!(
+        cache.k.len() >= len * kv_stride && cache.v.len() >= len * kv_stride,
+        "cache shorter than the row's position"
+    );
+    let qs = &q[(row * n_head + g * group) * d..][..group * d];
+    let scale = scale(d);
+    for ((o, lse), qh) in dst
+        .out
+        .chunks_exact_mut(d)
+        .zip(dst.lse.iter_mut())
+        .zip(qs.chunks_exact(d))
+    {
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for t in 0..len {
+            let s = dot(qh, &cache.k[t * kv_stride + g * d..][..d]) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+        }
+        let sum: f32 = scores.iter().sum();
+        *lse = max + sum.ln();
+        o.fill(0.0);
+        for (t, s) in scores.iter().enumerate() {
+            let w = s / sum;
+            let v = &cache.v[t * kv_stride + g * d..][..d];
+            for (o, v) in o.iter_mut().zip(v) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
+/// The scores' scale, 1/sqrt(D).
+pub(super) fn scale(d: usize) -> f32 {
+    1.0 / (d as f32).sqrt()
 }
 
 /// Backward of causal self-attention over packed whole sequences (training, no cache): the
@@ -97,13 +236,10 @@ pub fn attention_forward(
 /// dq: (N, H, D), dk, dv: (N, Hkv, D) assigned; dout, q, out: (N, H, D); k, v: (N, Hkv, D);
 /// lse: (N, H) from attention_forward.
 ///
-/// Flash-attention's recomputation: the softmax weights P_ij = exp(scale q_i.k_j - lse_i)
-/// come back from lse without a saved (N, N) matrix, and with delta_i = dout_i.out_i the
-/// softmax's backward is dS_ij = P_ij (dout_i.v_j - delta_i).
-///
-/// One task per (sequence, kv head) owns that head's dk/dv rows in the sequence and the dq
-/// of its query heads: no two tasks add to the same element, and each sums in a fixed
-/// order, so the result does not depend on the thread count.
+/// One task per (sequence, kv head), run in tiles of GEMMs (attention_tiled), owns that
+/// head's dk/dv rows in the sequence and the dq of its query heads: no two tasks write the
+/// same element, and each sums in a fixed order, so the result does not depend on the
+/// thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dq: &mut [f32],
@@ -140,144 +276,40 @@ pub fn attention_backward(
         assert_eq!(x.len(), n * n_kv_head * d, "attention key-side shapes");
     }
     let group = n_head / n_kv_head;
-    let scale = 1.0 / (d as f32).sqrt();
-    let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .flat_map(|s| (0..n_kv_head).map(move |g| (s, g)))
-        .collect();
-    let grads: Vec<KvHeadGrads> = tasks
-        .par_iter()
-        .map(|&(s, g)| {
-            let (r0, t) = (seqs[s].start, seqs[s].len());
-            let mut grads = KvHeadGrads {
-                dq: vec![0.0; t * group * d],
-                dk: vec![0.0; t * d],
-                dv: vec![0.0; t * d],
-            };
-            // (T, D): the task's key/value head, gathered so that the passes below stream
-            // through it rather than stride across the other heads.
-            let gather = |x: &[f32]| -> Vec<f32> {
-                (r0..r0 + t)
-                    .flat_map(|r| head_row(x, n_kv_head, r, g, d))
-                    .copied()
-                    .collect()
-            };
-            let (kh, vh) = (gather(k), gather(v));
-            // (i + 1): row i's softmax weights P_ij, then its dS_ij.
-            let (mut p, mut ds) = (Vec::with_capacity(t), Vec::with_capacity(t));
-            for hq in 0..group {
-                let h = g * group + hq;
-                for i in 0..t {
-                    let qi = head_row(q, n_head, r0 + i, h, d);
-                    let douti = head_row(dout, n_head, r0 + i, h, d);
-                    let delta = dot(douti, head_row(out, n_head, r0 + i, h, d));
-                    let lse_i = lse[(r0 + i) * n_head + h];
-                    // One pass per quantity over the keys 0..=i: each pass's iterations are
-                    // independent, where one loop would chain dot, exp and the updates.
-                    p.clear();
-                    p.extend(kh.chunks_exact(d).take(i + 1).map(|kj| dot(qi, kj)));
-                    for x in p.iter_mut() {
-                        *x = exp(*x * scale - lse_i);
-                    }
-                    ds.clear();
-                    ds.extend(vh.chunks_exact(d).take(i + 1).map(|vj| dot(douti, vj)));
-                    for (x, p) in ds.iter_mut().zip(&p) {
-                        *x = p * (*x - delta);
-                    }
-                    let dqi = &mut grads.dq[(i * group + hq) * d..][..d];
-                    for (ds, kj) in ds.iter().zip(kh.chunks_exact(d)) {
-                        for (a, b) in dqi.iter_mut().zip(kj) {
-                            *a += ds * b;
-                        }
-                    }
-                    for a in dqi.iter_mut() {
-                        *a *= scale;
-                    }
-                    let dk_rows = grads.dk.chunks_exact_mut(d);
-                    for ((dkj, dvj), (ds, p)) in dk_rows
-                        .zip(grads.dv.chunks_exact_mut(d))
-                        .zip(ds.iter().zip(&p))
-                    {
-                        for (a, b) in dkj.iter_mut().zip(qi) {
-                            *a += scale * ds * b;
-                        }
-                        for (a, b) in dvj.iter_mut().zip(douti) {
-                            *a += p * b;
-                        }
-                    }
-                }
+    // Row r's blocks come in kv head order, (group, D) of dq and (D) of dk and dv each.
+    let mut dq_blocks = dq.chunks_exact_mut(group * d);
+    let (mut dk_blocks, mut dv_blocks) = (dk.chunks_exact_mut(d), dv.chunks_exact_mut(d));
+    let mut tasks = Vec::with_capacity(seqs.len() * n_kv_head);
+    for rows in seqs {
+        let first = tasks.len();
+        tasks.extend((0..n_kv_head).map(|g| BackwardTask {
+            rows: rows.clone(),
+            g,
+            dq: Vec::with_capacity(rows.len()),
+            dk: Vec::with_capacity(rows.len()),
+            dv: Vec::with_capacity(rows.len()),
+        }));
+        for _ in rows.clone() {
+            for task in &mut tasks[first..] {
+                let next = "a block per row and kv head";
+                task.dq.push(dq_blocks.next().expect(next));
+                task.dk.push(dk_blocks.next().expect(next));
+                task.dv.push(dv_blocks.next().expect(next));
             }
-            grads
-        })
-        .collect();
-    for (&(s, g), grads) in tasks.iter().zip(&grads) {
-        for (i, row) in seqs[s].clone().enumerate() {
-            dq[(row * n_head + g * group) * d..][..group * d]
-                .copy_from_slice(&grads.dq[i * group * d..][..group * d]);
-            let kv = (row * n_kv_head + g) * d;
-            dk[kv..kv + d].copy_from_slice(&grads.dk[i * d..][..d]);
-            dv[kv..kv + d].copy_from_slice(&grads.dv[i * d..][..d]);
         }
     }
-}
-
-/// Head `head` of row `row` of a (N, heads, D) tensor: (D).
-fn head_row(x: &[f32], heads: usize, row: usize, head: usize, d: usize) -> &[f32] {
-    &x[(row * heads + head) * d..][..d]
-}
-
-/// One (sequence, kv head) task's gradients, copied into place once all tasks are done.
-struct KvHeadGrads {
-    /// (T, H/Hkv, D): the task's query heads.
-    dq: Vec<f32>,
-    /// (T, D)
-    dk: Vec<f32>,
-    /// (T, D)
-    dv: Vec<f32>,
+    tasks
+        .into_par_iter()
+        .for_each(|task| backward_task(task, dout, q, k, v, out, lse, dims));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::cpu::testutil::{
-        assert_close, numeric_grad, randn, to_f64, weighted_sum, GRAD_TOL,
+        assert_close, naive_attention as naive, numeric_grad, pack, randn, to_f64, weighted_sum,
+        GRAD_TOL,
     };
-
-    /// Full causal attention of one sequence in f64: q (T, H, D), k/v (T, Hkv, D); returns
-    /// out (T, H, D) and lse (T, H).
-    fn naive(
-        q: &[f64],
-        k: &[f64],
-        v: &[f64],
-        t: usize,
-        h: usize,
-        hkv: usize,
-        d: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
-        let mut out = vec![0.0f64; t * h * d];
-        let mut lse = vec![0.0f64; t * h];
-        for i in 0..t {
-            for head in 0..h {
-                let kvh = head / (h / hkv);
-                let qv = &q[(i * h + head) * d..][..d];
-                let scores: Vec<f64> = (0..=i)
-                    .map(|j| {
-                        let kj = &k[(j * hkv + kvh) * d..][..d];
-                        qv.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                lse[i * h + head] = max + z.ln();
-                for (j, s) in scores.iter().enumerate() {
-                    let w = (s - max).exp() / z;
-                    for e in 0..d {
-                        out[(i * h + head) * d + e] += w * v[(j * hkv + kvh) * d + e];
-                    }
-                }
-            }
-        }
-        (out, lse)
-    }
 
     fn dims(n_head: usize, n_kv_head: usize, head_dim: usize) -> AttentionDims {
         AttentionDims {
@@ -285,18 +317,6 @@ mod tests {
             n_kv_head,
             head_dim,
         }
-    }
-
-    /// Sequences of `lens` packed row after row: each row's sequence and position, and each
-    /// sequence's rows.
-    fn pack(lens: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<Range<usize>>) {
-        let (mut row_seq, mut row_pos, mut seqs) = (vec![], vec![], vec![]);
-        for (s, &t) in lens.iter().enumerate() {
-            seqs.push(row_seq.len()..row_seq.len() + t);
-            row_seq.extend(std::iter::repeat_n(s, t));
-            row_pos.extend(0..t);
-        }
-        (row_seq, row_pos, seqs)
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Scalar building blocks written so that the compiler vectorizes the loops around them:
-//! an exp without a libm call, and a dot product with independent partial sums.
+//! an exp without a libm call, and a dot product, a sum and a maximum with independent
+//! partial results.
 
 /// e^x to about 2 ulp for x in [-87, 88] (Cephes' polynomial after reduction by ln 2);
 /// smaller x give 0 or a tiny positive, as the callers (softmax weights, silu) need.
@@ -14,7 +15,11 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * z + r + 1.0;
-    y * f32::from_bits(((fx as i32 + 127) << 23) as u32)
+    // 2^fx built from bits. fx is a whole number in [-125, 127]; adding 1.5 * 2^23 leaves it
+    // in the low mantissa bits. `fx as i32` would be the same number, but its saturating
+    // cast does not vectorize: it made the softmax loops of attention scalar.
+    let fx_bits = (fx + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    y * f32::from_bits(fx_bits.wrapping_add(127) << 23)
 }
 
 /// Sum of a[i] * b[i], accumulated in 8 independent lanes.
@@ -35,6 +40,37 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// Sum of x, accumulated in 8 independent lanes.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Largest element of x (-inf when empty), in 8 independent lanes.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a.max(b))
 }
 
 #[cfg(test)]
@@ -68,6 +104,17 @@ mod tests {
                 (dot(&a[..n], &b[..n]) as f64 - want).abs() < 1e-5,
                 "n = {n}"
             );
+        }
+    }
+
+    #[test]
+    fn sum_and_max_match_sequential_for_every_tail_length() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.73).sin()).collect();
+        for n in 0..=37 {
+            let want: f64 = x[..n].iter().map(|&v| v as f64).sum();
+            assert!((sum(&x[..n]) as f64 - want).abs() < 1e-5, "sum, n = {n}");
+            let want = x[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            assert_eq!(max(&x[..n]), want, "max, n = {n}");
         }
     }
 }

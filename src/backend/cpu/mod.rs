@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod attention;
+mod attention_tiled;
 pub mod embedding;
 pub mod logprobs;
 pub mod math;

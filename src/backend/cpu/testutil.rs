@@ -2,6 +2,7 @@
 //! finite-difference gradients.
 
 use super::sampling::Rng;
+use std::ops::Range;
 
 pub fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
@@ -58,4 +59,107 @@ pub fn numeric_grad(x: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 /// `want` shifted by the values a gradient buffer held before the backward added to it.
 pub fn plus(want: &[f64], start: &[f32]) -> Vec<f64> {
     want.iter().zip(start).map(|(w, &s)| w + s as f64).collect()
+}
+
+/// Full causal attention of one sequence in f64: q (T, H, D), k/v (T, Hkv, D); returns
+/// out (T, H, D) and lse (T, H).
+pub fn naive_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0f64; t * h * d];
+    let mut lse = vec![0.0f64; t * h];
+    for i in 0..t {
+        for head in 0..h {
+            let (p, l) = naive_softmax(q, k, i, head, h, hkv, d);
+            lse[i * h + head] = l;
+            let kvh = head / (h / hkv);
+            for (j, p) in p.iter().enumerate() {
+                for e in 0..d {
+                    out[(i * h + head) * d + e] += p * v[(j * hkv + kvh) * d + e];
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// The backward of `naive_attention` for the loss sum(dout * out): (dq, dk, dv), shaped as
+/// q, k and v.
+#[allow(clippy::too_many_arguments)]
+pub fn naive_attention_backward(
+    dout: &[f64],
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    t: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let scale = 1.0 / (d as f64).sqrt();
+    for i in 0..t {
+        for head in 0..h {
+            let kvh = head / (h / hkv);
+            let (p, _) = naive_softmax(q, k, i, head, h, hkv, d);
+            let qi = (i * h + head) * d;
+            let dout_i = &dout[qi..qi + d];
+            let dp: Vec<f64> = (0..=i)
+                .map(|j| (0..d).map(|e| dout_i[e] * v[(j * hkv + kvh) * d + e]).sum())
+                .collect();
+            let delta: f64 = p.iter().zip(&dp).map(|(p, dp)| p * dp).sum();
+            for j in 0..=i {
+                let ds = p[j] * (dp[j] - delta);
+                let kj = (j * hkv + kvh) * d;
+                for e in 0..d {
+                    dq[qi + e] += scale * ds * k[kj + e];
+                    dk[kj + e] += scale * ds * q[qi + e];
+                    dv[kj + e] += p[j] * dout_i[e];
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// Row i's softmax weights over keys 0..=i for query head `head`, and their lse.
+fn naive_softmax(
+    q: &[f64],
+    k: &[f64],
+    i: usize,
+    head: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+) -> (Vec<f64>, f64) {
+    let kvh = head / (h / hkv);
+    let qv = &q[(i * h + head) * d..][..d];
+    let scores: Vec<f64> = (0..=i)
+        .map(|j| {
+            let kj = &k[(j * hkv + kvh) * d..][..d];
+            qv.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt()
+        })
+        .collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+    let p = scores.iter().map(|s| (s - max).exp() / z).collect();
+    (p, max + z.ln())
+}
+
+/// Sequences of `lens` packed row after row, as attention takes them: each row's sequence
+/// and position, and each sequence's rows.
+pub fn pack(lens: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<Range<usize>>) {
+    let (mut row_seq, mut row_pos, mut seqs) = (vec![], vec![], vec![]);
+    for (s, &t) in lens.iter().enumerate() {
+        seqs.push(row_seq.len()..row_seq.len() + t);
+        row_seq.extend(std::iter::repeat_n(s, t));
+        row_pos.extend(0..t);
+    }
+    (row_seq, row_pos, seqs)
 }
