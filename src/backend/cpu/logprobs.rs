@@ -14,7 +14,7 @@
 //! logits (plus the GEMM library's packing scratch, at most one (V, C) panel).
 //! `tests/logprob_memory.rs` measures it.
 
-use super::math::exp;
+use super::math::{self, exp};
 use super::matmul::{matmul_backward, matmul_forward};
 use rayon::prelude::*;
 
@@ -168,29 +168,19 @@ fn softmax_minus_one_hot(row: &mut [f32], lse: f32, g: f32, t: u32) {
     row[t as usize] += g;
 }
 
-/// ln(sum exp(row)), shifted by the row's max so nothing overflows. Eight independent
-/// lanes for the max and the sum, so the loops vectorize.
+/// ln(sum exp(row)), shifted by the row's max so nothing overflows; the exponentials are
+/// summed in eight independent lanes so the loop vectorizes.
 fn log_normaliser(row: &[f32]) -> f32 {
+    let max = math::max(row);
     let chunks = row.chunks_exact(8);
-    let tail = chunks.remainder();
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    for ch in chunks.clone() {
-        for i in 0..8 {
-            lanes[i] = if ch[i] > lanes[i] { ch[i] } else { lanes[i] };
-        }
-    }
-    let max = lanes
-        .iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sums = [0.0f32; 8];
+    let tail: f32 = chunks.remainder().iter().map(|&z| exp(z - max)).sum();
+    let mut lanes = [0.0f32; 8];
     for ch in chunks {
         for i in 0..8 {
-            sums[i] += exp(ch[i] - max);
+            lanes[i] += exp(ch[i] - max);
         }
     }
-    let sum: f32 = sums.iter().sum::<f32>() + tail.iter().map(|&z| exp(z - max)).sum::<f32>();
-    max + sum.ln()
+    max + (math::sum(&lanes) + tail).ln()
 }
 
 #[cfg(test)]
