@@ -1,4 +1,6 @@
-//! The op set the model needs, llm.c style: `op_forward(out, inputs.., dims)`.
+//! The op set the model needs, llm.c style: `op_forward(out, saved.., inputs.., dims)` and
+//! `op_backward(dinp.., dweights.., dout, inputs.., saved.., dims)` side by side; parameter
+//! gradients accumulate (`+=`), activation gradients are assigned.
 //!
 //! Only the CPU backend exists so far; it is f32 throughout and is the oracle every CUDA
 //! kernel will be checked against. The `Backend` trait of DESIGN.md is introduced together
