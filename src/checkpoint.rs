@@ -30,17 +30,22 @@ impl View for &Stored {
     }
 }
 
-fn encode(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
+/// The tensor's bytes in `dtype`; None when a value does not fit (beyond f16's 65504).
+fn encode(values: &[f32], dtype: StorageDtype) -> Option<Vec<u8>> {
     match dtype {
-        StorageDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        StorageDtype::F32 => Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         StorageDtype::Bf16 => values
             .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
+            .map(|v| half::bf16::from_f32(*v))
+            .map(|h| h.is_finite().then(|| h.to_le_bytes()))
+            .collect::<Option<Vec<_>>>()
+            .map(|b| b.concat()),
         StorageDtype::F16 => values
             .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
+            .map(|v| half::f16::from_f32(*v))
+            .map(|h| h.is_finite().then(|| h.to_le_bytes()))
+            .collect::<Option<Vec<_>>>()
+            .map(|b| b.concat()),
     }
 }
 
@@ -57,17 +62,24 @@ pub fn save_safetensors(
         .tensors(cfg)
         .into_iter()
         .map(|t| {
-            let bytes = encode(&params[t.range], dtype);
-            (
+            let bytes = encode(&params[t.range], dtype).with_context(|| {
+                format!(
+                    "cannot write {}: tensor {} holds a value that {} cannot store",
+                    path.display(),
+                    t.name,
+                    dtype.torch_name()
+                )
+            })?;
+            Ok((
                 t.name,
                 Stored {
                     dtype: dtype.safetensors(),
                     shape: t.shape,
                     bytes,
                 },
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let metadata = Some(
         [("format".to_string(), "pt".to_string())]
             .into_iter()
@@ -111,4 +123,36 @@ pub fn save_checkpoint(dir: &Path, source: &Path, model: &Model) -> Result<()> {
             model.dtype,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_beyond_the_storage_dtype_is_an_error_naming_the_tensor_and_nothing_is_left() {
+        let cfg = ModelConfig::from_json(&serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 8, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "vocab_size": 4,
+        }))
+        .unwrap();
+        let layout = ParamLayout::new(&cfg);
+        let mut params = vec![0.5f32; layout.len];
+        params[layout.norm.start] = 1e6;
+        let tmp = tempfile::TempDir::new().unwrap();
+        let path = tmp.path().join("model.safetensors");
+        for dtype in [StorageDtype::F32, StorageDtype::Bf16] {
+            save_safetensors(&path, &cfg, &layout, &params, dtype).unwrap();
+        }
+        std::fs::remove_file(&path).unwrap();
+        let err = save_safetensors(&path, &cfg, &layout, &params, StorageDtype::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.norm.weight") && err.contains("float16"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tpo_engine::backend::cpu::logprobs::{logprobs_backward, logprobs_forward};
+use tpo_engine::backend::cpu::logprobs::{logprobs_backward, logprobs_forward, logprobs_fused};
 
 struct Counting;
 
@@ -44,7 +44,8 @@ fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Peak extra bytes of the forward and of the backward over `m` rows.
+/// Peak extra bytes of the forward over `m` rows, and the larger of the backward over `m`
+/// rows and the fused pass over one chunk.
 fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
     let hidden = values(m * c, 1, 1.0);
     let weight = values(v * c, 2, 0.1);
@@ -53,8 +54,21 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
     let (mut logp, mut lse) = (vec![0.0f32; m], vec![0.0f32; m]);
     let mut dhidden = vec![0.0f32; m * c];
     let mut dweight = vec![0.0f32; v * c];
-    let mut forward =
-        || logprobs_forward(&mut logp, &mut lse, &hidden, &weight, &targets, c, v, chunk);
+    // Each pass grows its own scratch inside the measurement.
+    let mut forward = || {
+        let mut scratch = vec![];
+        logprobs_forward(
+            &mut logp,
+            &mut lse,
+            &hidden,
+            &weight,
+            &targets,
+            c,
+            v,
+            chunk,
+            &mut scratch,
+        )
+    };
     forward(); // starts the thread pool outside the measurement
     let fwd = peak_extra(forward);
     let bwd = peak_extra(|| {
@@ -69,10 +83,26 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
             c,
             v,
             chunk,
+            &mut vec![],
         )
     });
     assert!(logp.iter().all(|x| x.is_finite() && *x < 0.0));
-    (fwd, bwd)
+    // The training path: one pass over a loss group of `chunk` rows.
+    let fused = peak_extra(|| {
+        logprobs_fused(
+            &mut logp[..chunk],
+            &mut dhidden[..chunk * c],
+            &mut dweight,
+            &hidden[..chunk * c],
+            &weight,
+            &targets[..chunk],
+            c,
+            v,
+            &mut vec![],
+            &mut |lp| lp.iter().map(|x| -x).collect(),
+        )
+    });
+    (fwd, bwd.max(fused))
 }
 
 #[test]

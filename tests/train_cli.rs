@@ -24,8 +24,12 @@ struct Run {
 }
 
 fn tpo(args: &[&str]) -> Run {
+    tpo_on_threads("2", args)
+}
+
+fn tpo_on_threads(threads: &str, args: &[&str]) -> Run {
     let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .args(["--threads", "2"])
+        .args(["--threads", threads])
         .args(args)
         .output()
         .unwrap();
@@ -208,6 +212,32 @@ fn runs_are_deterministic_for_a_seed() {
     .concat());
     assert!(d.ok, "{}", d.stderr);
     assert_eq!(strip(&out_a), strip(&out_d));
+
+    // Other thread counts split the work otherwise and give the same bits.
+    for threads in ["1", "3"] {
+        let out_t = tmp.path().join(format!("threads-{threads}"));
+        let pairs = tmp.path().join("pairs.jsonl");
+        let t = tpo_on_threads(
+            threads,
+            &[
+                &[
+                    "dpo",
+                    "--model",
+                    s(&model),
+                    "--pairs",
+                    s(&pairs),
+                    "--out",
+                    s(&out_t),
+                ],
+                &args[..],
+                &["--seed", "5"],
+            ]
+            .concat(),
+        );
+        assert!(t.ok, "{}", t.stderr);
+        assert_eq!(strip(&out_a), strip(&out_t), "{threads} threads");
+        assert_eq!(weights(&out_a), weights(&out_t), "{threads} threads");
+    }
 }
 
 #[test]
@@ -389,21 +419,61 @@ fn bad_flags_and_an_existing_run_directory_are_refused() {
 #[test]
 fn a_diverging_run_stops_on_the_non_finite_loss_and_keeps_the_last_good_weights() {
     let tmp = TempDir::new().unwrap();
-    // Adam moves every weight by about lr on its first update: 1e12 makes the next
-    // forward overflow.
+    // Warmup gives update 1 a learning rate of 0 and update 2 one of 5e11; Adam moves every
+    // weight by about the learning rate, so the forward of step 3 overflows.
     let (run, out) = dpo(
         tmp.path(),
         "diverge",
         &[
             "--lr",
             "1e12",
+            "--warmup-steps",
+            "2",
             "--lr-schedule",
             "constant",
             "--batch-size",
-            "2",
+            "1",
             "--epochs",
-            "3",
+            "2",
+            "--save-steps",
+            "2",
         ],
+    );
+    assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+    for needle in [
+        "training stopped at step 3: the loss is NaN",
+        "after update 1",
+        "checkpoint-1",
+        "checkpoint-2 holds the weights that gave it",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        metrics(&out).len(),
+        2,
+        "only the applied updates are logged"
+    );
+    let kept = Model::load(&out.join("checkpoint-1")).unwrap();
+    let start = Model::load(&chat_fixture()).unwrap();
+    assert_eq!(
+        kept.params, start.params,
+        "update 1 had a learning rate of 0"
+    );
+    assert!(
+        !out.join("model").exists(),
+        "no final model from a failed run"
+    );
+
+    // Without warmup the first update already diverges: the last good weights are the
+    // starting model's, and no checkpoint is written.
+    let (run, out) = dpo(
+        tmp.path(),
+        "diverge-at-once",
+        &["--lr", "1e12", "--batch-size", "1"],
     );
     assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
     assert!(
@@ -411,13 +481,10 @@ fn a_diverging_run_stops_on_the_non_finite_loss_and_keeps_the_last_good_weights(
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("checkpoint-1"), "{}", run.stderr);
-    assert_eq!(metrics(&out).len(), 1, "only the good update is logged");
-    let kept = Model::load(&out.join("checkpoint-1")).unwrap();
-    let start = Model::load(&chat_fixture()).unwrap();
-    assert_ne!(kept.params, start.params);
     assert!(
-        !out.join("model").exists(),
-        "no final model from a failed run"
+        run.stderr.contains("the starting model's"),
+        "{}",
+        run.stderr
     );
+    assert!(!out.join("checkpoint-1").exists());
 }

@@ -86,11 +86,13 @@ fn dpo_config(case: &Value) -> DpoConfig {
     }
 }
 
-/// Loss metrics and the gradient of the whole batch in one micro-batch.
+/// Loss metrics and the gradient of the whole batch in one micro-batch, through the
+/// training path with one loss group per pair and `chunk` rows of logits at a time.
 fn loss_and_grads(
     model: &Model,
     examples: &[Example],
     cfg: &DpoConfig,
+    chunk: usize,
 ) -> (Map<String, Value>, Vec<f32>) {
     let seqs: Vec<ScoredSequence> = examples
         .iter()
@@ -102,27 +104,26 @@ fn loss_and_grads(
         })
         .collect();
     let batch = TrainBatch::new(&seqs);
-    let mut acts = Activations::default();
-    let logps = model.sequence_logprobs(&batch, &mut acts);
-    let n = batch.completion_lengths();
-    let pairs: Vec<PairLogps> = examples
-        .iter()
-        .enumerate()
-        .map(|(i, e)| PairLogps {
-            chosen: logps[2 * i],
-            rejected: logps[2 * i + 1],
+    let n = |e: &Example, i: usize| e.seqs[i].len() - e.prompt_len;
+    let chosen_tokens: usize = examples.iter().map(|e| n(e, 0)).sum();
+    let mut totals = DpoTotals::default();
+    let mut loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+        let e = &examples[g];
+        let pair = PairLogps {
+            chosen: logps[0],
+            rejected: logps[1],
             ref_chosen: e.reference[0],
             ref_rejected: e.reference[1],
-            n_chosen: n[2 * i],
-            n_rejected: n[2 * i + 1],
-        })
-        .collect();
-    let chosen_tokens = pairs.iter().map(|p| p.n_chosen).sum();
-    let mut totals = DpoTotals::default();
-    let d = dpo_loss(&pairs, cfg, pairs.len(), chosen_tokens, &mut totals);
-    let dseq: Vec<f32> = d.iter().flat_map(|(c, r)| [*c as f32, *r as f32]).collect();
+            n_chosen: n(e, 0),
+            n_rejected: n(e, 1),
+        };
+        let d = dpo_loss(&[pair], cfg, examples.len(), chosen_tokens, &mut totals);
+        vec![d[0].0, d[0].1]
+    };
     let mut grads = vec![0.0f32; model.layout.len];
-    model.sequence_logprobs_backward(&batch, &acts, &dseq, &mut grads);
+    let groups = vec![2; examples.len()];
+    let mut acts = Activations::default();
+    model.sequence_logprobs_with_grad(&batch, &mut acts, &groups, &mut loss, &mut grads, chunk);
     (totals.metrics(cfg), grads)
 }
 
@@ -175,81 +176,33 @@ fn dpo_loss_metrics_and_every_gradient_match_pytorch() {
             &floats(&case["ref_chosen"]),
             &floats(&case["ref_rejected"]),
         );
-        let (metrics, grads) = loss_and_grads(&model, &ex, &cfg);
-        assert_scalar(
-            metrics["loss"].as_f64().unwrap(),
-            case["loss"].as_f64().unwrap(),
-            name,
-        );
-        let want = case["metrics"].as_object().unwrap();
-        for (k, v) in want {
-            if k == "grad_norm" {
-                let norm = grads
-                    .iter()
-                    .map(|g| (*g as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
-                assert_scalar(norm, v.as_f64().unwrap(), &format!("{name} {k}"));
-            } else {
-                let got = metrics
-                    .get(k)
-                    .unwrap_or_else(|| panic!("{name}: no metric {k}"));
-                assert_scalar(
-                    got.as_f64().unwrap(),
-                    v.as_f64().unwrap(),
-                    &format!("{name} {k}"),
-                );
-            }
-        }
         let file = fixtures().join("dpo").join(case["grads"].as_str().unwrap());
-        assert_tensors_close(&model, &grads, &file, 1e-3, 1e-6);
-        // The training path: the LM head in one pass per pair (a chunk of 64 rows holds
-        // any pair here), and its two-pass fallback (3 rows per chunk, fewer than any pair).
-        for chunk in [64, 3] {
-            let (loss, grads) = fused_loss_and_grads(&model, &ex, &cfg, chunk);
-            assert_scalar(loss, case["loss"].as_f64().unwrap(), name);
+        // The fixture pairs have 10, 11 and 14 scored rows: 64 rows a chunk takes every pair
+        // in one pass, 3 takes every pair in two passes (logits recomputed), 11 mixes both.
+        for chunk in [64, 11, 3] {
+            let what = format!("{name}, chunk {chunk}");
+            let (metrics, grads) = loss_and_grads(&model, &ex, &cfg, chunk);
+            let loss = metrics["loss"].as_f64().unwrap();
+            assert_scalar(loss, case["loss"].as_f64().unwrap(), &what);
+            for (k, v) in case["metrics"].as_object().unwrap() {
+                let got = if k == "grad_norm" {
+                    grads
+                        .iter()
+                        .map(|g| (*g as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                } else {
+                    metrics
+                        .get(k)
+                        .unwrap_or_else(|| panic!("{what}: no metric {k}"))
+                        .as_f64()
+                        .unwrap()
+                };
+                assert_scalar(got, v.as_f64().unwrap(), &format!("{what} {k}"));
+            }
             assert_tensors_close(&model, &grads, &file, 1e-3, 1e-6);
         }
     }
-}
-
-/// The loss and gradient through `sequence_logprobs_with_grad`, one loss group per pair.
-fn fused_loss_and_grads(
-    model: &Model,
-    examples: &[Example],
-    cfg: &DpoConfig,
-    chunk: usize,
-) -> (f64, Vec<f32>) {
-    let seqs: Vec<ScoredSequence> = examples
-        .iter()
-        .flat_map(|e| {
-            e.seqs.iter().map(|s| ScoredSequence {
-                tokens: s,
-                prompt_len: e.prompt_len,
-            })
-        })
-        .collect();
-    let batch = TrainBatch::new(&seqs);
-    let n = batch.completion_lengths();
-    let chosen_tokens: usize = n.iter().step_by(2).sum();
-    let mut totals = DpoTotals::default();
-    let mut loss = |g: usize, logps: &[f64]| -> Vec<f64> {
-        let pair = PairLogps {
-            chosen: logps[0],
-            rejected: logps[1],
-            ref_chosen: examples[g].reference[0],
-            ref_rejected: examples[g].reference[1],
-            n_chosen: n[2 * g],
-            n_rejected: n[2 * g + 1],
-        };
-        let d = dpo_loss(&[pair], cfg, examples.len(), chosen_tokens, &mut totals);
-        vec![d[0].0, d[0].1]
-    };
-    let mut grads = vec![0.0f32; model.layout.len];
-    let groups = vec![2; examples.len()];
-    let mut acts = Activations::default();
-    model.sequence_logprobs_with_grad(&batch, &mut acts, &groups, &mut loss, &mut grads, chunk);
-    (totals.loss, grads)
 }
 
 /// Records what the training loop reports.
@@ -269,7 +222,7 @@ impl RunSink for Recorder {
     fn keep_last_good(&mut self, _: &Model, _: usize) -> Result<String> {
         Ok(String::new())
     }
-    fn progress(&mut self, _: usize, _: usize, _: f64, _: f64) {}
+    fn progress(&mut self, _: usize, _: f64, _: f64) {}
 }
 
 #[test]
@@ -322,7 +275,7 @@ fn three_adamw_updates_match_pytorch() {
         assert_scalar_within(loss, losses[s], 1e-4, 0.0, &format!("loss {s}"));
         assert_scalar_within(norm, norms[s], 1e-4, 0.0, &format!("grad_norm {s}"));
     }
-    let (after, _) = loss_and_grads(&model, &ex, &cfg);
+    let (after, _) = loss_and_grads(&model, &ex, &cfg, 64);
     let after = after["loss"].as_f64().unwrap();
     assert_scalar_within(after, losses[3], 1e-4, 0.0, "loss after 3 updates");
     let file = fixtures()

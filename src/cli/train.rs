@@ -60,7 +60,8 @@ pub struct TrainArgs {
     /// Save a checkpoint every this many updates (0: only the final model).
     #[arg(long, default_value_t = 0)]
     save_steps: usize,
-    /// Seed of the example order; a run is deterministic for a given seed and thread count.
+    /// Seed of the example order; a run is deterministic for a given seed, whatever the
+    /// thread count.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Feed prompt text as it is, without the chat template.

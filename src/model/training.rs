@@ -82,15 +82,6 @@ impl TrainBatch {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
-
-    /// Completion tokens of each sequence.
-    pub fn completion_lengths(&self) -> Vec<usize> {
-        let mut n = vec![0; self.seqs.len()];
-        for &s in &self.scored_seq {
-            n[s] += 1;
-        }
-        n
-    }
 }
 
 /// What one layer's forward keeps for its backward. Shapes per the `backend` legend.
@@ -115,7 +106,6 @@ pub struct Activations {
     layers: Vec<LayerState>,
     x_out: Vec<f32>,  // (N, C) the residual stream leaving the last layer
     hidden: Vec<f32>, // (M, C) final-norm output of the scored rows
-    lse: Vec<f32>,    // (M)
     /// Scratch for one chunk's logits: (chunk, V).
     logits: Vec<f32>,
     /// The rotary angles of the batch's positions.
@@ -129,17 +119,17 @@ impl Model {
         self.body_forward(batch, acts);
         let (c, v) = (self.config.hidden_size, self.config.vocab_size);
         let m = batch.scored_rows.len();
-        let mut logp = vec![0.0f32; m];
-        resize(&mut acts.lse, m);
+        let (mut logp, mut lse) = (vec![0.0f32; m], vec![0.0f32; m]);
         logprobs_forward(
             &mut logp,
-            &mut acts.lse,
+            &mut lse,
             &acts.hidden,
             &self.params[self.layout.lm_head.clone()],
             &batch.targets,
             c,
             v,
             default_chunk_rows(v),
+            &mut acts.logits,
         );
         sums_per_sequence(batch, &logp)
     }
@@ -353,6 +343,7 @@ impl Model {
                     c,
                     v,
                     chunk,
+                    &mut acts.logits,
                 );
                 let dlogp = to_rows(loss(g, &group_sums(&logp[rows.clone()])));
                 logprobs_backward(
@@ -366,6 +357,7 @@ impl Model {
                     c,
                     v,
                     chunk,
+                    &mut acts.logits,
                 );
             }
             for (s, x) in seqs.clone().zip(group_sums(&logp[rows.clone()])) {
@@ -376,41 +368,6 @@ impl Model {
         }
         self.body_backward(batch, acts, &dhidden, grads);
         sums
-    }
-
-    /// Backward of the last `sequence_logprobs` on `batch`: `dseq[s]` is the loss gradient
-    /// of sequence s's summed log-prob. The LM head's logits are recomputed chunk by chunk.
-    /// Parameter gradients accumulate into `grads`, a flat buffer with the model's layout.
-    pub fn sequence_logprobs_backward(
-        &self,
-        batch: &TrainBatch,
-        acts: &Activations,
-        dseq: &[f32],
-        grads: &mut [f32],
-    ) {
-        let lay = &self.layout;
-        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
-        assert_eq!(dseq.len(), batch.seqs.len(), "one gradient per sequence");
-        assert_eq!(
-            grads.len(),
-            lay.len,
-            "gradient buffer does not match the model"
-        );
-        let dlogp: Vec<f32> = batch.scored_seq.iter().map(|&s| dseq[s]).collect();
-        let mut dhidden = vec![0.0f32; batch.scored_rows.len() * c]; // (M, C)
-        logprobs_backward(
-            &mut dhidden,
-            &mut grads[lay.lm_head.clone()],
-            &dlogp,
-            &acts.hidden,
-            &self.params[lay.lm_head.clone()],
-            &batch.targets,
-            &acts.lse,
-            c,
-            v,
-            default_chunk_rows(v),
-        );
-        self.body_backward(batch, acts, &dhidden, grads);
     }
 
     /// Backward from d(final-norm output) of the scored rows, dhidden: (M, C), through the
@@ -503,6 +460,7 @@ impl Model {
                 eps,
                 c,
             );
+            // The residual's two branches meet: their gradients add.
             residual_forward(&mut dx, &dnorm_in);
 
             // Attention: x_mid = x_in + o(attention(rope(q), rope(k), v)).
@@ -568,6 +526,7 @@ impl Model {
                 eps,
                 c,
             );
+            // The residual's two branches meet: their gradients add.
             residual_forward(&mut dx, &dnorm_in);
         }
         embedding_backward(&mut grads[lay.embed_tokens.clone()], &dx, &batch.tokens, c);

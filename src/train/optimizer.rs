@@ -58,14 +58,6 @@ pub struct Optimizer {
     steps: u32,
 }
 
-/// What one update did.
-#[derive(Clone, Copy, Debug)]
-pub struct StepReport {
-    /// Global L2 norm of the gradient before clipping.
-    pub grad_norm: f64,
-    pub learning_rate: f64,
-}
-
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig, model_cfg: &ModelConfig, layout: &ParamLayout) -> Self {
         let groups = layout
@@ -80,10 +72,6 @@ impl Optimizer {
             groups,
             steps: 0,
         }
-    }
-
-    pub fn steps(&self) -> u32 {
-        self.steps
     }
 
     /// Global L2 norm of a gradient buffer.

@@ -115,9 +115,18 @@ impl RunSink for RunDir {
 
     fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String> {
         self.bar.abandon();
+        // A checkpoint saved after the next update holds the weights that gave the bad value.
+        let bad = if self.saved.contains(&(good_steps + 1)) {
+            format!(
+                " ({} holds the weights that gave it)",
+                self.checkpoint_dir(good_steps + 1).display()
+            )
+        } else {
+            String::new()
+        };
         if good_steps == 0 {
             return Ok(format!(
-                "the model in {} is unchanged",
+                "the last good weights are the starting model's, in {}{bad}",
                 self.source.display()
             ));
         }
@@ -126,12 +135,12 @@ impl RunSink for RunDir {
             save_checkpoint(&dir, &self.source, model)?;
         }
         Ok(format!(
-            "the weights after step {good_steps}, the last good one, are in {}",
+            "the last good weights (after update {good_steps}, the last with a finite loss and gradient) are in {}{bad}",
             dir.display()
         ))
     }
 
-    fn progress(&mut self, step: usize, _total: usize, loss: f64, tokens_per_s: f64) {
+    fn progress(&mut self, step: usize, loss: f64, tokens_per_s: f64) {
         self.bar.set_position(step as u64);
         self.bar
             .set_message(format!("loss {loss:.4} | {tokens_per_s:.0} tokens/s"));

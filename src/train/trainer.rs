@@ -10,7 +10,7 @@ use crate::backend::cpu::logprobs::default_chunk_rows;
 use crate::backend::cpu::sampling::Rng;
 use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::model::Model;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
@@ -60,13 +60,15 @@ pub trait RunSink {
     fn metrics(&mut self, line: &Map<String, Value>) -> Result<()>;
     /// Called after every update; saves a checkpoint when it wants one.
     fn after_step(&mut self, model: &Model, step: usize, last: bool) -> Result<()>;
-    /// Training is stopping on a bad step; `model` still holds the weights after
-    /// `good_steps` updates. Returns what to tell the user about them.
+    /// Training is stopping on a non-finite loss or gradient; `model` has been rolled back
+    /// to the weights after `good_steps` updates, the last that gave a finite loss and
+    /// gradient (0: the starting model). Returns what to tell the user about them.
     fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String>;
-    /// Progress after an update: (step, total steps, loss, tokens/s).
-    fn progress(&mut self, step: usize, total: usize, loss: f64, tokens_per_s: f64);
+    /// Progress after an update: (step, loss, tokens/s).
+    fn progress(&mut self, step: usize, loss: f64, tokens_per_s: f64);
 }
 
+#[derive(Debug)]
 pub struct TrainSummary {
     pub steps: usize,
     pub tokens: usize,
@@ -86,6 +88,9 @@ pub struct Trainer {
     optimizer: Optimizer,
     grads: Vec<f32>,
     acts: Activations,
+    /// (P) the weights before the last update, to roll back to when the weights it
+    /// produced give a non-finite loss.
+    previous: Vec<f32>,
 }
 
 /// What one update saw: its loss metrics, gradient norm and learning rate, and the tokens
@@ -105,6 +110,15 @@ impl Trainer {
             optimizer: Optimizer::new(cfg.optimizer, &model.config, &model.layout),
             grads: vec![0.0f32; model.layout.len],
             acts: Activations::default(),
+            previous: vec![],
+        }
+    }
+
+    /// Restores the weights from before the last update (a no-op when there was none).
+    pub fn roll_back(&mut self, model: &mut Model) {
+        if !self.previous.is_empty() {
+            std::mem::swap(&mut model.params, &mut self.previous);
+            self.previous.clear();
         }
     }
 
@@ -142,6 +156,7 @@ impl Trainer {
                 value: grad_norm,
             });
         }
+        self.previous.clone_from(&model.params);
         self.optimizer
             .step(&mut model.params, &self.grads, grad_norm, lr);
         Ok(StepOutcome {
@@ -181,13 +196,24 @@ pub fn train(
             let mut outcome = match trainer.step(model, examples, batch, step, total) {
                 Ok(outcome) => outcome,
                 Err(bad) => {
-                    let kept = sink.keep_last_good(model, step)?;
-                    bail!(
-                        "training stopped at step {}: the {} is {} (the learning rate may be too high, or the data or model hold extreme values); no update was applied; {kept}",
+                    let stopped = format!(
+                        "training stopped at step {}: the {} is {} (the learning rate may be too high, or the data or model hold extreme values)",
                         step + 1,
                         bad.what,
                         bad.value
                     );
+                    if step == 0 {
+                        bail!(
+                            "{stopped}; the starting model itself gives it, so nothing was trained"
+                        );
+                    }
+                    // These weights gave the bad value: the last good ones are those before
+                    // the update that made them.
+                    trainer.roll_back(model);
+                    let kept = sink
+                        .keep_last_good(model, step - 1)
+                        .with_context(|| stopped.clone())?;
+                    bail!("{stopped}; {kept}");
                 }
             };
             step += 1;
@@ -205,7 +231,6 @@ pub fn train(
             sink.metrics(&line)?;
             sink.progress(
                 step,
-                total,
                 line["loss"].as_f64().unwrap_or(f64::NAN),
                 tokens_per_s,
             );
@@ -324,5 +349,146 @@ mod tests {
         assert_eq!(a, shuffled(50, 1, 0));
         assert_ne!(a, shuffled(50, 2, 0));
         assert_ne!(a, shuffled(50, 1, 1));
+    }
+
+    use crate::model::weights::StorageDtype;
+    use crate::model::{ModelConfig, ParamLayout};
+    use crate::train::loss::{DpoConfig, DpoLossType};
+    use crate::train::optimizer::LrSchedule;
+
+    fn tiny_model() -> Model {
+        let config = ModelConfig::from_json(&serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 40, "max_position_embeddings": 64,
+        }))
+        .unwrap();
+        let mut rng = Rng::new(9);
+        let params = (0..ParamLayout::new(&config).len)
+            .map(|_| 0.3 * rng.normal())
+            .collect();
+        Model::from_params(config, params, StorageDtype::F32)
+    }
+
+    /// Six pairs of unequal lengths with made-up reference log-probs.
+    fn pairs() -> Vec<Example> {
+        (0..6u32)
+            .map(|i| {
+                let prompt: Vec<u32> = (0..2 + i % 3).map(|t| (t * 7 + i) % 40).collect();
+                let tail = |n: u32, salt: u32| (0..n).map(move |t| (t * 3 + salt + i) % 40);
+                Example {
+                    seqs: vec![
+                        prompt.iter().copied().chain(tail(3 + i % 2, 1)).collect(),
+                        prompt.iter().copied().chain(tail(2 + i % 4, 5)).collect(),
+                    ],
+                    prompt_len: prompt.len(),
+                    reference: vec![-20.0 - i as f64, -18.0 + i as f64],
+                }
+            })
+            .collect()
+    }
+
+    fn config(batch_size: usize, micro_batch_tokens: usize) -> TrainConfig {
+        TrainConfig {
+            objective: Objective::Dpo(DpoConfig {
+                loss_type: DpoLossType::Sigmoid,
+                beta: 0.5,
+                label_smoothing: 0.1,
+                nll_alpha: 0.3,
+            }),
+            optimizer: OptimizerConfig {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                max_grad_norm: 1.0,
+                schedule: LrSchedule::Constant,
+                warmup_steps: 0,
+            },
+            epochs: 1,
+            batch_size,
+            micro_batch_tokens,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn micro_batches_accumulate_the_gradient_of_the_whole_batch() {
+        let model = tiny_model();
+        let examples = pairs();
+        let batch: Vec<usize> = (0..examples.len()).collect();
+        let grads = |budget: usize| {
+            let mut grads = vec![0.0f32; model.layout.len];
+            let cfg = config(6, budget);
+            let (metrics, _) = accumulate_gradients(
+                &model,
+                &examples,
+                &batch,
+                &cfg,
+                &mut Activations::default(),
+                &mut grads,
+            );
+            (metrics["loss"].as_f64().unwrap(), grads)
+        };
+        let (whole_loss, whole) = grads(10_000);
+        // 12 tokens: one pair per micro-batch, several of them alone over the budget.
+        let (split_loss, split) = grads(12);
+        assert!((whole_loss - split_loss).abs() < 1e-12 * whole_loss.abs().max(1.0));
+        let max = whole.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        assert!(max > 0.0);
+        for (a, b) in whole.iter().zip(&split) {
+            assert!((a - b).abs() <= 1e-5 * max, "{a} vs {b}");
+        }
+    }
+
+    /// Records the weights after each update and what the stop keeps.
+    #[derive(Default)]
+    struct Recorder {
+        after: Vec<Vec<f32>>,
+        kept: Option<(usize, Vec<f32>)>,
+    }
+
+    impl RunSink for Recorder {
+        fn metrics(&mut self, _: &Map<String, Value>) -> Result<()> {
+            Ok(())
+        }
+        fn after_step(&mut self, model: &Model, _: usize, _: bool) -> Result<()> {
+            self.after.push(model.params.clone());
+            Ok(())
+        }
+        fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String> {
+            self.kept = Some((good_steps, model.params.clone()));
+            Ok("kept".into())
+        }
+        fn progress(&mut self, _: usize, _: f64, _: f64) {}
+    }
+
+    #[test]
+    fn a_non_finite_loss_rolls_back_to_the_weights_before_the_update_that_gave_it() {
+        let mut model = tiny_model();
+        let mut examples = pairs();
+        // One pair per update; the third update's pair has a NaN reference.
+        let cfg = config(1, 10_000);
+        let third = shuffled(examples.len(), cfg.seed, 0)[2];
+        examples[third].reference[0] = f64::NAN;
+        let mut rec = Recorder::default();
+        let err = train(&mut model, &examples, &cfg, &mut rec).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("training stopped at step 3: the loss is NaN"),
+            "{err}"
+        );
+        assert_eq!(rec.after.len(), 2, "two updates applied");
+        let (good_steps, kept) = rec.kept.expect("the last good weights were offered");
+        assert_eq!(good_steps, 1);
+        assert!(
+            kept == rec.after[0],
+            "the weights after the first update are kept"
+        );
+        assert!(
+            model.params == rec.after[0],
+            "the model is rolled back to them"
+        );
     }
 }

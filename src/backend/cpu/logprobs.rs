@@ -4,15 +4,17 @@
 //! Rows are taken `chunk` at a time: the chunk's logits are computed into one reused
 //! (chunk, V) buffer, reduced to a log-normaliser and the target's log-prob, and dropped.
 //!
-//! Training uses `logprobs_fused` where it can: a chunk holds the rows of whole loss groups
-//! (a DPO pair, whose gradient depends on its own two log-probs only), so the chunk's logits
-//! are computed once, reduced to log-probs, handed to the loss for d(loss)/d(log-prob), turned
-//! in place into dlogp * (one_hot(target) - softmax), and fed to the two products that give
-//! d(hidden) and d(W_lm_head), all in one pass. `logprobs_backward` is the two-pass fallback
-//! for a group too large for one chunk: it recomputes each chunk's logits. Peak extra memory of either pass: one (chunk, V) f32 buffer,
-//! i.e. O(chunk x V) and independent of the row count, against O(rows x V) for materialised
-//! logits (plus the GEMM library's packing scratch, at most one (V, C) panel).
-//! `tests/logprob_memory.rs` measures it.
+//! Training uses `logprobs_fused` where it can: one call takes the rows of one loss group
+//! (a DPO pair, whose gradient depends on its own two log-probs only) when they fit in a
+//! chunk. Its logits are computed once, reduced to log-probs, handed to the loss for
+//! d(loss)/d(log-prob), turned in place into dlogp * (one_hot(target) - softmax), and fed to
+//! the two products that give d(hidden) and d(W_lm_head): one pass. `logprobs_backward` is
+//! the two-pass fallback for a group larger than a chunk: it recomputes each chunk's logits.
+//!
+//! Peak extra memory of every path: one (chunk, V) f32 scratch buffer, i.e. O(chunk x V)
+//! and independent of the row count, against O(rows x V) for materialised logits (plus the
+//! GEMM library's packing scratch, at most one (V, C) panel). `tests/logprob_memory.rs`
+//! measures it.
 
 use super::math::{self, exp};
 use super::matmul::{matmul_backward, matmul_forward};
@@ -24,7 +26,8 @@ pub fn default_chunk_rows(vocab: usize) -> usize {
 }
 
 /// logp, lse: (M) written; hidden: (M, C) final-norm outputs of the scored rows;
-/// weight: (V, C) the LM head; targets: (M) token ids below V.
+/// weight: (V, C) the LM head; targets: (M) token ids below V; `logits` a reused scratch
+/// buffer that grows to (chunk, V).
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs_forward(
     logp: &mut [f32],
@@ -35,6 +38,7 @@ pub fn logprobs_forward(
     c: usize,
     v: usize,
     chunk: usize,
+    logits: &mut Vec<f32>,
 ) {
     let m = targets.len();
     assert!(
@@ -42,7 +46,7 @@ pub fn logprobs_forward(
         "logprobs shapes"
     );
     assert!(chunk > 0, "logprobs chunk");
-    let mut logits = vec![0.0f32; chunk.min(m) * v]; // (chunk, V), reused
+    logits.resize(chunk.min(m) * v, 0.0); // (chunk, V)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let logits = &mut logits[..rows * v];
@@ -68,7 +72,7 @@ pub fn logprobs_forward(
 }
 
 /// dhidden: (M, C) assigned; dweight: (V, C) accumulated; dlogp: (M) the loss gradient of
-/// each row's log-prob; hidden, weight, targets as in the forward; lse: (M) from it.
+/// each row's log-prob; hidden, weight, targets, `logits` as in the forward; lse: (M) from it.
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs_backward(
     dhidden: &mut [f32],
@@ -81,6 +85,7 @@ pub fn logprobs_backward(
     c: usize,
     v: usize,
     chunk: usize,
+    logits: &mut Vec<f32>,
 ) {
     let m = targets.len();
     assert!(
@@ -88,7 +93,7 @@ pub fn logprobs_backward(
         "logprobs backward shapes"
     );
     assert!(chunk > 0, "logprobs chunk");
-    let mut logits = vec![0.0f32; chunk.min(m) * v]; // (chunk, V), reused as d(logits)
+    logits.resize(chunk.min(m) * v, 0.0); // (chunk, V), reused as d(logits)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let dlogits = &mut logits[..rows * v];
@@ -232,12 +237,32 @@ mod tests {
         let dw0 = randn(v * c, 33);
         for chunk in [1, 4, 7, 23, 64] {
             let (mut logp, mut lse) = (vec![f32::NAN; m], vec![f32::NAN; m]);
-            logprobs_forward(&mut logp, &mut lse, &hidden, &weight, &targets, c, v, chunk);
+            logprobs_forward(
+                &mut logp,
+                &mut lse,
+                &hidden,
+                &weight,
+                &targets,
+                c,
+                v,
+                chunk,
+                &mut vec![],
+            );
             assert_close(&logp, &want_logp, 1e-5, 1e-5);
             let mut dh = vec![f32::NAN; m * c];
             let mut dw = dw0.clone();
             logprobs_backward(
-                &mut dh, &mut dw, &dlogp, &hidden, &weight, &targets, &lse, c, v, chunk,
+                &mut dh,
+                &mut dw,
+                &dlogp,
+                &hidden,
+                &weight,
+                &targets,
+                &lse,
+                c,
+                v,
+                chunk,
+                &mut vec![],
             );
             assert_close(&dh, &want_dh, 1e-5, 1e-4);
             let want_dw_acc: Vec<f64> = want_dw
@@ -296,7 +321,17 @@ mod tests {
         let hidden = [100.0f32, 0.0];
         let weight = [10.0f32, 0.0, 9.0, 0.0, -10.0, 0.0];
         let (mut logp, mut lse) = ([0.0f32], [0.0f32]);
-        logprobs_forward(&mut logp, &mut lse, &hidden, &weight, &[1], c, v, 4);
+        logprobs_forward(
+            &mut logp,
+            &mut lse,
+            &hidden,
+            &weight,
+            &[1],
+            c,
+            v,
+            4,
+            &mut vec![],
+        );
         // logits 1000, 900, -1000: log p(1) = -100 - ln(1 + e^-100 + ...) ~ -100.
         assert!((logp[0] + 100.0).abs() < 1e-3, "{}", logp[0]);
     }
