@@ -80,8 +80,16 @@ impl Optimizer {
     }
 
     /// Applies one update with the learning rate `lr` and the gradient whose norm is
-    /// `grad_norm` (from `grad_norm`, checked finite by the caller).
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], grad_norm: f64, lr: f64) {
+    /// `grad_norm` (from `grad_norm`, checked finite by the caller); `previous` receives the
+    /// parameters from before it.
+    pub fn step(
+        &mut self,
+        params: &mut [f32],
+        previous: &mut [f32],
+        grads: &[f32],
+        grad_norm: f64,
+        lr: f64,
+    ) {
         self.steps += 1;
         let max = self.cfg.max_grad_norm;
         // torch.nn.utils.clip_grad_norm_'s coefficient.
@@ -94,6 +102,7 @@ impl Optimizer {
             let r = range.clone();
             adamw_update(
                 &mut params[r.clone()],
+                &mut previous[r.clone()],
                 &mut self.m[r.clone()],
                 &mut self.v[r.clone()],
                 &grads[r],

@@ -89,8 +89,9 @@ pub struct Trainer {
     grads: Vec<f32>,
     acts: Activations,
     /// (P) the weights before the last update, to roll back to when the weights it
-    /// produced give a non-finite loss.
+    /// produced give a non-finite loss; valid once an update has been applied.
     previous: Vec<f32>,
+    updated: bool,
 }
 
 /// What one update saw: its loss metrics, gradient norm and learning rate, and the tokens
@@ -110,15 +111,16 @@ impl Trainer {
             optimizer: Optimizer::new(cfg.optimizer, &model.config, &model.layout),
             grads: vec![0.0f32; model.layout.len],
             acts: Activations::default(),
-            previous: vec![],
+            previous: vec![0.0f32; model.layout.len],
+            updated: false,
         }
     }
 
     /// Restores the weights from before the last update (a no-op when there was none).
     pub fn roll_back(&mut self, model: &mut Model) {
-        if !self.previous.is_empty() {
+        if self.updated {
             std::mem::swap(&mut model.params, &mut self.previous);
-            self.previous.clear();
+            self.updated = false;
         }
     }
 
@@ -156,9 +158,14 @@ impl Trainer {
                 value: grad_norm,
             });
         }
-        self.previous.clone_from(&model.params);
-        self.optimizer
-            .step(&mut model.params, &self.grads, grad_norm, lr);
+        self.optimizer.step(
+            &mut model.params,
+            &mut self.previous,
+            &self.grads,
+            grad_norm,
+            lr,
+        );
+        self.updated = true;
         Ok(StepOutcome {
             metrics,
             grad_norm,

@@ -20,11 +20,19 @@ pub struct AdamW {
 /// Elements per parallel task.
 const BLOCK: usize = 1 << 14;
 
-/// params, m, v: (P) updated in place; grads: (P).
-pub fn adamw_update(params: &mut [f32], m: &mut [f32], v: &mut [f32], grads: &[f32], h: AdamW) {
+/// params, m, v: (P) updated in place; previous: (P) written with the parameters before
+/// the update (a rollback copy, made in the same pass); grads: (P).
+pub fn adamw_update(
+    params: &mut [f32],
+    previous: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    grads: &[f32],
+    h: AdamW,
+) {
     let len = params.len();
     assert!(
-        m.len() == len && v.len() == len && grads.len() == len,
+        previous.len() == len && m.len() == len && v.len() == len && grads.len() == len,
         "adamw shapes"
     );
     let bias1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
@@ -34,10 +42,12 @@ pub fn adamw_update(params: &mut [f32], m: &mut [f32], v: &mut [f32], grads: &[f
     let decay = 1.0 - h.lr * h.weight_decay;
     params
         .par_chunks_mut(BLOCK)
+        .zip(previous.par_chunks_mut(BLOCK))
         .zip(m.par_chunks_mut(BLOCK))
         .zip(v.par_chunks_mut(BLOCK))
         .zip(grads.par_chunks(BLOCK))
-        .for_each(|(((p, m), v), g)| {
+        .for_each(|((((p, prev), m), v), g)| {
+            prev.copy_from_slice(p);
             for i in 0..p.len() {
                 let g = g[i] * h.grad_scale;
                 m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
@@ -68,14 +78,16 @@ mod tests {
         let n = 3 * BLOCK + 77;
         let mut p = randn(n, 40);
         let grads: Vec<Vec<f32>> = (0..3).map(|s| randn(n, 41 + s)).collect();
-        let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let (mut m, mut v, mut prev) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
         let (lr, b1, b2, eps, wd, scale) = (1e-2f64, 0.9f64, 0.99f64, 1e-8f64, 0.1f64, 0.5f64);
         let mut want: Vec<f64> = p.iter().map(|&x| x as f64).collect();
         let (mut wm, mut wv) = (vec![0.0f64; n], vec![0.0f64; n]);
         for (s, g) in grads.iter().enumerate() {
             let t = s as i32 + 1;
+            let before = p.clone();
             adamw_update(
                 &mut p,
+                &mut prev,
                 &mut m,
                 &mut v,
                 g,
@@ -88,6 +100,10 @@ mod tests {
                     step: t as u32,
                     grad_scale: scale as f32,
                 },
+            );
+            assert_eq!(
+                prev, before,
+                "the rollback copy holds the weights before the update"
             );
             for i in 0..n {
                 let gi = g[i] as f64 * scale;
