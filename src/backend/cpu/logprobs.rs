@@ -144,24 +144,36 @@ pub fn logprobs_fused(
     logits.resize(m * v, 0.0);
     let logits = &mut logits[..m * v]; // (M, V)
     matmul_forward(logits, hidden, weight, None, m, c, v);
-    let mut lse = vec![0.0f32; m];
+    // Each row becomes exp(z - max) in place, so the gradient pass needs no second exp.
+    let mut sums = vec![0.0f32; m]; // (M) sum of exp(z - max)
     logits
-        .par_chunks(v)
-        .zip(lse.par_iter_mut())
+        .par_chunks_mut(v)
+        .zip(sums.par_iter_mut())
         .zip(logp.par_iter_mut())
         .zip(targets.par_iter())
-        .for_each(|(((row, lse), logp), &t)| {
-            *lse = log_normaliser(row);
-            *logp = row[t as usize] - *lse;
+        .for_each(|(((row, sum), logp), &t)| {
+            let target = row[t as usize];
+            let max = math::max(row);
+            for z in row.iter_mut() {
+                *z = exp(*z - max);
+            }
+            *sum = math::sum(row);
+            *logp = target - (max + sum.ln());
         });
     let dlogp = upstream(logp);
     assert_eq!(dlogp.len(), m, "one gradient per row");
     logits
         .par_chunks_mut(v)
-        .zip(lse.par_iter())
+        .zip(sums.par_iter())
         .zip(dlogp.par_iter())
         .zip(targets.par_iter())
-        .for_each(|(((row, &lse), &g), &t)| softmax_minus_one_hot(row, lse, g, t));
+        .for_each(|(((row, &sum), &g), &t)| {
+            let scale = -g / sum;
+            for e in row.iter_mut() {
+                *e *= scale;
+            }
+            row[t as usize] += g;
+        });
     matmul_backward(dhidden, dweight, None, logits, hidden, weight, m, c, v);
 }
 
