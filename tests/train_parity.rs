@@ -177,9 +177,11 @@ fn dpo_loss_metrics_and_every_gradient_match_pytorch() {
             &floats(&case["ref_rejected"]),
         );
         let file = fixtures().join("dpo").join(case["grads"].as_str().unwrap());
-        // The fixture pairs have 10, 11 and 14 scored rows: 64 rows a chunk takes every pair
-        // in one pass, 3 takes every pair in two passes (logits recomputed), 11 mixes both.
-        for chunk in [64, 11, 3] {
+        // The fixture pairs have 10, 11 and 14 scored rows. Chunks of 64 rows take all three
+        // pairs in one pass; 24 take the first two together, then the third; 11 take the
+        // first two one by one and the third in two passes (logits recomputed); 3 take every
+        // pair in two passes.
+        for chunk in [64, 24, 11, 3] {
             let what = format!("{name}, chunk {chunk}");
             let (metrics, grads) = loss_and_grads(&model, &ex, &cfg, chunk);
             let loss = metrics["loss"].as_f64().unwrap();

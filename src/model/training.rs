@@ -260,13 +260,13 @@ impl Model {
         );
     }
 
-    /// Forward, log-probs and backward in one go, the LM head in a single pass per loss
-    /// group: `groups` gives the number of consecutive sequences in each group (a DPO pair:
-    /// 2), and `loss(group, logps)` adds the group's loss wherever it keeps it and returns
-    /// d(loss)/d(summed log-prob) of each of its sequences. A group whose scored rows exceed
-    /// `chunk` (`default_chunk_rows` unless testing) takes the two-pass path (logits
-    /// recomputed). Parameter gradients accumulate into `grads`; returns each sequence's
-    /// summed log-prob.
+    /// Forward, log-probs and backward in one go, the LM head in single passes over whole
+    /// loss groups: `groups` gives the number of consecutive sequences in each group (a DPO
+    /// pair: 2), and `loss(group, logps)` adds the group's loss wherever it keeps it and
+    /// returns d(loss)/d(summed log-prob) of each of its sequences. Consecutive groups share
+    /// a pass while their scored rows fit in `chunk` (`default_chunk_rows` unless testing);
+    /// a group larger than that takes the two-pass path (logits recomputed). Parameter
+    /// gradients accumulate into `grads`; returns each sequence's summed log-prob.
     pub fn sequence_logprobs_with_grad(
         &self,
         batch: &TrainBatch,
@@ -293,36 +293,60 @@ impl Model {
         let mut logp = vec![0.0f32; m]; // (M)
         let mut dhidden = vec![0.0f32; m * c]; // (M, C)
         let mut sums = vec![0.0f64; batch.seqs.len()];
+        // The sequences and scored rows of each loss group.
+        let mut spans: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(groups.len());
         let (mut seq0, mut row0) = (0, 0);
-        for (g, &size) in groups.iter().enumerate() {
+        for &size in groups {
             let seqs = seq0..seq0 + size;
-            let rows = row0..row0 + batch.scored_seq[row0..].partition_point(|s| seqs.contains(s));
+            let n_rows = batch.scored_seq[row0..].partition_point(|s| seqs.contains(s));
+            (seq0, row0) = (seqs.end, row0 + n_rows);
+            spans.push((seqs, row0 - n_rows..row0));
+        }
+        // Group g's summed log-probs from the log-probs of its rows.
+        let group_sums = |g: usize, logp: &[f32]| -> Vec<f64> {
+            let (seqs, rows) = &spans[g];
+            let mut out = vec![0.0f64; seqs.len()];
+            for (&s, &lp) in batch.scored_seq[rows.clone()].iter().zip(logp) {
+                out[s - seqs.start] += lp as f64;
+            }
+            out
+        };
+        // The loss gradient of group g's rows, from its log-probs.
+        let mut group_grads = |g: usize, logp: &[f32]| -> Vec<f32> {
+            let (seqs, rows) = &spans[g];
+            let dseq = loss(g, &group_sums(g, logp));
+            assert_eq!(
+                dseq.len(),
+                seqs.len(),
+                "one gradient per sequence of the group"
+            );
+            batch.scored_seq[rows.clone()]
+                .iter()
+                .map(|&s| dseq[s - seqs.start] as f32)
+                .collect()
+        };
+        let (head, dhead) = (
+            &self.params[lay.lm_head.clone()],
+            &mut grads[lay.lm_head.clone()],
+        );
+        let mut g0 = 0;
+        while g0 < spans.len() {
+            // Whole groups share one pass while their rows fit in a chunk.
+            let start = spans[g0].1.start;
+            let mut g1 = g0 + 1;
+            while g1 < spans.len() && spans[g1].1.end - start <= chunk {
+                g1 += 1;
+            }
+            let rows = start..spans[g1 - 1].1.end;
             let (hidden, targets) = (
                 &acts.hidden[rows.start * c..rows.end * c],
                 &batch.targets[rows.clone()],
             );
-            let (head, dhead) = (
-                &self.params[lay.lm_head.clone()],
-                &mut grads[lay.lm_head.clone()],
-            );
-            let to_rows = |dseq: Vec<f64>| -> Vec<f32> {
-                assert_eq!(dseq.len(), size, "one gradient per sequence of the group");
-                batch.scored_seq[rows.clone()]
-                    .iter()
-                    .map(|&s| dseq[s - seqs.start] as f32)
-                    .collect()
-            };
-            let group_sums = |logp: &[f32]| -> Vec<f64> {
-                let mut out = vec![0.0f64; size];
-                for (&s, &lp) in batch.scored_seq[rows.clone()].iter().zip(logp) {
-                    out[s - seqs.start] += lp as f64;
-                }
-                out
-            };
+            let dh = &mut dhidden[rows.start * c..rows.end * c];
             if rows.len() <= chunk {
                 logprobs_fused(
                     &mut logp[rows.clone()],
-                    &mut dhidden[rows.start * c..rows.end * c],
+                    dh,
                     dhead,
                     hidden,
                     head,
@@ -330,9 +354,18 @@ impl Model {
                     c,
                     v,
                     &mut acts.logits,
-                    &mut |lp| to_rows(loss(g, &group_sums(lp))),
+                    &mut |lp| {
+                        (g0..g1)
+                            .flat_map(|g| {
+                                let r = &spans[g].1;
+                                group_grads(g, &lp[r.start - start..r.end - start])
+                            })
+                            .collect()
+                    },
                 );
             } else {
+                // One group larger than a chunk: log-probs first, then the gradient with
+                // the logits recomputed.
                 let mut lse = vec![0.0f32; rows.len()];
                 logprobs_forward(
                     &mut logp[rows.clone()],
@@ -345,9 +378,9 @@ impl Model {
                     chunk,
                     &mut acts.logits,
                 );
-                let dlogp = to_rows(loss(g, &group_sums(&logp[rows.clone()])));
+                let dlogp = group_grads(g0, &logp[rows.clone()]);
                 logprobs_backward(
-                    &mut dhidden[rows.start * c..rows.end * c],
+                    dh,
                     dhead,
                     &dlogp,
                     hidden,
@@ -360,11 +393,12 @@ impl Model {
                     &mut acts.logits,
                 );
             }
-            for (s, x) in seqs.clone().zip(group_sums(&logp[rows.clone()])) {
+            g0 = g1;
+        }
+        for (g, (seqs, rows)) in spans.iter().enumerate() {
+            for (s, x) in seqs.clone().zip(group_sums(g, &logp[rows.clone()])) {
                 sums[s] = x;
             }
-            seq0 = seqs.end;
-            row0 = rows.end;
         }
         self.body_backward(batch, acts, &dhidden, grads);
         sums

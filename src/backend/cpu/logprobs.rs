@@ -4,9 +4,9 @@
 //! Rows are taken `chunk` at a time: the chunk's logits are computed into one reused
 //! (chunk, V) buffer, reduced to a log-normaliser and the target's log-prob, and dropped.
 //!
-//! Training uses `logprobs_fused` where it can: one call takes the rows of one loss group
-//! (a DPO pair, whose gradient depends on its own two log-probs only) when they fit in a
-//! chunk. Its logits are computed once, reduced to log-probs, handed to the loss for
+//! Training uses `logprobs_fused` where it can: one call takes the rows of whole loss groups
+//! (DPO pairs, each of whose gradient depends on its own two log-probs only) that fit in a
+//! chunk. Their logits are computed once, reduced to log-probs, handed to the loss for
 //! d(loss)/d(log-prob), turned in place into dlogp * (one_hot(target) - softmax), and fed to
 //! the two products that give d(hidden) and d(W_lm_head): one pass. `logprobs_backward` is
 //! the two-pass fallback for a group larger than a chunk: it recomputes each chunk's logits.
