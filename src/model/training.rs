@@ -110,6 +110,22 @@ pub struct Activations {
     logits: Vec<f32>,
     /// The rotary angles of the batch's positions.
     rope: Option<RopeTable>,
+    grad_scratch: GradScratch,
+}
+
+/// Activation gradients of one layer's backward, reused from layer to layer and batch to
+/// batch. Shapes per the `backend` legend.
+#[derive(Default)]
+struct GradScratch {
+    dh: Vec<f32>,       // (N, C)
+    dnorm_in: Vec<f32>, // (N, C)
+    dact: Vec<f32>,     // (N, I)
+    dgate_up: Vec<f32>, // (N, 2I)
+    datt: Vec<f32>,     // (N, H*D)
+    dq: Vec<f32>,       // (N, H*D)
+    dk: Vec<f32>,       // (N, Hkv*D)
+    dv: Vec<f32>,       // (N, Hkv*D)
+    dqkv: Vec<f32>,     // (N, (H + 2 Hkv) * D)
 }
 
 impl Model {
@@ -400,7 +416,9 @@ impl Model {
                 sums[s] = x;
             }
         }
-        self.body_backward(batch, acts, &dhidden, grads);
+        let mut scratch = std::mem::take(&mut acts.grad_scratch);
+        self.body_backward(batch, acts, &dhidden, grads, &mut scratch);
+        acts.grad_scratch = scratch;
         sums
     }
 
@@ -412,6 +430,7 @@ impl Model {
         acts: &Activations,
         dhidden: &[f32],
         grads: &mut [f32],
+        scratch: &mut GradScratch,
     ) {
         let cfg = &self.config;
         let p = &self.params;
@@ -443,19 +462,36 @@ impl Model {
             dx[r * c..(r + 1) * c].copy_from_slice(src);
         }
 
-        let mut dh = vec![0.0f32; n * c]; // (N, C)
-        let mut dnorm_in = vec![0.0f32; n * c]; // (N, C)
-        let mut dact = vec![0.0f32; n * im]; // (N, I)
-        let mut dgate_up = vec![0.0f32; n * 2 * im]; // (N, 2I)
-        let mut datt = vec![0.0f32; n * qd]; // (N, H*D)
-        let mut dq = vec![0.0f32; n * qd];
-        let mut dk = vec![0.0f32; n * kvd];
-        let mut dv = vec![0.0f32; n * kvd];
-        let mut dqkv = vec![0.0f32; n * qkv_dim];
+        // Activation gradients are assigned by every op, so the reused buffers need no
+        // clearing.
+        let GradScratch {
+            dh,
+            dnorm_in,
+            dact,
+            dgate_up,
+            datt,
+            dq,
+            dk,
+            dv,
+            dqkv,
+        } = scratch;
+        for (buf, len) in [
+            (&mut *dh, n * c),
+            (&mut *dnorm_in, n * c),
+            (&mut *dact, n * im),
+            (&mut *dgate_up, n * 2 * im),
+            (&mut *datt, n * qd),
+            (&mut *dq, n * qd),
+            (&mut *dk, n * kvd),
+            (&mut *dv, n * kvd),
+            (&mut *dqkv, n * qkv_dim),
+        ] {
+            resize(buf, len);
+        }
         for (w, st) in lay.layers.iter().zip(&acts.layers).rev() {
             // MLP: x_out = x_mid + down(swiglu(gate_up(norm(x_mid)))).
             matmul_backward(
-                &mut dact,
+                dact,
                 &mut grads[w.down_proj.clone()],
                 None,
                 &dx,
@@ -475,10 +511,10 @@ impl Model {
                     swiglu_backward(dg, du, da, &gu[..im], &gu[im..]);
                 });
             matmul_backward(
-                &mut dh,
+                dh,
                 &mut grads[w.gate_up_proj()],
                 None,
-                &dgate_up,
+                dgate_up,
                 &st.h_mlp,
                 &p[w.gate_up_proj()],
                 n,
@@ -486,20 +522,20 @@ impl Model {
                 2 * im,
             );
             rmsnorm_backward(
-                &mut dnorm_in,
+                dnorm_in,
                 &mut grads[w.post_attention_layernorm.clone()],
-                &dh,
+                dh,
                 &st.x_mid,
                 &p[w.post_attention_layernorm.clone()],
                 eps,
                 c,
             );
             // The residual's two branches meet: their gradients add.
-            residual_forward(&mut dx, &dnorm_in);
+            residual_forward(&mut dx, dnorm_in);
 
             // Attention: x_mid = x_in + o(attention(rope(q), rope(k), v)).
             matmul_backward(
-                &mut datt,
+                datt,
                 &mut grads[w.o_proj.clone()],
                 None,
                 &dx,
@@ -510,10 +546,10 @@ impl Model {
                 c,
             );
             attention_backward(
-                &mut dq,
-                &mut dk,
-                &mut dv,
-                &datt,
+                dq,
+                dk,
+                dv,
+                datt,
                 &st.q,
                 &st.k,
                 &st.v,
@@ -522,8 +558,8 @@ impl Model {
                 &batch.seqs,
                 dims,
             );
-            rope_backward(&mut dq, rope, dims.n_head);
-            rope_backward(&mut dk, rope, dims.n_kv_head);
+            rope_backward(dq, rope, dims.n_head);
+            rope_backward(dk, rope, dims.n_kv_head);
             for (r, row) in dqkv.chunks_exact_mut(qkv_dim).enumerate() {
                 row[..qd].copy_from_slice(&dq[r * qd..(r + 1) * qd]);
                 row[qd..qd + kvd].copy_from_slice(&dk[r * kvd..(r + 1) * kvd]);
@@ -541,10 +577,10 @@ impl Model {
                 None => (&mut grads[w.qkv_proj()], None),
             };
             matmul_backward(
-                &mut dh,
+                dh,
                 dweight,
                 dbias,
-                &dqkv,
+                dqkv,
                 &st.h_attn,
                 &p[w.qkv_proj()],
                 n,
@@ -552,16 +588,16 @@ impl Model {
                 qkv_dim,
             );
             rmsnorm_backward(
-                &mut dnorm_in,
+                dnorm_in,
                 &mut grads[w.input_layernorm.clone()],
-                &dh,
+                dh,
                 &st.x_in,
                 &p[w.input_layernorm.clone()],
                 eps,
                 c,
             );
             // The residual's two branches meet: their gradients add.
-            residual_forward(&mut dx, &dnorm_in);
+            residual_forward(&mut dx, dnorm_in);
         }
         embedding_backward(&mut grads[lay.embed_tokens.clone()], &dx, &batch.tokens, c);
     }
