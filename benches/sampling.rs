@@ -1,15 +1,15 @@
 //! Token sampling over the benchmark model's vocabulary, and one whole-model decode step of
 //! 32 sequences (the step `generate` repeats), on the benchmark config with random weights.
 
+mod common;
+
+use common::{bench_model, VOCAB};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use serde_json::json;
 use std::hint::black_box;
 use std::time::Duration;
 use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
-use tpo_engine::model::weights::StorageDtype;
-use tpo_engine::model::{KvCache, LogitRows, Model, ModelConfig, ParamLayout};
+use tpo_engine::model::{KvCache, LogitRows};
 
-const VOCAB: usize = 8192;
 const BATCH: usize = 32;
 const PROMPT_LEN: usize = 32;
 
@@ -37,28 +37,6 @@ fn sampling(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// The benchmark config (the `tiny` defaults) with random weights, norms included.
-fn bench_model() -> Model {
-    let config = ModelConfig::from_json(&json!({
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 256,
-        "intermediate_size": 688,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 1024,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-    }))
-    .expect("the benchmark config is valid");
-    let mut rng = Rng::new(3);
-    let params = (0..ParamLayout::new(&config).len)
-        .map(|_| 0.02 * rng.normal())
-        .collect();
-    Model::from_params(config, params, StorageDtype::F32)
 }
 
 fn decode_step(c: &mut Criterion) {

@@ -4,42 +4,20 @@
 //! the reference log-probs are precomputed, as in `tpo-engine dpo`. Tokens/s of the update
 //! = 2048 / time. scripts/bench-train.sh runs it beside PyTorch eager.
 
+mod common;
+
+use common::{bench_model, VOCAB};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use serde_json::json;
 use std::time::Duration;
 use tpo_engine::backend::cpu::sampling::Rng;
-use tpo_engine::model::weights::StorageDtype;
-use tpo_engine::model::{Model, ModelConfig, ParamLayout};
 use tpo_engine::train::trainer::Trainer;
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
 
-const VOCAB: usize = 8192;
 const PAIRS: usize = 4;
 const SEQ_LEN: usize = 256;
 const PROMPT_LEN: usize = 64;
-
-fn bench_model() -> Model {
-    let config = ModelConfig::from_json(&json!({
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 256,
-        "intermediate_size": 688,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "vocab_size": VOCAB,
-        "max_position_embeddings": 1024,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-    }))
-    .expect("the benchmark config is valid");
-    let mut rng = Rng::new(3);
-    let params = (0..ParamLayout::new(&config).len)
-        .map(|_| 0.02 * rng.normal())
-        .collect();
-    Model::from_params(config, params, StorageDtype::F32)
-}
 
 fn dpo_train_step(c: &mut Criterion) {
     let mut model = bench_model();

@@ -1,14 +1,13 @@
 //! The `tpo-engine` binary end to end: a good generate run, and bad input that must end in
 //! a clear error naming the file and the problem, a non-zero exit, no panic and no output.
 
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use tempfile::TempDir;
+mod common;
 
-fn chat_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat")
-}
+use common::{chat_fixture, run_on_threads, write, Run};
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use tempfile::TempDir;
 
 /// A writable copy of the small init-model checkpoint.
 fn model_copy(tmp: &TempDir) -> PathBuf {
@@ -21,38 +20,13 @@ fn model_copy(tmp: &TempDir) -> PathBuf {
     dir
 }
 
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).unwrap();
-    path.to_path_buf()
-}
-
-struct Run {
-    ok: bool,
-    code: Option<i32>,
-    stderr: String,
-}
-
 fn generate(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .args(["--threads", "2", "generate", "--model"])
-        .arg(model)
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked"),
-        "the binary panicked:\n{stderr}"
-    );
-    Run {
-        ok: output.status.success(),
-        code: output.status.code(),
-        stderr,
+    let mut args = vec![OsStr::new("generate")];
+    for (flag, path) in [("--model", model), ("--prompts", prompts), ("--out", out)] {
+        args.extend([OsStr::new(flag), path.as_os_str()]);
     }
+    args.extend(extra.iter().map(OsStr::new));
+    run_on_threads("2", args)
 }
 
 /// Runs generate expecting failure; the error must mention every `needles` and no output

@@ -2,47 +2,16 @@
 //! training moves the metrics the right way, runs are deterministic, checkpoints load, and
 //! bad input or a diverging run ends in a clear error that loses nothing.
 
+mod common;
+
+use common::{chat_fixture, run_on_threads, write, Run};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tempfile::TempDir;
 use tpo_engine::model::Model;
 
-fn chat_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat")
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    std::fs::write(path, text).unwrap();
-    path.to_path_buf()
-}
-
-struct Run {
-    ok: bool,
-    code: Option<i32>,
-    stderr: String,
-}
-
 fn tpo(args: &[&str]) -> Run {
-    tpo_on_threads("2", args)
-}
-
-fn tpo_on_threads(threads: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .args(["--threads", threads])
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked"),
-        "the binary panicked:\n{stderr}"
-    );
-    Run {
-        ok: output.status.success(),
-        code: output.status.code(),
-        stderr,
-    }
+    run_on_threads("2", args)
 }
 
 fn s(p: &Path) -> &str {
@@ -217,9 +186,9 @@ fn runs_are_deterministic_for_a_seed() {
     for threads in ["1", "3"] {
         let out_t = tmp.path().join(format!("threads-{threads}"));
         let pairs = tmp.path().join("pairs.jsonl");
-        let t = tpo_on_threads(
+        let t = run_on_threads(
             threads,
-            &[
+            [
                 &[
                     "dpo",
                     "--model",
