@@ -272,43 +272,45 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
     let ref_started = Instant::now();
-    let references: Vec<(f64, f64)> = match pairs[0].reference {
-        Some(_) => pairs
+    let mut examples: Vec<Example> = pairs
+        .iter()
+        .map(|p| Example {
+            seqs: vec![
+                [p.prompt.as_slice(), &p.chosen].concat(),
+                [p.prompt.as_slice(), &p.rejected].concat(),
+            ],
+            prompt_len: p.prompt.len(),
+            reference: p.reference.map_or(vec![], |(c, r)| vec![c, r]),
+        })
+        .collect();
+    if pairs[0].reference.is_none() {
+        let scored: Vec<ScoredSequence> = examples
             .iter()
-            .map(|p| p.reference.expect("checked"))
-            .collect(),
-        None => {
-            let seqs: Vec<Vec<u32>> = pairs
-                .iter()
-                .flat_map(|p| {
-                    [
-                        [p.prompt.as_slice(), &p.chosen].concat(),
-                        [p.prompt.as_slice(), &p.rejected].concat(),
-                    ]
+            .flat_map(|e| {
+                e.seqs.iter().map(|tokens| ScoredSequence {
+                    tokens,
+                    prompt_len: e.prompt_len,
                 })
-                .collect();
-            let scored: Vec<ScoredSequence> = seqs
-                .iter()
-                .zip(pairs.iter().flat_map(|p| [p.prompt.len(); 2]))
-                .map(|(tokens, prompt_len)| ScoredSequence { tokens, prompt_len })
-                .collect();
-            let bar = progress_bar(scored.len(), "reference log-probs");
-            let logps = score_sequences(&loaded.model, &scored, cfg.micro_batch_tokens, &|n| {
-                bar.inc(n as u64)
-            });
-            bar.finish_and_clear();
-            if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
-                bail!(
-                    "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
-                    args.pairs.display(),
-                    pairs[i / 2].line,
-                    logps[i],
-                    args.train.model.display()
-                );
-            }
-            logps.chunks_exact(2).map(|c| (c[0], c[1])).collect()
+            })
+            .collect();
+        let bar = progress_bar(scored.len(), "reference log-probs");
+        let logps = score_sequences(&loaded.model, &scored, cfg.micro_batch_tokens, &|n| {
+            bar.inc(n as u64)
+        });
+        bar.finish_and_clear();
+        if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
+                args.pairs.display(),
+                pairs[i / 2].line,
+                logps[i],
+                args.train.model.display()
+            );
         }
-    };
+        for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
+            e.reference = lp.to_vec();
+        }
+    }
     let ref_secs = ref_started.elapsed().as_secs_f64();
     let mut run = RunDir::create(
         &args.train.out,
@@ -317,27 +319,15 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
         total,
     )?;
     let mut text = String::new();
-    for (p, (c, r)) in pairs.iter().zip(&references) {
+    for (p, e) in pairs.iter().zip(&examples) {
         let mut line = p.source.clone();
-        line[REF_CHOSEN] = json!(c);
-        line[REF_REJECTED] = json!(r);
+        line[REF_CHOSEN] = json!(e.reference[0]);
+        line[REF_REJECTED] = json!(e.reference[1]);
         text.push_str(&serde_json::to_string(&line)?);
         text.push('\n');
     }
     write_atomic(&run.out.join("pairs.jsonl"), text.as_bytes())?;
 
-    let examples: Vec<Example> = pairs
-        .iter()
-        .zip(&references)
-        .map(|(p, &(c, r))| Example {
-            seqs: vec![
-                [p.prompt.as_slice(), &p.chosen].concat(),
-                [p.prompt.as_slice(), &p.rejected].concat(),
-            ],
-            prompt_len: p.prompt.len(),
-            reference: vec![c, r],
-        })
-        .collect();
     eprintln!(
         "{} pairs; reference log-probs in {ref_secs:.2}s; {total} updates",
         pairs.len()

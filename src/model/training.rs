@@ -104,8 +104,8 @@ struct LayerState {
 #[derive(Default)]
 pub struct Activations {
     layers: Vec<LayerState>,
-    x_out: Vec<f32>,  // (N, C) the residual stream leaving the last layer
-    hidden: Vec<f32>, // (M, C) final-norm output of the scored rows
+    x_scored: Vec<f32>, // (M, C) the residual stream leaving the last layer, scored rows
+    hidden: Vec<f32>,   // (M, C) final-norm output of the scored rows
     /// Scratch for one chunk's logits: (chunk, V).
     logits: Vec<f32>,
     /// The rotary angles of the batch's positions.
@@ -261,15 +261,14 @@ impl Model {
 
         // Only the scored rows go through the final norm and the LM head.
         let m = batch.scored_rows.len();
-        let mut x_scored = vec![0.0f32; m * c]; // (M, C)
-        for (dst, &r) in x_scored.chunks_exact_mut(c).zip(&batch.scored_rows) {
+        resize(&mut acts.x_scored, m * c);
+        for (dst, &r) in acts.x_scored.chunks_exact_mut(c).zip(&batch.scored_rows) {
             dst.copy_from_slice(&x[r * c..(r + 1) * c]);
         }
-        acts.x_out = x;
         resize(&mut acts.hidden, m * c);
         rmsnorm_forward(
             &mut acts.hidden,
-            &x_scored,
+            &acts.x_scored,
             &p[self.layout.norm.clone()],
             eps,
             c,
@@ -443,16 +442,12 @@ impl Model {
         let m = batch.scored_rows.len();
         let eps = cfg.rms_norm_eps;
         let rope = acts.rope.as_ref().expect("the forward ran");
-        let mut x_scored = vec![0.0f32; m * c];
-        for (dst, &r) in x_scored.chunks_exact_mut(c).zip(&batch.scored_rows) {
-            dst.copy_from_slice(&acts.x_out[r * c..(r + 1) * c]);
-        }
         let mut dx_scored = vec![0.0f32; m * c];
         rmsnorm_backward(
             &mut dx_scored,
             &mut grads[lay.norm.clone()],
             dhidden,
-            &x_scored,
+            &acts.x_scored,
             &p[lay.norm.clone()],
             eps,
             c,
