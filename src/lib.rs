@@ -13,4 +13,5 @@ pub mod io;
 pub mod model;
 pub mod tiny;
 pub mod tokenizer;
+pub mod tpo;
 pub mod train;

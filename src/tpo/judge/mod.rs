@@ -1,0 +1,111 @@
+//! Judges score responses. A judge sees the instruction and the response, never the thought.
+//!
+//! Every judge answers through one trait, [`Judge`]: one score per response, higher is better.
+//! Pairwise judges implement [`PairwiseJudge`] and reach [`Judge`] through
+//! [`elo::EloJudge`], which judges every pair in both orders and fits ELO scores by maximum
+//! likelihood, as the paper does.
+
+pub mod command;
+pub mod elo;
+pub mod reward_model;
+
+use anyhow::{bail, Result};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// One prompt's responses as a judge sees them.
+#[derive(Clone, Debug)]
+pub struct JudgeGroup<'a> {
+    /// The prompt's JSONL object: its "prompt" text or "messages", and any task fields (the
+    /// built-in task's reference answer, say).
+    pub source: &'a Map<String, Value>,
+    /// The instruction as text: the prompt, or the last user message.
+    pub instruction: &'a str,
+    /// The responses to score (thoughts already removed).
+    pub responses: Vec<&'a str>,
+}
+
+pub trait Judge {
+    /// What the judge is, for logs and the run's config.
+    fn describe(&self) -> String;
+    /// One score per response of each group, in order; higher is better. `progress` is told
+    /// how many responses were scored as work finishes.
+    fn score(&mut self, groups: &[JudgeGroup], progress: &dyn Fn(usize)) -> Result<Vec<Vec<f64>>>;
+}
+
+/// Outcome of one battle, judged with `a` shown first and `b` second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preference {
+    /// The first response is better (r = 1).
+    First,
+    /// The second response is better (r = -1).
+    Second,
+    /// A tie, or the judge could not decide (r = 0).
+    Tie,
+}
+
+/// One ordered comparison of two responses to the same instruction.
+#[derive(Clone, Debug)]
+pub struct Battle<'a> {
+    pub source: &'a Map<String, Value>,
+    pub instruction: &'a str,
+    pub first: &'a str,
+    pub second: &'a str,
+}
+
+pub trait PairwiseJudge {
+    fn describe(&self) -> String;
+    /// One preference per battle, in order.
+    fn compare(&mut self, battles: &[Battle], progress: &dyn Fn(usize)) -> Result<Vec<Preference>>;
+}
+
+/// How judges that run something behave: external commands and reward models.
+#[derive(Clone, Debug)]
+pub struct JudgeOptions {
+    /// Seconds one call of an external command may take before it is killed.
+    pub timeout_secs: f64,
+    /// Further tries of a failed call before the run stops.
+    pub retries: usize,
+    /// Most requests in one call of an external command.
+    pub batch_size: usize,
+    /// Most tokens in one forward pass of a reward model.
+    pub micro_batch_tokens: usize,
+}
+
+impl Default for JudgeOptions {
+    fn default() -> Self {
+        JudgeOptions {
+            timeout_secs: 300.0,
+            retries: 2,
+            batch_size: 256,
+            micro_batch_tokens: 8192,
+        }
+    }
+}
+
+/// The judge a `--judge` spec names:
+/// - `rm:DIR`: a reward model (a `LlamaForSequenceClassification` or
+///   `Qwen2ForSequenceClassification` checkpoint);
+/// - `cmd:COMMAND`: an external command giving pointwise scores (run by `sh -c`);
+/// - `pairwise-cmd:COMMAND`: an external command giving pairwise preferences, turned into
+///   scores by ELO;
+/// - `builtin:NAME`: a programmatic judge of the built-in task.
+pub fn open_judge(spec: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
+    let Some((kind, arg)) = spec.split_once(':') else {
+        bail!("--judge {spec}: expected rm:DIR, cmd:COMMAND, pairwise-cmd:COMMAND or builtin:NAME");
+    };
+    if arg.trim().is_empty() {
+        bail!("--judge {spec}: nothing after \"{kind}:\"");
+    }
+    Ok(match kind {
+        "rm" => Box::new(reward_model::RewardModelJudge::load(Path::new(arg), opts)?),
+        "cmd" => Box::new(command::PointwiseCommand::new(arg, opts)?),
+        "pairwise-cmd" => Box::new(elo::EloJudge::new(command::PairwiseCommand::new(
+            arg, opts,
+        )?)),
+        "builtin" => super::task::builtin_judge(arg)?,
+        _ => bail!(
+            "--judge {spec}: unknown kind \"{kind}\" (expected rm, cmd, pairwise-cmd or builtin)"
+        ),
+    })
+}

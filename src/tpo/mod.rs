@@ -1,0 +1,5 @@
+//! Thought Preference Optimization: thought prompts and their parser, judges, length-controlled
+//! pairing, the built-in task, and the iteration loop that ties them to generation and DPO.
+
+pub mod judge;
+pub mod task;
