@@ -2,5 +2,6 @@
 //! pairing, the built-in task, and the iteration loop that ties them to generation and DPO.
 
 pub mod judge;
+pub mod pairing;
 pub mod task;
 pub mod thought;
