@@ -1,15 +1,14 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
 use crate::backend::cpu::sampling::SamplingParams;
-use crate::generate::{generate, read_prompts, GenerateOptions, PromptMode};
+use crate::generate::{eos_ids, generate, read_prompts, GenerateOptions, PromptMode};
 use crate::io::write_atomic;
-use crate::model::config::token_ids;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 const MAX_SAMPLES: usize = 4096;
@@ -75,30 +74,6 @@ fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
         top_p: args.top_p,
         top_k: args.top_k,
     })
-}
-
-/// EOS ids: generation_config.json, else config.json, else the tokenizer's eos_token.
-pub fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
-    let path = dir.join("generation_config.json");
-    if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let value: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let ids = token_ids(value.get("eos_token_id"))
-            .with_context(|| format!("{}: field `eos_token_id`", path.display()))?;
-        if !ids.is_empty() {
-            return Ok(ids);
-        }
-    }
-    if !model.config.eos_token_ids.is_empty() {
-        return Ok(model.config.eos_token_ids.clone());
-    }
-    Ok(tokenizer
-        .eos_token()
-        .and_then(|t| tokenizer.token_id(t))
-        .into_iter()
-        .collect())
 }
 
 pub fn run_generate(args: GenerateArgs) -> Result<()> {

@@ -1,7 +1,6 @@
 //! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the CPU backend.
 
-use super::generate::eos_ids;
-use crate::generate::PromptMode;
+use crate::generate::{end_token, PromptMode};
 use crate::io::write_atomic;
 use crate::model::training::ScoredSequence;
 use crate::model::Model;
@@ -13,7 +12,7 @@ use crate::train::trainer::total_steps;
 use crate::train::{
     train, DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -131,16 +130,7 @@ struct Loaded {
 fn load(dir: &Path) -> Result<Loaded> {
     let model = Model::load(dir)?;
     let tokenizer = Tokenizer::load(dir)?;
-    // The token that ends an assistant turn: the tokenizer's EOS, else generation's first.
-    let end_token = match tokenizer.eos_token().and_then(|t| tokenizer.token_id(t)) {
-        Some(id) => id,
-        None => *eos_ids(dir, &model, &tokenizer)?.first().with_context(|| {
-            format!(
-                "{}: no end-of-sequence token (tokenizer_config.json eos_token, or eos_token_id in generation_config.json or config.json); completions need one to end on",
-                dir.display()
-            )
-        })?,
-    };
+    let end_token = end_token(dir, &model, &tokenizer)?;
     Ok(Loaded {
         model,
         tokenizer,

@@ -2,7 +2,9 @@
 //! of their K samples, all live sequences decoded together with continuous batching.
 
 pub mod engine;
+pub mod eos;
 pub mod prompts;
 
 pub use engine::{generate, Completion, FinishReason, GenerateOptions, GenerateStats};
+pub use eos::{end_token, eos_ids};
 pub use prompts::{read_prompts, Prompt, PromptMode};

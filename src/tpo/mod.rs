@@ -1,7 +1,12 @@
 //! Thought Preference Optimization: thought prompts and their parser, judges, length-controlled
 //! pairing, the built-in task, and the iteration loop that ties them to generation and DPO.
 
+pub mod config;
 pub mod judge;
 pub mod pairing;
+pub mod prompts;
+pub mod run;
+pub mod stages;
+pub mod summary;
 pub mod task;
 pub mod thought;

@@ -7,7 +7,10 @@
 
 use serde_json::{json, Map, Value};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum DpoLossType {
     /// -log sigmoid(beta * margin), with optional label smoothing (conservative DPO).
     Sigmoid,
@@ -17,7 +20,7 @@ pub enum DpoLossType {
     Hinge,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DpoConfig {
     pub loss_type: DpoLossType,
     pub beta: f64,

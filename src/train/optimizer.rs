@@ -6,14 +6,17 @@ use crate::backend::cpu::adamw::{adamw_update, sum_of_squares, AdamW};
 use crate::model::{ModelConfig, ParamLayout};
 use std::ops::Range;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     Constant,
     Linear,
     Cosine,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OptimizerConfig {
     pub lr: f64,
     pub beta1: f64,

@@ -1,0 +1,612 @@
+//! The TPO loop and its run directory:
+//!
+//! ```text
+//! RUN_DIR/config.json              the resolved configuration (`--resume` reads it)
+//! RUN_DIR/prompts.jsonl            the training prompts, consumed in order, never reused
+//! RUN_DIR/heldout.jsonl            the held-out evaluation prompts
+//! RUN_DIR/eval-seed.jsonl          the seed's direct answers to them (the win-rate baseline)
+//! RUN_DIR/iter-T/samples.jsonl     K sampled completions per prompt (token ids)
+//! RUN_DIR/iter-T/candidates.jsonl  parsed and judged: thought, response, score, lengths
+//! RUN_DIR/iter-T/pairs.jsonl       the pairs, with reference log-probs
+//! RUN_DIR/iter-T/train/            DPO: metrics.jsonl and model/ (the iteration's checkpoint)
+//! RUN_DIR/iter-T/eval.jsonl        held-out answers, judged against the seed's
+//! RUN_DIR/iter-T/summary.json      the iteration's row of the summary table
+//! RUN_DIR/summary.md               the table, rewritten after every iteration
+//! ```
+//! Iteration 0 is the seed, evaluated only. Every file is written whole (temporary file,
+//! then rename), and a stage runs only when its output is missing, so a killed run resumes
+//! where it stopped; each stage's randomness comes from (seed, iteration, stage), so a
+//! resumed run gives the same files as one that was never stopped.
+
+use super::config::TpoConfig;
+use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
+use super::prompts::read_prompt_file;
+use super::stages::*;
+use super::summary::{self, IterationSummary};
+use crate::backend::cpu::sampling::{splitmix64, SamplingParams};
+use crate::generate::{end_token, eos_ids, PromptMode};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::train::run::RunDir;
+use crate::train::{train, Example};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A held-out answer, judged beside the seed's direct answer to the same prompt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalLine {
+    pub index: usize,
+    pub instruction: String,
+    pub text: String,
+    pub thought: Option<String>,
+    /// What the judge saw: the response, or the whole text when it could not be parsed (a
+    /// user would see all of it).
+    pub response: String,
+    pub malformed: Option<String>,
+    pub thought_tokens: usize,
+    pub response_tokens: usize,
+    pub score: f64,
+    pub seed_response: String,
+    pub seed_score: f64,
+    /// 1 win, 0.5 tie, 0 loss against the seed.
+    pub outcome: f64,
+}
+
+pub struct TpoRun {
+    pub dir: PathBuf,
+    pub cfg: TpoConfig,
+    /// A label for messages ("tpo", "direct").
+    pub label: String,
+    rt: Runtime,
+    judge: Box<dyn Judge>,
+    pool: Vec<Map<String, Value>>,
+    heldout: Vec<Map<String, Value>>,
+}
+
+/// Stage seeds: one stream per (run seed, iteration, stage).
+fn stage_seed(seed: u64, iteration: usize, stage: u64) -> u64 {
+    splitmix64(splitmix64(seed ^ splitmix64(iteration as u64)) ^ stage)
+}
+
+impl TpoRun {
+    /// Starts a new run in `dir` (absent or empty): checks everything that can be checked
+    /// before any work, then writes the config and the prompts.
+    pub fn create(
+        dir: &Path,
+        cfg: TpoConfig,
+        pool: Vec<Map<String, Value>>,
+        heldout: Vec<Map<String, Value>>,
+        label: &str,
+    ) -> Result<TpoRun> {
+        cfg.check()?;
+        RunDir::check_free(dir)?;
+        let needed = cfg.iterations * cfg.prompts_per_iteration;
+        if pool.len() < needed {
+            bail!(
+                "{} training prompts, and {} iterations of {} fresh prompts need {needed} (lower --prompts-per-iteration or --iterations, or give more prompts)",
+                pool.len(),
+                cfg.iterations,
+                cfg.prompts_per_iteration
+            );
+        }
+        let run = Self::open(dir, cfg, pool, heldout, label)?;
+        // Every prompt must fit the model before anything is written.
+        let all: Vec<&Map<String, Value>> = run.pool.iter().chain(&run.heldout).collect();
+        for (i, p) in all.iter().enumerate() {
+            let what = if i < run.pool.len() {
+                format!("training prompt {}", i + 1)
+            } else {
+                format!("held-out prompt {}", i + 1 - run.pool.len())
+            };
+            run.rt
+                .render_all(&run.cfg, &[p], run.thoughts())
+                .with_context(|| what.clone())?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_jsonl(&dir.join("prompts.jsonl"), &run.pool)?;
+        write_jsonl(&dir.join("heldout.jsonl"), &run.heldout)?;
+        // The config last: its presence marks a run that can be resumed.
+        run.cfg.save(&dir.join("config.json"))?;
+        Ok(run)
+    }
+
+    /// Reopens a run made by `create`, to resume it.
+    pub fn resume(dir: &Path, label: &str) -> Result<TpoRun> {
+        let cfg = TpoConfig::load(&dir.join("config.json"))?;
+        let pool = read_prompt_file(&dir.join("prompts.jsonl"))?;
+        let heldout = if dir
+            .join("heldout.jsonl")
+            .metadata()
+            .is_ok_and(|m| m.len() > 0)
+        {
+            read_prompt_file(&dir.join("heldout.jsonl"))?
+        } else {
+            vec![]
+        };
+        remove_temporaries(dir)?;
+        Self::open(dir, cfg, pool, heldout, label)
+    }
+
+    fn open(
+        dir: &Path,
+        cfg: TpoConfig,
+        pool: Vec<Map<String, Value>>,
+        heldout: Vec<Map<String, Value>>,
+        label: &str,
+    ) -> Result<TpoRun> {
+        let seed_model = Model::load(&cfg.model)?;
+        let tokenizer = Tokenizer::load(&cfg.model)?;
+        let rt = Runtime {
+            end_token: end_token(&cfg.model, &seed_model, &tokenizer)?,
+            eos_ids: eos_ids(&cfg.model, &seed_model, &tokenizer)?,
+            tokenizer,
+            mode: if cfg.chat_template {
+                PromptMode::Chat
+            } else {
+                PromptMode::Raw
+            },
+            vocab_size: seed_model.config.vocab_size,
+            max_context: seed_model.config.max_context,
+        };
+        let judge = open_judge(
+            &cfg.judge,
+            &JudgeOptions {
+                timeout_secs: cfg.judge_timeout_secs,
+                retries: cfg.judge_retries,
+                batch_size: cfg.judge_batch_size,
+                micro_batch_tokens: cfg.micro_batch_tokens,
+            },
+        )?;
+        Ok(TpoRun {
+            dir: dir.to_path_buf(),
+            cfg,
+            label: label.to_string(),
+            rt,
+            judge,
+            pool,
+            heldout,
+        })
+    }
+
+    fn thoughts(&self) -> bool {
+        self.cfg.thought_prompt.is_some()
+    }
+
+    pub fn iter_dir(&self, t: usize) -> PathBuf {
+        self.dir.join(format!("iter-{t}"))
+    }
+
+    /// The checkpoint of iteration t: the seed for 0; a trained model, or the previous
+    /// iteration's when t made no pairs.
+    pub fn model_dir(&self, t: usize) -> PathBuf {
+        if t == 0 {
+            return self.cfg.model.clone();
+        }
+        let trained = self.iter_dir(t).join("train").join("model");
+        if trained.exists() {
+            trained
+        } else {
+            self.model_dir(t - 1)
+        }
+    }
+
+    /// Runs every unfinished stage of every iteration; returns the summary rows.
+    pub fn run(
+        &mut self,
+        on_row: &mut dyn FnMut(&[IterationSummary]),
+    ) -> Result<Vec<IterationSummary>> {
+        let mut rows = vec![];
+        for t in 0..=self.cfg.iterations {
+            let row = self.iteration(t)?;
+            rows.push(row);
+            summary::write_table(&self.dir.join("summary.md"), &rows, self.thoughts())?;
+            on_row(&rows);
+        }
+        Ok(rows)
+    }
+
+    fn iteration(&mut self, t: usize) -> Result<IterationSummary> {
+        let dir = self.iter_dir(t);
+        let done = dir.join("summary.json");
+        if done.exists() {
+            return read_json(&done);
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        if t > 0 {
+            self.timed(&dir, "generate", |r| r.sample_stage(t))?;
+            self.timed(&dir, "judge", |r| r.judge_stage(t))?;
+            self.timed(&dir, "reference", |r| r.pairs_stage(t))?;
+            self.timed(&dir, "train", |r| r.train_stage(t))?;
+        }
+        if !self.heldout.is_empty() {
+            self.timed(&self.dir.clone(), "seed_eval", |r| r.seed_eval_stage())?;
+            self.timed(&dir, "eval", |r| r.eval_stage(t))?;
+        }
+        let row = summary::summarize(self, t, &read_times(&dir))?;
+        crate::io::write_atomic(
+            &done,
+            (serde_json::to_string_pretty(&row)? + "\n").as_bytes(),
+        )?;
+        Ok(row)
+    }
+
+    /// Runs a stage (which returns false when its output was already there) and records
+    /// its time in `dir/stages.json`.
+    fn timed(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        stage: impl FnOnce(&mut Self) -> Result<bool>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        if stage(self)? {
+            let mut all = read_times(dir);
+            all.insert(name.into(), json!(started.elapsed().as_secs_f64()));
+            crate::io::write_atomic(
+                &dir.join("stages.json"),
+                (serde_json::to_string_pretty(&all)? + "\n").as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn note(&self, t: usize, what: &str) {
+        eprintln!(
+            "[{}] iteration {t}/{}: {what}",
+            self.label, self.cfg.iterations
+        );
+    }
+
+    fn prompts_of(&self, t: usize) -> (usize, &[Map<String, Value>]) {
+        let n = self.cfg.prompts_per_iteration;
+        ((t - 1) * n, &self.pool[(t - 1) * n..t * n])
+    }
+
+    /// K candidates per fresh prompt from the policy of iteration t-1.
+    fn sample_stage(&mut self, t: usize) -> Result<bool> {
+        let out = self.iter_dir(t).join("samples.jsonl");
+        if out.exists() {
+            return Ok(false);
+        }
+        let (first, prompts) = self.prompts_of(t);
+        let s = &self.cfg.sampling;
+        self.note(
+            t,
+            &format!(
+                "sampling {} candidates for {} prompts",
+                s.samples,
+                prompts.len()
+            ),
+        );
+        let model = Model::load(&self.model_dir(t - 1))?;
+        let refs: Vec<&Map<String, Value>> = prompts.iter().collect();
+        let ids = self.rt.render_all(&self.cfg, &refs, self.thoughts())?;
+        let samples = self.rt.sample(
+            &model,
+            &ids,
+            (s.samples, s.max_new_tokens, s.batch_size),
+            s.params(),
+            stage_seed(self.cfg.seed, t, 1),
+            "tokens sampled",
+        )?;
+        let lines: Vec<PromptSamples> = samples
+            .into_iter()
+            .enumerate()
+            .map(|(i, samples)| PromptSamples {
+                index: first + i,
+                samples,
+            })
+            .collect();
+        write_jsonl(&out, &lines)?;
+        Ok(true)
+    }
+
+    /// Parses every candidate and has the judge score the parsed responses.
+    fn judge_stage(&mut self, t: usize) -> Result<bool> {
+        let out = self.iter_dir(t).join("candidates.jsonl");
+        if out.exists() {
+            return Ok(false);
+        }
+        let lines: Vec<PromptSamples> = read_jsonl(&self.iter_dir(t).join("samples.jsonl"))?;
+        let mut prompts = vec![];
+        for line in &lines {
+            let source = self.pool.get(line.index).with_context(|| {
+                format!(
+                    "samples.jsonl names prompt {} of {}",
+                    line.index,
+                    self.pool.len()
+                )
+            })?;
+            let candidates = line
+                .samples
+                .iter()
+                .map(|s| self.rt.parse(&self.cfg, s, self.thoughts()))
+                .collect::<Result<Vec<_>>>()?;
+            prompts.push(PromptCandidates {
+                index: line.index,
+                instruction: super::prompts::instruction(source)?,
+                prompt: source.clone(),
+                candidates,
+            });
+        }
+        let malformed: usize = prompts
+            .iter()
+            .map(|p| {
+                p.candidates
+                    .iter()
+                    .filter(|c| c.malformed.is_some())
+                    .count()
+            })
+            .sum();
+        let total: usize = prompts.iter().map(|p| p.candidates.len()).sum();
+        self.note(
+            t,
+            &format!(
+                "judging {} responses with {} ({malformed} of {total} malformed, not judged)",
+                total - malformed,
+                self.judge.describe()
+            ),
+        );
+        judge_candidates(self.judge.as_mut(), &mut prompts)?;
+        write_jsonl(&out, &prompts)?;
+        Ok(true)
+    }
+
+    /// Length-controlled pairs, with the reference model's log-probs.
+    fn pairs_stage(&mut self, t: usize) -> Result<bool> {
+        let out = self.iter_dir(t).join("pairs.jsonl");
+        if out.exists() {
+            return Ok(false);
+        }
+        let prompts: Vec<PromptCandidates> =
+            read_jsonl(&self.iter_dir(t).join("candidates.jsonl"))?;
+        let (pairs, counts) = make_pairs(&self.cfg, &prompts);
+        self.note(
+            t,
+            &format!(
+                "{} pairs from {} prompts ({} skipped: all candidates tied; {} skipped: all malformed)",
+                counts.pairs,
+                prompts.len(),
+                counts.all_tie,
+                counts.no_parsed
+            ),
+        );
+        let mut examples = pair_examples(&self.rt, &self.cfg, &prompts, &pairs, self.thoughts())?;
+        if !examples.is_empty() {
+            let reference = match self.cfg.reference {
+                super::config::Reference::Previous => self.model_dir(t - 1),
+                super::config::Reference::Seed => self.cfg.model.clone(),
+            };
+            let model = Model::load(&reference)?;
+            reference_logps(&model, &mut examples, self.cfg.micro_batch_tokens)?;
+        }
+        let thought = self.cfg.thought_prompt.as_ref();
+        let mut lines = vec![];
+        for (p, e) in pairs.iter().zip(&examples) {
+            let pc = &prompts[p.prompt];
+            let (c, r) = (&pc.candidates[p.chosen], &pc.candidates[p.rejected]);
+            let mut line = super::prompts::wrap(&pc.prompt, thought);
+            line.insert("chosen".into(), json!(c.text));
+            line.insert("rejected".into(), json!(r.text));
+            line.insert("ref_chosen_logps".into(), json!(e.reference[0]));
+            line.insert("ref_rejected_logps".into(), json!(e.reference[1]));
+            line.insert("prompt_index".into(), json!(pc.index));
+            line.insert("chosen_candidate".into(), json!(p.chosen));
+            line.insert("rejected_candidate".into(), json!(p.rejected));
+            line.insert("chosen_score".into(), json!(c.score));
+            line.insert("rejected_score".into(), json!(r.score));
+            lines.push(Value::Object(line));
+        }
+        write_jsonl(&out, &lines)?;
+        crate::io::write_atomic(
+            &self.iter_dir(t).join("pair-counts.json"),
+            serde_json::to_string(&counts)?.as_bytes(),
+        )?;
+        Ok(true)
+    }
+
+    /// DPO on the pairs, from the policy of iteration t-1; the checkpoint is train/model.
+    fn train_stage(&mut self, t: usize) -> Result<bool> {
+        let train_dir = self.iter_dir(t).join("train");
+        if train_dir.join("model").exists() || self.iter_dir(t).join("no-pairs").exists() {
+            return Ok(false);
+        }
+        let prompts: Vec<PromptCandidates> =
+            read_jsonl(&self.iter_dir(t).join("candidates.jsonl"))?;
+        let pair_lines: Vec<Map<String, Value>> =
+            read_jsonl(&self.iter_dir(t).join("pairs.jsonl"))?;
+        let (pairs, _) = make_pairs(&self.cfg, &prompts);
+        if pairs.is_empty() {
+            self.note(t, "no pairs: the model stays as it was");
+            crate::io::write_atomic(&self.iter_dir(t).join("no-pairs"), b"")?;
+            return Ok(true);
+        }
+        let mut examples: Vec<Example> =
+            pair_examples(&self.rt, &self.cfg, &prompts, &pairs, self.thoughts())?;
+        for (e, line) in examples.iter_mut().zip(&pair_lines) {
+            let get = |k: &str| line.get(k).and_then(Value::as_f64);
+            match (get("ref_chosen_logps"), get("ref_rejected_logps")) {
+                (Some(c), Some(r)) => e.reference = vec![c, r],
+                _ => bail!(
+                    "{}: reference log-probs missing",
+                    self.iter_dir(t).join("pairs.jsonl").display()
+                ),
+            }
+        }
+        // A run killed while training left a partial directory: start the stage over.
+        if train_dir.exists() {
+            std::fs::remove_dir_all(&train_dir)
+                .with_context(|| format!("cannot remove the unfinished {}", train_dir.display()))?;
+        }
+        let cfg = self.cfg.train_config(t);
+        let total = crate::train::trainer::total_steps(examples.len(), &cfg);
+        self.note(
+            t,
+            &format!("DPO on {} pairs: {total} updates", examples.len()),
+        );
+        let source = self.model_dir(t - 1);
+        let mut model = Model::load(&source)?;
+        let mut sink = RunDir::create(&train_dir, &source, 0, total)?;
+        let result = train(&mut model, &examples, &cfg, &mut sink);
+        sink.finish_progress();
+        result.with_context(|| format!("iteration {t}: training"))?;
+        Ok(true)
+    }
+
+    /// The seed's direct answers to the held-out prompts: the baseline of the win rate.
+    fn seed_eval_stage(&mut self) -> Result<bool> {
+        let out = self.dir.join("eval-seed.jsonl");
+        if out.exists() {
+            return Ok(false);
+        }
+        let model = Model::load(&self.cfg.model)?;
+        let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
+        let ids = self.rt.render_all(&self.cfg, &refs, false)?;
+        let samples = self.eval_samples(&model, &ids, 0)?;
+        let cands = samples
+            .iter()
+            .map(|s| self.rt.parse(&self.cfg, s, false))
+            .collect::<Result<Vec<_>>>()?;
+        write_jsonl(&out, &cands)?;
+        Ok(true)
+    }
+
+    fn eval_samples(&self, model: &Model, ids: &[Vec<u32>], t: usize) -> Result<Vec<Sample>> {
+        let params = if self.cfg.eval_temperature == 0.0 {
+            SamplingParams::GREEDY
+        } else {
+            SamplingParams {
+                temperature: self.cfg.eval_temperature,
+                ..self.cfg.sampling.params()
+            }
+        };
+        let s = self.rt.sample(
+            model,
+            ids,
+            (
+                1,
+                self.cfg.sampling.max_new_tokens,
+                self.cfg.sampling.batch_size,
+            ),
+            params,
+            stage_seed(self.cfg.seed, t, 2),
+            "held-out tokens",
+        )?;
+        Ok(s.into_iter().map(|mut v| v.remove(0)).collect())
+    }
+
+    /// Held-out answers of iteration t's model, judged beside the seed's.
+    fn eval_stage(&mut self, t: usize) -> Result<bool> {
+        let out = self.iter_dir(t).join("eval.jsonl");
+        if out.exists() {
+            return Ok(false);
+        }
+        self.note(
+            t,
+            &format!("evaluating on {} held-out prompts", self.heldout.len()),
+        );
+        let seed: Vec<Candidate> = read_jsonl(&self.dir.join("eval-seed.jsonl"))?;
+        let model = Model::load(&self.model_dir(t))?;
+        let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
+        let ids = self.rt.render_all(&self.cfg, &refs, self.thoughts())?;
+        let samples = self.eval_samples(&model, &ids, t)?;
+        let cands = samples
+            .iter()
+            .map(|s| self.rt.parse(&self.cfg, s, self.thoughts()))
+            .collect::<Result<Vec<_>>>()?;
+        let instructions = instructions(&refs);
+        let shown = |c: &Candidate| {
+            c.response
+                .clone()
+                .unwrap_or_else(|| c.text.trim().to_string())
+        };
+        let responses: Vec<(String, String)> = cands
+            .iter()
+            .zip(&seed)
+            .map(|(c, s)| (shown(c), shown(s)))
+            .collect();
+        let groups: Vec<JudgeGroup> = refs
+            .iter()
+            .zip(&instructions)
+            .zip(&responses)
+            .map(|((p, i), (a, b))| JudgeGroup {
+                source: p,
+                instruction: i,
+                responses: vec![a, b],
+            })
+            .collect();
+        let scores = judge_groups(self.judge.as_mut(), &groups, "held-out answers judged")?;
+        let lines: Vec<EvalLine> = cands
+            .into_iter()
+            .zip(responses)
+            .zip(scores)
+            .zip(instructions)
+            .enumerate()
+            .map(
+                |(index, (((c, (response, seed_response)), s), instruction))| EvalLine {
+                    index,
+                    instruction,
+                    outcome: if s[0] > s[1] {
+                        1.0
+                    } else if s[0] == s[1] {
+                        0.5
+                    } else {
+                        0.0
+                    },
+                    score: s[0],
+                    seed_score: s[1],
+                    response_tokens: if c.response.is_some() {
+                        c.response_tokens
+                    } else {
+                        c.tokens
+                    },
+                    thought_tokens: c.thought_tokens,
+                    thought: c.thought,
+                    malformed: c.malformed,
+                    text: c.text,
+                    response,
+                    seed_response,
+                },
+            )
+            .collect();
+        write_jsonl(&out, &lines)?;
+        Ok(true)
+    }
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: unexpected content", path.display()))
+}
+
+fn read_times(dir: &Path) -> Map<String, Value> {
+    read_json(&dir.join("stages.json")).unwrap_or_default()
+}
+
+/// Removes the temporary files and directories a killed process left (`.NAME.PID.tmp`).
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = entry.file_type()?.is_dir();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            if is_dir {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("cannot remove {}", path.display()))?;
+        } else if is_dir {
+            remove_temporaries(&path)?;
+        }
+    }
+    Ok(())
+}

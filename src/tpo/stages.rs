@@ -1,0 +1,382 @@
+//! The stages of one TPO iteration, each a function from files to files: sample candidates,
+//! parse and judge them, pair them (with reference log-probs), and evaluate on held-out
+//! prompts. The loop in `run.rs` decides which to run and where their outputs go.
+
+use super::config::TpoConfig;
+use super::judge::{Judge, JudgeGroup};
+use super::pairing::{choose_pair, Judged, Pairing};
+use super::prompts::{instruction, render, wrap};
+use crate::backend::cpu::sampling::SamplingParams;
+use crate::generate::{generate, FinishReason, GenerateOptions, PromptMode};
+use crate::model::training::ScoredSequence;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::train::batching::score_sequences;
+use crate::train::Example;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// What every stage needs besides the config: the tokenizer and its special tokens.
+pub struct Runtime {
+    pub tokenizer: Tokenizer,
+    /// Appended to a completion that ended on EOS, when it becomes training data.
+    pub end_token: u32,
+    /// Tokens that end generation.
+    pub eos_ids: Vec<u32>,
+    pub mode: PromptMode,
+    pub vocab_size: usize,
+    pub max_context: usize,
+}
+
+/// One generated completion.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sample {
+    pub token_ids: Vec<u32>,
+    pub finish_reason: String,
+}
+
+/// One prompt's samples (a line of samples.jsonl).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromptSamples {
+    /// Line of the prompt in the run's prompts file (0-based, blank lines skipped).
+    pub index: usize,
+    pub samples: Vec<Sample>,
+}
+
+/// One candidate after parsing and judging.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The whole completion.
+    pub text: String,
+    pub thought: Option<String>,
+    pub response: Option<String>,
+    /// Why it could not be split (None: parsed).
+    pub malformed: Option<String>,
+    /// The judge's score of the response (None when malformed: never judged).
+    pub score: Option<f64>,
+    pub tokens: usize,
+    pub thought_tokens: usize,
+    pub response_tokens: usize,
+    pub finish_reason: String,
+    pub token_ids: Vec<u32>,
+}
+
+/// One prompt's candidates (a line of candidates.jsonl).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromptCandidates {
+    pub index: usize,
+    pub prompt: Map<String, Value>,
+    pub instruction: String,
+    pub candidates: Vec<Candidate>,
+}
+
+pub fn bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed_precise}}<{{eta_precise}}]"
+        ))
+        .expect("the template is valid"),
+    );
+    bar
+}
+
+impl Runtime {
+    /// Token ids of each prompt, wrapped in the thought prompt when there is one.
+    pub fn render_all(
+        &self,
+        cfg: &TpoConfig,
+        prompts: &[&Map<String, Value>],
+        thoughts: bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let thought = if thoughts {
+            cfg.thought_prompt.as_ref()
+        } else {
+            None
+        };
+        prompts
+            .iter()
+            .map(|p| {
+                render(
+                    &wrap(p, thought),
+                    &self.tokenizer,
+                    self.mode,
+                    self.vocab_size,
+                    self.max_context,
+                )
+            })
+            .collect()
+    }
+
+    /// `samples` completions per prompt; every (prompt, sample) has its own random stream
+    /// from `seed`.
+    pub fn sample(
+        &self,
+        model: &Model,
+        prompts: &[Vec<u32>],
+        (samples, max_new_tokens, batch_size): (usize, usize, usize),
+        sampling: SamplingParams,
+        seed: u64,
+        what: &str,
+    ) -> Result<Vec<Vec<Sample>>> {
+        let opts = GenerateOptions {
+            samples,
+            max_new_tokens,
+            sampling,
+            seed,
+            batch_size,
+            eos_ids: self.eos_ids.clone(),
+        };
+        let progress = bar(prompts.len() * samples * max_new_tokens, what);
+        let (completions, _) = generate(model, prompts, &opts, &|_| false, &|n| {
+            progress.inc(n as u64)
+        })?;
+        progress.finish_and_clear();
+        Ok(completions
+            .into_iter()
+            .map(|cs| {
+                cs.into_iter()
+                    .map(|c| Sample {
+                        token_ids: c.token_ids,
+                        finish_reason: c.finish_reason.as_str().to_string(),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Decodes a sample and splits it into thought and response (the whole text is the
+    /// response without a thought prompt).
+    pub fn parse(&self, cfg: &TpoConfig, sample: &Sample, thoughts: bool) -> Result<Candidate> {
+        let text = self.tokenizer.decode(&sample.token_ids)?;
+        let count = |s: &str| -> Result<usize> { Ok(self.tokenizer.encode(s, false)?.len()) };
+        let (thought, response, malformed) = match cfg.thought_prompt.as_ref().filter(|_| thoughts)
+        {
+            Some(t) => match t.parse(&text) {
+                super::thought::Parsed::Ok { thought, response } => {
+                    (Some(thought.to_string()), Some(response.to_string()), None)
+                }
+                super::thought::Parsed::Malformed(why) => (None, None, Some(why.to_string())),
+            },
+            None if text.trim().is_empty() => (None, None, Some("empty response".to_string())),
+            None => (None, Some(text.trim().to_string()), None),
+        };
+        Ok(Candidate {
+            thought_tokens: thought.as_deref().map_or(Ok(0), count)?,
+            response_tokens: response.as_deref().map_or(Ok(0), count)?,
+            tokens: sample.token_ids.len(),
+            text,
+            thought,
+            response,
+            malformed,
+            score: None,
+            finish_reason: sample.finish_reason.clone(),
+            token_ids: sample.token_ids.clone(),
+        })
+    }
+
+    /// The completion as training data: its sampled tokens, and the end token when it ended
+    /// on EOS (a completion cut by the length limit did not end).
+    pub fn completion_ids(&self, c: &Candidate) -> Vec<u32> {
+        let mut ids = c.token_ids.clone();
+        if c.finish_reason == FinishReason::Eos.as_str() {
+            ids.push(self.end_token);
+        }
+        ids
+    }
+}
+
+/// Scores the listed responses of each group with the judge, checking what comes back.
+pub fn judge_groups(
+    judge: &mut dyn Judge,
+    groups: &[JudgeGroup],
+    what: &str,
+) -> Result<Vec<Vec<f64>>> {
+    let total = groups.iter().map(|g| g.responses.len()).sum();
+    let progress = bar(total, what);
+    let scores = judge.score(groups, &|n| progress.inc(n as u64))?;
+    progress.finish_and_clear();
+    if scores.len() != groups.len() {
+        bail!(
+            "the judge {} gave scores for {} prompts, expected {}",
+            judge.describe(),
+            scores.len(),
+            groups.len()
+        );
+    }
+    for (g, s) in groups.iter().zip(&scores) {
+        if s.len() != g.responses.len() {
+            bail!(
+                "the judge {} gave {} scores for {} responses",
+                judge.describe(),
+                s.len(),
+                g.responses.len()
+            );
+        }
+        if let Some(x) = s.iter().find(|x| !x.is_finite()) {
+            bail!(
+                "the judge {} gave the score {x} for a response to {:?}",
+                judge.describe(),
+                g.instruction
+            );
+        }
+    }
+    Ok(scores)
+}
+
+/// Judges every parsed candidate (malformed ones are never shown) and fills in its score.
+pub fn judge_candidates(judge: &mut dyn Judge, prompts: &mut [PromptCandidates]) -> Result<()> {
+    let groups: Vec<JudgeGroup> = prompts
+        .iter()
+        .map(|p| JudgeGroup {
+            source: &p.prompt,
+            instruction: &p.instruction,
+            responses: p
+                .candidates
+                .iter()
+                .filter_map(|c| c.response.as_deref())
+                .collect(),
+        })
+        .collect();
+    let scores = judge_groups(judge, &groups, "responses judged")?;
+    for (p, s) in prompts.iter_mut().zip(scores) {
+        let mut s = s.into_iter();
+        for c in p.candidates.iter_mut().filter(|c| c.response.is_some()) {
+            c.score = s.next();
+        }
+    }
+    Ok(())
+}
+
+/// A pair chosen from one prompt's candidates.
+pub struct ChosenPair {
+    pub prompt: usize,
+    pub chosen: usize,
+    pub rejected: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PairCounts {
+    pub pairs: usize,
+    /// Prompts skipped because their parsed candidates all scored the same.
+    pub all_tie: usize,
+    /// Prompts skipped because every candidate was malformed.
+    pub no_parsed: usize,
+}
+
+pub fn make_pairs(cfg: &TpoConfig, prompts: &[PromptCandidates]) -> (Vec<ChosenPair>, PairCounts) {
+    let mut pairs = vec![];
+    let mut counts = PairCounts::default();
+    for (i, p) in prompts.iter().enumerate() {
+        let judged: Vec<Judged> = p
+            .candidates
+            .iter()
+            .map(|c| Judged {
+                score: c.score,
+                response_len: c.response_tokens,
+            })
+            .collect();
+        match choose_pair(&judged, cfg.rho, cfg.malformed_as_rejected) {
+            Pairing::Pair { chosen, rejected } => pairs.push(ChosenPair {
+                prompt: i,
+                chosen,
+                rejected,
+            }),
+            Pairing::AllTie => counts.all_tie += 1,
+            Pairing::NoParsed => counts.no_parsed += 1,
+        }
+    }
+    counts.pairs = pairs.len();
+    (pairs, counts)
+}
+
+/// Training examples of the pairs (prompt as the policy saw it, sampled completion tokens),
+/// with the reference model's summed log-probs filled in by `reference`.
+pub fn pair_examples(
+    rt: &Runtime,
+    cfg: &TpoConfig,
+    prompts: &[PromptCandidates],
+    pairs: &[ChosenPair],
+    thoughts: bool,
+) -> Result<Vec<Example>> {
+    let sources: Vec<&Map<String, Value>> =
+        pairs.iter().map(|p| &prompts[p.prompt].prompt).collect();
+    let rendered = rt.render_all(cfg, &sources, thoughts)?;
+    Ok(pairs
+        .iter()
+        .zip(rendered)
+        .map(|(p, prompt)| {
+            let cands = &prompts[p.prompt].candidates;
+            Example {
+                seqs: vec![
+                    [prompt.as_slice(), &rt.completion_ids(&cands[p.chosen])].concat(),
+                    [prompt.as_slice(), &rt.completion_ids(&cands[p.rejected])].concat(),
+                ],
+                prompt_len: prompt.len(),
+                reference: vec![],
+            }
+        })
+        .collect())
+}
+
+/// Summed completion log-probs of every example's sequences under `model`.
+pub fn reference_logps(
+    model: &Model,
+    examples: &mut [Example],
+    micro_batch_tokens: usize,
+) -> Result<()> {
+    let scored: Vec<ScoredSequence> = examples
+        .iter()
+        .flat_map(|e| {
+            e.seqs.iter().map(|tokens| ScoredSequence {
+                tokens,
+                prompt_len: e.prompt_len,
+            })
+        })
+        .collect();
+    let progress = bar(scored.len(), "reference log-probs");
+    let logps = score_sequences(model, &scored, micro_batch_tokens, &|n| {
+        progress.inc(n as u64)
+    });
+    progress.finish_and_clear();
+    if let Some(x) = logps.iter().find(|x| !x.is_finite()) {
+        bail!("a reference log-prob is {x}: the reference model produces non-finite values");
+    }
+    for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
+        e.reference = lp.to_vec();
+    }
+    Ok(())
+}
+
+/// Reads a JSONL file of `T` lines.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Writes `items` as JSONL, atomically.
+pub fn write_jsonl<T: Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&serde_json::to_string(item)?);
+        text.push('\n');
+    }
+    crate::io::write_atomic(path, text.as_bytes())
+}
+
+/// The instruction of each prompt (checked when the prompts were read).
+pub fn instructions(prompts: &[&Map<String, Value>]) -> Vec<String> {
+    prompts
+        .iter()
+        .map(|p| instruction(p).unwrap_or_default())
+        .collect()
+}
