@@ -1,6 +1,7 @@
 //! The command line: parses arguments and calls the library.
 
 mod generate;
+mod tpo;
 mod train;
 
 use crate::tiny::{make_tiny_model, TinySpec};
@@ -24,6 +25,10 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Thought Preference Optimization: sample thought + response candidates, judge the
+    /// responses, pair best and worst, DPO, repeat. With no arguments: the built-in
+    /// demonstration.
+    Train(Box<tpo::TpoArgs>),
     /// Sample K completions per prompt from a Hugging Face checkpoint.
     Generate(generate::GenerateArgs),
     /// Train on preference pairs by DPO (reference log-probs computed once, up front).
@@ -56,6 +61,7 @@ pub fn run() -> Result<()> {
             .context("cannot start the thread pool")?;
     }
     match cli.command {
+        Command::Train(args) => tpo::run_train(*args),
         Command::Generate(args) => generate::run_generate(args),
         Command::Dpo(args) => train::run_dpo(args),
         Command::Sft(args) => train::run_sft(args),

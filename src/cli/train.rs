@@ -27,45 +27,52 @@ pub struct TrainArgs {
     /// Run directory to create: metrics.jsonl, checkpoint-STEP/ and the trained model/.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+}
+
+/// The optimizer and batching flags of every training command.
+#[derive(clap::Args)]
+pub struct OptimArgs {
     /// Peak learning rate (default: 1e-6 for dpo, 2e-5 for sft, as TRL).
     #[arg(long)]
-    lr: Option<f64>,
+    pub lr: Option<f64>,
     #[arg(long, value_enum, default_value_t = LrSchedule::Linear)]
-    lr_schedule: LrSchedule,
+    pub lr_schedule: LrSchedule,
     /// Updates over which the learning rate rises linearly from 0.
     #[arg(long, default_value_t = 0)]
-    warmup_steps: usize,
+    pub warmup_steps: usize,
     #[arg(long, default_value_t = 1)]
-    epochs: usize,
+    pub epochs: usize,
     /// Examples (dpo: pairs) per optimizer update.
     #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// Most tokens in one forward/backward pass; a batch is split into such micro-batches
     /// and their gradients accumulated.
     #[arg(long, default_value_t = 4096)]
-    micro_batch_tokens: usize,
+    pub micro_batch_tokens: usize,
     /// AdamW weight decay (on matrices; never on norm weights or biases).
     #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
+    pub weight_decay: f64,
     #[arg(long, default_value_t = 0.9)]
-    adam_beta1: f64,
+    pub adam_beta1: f64,
     #[arg(long, default_value_t = 0.999)]
-    adam_beta2: f64,
+    pub adam_beta2: f64,
     #[arg(long, default_value_t = 1e-8)]
-    adam_eps: f64,
+    pub adam_eps: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f64,
+    pub max_grad_norm: f64,
     /// Save a checkpoint every this many updates (0: only the final model).
     #[arg(long, default_value_t = 0)]
-    save_steps: usize,
+    pub save_steps: usize,
     /// Seed of the example order; a run is deterministic for a given seed, whatever the
     /// thread count.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Feed prompt text as it is, without the chat template.
     #[arg(long)]
-    no_chat_template: bool,
+    pub no_chat_template: bool,
 }
 
 #[derive(clap::Args)]
@@ -75,18 +82,25 @@ pub struct DpoArgs {
     /// reference pass.
     #[arg(long)]
     pairs: PathBuf,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
-    #[arg(long, value_enum, default_value_t = DpoLossType::Sigmoid)]
-    loss: DpoLossType,
-    /// Assumed probability that a preference is flipped (sigmoid loss).
-    #[arg(long, default_value_t = 0.0)]
-    label_smoothing: f64,
-    /// Weight of an NLL term on the chosen completions (DPO+NLL); 0 disables it.
-    #[arg(long, default_value_t = 0.0)]
-    nll_alpha: f64,
+    #[command(flatten)]
+    loss: DpoLossArgs,
     #[command(flatten)]
     train: TrainArgs,
+}
+
+/// The DPO loss flags.
+#[derive(clap::Args)]
+pub struct DpoLossArgs {
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    #[arg(long, value_enum, default_value_t = DpoLossType::Sigmoid)]
+    pub loss: DpoLossType,
+    /// Assumed probability that a preference is flipped (sigmoid loss).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Weight of an NLL term on the chosen completions (DPO+NLL); 0 disables it.
+    #[arg(long, default_value_t = 0.0)]
+    pub nll_alpha: f64,
 }
 
 #[derive(clap::Args)]
@@ -159,7 +173,11 @@ fn check_range(flag: &str, value: f64, ok: bool, expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn train_config(args: &TrainArgs, objective: Objective, default_lr: f64) -> Result<TrainConfig> {
+pub fn train_config(
+    args: &OptimArgs,
+    objective: Objective,
+    default_lr: f64,
+) -> Result<TrainConfig> {
     let lr = args.lr.unwrap_or(default_lr);
     check_range("--lr", lr, lr >= 0.0, "a finite number >= 0")?;
     let b1 = args.adam_beta1;
@@ -218,7 +236,7 @@ fn train_config(args: &TrainArgs, objective: Objective, default_lr: f64) -> Resu
     })
 }
 
-fn dpo_config(args: &DpoArgs) -> Result<DpoConfig> {
+pub fn dpo_config(args: &DpoLossArgs) -> Result<DpoConfig> {
     check_range("--beta", args.beta, args.beta > 0.0, "a number > 0")?;
     let ls = args.label_smoothing;
     check_range(
@@ -252,10 +270,13 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
 }
 
 pub fn run_dpo(args: DpoArgs) -> Result<()> {
-    let dpo = dpo_config(&args)?;
-    let cfg = train_config(&args.train, Objective::Dpo(dpo), 1e-6)?;
+    let dpo = dpo_config(&args.loss)?;
+    let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
     let loaded = load(&args.train.model)?;
-    let pairs = read_pairs(&args.pairs, &encoder(&loaded, args.train.no_chat_template))?;
+    let pairs = read_pairs(
+        &args.pairs,
+        &encoder(&loaded, args.train.optim.no_chat_template),
+    )?;
     let total = total_steps(pairs.len(), &cfg);
     RunDir::check_free(&args.train.out)?;
 
@@ -305,7 +326,7 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
     let mut run = RunDir::create(
         &args.train.out,
         &args.train.model,
-        args.train.save_steps,
+        args.train.optim.save_steps,
         total,
     )?;
     let mut text = String::new();
@@ -326,14 +347,17 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
 }
 
 pub fn run_sft(args: SftArgs) -> Result<()> {
-    let cfg = train_config(&args.train, Objective::Sft, 2e-5)?;
+    let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
     let loaded = load(&args.train.model)?;
-    let data = read_completions(&args.data, &encoder(&loaded, args.train.no_chat_template))?;
+    let data = read_completions(
+        &args.data,
+        &encoder(&loaded, args.train.optim.no_chat_template),
+    )?;
     let total = total_steps(data.len(), &cfg);
     let mut run = RunDir::create(
         &args.train.out,
         &args.train.model,
-        args.train.save_steps,
+        args.train.optim.save_steps,
         total,
     )?;
     let examples: Vec<Example> = data

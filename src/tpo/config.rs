@@ -69,6 +69,8 @@ pub struct TpoConfig {
     /// Pairs per optimizer update.
     pub batch_size: usize,
     pub micro_batch_tokens: usize,
+    /// Save a checkpoint every this many updates within an iteration (0: only its model).
+    pub save_steps: usize,
     pub seed: u64,
     /// Prompts go through the model's chat template (false: raw text).
     pub chat_template: bool,

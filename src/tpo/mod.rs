@@ -2,6 +2,7 @@
 //! pairing, the built-in task, and the iteration loop that ties them to generation and DPO.
 
 pub mod config;
+pub mod demo;
 pub mod judge;
 pub mod pairing;
 pub mod prompts;

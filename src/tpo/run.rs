@@ -450,7 +450,7 @@ impl TpoRun {
         );
         let source = self.model_dir(t - 1);
         let mut model = Model::load(&source)?;
-        let mut sink = RunDir::create(&train_dir, &source, 0, total)?;
+        let mut sink = RunDir::create(&train_dir, &source, self.cfg.save_steps, total)?;
         let result = train(&mut model, &examples, &cfg, &mut sink);
         sink.finish_progress();
         result.with_context(|| format!("iteration {t}: training"))?;

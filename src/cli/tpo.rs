@@ -1,0 +1,206 @@
+//! `tpo-engine train`: the TPO loop, or with no arguments the built-in demonstration.
+
+use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
+use crate::tpo::config::{Reference, Sampling, TpoConfig};
+use crate::tpo::prompts::read_prompt_file;
+use crate::tpo::run::TpoRun;
+use crate::tpo::summary::table;
+use crate::tpo::thought::ThoughtPrompt;
+use crate::train::Objective;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct TpoArgs {
+    /// Seed checkpoint: the policy of iteration 0. With no --model (and no other run
+    /// flags), the built-in demonstration runs.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// JSONL, one {"prompt": ...} or {"messages": [...]} per line, plus any fields the judge
+    /// reads; consumed in order, fresh prompts in every iteration.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Held-out prompts for the evaluation after each iteration (default: the last
+    /// --heldout-prompts lines of --prompts).
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// How many prompts to hold out of --prompts when there is no --heldout (0: no
+    /// evaluation).
+    #[arg(long, default_value_t = 32)]
+    heldout_prompts: usize,
+    /// The judge: rm:DIR (a reward model), cmd:COMMAND (pointwise scores),
+    /// pairwise-cmd:COMMAND (pairwise preferences, scored by ELO), builtin:NAME.
+    #[arg(long)]
+    judge: Option<String>,
+    /// Seconds one call of a judge command may take.
+    #[arg(long, default_value_t = 300.0)]
+    judge_timeout: f64,
+    /// Further tries of a failed judge call.
+    #[arg(long, default_value_t = 2)]
+    judge_retries: usize,
+    /// Most requests in one call of a judge command.
+    #[arg(long, default_value_t = 256)]
+    judge_batch_size: usize,
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    /// Fresh prompts per iteration (default: the training prompts divided evenly).
+    #[arg(long)]
+    prompts_per_iteration: Option<usize>,
+    /// generic, specific, or a JSON template file ("template" with {instruction},
+    /// "thought_marker", "response_marker").
+    #[arg(long, default_value = "generic")]
+    thought_prompt: String,
+    /// The direct-response baseline: the same loop without a thought prompt.
+    #[arg(long)]
+    no_thoughts: bool,
+    /// Candidates per prompt (K).
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Keep only the K most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    gen_batch_size: usize,
+    /// Temperature of the held-out answers (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    eval_temperature: f32,
+    /// Length control: pairs by z(score) - rho * z(response length).
+    #[arg(long, default_value_t = 0.0)]
+    rho: f64,
+    /// Never use a malformed candidate as the rejected side.
+    #[arg(long)]
+    no_malformed_rejected: bool,
+    /// The reference model of iteration t: the previous iteration's model, or the seed.
+    #[arg(long, value_enum, default_value_t = Reference::Previous)]
+    reference: Reference,
+    #[command(flatten)]
+    loss: DpoLossArgs,
+    #[command(flatten)]
+    optim: OptimArgs,
+    /// Run directory (created; with --resume, an existing run to continue).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out where it stopped, with its saved configuration (the other
+    /// flags are ignored).
+    #[arg(long)]
+    resume: bool,
+    /// The demonstration at a reduced size (for tests).
+    #[arg(long, hide = true)]
+    quick: bool,
+}
+
+pub fn run_train(args: TpoArgs) -> Result<()> {
+    if let (true, Some(out)) = (args.resume, &args.out) {
+        if out.join("demo.json").exists() {
+            return crate::tpo::demo::resume_demo(out);
+        }
+    }
+    if args.model.is_none() && !args.resume {
+        if args.prompts.is_some() || args.judge.is_some() || args.heldout.is_some() {
+            bail!("--prompts, --heldout and --judge need --model (with no --model the built-in demonstration runs)");
+        }
+        let out = args.out.unwrap_or_else(|| PathBuf::from("tpo-demo"));
+        return crate::tpo::demo::run_demo(&out, args.quick);
+    }
+    let out = args
+        .out
+        .clone()
+        .context("--out: the run directory is required")?;
+    let mut run = if args.resume {
+        TpoRun::resume(&out, "tpo")?
+    } else {
+        let (cfg, pool, heldout) = resolve(&args)?;
+        TpoRun::create(&out, cfg, pool, heldout, "tpo")?
+    };
+    let thoughts = run.cfg.thought_prompt.is_some();
+    let rows = run.run(&mut |rows| eprintln!("\n{}", table(rows, thoughts)))?;
+    println!("{}", table(&rows, thoughts));
+    eprintln!(
+        "wrote {} (the last model: {})",
+        out.display(),
+        run.model_dir(run.cfg.iterations).display()
+    );
+    Ok(())
+}
+
+type Prompts = Vec<serde_json::Map<String, serde_json::Value>>;
+
+fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
+    let model = args.model.as_ref().expect("checked by the caller");
+    let model = model
+        .canonicalize()
+        .with_context(|| format!("--model {}: no such directory", model.display()))?;
+    let prompts_path = args
+        .prompts
+        .as_ref()
+        .context("--prompts is required with --model")?;
+    let judge = args
+        .judge
+        .clone()
+        .context("--judge is required with --model")?;
+    let mut pool = read_prompt_file(prompts_path)?;
+    let heldout = match &args.heldout {
+        Some(path) => read_prompt_file(path)?,
+        None => {
+            if args.heldout_prompts >= pool.len() {
+                bail!(
+                    "--heldout-prompts {}: {} has only {} prompts (give --heldout FILE, or hold out fewer)",
+                    args.heldout_prompts,
+                    prompts_path.display(),
+                    pool.len()
+                );
+            }
+            pool.split_off(pool.len() - args.heldout_prompts)
+        }
+    };
+    if args.iterations == 0 {
+        bail!("--iterations 0: expected at least 1");
+    }
+    let per_iteration = args
+        .prompts_per_iteration
+        .unwrap_or(pool.len() / args.iterations);
+    let dpo = dpo_config(&args.loss)?;
+    let train = train_config(&args.optim, Objective::Dpo(dpo), 1e-6)?;
+    let cfg = TpoConfig {
+        model,
+        judge,
+        judge_timeout_secs: args.judge_timeout,
+        judge_retries: args.judge_retries,
+        judge_batch_size: args.judge_batch_size,
+        thought_prompt: if args.no_thoughts {
+            None
+        } else {
+            Some(ThoughtPrompt::resolve(&args.thought_prompt)?)
+        },
+        iterations: args.iterations,
+        prompts_per_iteration: per_iteration,
+        sampling: Sampling {
+            samples: args.samples,
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            batch_size: args.gen_batch_size,
+        },
+        eval_temperature: args.eval_temperature,
+        rho: args.rho,
+        malformed_as_rejected: !args.no_malformed_rejected,
+        reference: args.reference,
+        dpo,
+        optimizer: train.optimizer,
+        epochs: train.epochs,
+        batch_size: train.batch_size,
+        micro_batch_tokens: train.micro_batch_tokens,
+        save_steps: args.optim.save_steps,
+        seed: args.optim.seed,
+        chat_template: !args.optim.no_chat_template,
+    };
+    Ok((cfg, pool, heldout))
+}

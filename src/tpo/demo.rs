@@ -1,0 +1,251 @@
+//! The built-in demonstration: `tpo-engine train` with no arguments.
+//!
+//! The seed checkpoint is embedded in the binary (made by `scripts/make-seed.sh` with the
+//! engine's own `init-model` and `sft`), the prompts are the built-in task's
+//! (`task::make_prompts`), and the judge is its programmatic one. Two runs share the seed,
+//! the prompts and the judge: TPO (the generic thought prompt) and the direct-response
+//! baseline (no thought prompt). The run directory holds both, a table of held-out scores
+//! by iteration, and examples of how the thoughts changed:
+//!
+//! ```text
+//! OUT/seed/         the seed checkpoint
+//! OUT/tpo/          the TPO run (see run.rs for its layout)
+//! OUT/direct/       the direct-response baseline
+//! OUT/summary.md    iteration x {direct, TPO}: held-out judge score and win rate
+//! OUT/thoughts.md   held-out thoughts and answers of the seed and of the last TPO model
+//! ```
+//! A demonstration that was stopped continues where it stopped when run again with the same
+//! --out; one that finished prints its table again.
+
+use super::config::{Reference, Sampling, TpoConfig};
+use super::run::{EvalLine, TpoRun};
+use super::stages::read_jsonl;
+use super::summary::IterationSummary;
+use super::task;
+use super::thought::ThoughtPrompt;
+use crate::train::{DpoConfig, DpoLossType, LrSchedule, OptimizerConfig};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// The sizes of a demonstration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DemoPlan {
+    pub iterations: usize,
+    pub prompts_per_iteration: usize,
+    pub heldout: usize,
+    pub samples: usize,
+}
+
+impl DemoPlan {
+    pub fn new(quick: bool) -> DemoPlan {
+        if quick {
+            DemoPlan {
+                iterations: 2,
+                prompts_per_iteration: 64,
+                heldout: 100,
+                samples: 8,
+            }
+        } else {
+            DemoPlan {
+                iterations: 3,
+                prompts_per_iteration: 128,
+                heldout: 200,
+                samples: 8,
+            }
+        }
+    }
+}
+
+/// Seeds of the task's prompt sets: training and held-out prompts are drawn apart.
+const TRAIN_PROMPTS_SEED: u64 = 1;
+const HELDOUT_PROMPTS_SEED: u64 = 2;
+
+fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig> {
+    Ok(TpoConfig {
+        model: seed_dir.canonicalize()?,
+        judge: format!("builtin:{}", task::JUDGE_NAME),
+        judge_timeout_secs: 60.0,
+        judge_retries: 0,
+        judge_batch_size: 256,
+        thought_prompt: if thoughts {
+            Some(ThoughtPrompt::resolve("generic")?)
+        } else {
+            None
+        },
+        iterations: plan.iterations,
+        prompts_per_iteration: plan.prompts_per_iteration,
+        sampling: Sampling {
+            samples: plan.samples,
+            max_new_tokens: 64,
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 0,
+            batch_size: 64,
+        },
+        eval_temperature: 0.0,
+        rho: 0.0,
+        malformed_as_rejected: true,
+        reference: Reference::Previous,
+        dpo: DpoConfig {
+            loss_type: DpoLossType::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            nll_alpha: 0.0,
+        },
+        optimizer: OptimizerConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+        },
+        epochs: 2,
+        batch_size: 16,
+        micro_batch_tokens: 4096,
+        save_steps: 0,
+        seed: 0,
+        chat_template: true,
+    })
+}
+
+/// Continues the demonstration in `out` at the size it was started with.
+pub fn resume_demo(out: &Path) -> Result<()> {
+    let saved: DemoPlan = super::run::read_json(&out.join("demo.json"))?;
+    run_demo(out, saved == DemoPlan::new(true))
+}
+
+pub fn run_demo(out: &Path, quick: bool) -> Result<()> {
+    let started = Instant::now();
+    let plan = DemoPlan::new(quick);
+    let marker = out.join("demo.json");
+    let resumed = marker.exists();
+    if resumed {
+        let saved: DemoPlan = super::run::read_json(&marker)?;
+        if saved != plan {
+            bail!(
+                "{} holds a demonstration of another size ({}); choose another --out",
+                out.display(),
+                if quick {
+                    "it was not run with --quick"
+                } else {
+                    "it was run with --quick"
+                }
+            );
+        }
+        eprintln!("continuing the demonstration in {}", out.display());
+    } else {
+        crate::train::run::RunDir::check_free(out)?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        task::write_seed(&out.join("seed"))?;
+        crate::io::write_atomic(&marker, serde_json::to_string_pretty(&plan)?.as_bytes())?;
+        eprintln!(
+            "the built-in demonstration: TPO against the direct-response baseline on the task \"{}\", {} iterations, in {}",
+            task::JUDGE_NAME,
+            plan.iterations,
+            out.display()
+        );
+    }
+    let mut rows = vec![];
+    for (label, thoughts) in [("tpo", true), ("direct", false)] {
+        let dir = out.join(label);
+        let mut run = if dir.join("config.json").exists() {
+            TpoRun::resume(&dir, label)?
+        } else {
+            let cfg = config(&out.join("seed"), &plan, thoughts)?;
+            let pool = task::make_prompts(
+                plan.iterations * plan.prompts_per_iteration,
+                TRAIN_PROMPTS_SEED,
+            );
+            let heldout = task::make_prompts(plan.heldout, HELDOUT_PROMPTS_SEED);
+            TpoRun::create(&dir, cfg, pool, heldout, label)?
+        };
+        rows.push(run.run(&mut |_| {})?);
+    }
+    let table = comparison(&rows[0], &rows[1]);
+    crate::io::write_atomic(&out.join("summary.md"), table.as_bytes())?;
+    crate::io::write_atomic(
+        &out.join("thoughts.md"),
+        thought_examples(out, plan.iterations)?.as_bytes(),
+    )?;
+    println!("{table}");
+    eprintln!(
+        "{} in {:.0}s: per-run tables in {}/tpo/summary.md and {}/direct/summary.md, thoughts in {}/thoughts.md",
+        if resumed { "finished" } else { "done" },
+        started.elapsed().as_secs_f64(),
+        out.display(),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn score(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+/// Iteration x {direct, TPO}: held-out judge score (the share answered right) and win rate
+/// against the seed's direct answers; then the verdict in words.
+pub fn comparison(tpo: &[IterationSummary], direct: &[IterationSummary]) -> String {
+    let mut out = String::from(
+        "| iteration | direct: held-out score | direct: win vs seed | TPO: held-out score | TPO: win vs seed | TPO: thought tokens | TPO: malformed |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (t, d) in tpo.iter().zip(direct) {
+        out.push_str(&format!(
+            "| {}{} | {} | {} | {} | {} | {} | {} |\n",
+            t.iteration,
+            if t.iteration == 0 { " (seed)" } else { "" },
+            score(d.heldout_score),
+            score(d.win_rate),
+            score(t.heldout_score),
+            score(t.win_rate),
+            t.thought_tokens.map_or("-".into(), |v| format!("{v:.1}")),
+            score(t.heldout_malformed),
+        ));
+    }
+    let (t0, tn) = (&tpo[0], &tpo[tpo.len() - 1]);
+    let (d0, dn) = (&direct[0], &direct[direct.len() - 1]);
+    let pts = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.1} points", 100.0 * (a - b)),
+        _ => "-".into(),
+    };
+    out.push_str(&format!(
+        "\nThe judge scores the response only (1 for the right final digit). After {} iterations, TPO scores {} on held-out prompts: {} over the seed answering directly ({}), {} over the seed prompted to think ({}), and {} over the direct-response baseline trained the same way ({}).\n",
+        tpo.len() - 1,
+        score(tn.heldout_score),
+        pts(tn.heldout_score, d0.heldout_score),
+        score(d0.heldout_score),
+        pts(tn.heldout_score, t0.heldout_score),
+        score(t0.heldout_score),
+        pts(tn.heldout_score, dn.heldout_score),
+        score(dn.heldout_score),
+    ));
+    out
+}
+
+/// The first held-out prompts' thoughts and answers: the seed prompted to think, then the
+/// last TPO model.
+fn thought_examples(out: &Path, iterations: usize) -> Result<String> {
+    let first: Vec<EvalLine> = read_jsonl(&out.join("tpo/iter-0/eval.jsonl"))?;
+    let last: Vec<EvalLine> = read_jsonl(&out.join(format!("tpo/iter-{iterations}/eval.jsonl")))?;
+    let mut text = String::from("# Held-out thoughts: the seed, then the last TPO model\n");
+    for (a, b) in first.iter().zip(&last).take(8) {
+        text.push_str(&format!("\n## {}\n", a.instruction));
+        for (who, l) in [
+            ("seed".to_string(), a),
+            (format!("iteration {iterations}"), b),
+        ] {
+            text.push_str(&format!(
+                "- {who} (score {}): thought: {} | response: {}\n",
+                l.score,
+                l.thought.as_deref().unwrap_or("(malformed)"),
+                l.response
+            ));
+        }
+    }
+    Ok(text)
+}

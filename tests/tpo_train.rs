@@ -1,0 +1,423 @@
+//! `tpo-engine train` end to end on the small init-model fixture, with external judge
+//! commands: the run directory, the pairing rule, determinism, resume after a kill, and bad
+//! input.
+
+mod common;
+
+use common::{chat_fixture, run_on_threads, write, Run};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn tpo(args: &[&str]) -> Run {
+    run_on_threads("2", args)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn jsonl(path: &Path) -> Vec<Map<String, Value>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A pointwise judge: the score is the number of "e" and "a" in the response (so the
+/// judge's preference is known here without the engine).
+fn letters_judge(dir: &Path) -> PathBuf {
+    write(
+        &dir.join("judge.py"),
+        "import json, sys\nfor line in sys.stdin:\n    r = json.loads(line)\n    t = r['response']\n    print(json.dumps({'score': t.count('e') + t.count('a')}))\n",
+    )
+}
+
+fn prompts(dir: &Path, n: usize) -> PathBuf {
+    let topics = [
+        "rivers", "bread", "clocks", "owls", "maps", "salt", "tides", "bees",
+    ];
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"Tell me about {} number {i}.\"}}\n",
+                topics[i % topics.len()]
+            )
+        })
+        .collect();
+    write(&dir.join("prompts.jsonl"), &text)
+}
+
+/// The flags of a small direct-mode run: 2 iterations of 4 prompts, K 4, 4 held out.
+fn run_args(tmp: &Path, out: &Path) -> Vec<String> {
+    let judge = format!("cmd:python3 {}", s(&letters_judge(tmp)));
+    [
+        "train",
+        "--model",
+        s(&chat_fixture()),
+        "--prompts",
+        s(&prompts(tmp, 12)),
+        "--heldout-prompts",
+        "4",
+        "--judge",
+        &judge,
+        "--iterations",
+        "2",
+        "--prompts-per-iteration",
+        "4",
+        "--samples",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--no-thoughts",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        s(out),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+fn run_vec(args: &[String]) -> Run {
+    tpo(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn a_direct_run_writes_every_stage_and_pairs_by_the_judge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = run_vec(&run_args(tmp.path(), &out));
+    assert!(r.ok, "{}", r.stderr);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["iterations"], 2);
+    assert!(cfg["thought_prompt"].is_null());
+    assert_eq!(jsonl(&out.join("prompts.jsonl")).len(), 8);
+    assert_eq!(jsonl(&out.join("heldout.jsonl")).len(), 4);
+    let mut seen = std::collections::HashSet::new();
+    for t in 1..=2 {
+        let dir = out.join(format!("iter-{t}"));
+        let cands = jsonl(&dir.join("candidates.jsonl"));
+        assert_eq!(cands.len(), 4);
+        for p in &cands {
+            // Fresh prompts in every iteration.
+            assert!(seen.insert(p["index"].as_u64().unwrap()));
+            let cs = p["candidates"].as_array().unwrap();
+            assert_eq!(cs.len(), 4);
+            for c in cs {
+                let response = c["response"].as_str().unwrap_or("");
+                if c["malformed"].is_null() {
+                    let expected = response.matches(['e', 'a']).count() as f64;
+                    assert_eq!(c["score"].as_f64().unwrap(), expected, "{response:?}");
+                } else {
+                    assert!(c["score"].is_null());
+                }
+            }
+        }
+        // Each pair: the best and worst judged candidates of its prompt (rho 0).
+        for pair in jsonl(&dir.join("pairs.jsonl")) {
+            let p = cands
+                .iter()
+                .find(|p| p["index"] == pair["prompt_index"])
+                .unwrap();
+            let scores: Vec<f64> = p["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["score"].as_f64().unwrap_or(f64::NAN))
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let min = scores.iter().cloned().fold(f64::MAX, f64::min);
+            assert_eq!(pair["chosen_score"].as_f64().unwrap(), max);
+            assert_eq!(pair["rejected_score"].as_f64().unwrap(), min);
+            assert!(max > min);
+            assert!(pair["ref_chosen_logps"].as_f64().unwrap() < 0.0);
+            assert!(pair["ref_rejected_logps"].as_f64().unwrap() < 0.0);
+        }
+        let counts: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("pair-counts.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            counts["pairs"].as_u64().unwrap() as usize,
+            jsonl(&dir.join("pairs.jsonl")).len()
+        );
+        assert_eq!(
+            counts["pairs"].as_u64().unwrap()
+                + counts["all_tie"].as_u64().unwrap()
+                + counts["no_parsed"].as_u64().unwrap(),
+            4
+        );
+        assert!(dir.join("train/model/model.safetensors").exists());
+        assert!(!jsonl(&dir.join("train/metrics.jsonl")).is_empty());
+        let eval = jsonl(&dir.join("eval.jsonl"));
+        assert_eq!(eval.len(), 4);
+        for l in &eval {
+            let (a, b) = (
+                l["score"].as_f64().unwrap(),
+                l["seed_score"].as_f64().unwrap(),
+            );
+            let expected = if a > b {
+                1.0
+            } else if a == b {
+                0.5
+            } else {
+                0.0
+            };
+            assert_eq!(l["outcome"].as_f64().unwrap(), expected);
+        }
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        let mean = eval
+            .iter()
+            .map(|l| l["score"].as_f64().unwrap())
+            .sum::<f64>()
+            / 4.0;
+        assert!((summary["heldout_score"].as_f64().unwrap() - mean).abs() < 1e-12);
+    }
+    // The seed's held-out answers in direct mode are the baseline: iteration 0 ties it.
+    let seed_eval = jsonl(&out.join("iter-0/eval.jsonl"));
+    assert!(seed_eval.iter().all(|l| l["outcome"] == 0.5));
+    let table = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert_eq!(table.lines().count(), 2 + 3, "{table}");
+}
+
+/// Files that must come out the same however often a run was stopped: everything but
+/// timings.
+fn snapshot(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![];
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(out).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if ["stages.json", "summary.json", "summary.md", "config.json"].contains(&name.as_str())
+            {
+                continue;
+            }
+            let mut bytes = std::fs::read(&p).unwrap();
+            if name == "metrics.jsonl" {
+                // tokens_per_s is a timing.
+                let lines: Vec<String> = jsonl(&p)
+                    .into_iter()
+                    .map(|mut l| {
+                        l.remove("tokens_per_s");
+                        serde_json::to_string(&l).unwrap()
+                    })
+                    .collect();
+                bytes = lines.join("\n").into_bytes();
+            }
+            files.push((rel, bytes));
+        }
+    }
+    files.sort();
+    files
+}
+
+fn assert_same(a: &[(String, Vec<u8>)], b: &[(String, Vec<u8>)], what: &str) {
+    let names = |x: &[(String, Vec<u8>)]| x.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(a), names(b), "{what}: different files");
+    for (x, y) in a.iter().zip(b) {
+        assert!(x.1 == y.1, "{what}: {} differs", x.0);
+    }
+}
+
+#[test]
+fn a_run_resumes_after_kills_between_and_within_stages_to_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    let args = run_args(tmp.path(), &reference);
+    let started = Instant::now();
+    let r = run_vec(&args);
+    assert!(r.ok, "{}", r.stderr);
+    let full = started.elapsed();
+    let expected = snapshot(&reference);
+    let resume = |out: &Path| {
+        let r = tpo(&["train", "--resume", "--out", s(out)]);
+        assert!(r.ok, "{}", r.stderr);
+    };
+
+    // Between stages: the run stopped after some stage finished.
+    let copy = |name: &str| {
+        let dst = tmp.path().join(name);
+        let status = Command::new("cp")
+            .args(["-r", s(&reference), s(&dst)])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        dst
+    };
+    let between = copy("between");
+    for f in [
+        "iter-2/pairs.jsonl",
+        "iter-2/pair-counts.json",
+        "iter-2/eval.jsonl",
+        "iter-2/summary.json",
+    ] {
+        std::fs::remove_file(between.join(f)).unwrap();
+    }
+    std::fs::remove_dir_all(between.join("iter-2/train")).unwrap();
+    resume(&between);
+    assert_same(&snapshot(&between), &expected, "resumed between stages");
+
+    // Within stages: training stopped half-way (metrics written, no model), and a
+    // temporary file left by an interrupted write.
+    let within = copy("within");
+    std::fs::remove_dir_all(within.join("iter-1/train/model")).unwrap();
+    for f in ["iter-1/eval.jsonl", "iter-1/summary.json"] {
+        std::fs::remove_file(within.join(f)).unwrap();
+    }
+    std::fs::remove_dir_all(within.join("iter-2")).unwrap();
+    write(&within.join("iter-1/.eval.jsonl.999.tmp"), "{\"half\": ");
+    resume(&within);
+    assert_same(&snapshot(&within), &expected, "resumed within a stage");
+
+    // Real kills at several points of the run, each followed by a resume.
+    let killed = tmp.path().join("killed");
+    let mut kill_args = run_args(tmp.path(), &killed);
+    for fraction in [0.15, 0.4, 0.65, 0.9] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+            .args(["--threads", "2"])
+            .args(&kill_args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + full.mul_f64(fraction);
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        kill_args = vec![
+            "train".into(),
+            "--resume".into(),
+            "--out".into(),
+            s(&killed).into(),
+        ];
+    }
+    if killed.join("config.json").exists() {
+        resume(&killed);
+        assert_same(&snapshot(&killed), &expected, "resumed after kills");
+    }
+    let leftovers: Vec<_> = snapshot(&killed)
+        .into_iter()
+        .filter(|f| f.0.ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{:?}",
+        leftovers.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_thought_run_with_a_model_that_cannot_think_makes_no_pairs_and_keeps_the_seed() {
+    // The random fixture never writes the markers: every candidate is malformed, so no
+    // prompt can give a pair, and the iteration's model is the seed's.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = run_args(tmp.path(), &out);
+    args.retain(|a| a != "--no-thoughts");
+    // The fixture's context is 128 tokens: a short template of our own.
+    let template = write(
+        &tmp.path().join("thought.json"),
+        r#"{"template": "{instruction} Think after T:, answer after R:", "thought_marker": "T:", "response_marker": "R:"}"#,
+    );
+    args.extend(["--thought-prompt".to_string(), s(&template).to_string()]);
+    let i = args.iter().position(|a| a == "--iterations").unwrap();
+    args[i + 1] = "1".into();
+    let r = run_vec(&args);
+    assert!(r.ok, "{}", r.stderr);
+    let cands = jsonl(&out.join("iter-1/candidates.jsonl"));
+    assert!(cands.iter().all(|p| p["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["malformed"] == "no thought marker" && c["score"].is_null())));
+    assert!(out.join("iter-1/no-pairs").exists());
+    assert!(!out.join("iter-1/train").exists());
+    assert!(
+        r.stderr.contains("4 skipped: all malformed"),
+        "{}",
+        r.stderr
+    );
+    let eval = jsonl(&out.join("iter-1/eval.jsonl"));
+    assert!(eval.iter().all(|l| l["malformed"].is_string()));
+}
+
+#[test]
+fn bad_runs_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let base = run_args(tmp.path(), &out);
+    let with = |flag: &str, value: &str| {
+        let mut a = base.clone();
+        let i = a.iter().position(|x| x == flag).unwrap();
+        a[i + 1] = value.to_string();
+        a
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (with("--judge", "oracle:x"), "unknown kind"),
+        (with("--judge", "builtin:nope"), "no such built-in judge"),
+        (with("--prompts-per-iteration", "5"), "need 10"),
+        (with("--model", "/no/such/model"), "no such directory"),
+        (with("--iterations", "0"), "--iterations 0"),
+        (with("--samples", "0"), "--samples 0"),
+        (with("--heldout-prompts", "12"), "has only 12 prompts"),
+        (with("--prompts", "/no/such.jsonl"), "/no/such.jsonl"),
+    ];
+    for (args, needle) in cases {
+        let r = run_vec(&args);
+        assert!(!r.ok && r.code == Some(1), "{needle}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
+        assert!(!out.exists(), "{needle}: a run directory was made");
+    }
+    let r = tpo(&["train", "--resume", "--out", s(&tmp.path().join("nothing"))]);
+    assert!(!r.ok && r.stderr.contains("config.json"), "{}", r.stderr);
+    let r = tpo(&["train", "--prompts", "x.jsonl", "--out", s(&out)]);
+    assert!(!r.ok && r.stderr.contains("need --model"), "{}", r.stderr);
+}
+
+#[test]
+fn a_crashing_judge_stops_the_run_with_its_stderr_and_the_run_resumes_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // Crashes while a flag file exists.
+    let flag = tmp.path().join("broken");
+    write(&flag, "");
+    let judge = write(
+        &tmp.path().join("judge.sh"),
+        &format!(
+            "if [ -e {} ]; then echo 'judge: out of memory' >&2; exit 7; fi\npython3 {}\n",
+            s(&flag),
+            s(&letters_judge(tmp.path()))
+        ),
+    );
+    let mut args = run_args(tmp.path(), &out);
+    let i = args.iter().position(|a| a == "--judge").unwrap();
+    args[i + 1] = format!("cmd:sh {}", s(&judge));
+    args.extend(["--judge-retries", "0"].map(String::from));
+    let r = run_vec(&args);
+    assert!(!r.ok && r.code == Some(1));
+    assert!(r.stderr.contains("out of memory"), "{}", r.stderr);
+    // The first judge call is the seed's evaluation: its answers were kept, unjudged.
+    assert!(out.join("eval-seed.jsonl").exists());
+    assert!(!out.join("iter-0/eval.jsonl").exists());
+    std::fs::remove_file(&flag).unwrap();
+    let r = tpo(&["train", "--resume", "--out", s(&out)]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(out.join("iter-2/summary.json").exists());
+}
