@@ -82,6 +82,13 @@ impl Tokenizer {
     /// Renders chat messages ([{"role", "content"}, ...]) into the text that precedes the
     /// assistant's reply.
     pub fn render_chat(&self, messages: &Value) -> Result<String> {
+        self.render_messages(messages, true)
+    }
+
+    /// Renders chat messages as they are, with the generation prompt (the opening of an
+    /// assistant turn) after them or not: a finished conversation, for a reward model, has
+    /// none.
+    pub fn render_messages(&self, messages: &Value, add_generation_prompt: bool) -> Result<String> {
         let env = self
             .chat
             .as_ref()
@@ -89,7 +96,7 @@ impl Tokenizer {
         let template = env.get_template(TEMPLATE)?;
         let ctx = minijinja::context! {
             messages => messages,
-            add_generation_prompt => true,
+            add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };

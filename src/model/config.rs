@@ -1,4 +1,5 @@
-//! config.json of LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM.
+//! config.json of LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM, and of the
+//! reward models LlamaForSequenceClassification and Qwen2ForSequenceClassification.
 
 use crate::backend::cpu::rope::RopeScaling;
 use anyhow::{bail, Context, Result};
@@ -23,10 +24,21 @@ impl Architecture {
     }
 }
 
+/// What sits on the decoder's final norm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `...ForCausalLM`: the LM head, lm_head.weight (V, C) or the tied embeddings.
+    CausalLm,
+    /// `...ForSequenceClassification`: score.weight (num_labels, C), no bias, read at the last
+    /// token that is not pad_token_id. A reward model has one label.
+    SequenceClassification { num_labels: usize },
+}
+
 /// The hyper-parameters of a model, with the defaults transformers applies.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub architecture: Architecture,
+    pub head: Head,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
@@ -44,6 +56,9 @@ pub struct ModelConfig {
     pub max_context: usize,
     /// eos_token_id of config.json (an int or a list), used when generation_config.json has none.
     pub eos_token_ids: Vec<u32>,
+    /// pad_token_id of a sequence classifier's config.json: it reads its score at the last
+    /// token that is not this one. None for a causal LM.
+    pub pad_token_id: Option<u32>,
 }
 
 impl ModelConfig {
@@ -53,6 +68,22 @@ impl ModelConfig {
 
     pub fn kv_dim(&self) -> usize {
         self.num_key_value_heads * self.head_dim
+    }
+
+    /// The class name transformers writes in `architectures`.
+    pub fn class_name(&self) -> &'static str {
+        match (self.head, self.architecture) {
+            (Head::CausalLm, arch) => arch.class_name(),
+            (Head::SequenceClassification { .. }, Architecture::Llama) => {
+                "LlamaForSequenceClassification"
+            }
+            (Head::SequenceClassification { .. }, Architecture::Mistral) => {
+                "MistralForSequenceClassification"
+            }
+            (Head::SequenceClassification { .. }, Architecture::Qwen2) => {
+                "Qwen2ForSequenceClassification"
+            }
+        }
     }
 
     pub fn load(path: &Path) -> Result<ModelConfig> {
@@ -66,7 +97,7 @@ impl ModelConfig {
 
     pub fn from_json(value: &Value) -> Result<ModelConfig> {
         let obj = value.as_object().context("expected a JSON object")?;
-        let architecture = architecture(obj)?;
+        let (architecture, head) = architecture(obj)?;
         let usize_field = |name: &str| -> Result<Option<usize>> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(None),
@@ -152,6 +183,11 @@ impl ModelConfig {
             max_context = max_context.min(window);
         }
         let eos_token_ids = token_ids(obj.get("eos_token_id")).context("field `eos_token_id`")?;
+        // Only a classifier reads pad_token_id, so a causal LM's is left unchecked.
+        let pad_token_id = match head {
+            Head::SequenceClassification { .. } => pad_token_id(obj)?,
+            Head::CausalLm => None,
+        };
 
         let rms_norm_eps = float_field(obj, "rms_norm_eps")?.unwrap_or(1e-6);
         if !(rms_norm_eps > 0.0 && rms_norm_eps.is_finite()) {
@@ -162,6 +198,7 @@ impl ModelConfig {
         }
         let cfg = ModelConfig {
             architecture,
+            head,
             hidden_size,
             intermediate_size: required("intermediate_size")?,
             num_hidden_layers: required("num_hidden_layers")?,
@@ -177,6 +214,7 @@ impl ModelConfig {
                 || bool_field("attention_bias", false)?,
             max_context,
             eos_token_ids,
+            pad_token_id,
         };
         cfg.parameter_count()
             .context("the model's sizes overflow: is the config corrupt?")?;
@@ -192,20 +230,29 @@ impl ModelConfig {
             .checked_mul(c.checked_add(1)?)?;
         let mlp = i.checked_mul(c)?.checked_mul(3)?;
         let per_layer = attn.checked_add(c.checked_mul(qd)?)?.checked_add(mlp)?;
-        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        let head = match self.head {
+            Head::CausalLm if self.tie_word_embeddings => 0,
+            Head::CausalLm => v.checked_mul(c)?,
+            Head::SequenceClassification { num_labels } => num_labels.checked_mul(c)?,
+        };
         per_layer
             .checked_add(c.checked_mul(2)?)?
             .checked_mul(self.num_hidden_layers)?
-            .checked_add(v.checked_mul(c)?.checked_mul(heads)?)?
+            .checked_add(v.checked_mul(c)?)?
+            .checked_add(head)?
             .checked_add(c)
     }
 }
 
-fn architecture(obj: &Map<String, Value>) -> Result<Architecture> {
+/// The architecture and head that `architectures` (or, failing that, `model_type`) names.
+fn architecture(obj: &Map<String, Value>) -> Result<(Architecture, Head)> {
+    // (architecture, whether it is a sequence classifier)
     let from_name = |name: &str| match name {
-        "LlamaForCausalLM" | "llama" => Some(Architecture::Llama),
-        "MistralForCausalLM" | "mistral" => Some(Architecture::Mistral),
-        "Qwen2ForCausalLM" | "qwen2" => Some(Architecture::Qwen2),
+        "LlamaForCausalLM" | "llama" => Some((Architecture::Llama, false)),
+        "MistralForCausalLM" | "mistral" => Some((Architecture::Mistral, false)),
+        "Qwen2ForCausalLM" | "qwen2" => Some((Architecture::Qwen2, false)),
+        "LlamaForSequenceClassification" => Some((Architecture::Llama, true)),
+        "Qwen2ForSequenceClassification" => Some((Architecture::Qwen2, true)),
         _ => None,
     };
     let arch = obj
@@ -213,14 +260,22 @@ fn architecture(obj: &Map<String, Value>) -> Result<Architecture> {
         .and_then(|a| a.get(0))
         .and_then(Value::as_str);
     let model_type = obj.get("model_type").and_then(Value::as_str);
-    match (arch, model_type) {
+    let (architecture, classifier) = match (arch, model_type) {
         (Some(a), _) => from_name(a).with_context(|| {
-            format!("unknown architecture \"{a}\": supported are LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM")
+            format!("unknown architecture \"{a}\": supported are LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM, and the reward models LlamaForSequenceClassification and Qwen2ForSequenceClassification")
         }),
         (None, Some(t)) => from_name(t)
             .with_context(|| format!("unknown model_type \"{t}\": supported are llama, mistral and qwen2")),
         (None, None) => bail!("neither `architectures` nor `model_type` names the model"),
-    }
+    }?;
+    let head = if classifier {
+        Head::SequenceClassification {
+            num_labels: num_labels(obj)?,
+        }
+    } else {
+        Head::CausalLm
+    };
+    Ok((architecture, head))
 }
 
 fn rope_scaling(
@@ -268,6 +323,35 @@ fn rope_scaling(
     })
 }
 
+/// A classifier's label count as transformers derives it: the size of `id2label` when the
+/// config has one, else `num_labels`, else 2 (the default, which older configs left unsaved).
+fn num_labels(obj: &Map<String, Value>) -> Result<usize> {
+    match (obj.get("id2label"), obj.get("num_labels")) {
+        (Some(Value::Object(labels)), _) if !labels.is_empty() => Ok(labels.len()),
+        (Some(v), _) if !v.is_null() => {
+            bail!("field `id2label`: expected an object of labels, found {v}")
+        }
+        (_, None | Some(Value::Null)) => Ok(2),
+        (_, Some(v)) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(n as usize),
+            _ => bail!("field `num_labels`: expected a positive integer, found {v}"),
+        },
+    }
+}
+
+/// `pad_token_id`: absent, null or an integer. A negative one (some configs write -1) matches
+/// no token, as in transformers, so it counts as none.
+fn pad_token_id(obj: &Map<String, Value>) -> Result<Option<u32>> {
+    match obj.get("pad_token_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) if v.as_i64().is_some_and(|n| n < 0) => Ok(None),
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(id) => Ok(Some(id)),
+            None => bail!("field `pad_token_id`: expected a token id, found {v}"),
+        },
+    }
+}
+
 /// An `eos_token_id`-style field: absent, an integer, or a list of integers.
 pub fn token_ids(value: Option<&Value>) -> Result<Vec<u32>> {
     let one = |v: &Value| -> Result<u32> {
@@ -309,6 +393,44 @@ mod tests {
             (Architecture::Qwen2, true, 1000.0)
         );
         assert_eq!(c.rope_scaling, RopeScaling::None);
+    }
+
+    #[test]
+    fn classifier_labels_and_pad_token_as_transformers_reads_them() {
+        let base = json!({"architectures": ["Qwen2ForSequenceClassification"], "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+            "pad_token_id": 7});
+        let with = |field: &str, value: Value| {
+            let mut cfg = base.clone();
+            cfg[field] = value;
+            ModelConfig::from_json(&cfg)
+        };
+        let labels = |c: ModelConfig| match c.head {
+            Head::SequenceClassification { num_labels } => num_labels,
+            Head::CausalLm => panic!("not a classifier"),
+        };
+        let c = ModelConfig::from_json(&base).unwrap();
+        assert_eq!(
+            (c.architecture, c.pad_token_id),
+            (Architecture::Qwen2, Some(7))
+        );
+        assert_eq!(c.class_name(), "Qwen2ForSequenceClassification");
+        assert_eq!(labels(c), 2, "transformers' default");
+        assert_eq!(labels(with("num_labels", json!(1)).unwrap()), 1);
+        let id2label = json!({"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"});
+        assert_eq!(labels(with("id2label", id2label).unwrap()), 3);
+        assert_eq!(with("pad_token_id", json!(-1)).unwrap().pad_token_id, None);
+        assert_eq!(
+            with("pad_token_id", Value::Null).unwrap().pad_token_id,
+            None
+        );
+        let err = with("pad_token_id", json!("x")).unwrap_err();
+        assert!(err.to_string().contains("pad_token_id"), "{err}");
+        // A causal LM ignores pad_token_id, as before.
+        let c = with("architectures", json!(["LlamaForCausalLM"])).unwrap();
+        assert_eq!((c.head, c.pad_token_id), (Head::CausalLm, None));
+        let c = with("architectures", json!(["Qwen2ForCausalLM"]));
+        assert_eq!(c.unwrap().class_name(), "Qwen2ForCausalLM");
     }
 
     #[test]

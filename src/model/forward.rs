@@ -1,6 +1,8 @@
-//! The decoder forward pass over a packed batch of sequences that continue their KV caches.
+//! The decoder forward pass over a packed batch of sequences: with KV caches that the
+//! sequences continue (generation), or over fresh whole sequences without caches (a
+//! sequence classifier's scores).
 
-use super::config::ModelConfig;
+use super::config::{Head, ModelConfig};
 use super::kv_cache::KvCache;
 use super::params::ParamLayout;
 use super::weights::{load_weights, StorageDtype};
@@ -11,7 +13,7 @@ use crate::backend::cpu::residual::residual_forward;
 use crate::backend::cpu::rmsnorm::rmsnorm_forward;
 use crate::backend::cpu::rope::{inv_frequencies, rope_forward, RopeTable};
 use crate::backend::cpu::swiglu::swiglu_forward;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::Path;
 
 /// A loaded model: its config, the flat f32 parameters and precomputed rotary tables.
@@ -34,10 +36,32 @@ pub enum LogitRows {
     Last,
 }
 
+/// Where attention finds the keys and values of the positions it attends to.
+enum KvSource<'a, 'c> {
+    /// Each sequence continues its cache, which the pass extends.
+    Caches(&'a mut [&'c mut KvCache]),
+    /// Fresh sequences seen whole: their own keys and values, kept one layer at a time.
+    Fresh,
+}
+
 impl Model {
-    /// Loads config.json and the safetensors weights of a checkpoint directory.
+    /// Loads config.json and the safetensors weights of a causal LM's checkpoint directory.
     pub fn load(dir: &Path) -> Result<Model> {
-        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let path = dir.join("config.json");
+        let config = ModelConfig::load(&path)?;
+        if config.head != Head::CausalLm {
+            bail!(
+                "{}: {} is a sequence classifier (a reward model), not a causal language model",
+                path.display(),
+                config.class_name()
+            );
+        }
+        Model::load_with_config(dir, config)
+    }
+
+    /// Loads the safetensors weights of a checkpoint directory whose config.json gave
+    /// `config` (for callers that check the config before the weights are read).
+    pub fn load_with_config(dir: &Path, config: ModelConfig) -> Result<Model> {
         let layout = ParamLayout::new(&config);
         let (params, dtype) = load_weights(dir, &config, &layout)?;
         Ok(Model::from_params(config, params, dtype))
@@ -76,8 +100,107 @@ impl Model {
         caches: &mut [&mut KvCache],
         rows: LogitRows,
     ) -> Vec<f32> {
-        let cfg = &self.config;
         assert_eq!(seqs.len(), caches.len(), "one cache per sequence");
+        assert_eq!(
+            self.config.head,
+            Head::CausalLm,
+            "only a causal LM has logits"
+        );
+        let x = self.decoder_forward(seqs, KvSource::Caches(caches));
+        let x_out: Vec<f32> = match rows {
+            LogitRows::All => x,
+            LogitRows::Last => self.last_rows(&x, seqs),
+        };
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let m = x_out.len() / c;
+        let normed = self.final_norm(&x_out);
+        let mut logits = vec![0.0f32; m * v]; // (M, V)
+        matmul_forward(
+            &mut logits,
+            &normed,
+            &self.params[self.layout.lm_head.clone()],
+            None,
+            m,
+            c,
+            v,
+        );
+        logits
+    }
+
+    /// A sequence classifier's logits, (S, L), for fresh whole sequences packed into one
+    /// pass, as transformers' `...ForSequenceClassification` gives them: read at the last
+    /// token that is not pad_token_id (the first token when every one is), or at the last
+    /// token when the config has no pad_token_id. Attention is causal, so the tokens after
+    /// that one are not run at all. Every sequence must have a token.
+    pub fn classify(&self, seqs: &[&[u32]]) -> Vec<f32> {
+        let cfg = &self.config;
+        let Head::SequenceClassification { num_labels } = cfg.head else {
+            panic!("only a sequence classifier has a score head");
+        };
+        let score = self
+            .layout
+            .score
+            .clone()
+            .expect("a classifier's layout has score");
+        let read: Vec<&[u32]> = seqs
+            .iter()
+            .map(|seq| {
+                assert!(!seq.is_empty(), "a sequence to classify needs a token");
+                let last = match cfg.pad_token_id {
+                    Some(pad) => seq.iter().rposition(|&t| t != pad).unwrap_or(0),
+                    None => seq.len() - 1,
+                };
+                &seq[..=last]
+            })
+            .collect();
+        let x = self.decoder_forward(&read, KvSource::Fresh);
+        let hidden = self.final_norm(&self.last_rows(&x, &read));
+        let mut logits = vec![0.0f32; read.len() * num_labels]; // (S, L)
+        matmul_forward(
+            &mut logits,
+            &hidden,
+            &self.params[score],
+            None,
+            read.len(),
+            cfg.hidden_size,
+            num_labels,
+        );
+        logits
+    }
+
+    /// The rows of the last token of each sequence: (S, C) from the packed (N, C).
+    fn last_rows(&self, x: &[f32], seqs: &[&[u32]]) -> Vec<f32> {
+        let c = self.config.hidden_size;
+        let mut last = Vec::with_capacity(seqs.len() * c);
+        let mut end = 0;
+        for seq in seqs {
+            end += seq.len();
+            assert!(
+                !seq.is_empty(),
+                "a sequence with no new tokens has no last row"
+            );
+            last.extend_from_slice(&x[(end - 1) * c..end * c]);
+        }
+        last
+    }
+
+    /// The final norm of rows of the residual stream: (M, C).
+    fn final_norm(&self, x: &[f32]) -> Vec<f32> {
+        let mut normed = vec![0.0f32; x.len()];
+        rmsnorm_forward(
+            &mut normed,
+            x,
+            &self.params[self.layout.norm.clone()],
+            self.config.rms_norm_eps,
+            self.config.hidden_size,
+        );
+        normed
+    }
+
+    /// The decoder layers over the packed new tokens of `seqs`: returns the residual stream
+    /// leaving the last layer, (N, C).
+    fn decoder_forward(&self, seqs: &[&[u32]], mut kv: KvSource) -> Vec<f32> {
+        let cfg = &self.config;
         let (c, im, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let dims = AttentionDims {
@@ -92,8 +215,11 @@ impl Model {
             "token id beyond vocab_size"
         );
         let (mut row_seq, mut row_pos) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (s, (seq, cache)) in seqs.iter().zip(caches.iter()).enumerate() {
-            let start = cache.len();
+        for (s, seq) in seqs.iter().enumerate() {
+            let start = match &kv {
+                KvSource::Caches(caches) => caches[s].len(),
+                KvSource::Fresh => 0,
+            };
             assert!(
                 start + seq.len() <= cfg.max_context,
                 "sequence runs past max_context"
@@ -130,12 +256,27 @@ impl Model {
             rope_forward(&mut q, &rope, dims.n_head);
             rope_forward(&mut k, &rope, dims.n_kv_head);
             let mut row = 0;
-            for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {
-                let r = row * kvd..(row + seq.len()) * kvd;
-                cache.append(l, &k[r.clone()], &val[r]);
-                row += seq.len();
+            let mut views: Vec<KvView> = Vec::with_capacity(seqs.len());
+            match &mut kv {
+                KvSource::Caches(caches) => {
+                    for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {
+                        let r = row * kvd..(row + seq.len()) * kvd;
+                        cache.append(l, &k[r.clone()], &val[r]);
+                        row += seq.len();
+                    }
+                    views.extend(caches.iter().map(|cache| cache.view(l)));
+                }
+                KvSource::Fresh => {
+                    for seq in seqs {
+                        let r = row * kvd..(row + seq.len()) * kvd;
+                        views.push(KvView {
+                            k: &k[r.clone()],
+                            v: &val[r],
+                        });
+                        row += seq.len();
+                    }
+                }
             }
-            let views: Vec<KvView> = caches.iter().map(|cache| cache.view(l)).collect();
             attention_forward(&mut att, &mut lse, &q, &views, &row_seq, &row_pos, dims);
             matmul_forward(&mut h, &att, &p[w.o_proj.clone()], None, n, qd, c);
             residual_forward(&mut x, &h);
@@ -149,41 +290,6 @@ impl Model {
             residual_forward(&mut x, &h);
         }
 
-        let x_out: Vec<f32> = match rows {
-            LogitRows::All => x,
-            LogitRows::Last => {
-                let mut last = Vec::with_capacity(seqs.len() * c);
-                let mut end = 0;
-                for seq in seqs {
-                    end += seq.len();
-                    assert!(
-                        !seq.is_empty(),
-                        "a sequence with no new tokens has no last row"
-                    );
-                    last.extend_from_slice(&x[(end - 1) * c..end * c]);
-                }
-                last
-            }
-        };
-        let m = x_out.len() / c;
-        let mut normed = vec![0.0f32; m * c];
-        rmsnorm_forward(
-            &mut normed,
-            &x_out,
-            &p[self.layout.norm.clone()],
-            cfg.rms_norm_eps,
-            c,
-        );
-        let mut logits = vec![0.0f32; m * v]; // (M, V)
-        matmul_forward(
-            &mut logits,
-            &normed,
-            &p[self.layout.lm_head.clone()],
-            None,
-            m,
-            c,
-            v,
-        );
-        logits
+        x
     }
 }

@@ -1,5 +1,6 @@
-//! Llama-family causal language models (Llama, Mistral, Qwen2) loaded from Hugging Face
-//! checkpoint directories and run on the CPU backend.
+//! Llama-family causal language models (Llama, Mistral, Qwen2), and Llama and Qwen2
+//! sequence classifiers (reward models), loaded from Hugging Face checkpoint directories and
+//! run on the CPU backend.
 
 pub mod config;
 pub mod forward;
@@ -8,7 +9,7 @@ pub mod params;
 pub mod training;
 pub mod weights;
 
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, Head, ModelConfig};
 pub use forward::{LogitRows, Model};
 pub use kv_cache::KvCache;
 pub use params::ParamLayout;

@@ -5,7 +5,7 @@
 //! The projections of one layer are laid out back to back in checkpoint order (q, k, v and
 //! gate, up), so fused products can treat them as one matrix.
 
-use super::config::ModelConfig;
+use super::config::{Head, ModelConfig};
 use std::ops::Range;
 
 /// The ranges of one decoder layer's tensors. Shapes use the legend of `backend`.
@@ -50,8 +50,11 @@ pub struct ParamLayout {
     pub embed_tokens: Range<usize>, // (V, C)
     pub layers: Vec<LayerParams>,
     pub norm: Range<usize>, // (C)
-    /// (V, C); the same range as embed_tokens when the embeddings are tied.
+    /// (V, C); the same range as embed_tokens when the embeddings are tied. Empty for a
+    /// sequence classifier, which has no LM head.
     pub lm_head: Range<usize>,
+    /// (L, C) score.weight of a sequence classifier with L labels; None for a causal LM.
+    pub score: Option<Range<usize>>,
     pub len: usize,
 }
 
@@ -90,21 +93,24 @@ impl ParamLayout {
             })
             .collect();
         let norm = take(c);
-        let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            take(v * c)
+        // A classifier has no LM head to tie, whatever tie_word_embeddings says.
+        let (lm_head, score) = match cfg.head {
+            Head::CausalLm if cfg.tie_word_embeddings => (embed_tokens.clone(), None),
+            Head::CausalLm => (take(v * c), None),
+            Head::SequenceClassification { num_labels } => (take(0), Some(take(num_labels * c))),
         };
         ParamLayout {
             embed_tokens,
             layers,
             norm,
             lm_head,
+            score,
             len: next,
         }
     }
 
-    /// Every tensor a checkpoint stores, with transformers' names (no lm_head when tied).
+    /// Every tensor a checkpoint stores, with transformers' names (no lm_head when tied, nor
+    /// in a classifier, which stores score.weight instead).
     pub fn tensors(&self, cfg: &ModelConfig) -> Vec<TensorSlot> {
         let (c, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -175,8 +181,14 @@ impl ParamLayout {
             );
         }
         push("model.norm.weight".into(), vec![c], &self.norm);
-        if !cfg.tie_word_embeddings {
-            push("lm_head.weight".into(), vec![v, c], &self.lm_head);
+        match (&self.score, cfg.head) {
+            (Some(score), Head::SequenceClassification { num_labels }) => {
+                push("score.weight".into(), vec![num_labels, c], score)
+            }
+            _ if !cfg.tie_word_embeddings => {
+                push("lm_head.weight".into(), vec![v, c], &self.lm_head)
+            }
+            _ => {}
         }
         out
     }
@@ -189,10 +201,15 @@ mod tests {
 
     #[test]
     fn tensors_tile_the_buffer_exactly_once() {
-        for (bias, tied) in [(false, false), (true, true)] {
-            let cfg = ModelConfig::from_json(&json!({"model_type": if bias {"qwen2"} else {"llama"},
+        for (arch, tied) in [
+            ("LlamaForCausalLM", false),
+            ("Qwen2ForCausalLM", true),
+            ("Qwen2ForSequenceClassification", true),
+            ("LlamaForSequenceClassification", false),
+        ] {
+            let cfg = ModelConfig::from_json(&json!({"architectures": [arch],
                 "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "num_key_value_heads": 2, "vocab_size": 10, "tie_word_embeddings": tied}))
+                "num_key_value_heads": 2, "vocab_size": 10, "tie_word_embeddings": tied, "num_labels": 1}))
             .unwrap();
             let layout = ParamLayout::new(&cfg);
             let mut covered = vec![0u8; layout.len];
@@ -207,7 +224,14 @@ mod tests {
                     *x += 1;
                 }
             }
-            assert!(covered.iter().all(|&x| x == 1));
+            assert!(covered.iter().all(|&x| x == 1), "{arch}");
+            let names: Vec<String> = layout.tensors(&cfg).into_iter().map(|t| t.name).collect();
+            let classifier = arch.ends_with("Classification");
+            assert_eq!(names.contains(&"score.weight".to_string()), classifier);
+            assert_eq!(
+                names.contains(&"lm_head.weight".to_string()),
+                !classifier && !tied
+            );
             for l in &layout.layers {
                 assert_eq!(
                     l.qkv_proj().len(),
