@@ -421,3 +421,43 @@ fn a_crashing_judge_stops_the_run_with_its_stderr_and_the_run_resumes_later() {
     assert!(r.ok, "{}", r.stderr);
     assert!(out.join("iter-2/summary.json").exists());
 }
+
+#[test]
+fn a_reward_model_and_a_pairwise_command_can_judge_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rm-llama");
+    // Prefers the longer response, whichever side it is shown on.
+    let pairwise = write(
+        &tmp.path().join("pairwise.py"),
+        "import json, sys\nfor line in sys.stdin:\n    r = json.loads(line)\n    a, b = len(r['response_a']), len(r['response_b'])\n    print(json.dumps({'preference': 'a' if a > b else 'b' if b > a else 'tie'}))\n",
+    );
+    for (name, judge) in [
+        ("rm", format!("rm:{}", s(&rm))),
+        ("pairwise", format!("pairwise-cmd:python3 {}", s(&pairwise))),
+    ] {
+        let out = tmp.path().join(name);
+        let mut args = run_args(tmp.path(), &out);
+        let i = args.iter().position(|a| a == "--judge").unwrap();
+        args[i + 1] = judge;
+        let i = args.iter().position(|a| a == "--iterations").unwrap();
+        args[i + 1] = "1".into();
+        let r = run_vec(&args);
+        assert!(r.ok, "{name}: {}", r.stderr);
+        let cands = jsonl(&out.join("iter-1/candidates.jsonl"));
+        for p in &cands {
+            let cs = p["candidates"].as_array().unwrap();
+            let scores: Vec<f64> = cs.iter().filter_map(|c| c["score"].as_f64()).collect();
+            assert_eq!(scores.len(), cs.len(), "{name}: direct answers all parse");
+            if name == "pairwise" {
+                // ELO scores are centred, and the longest response ranks first.
+                assert!(scores.iter().sum::<f64>().abs() < 1e-9, "{scores:?}");
+                let longest = (0..cs.len())
+                    .max_by_key(|&i| cs[i]["response"].as_str().unwrap().chars().count())
+                    .unwrap();
+                let best = scores.iter().cloned().fold(f64::MIN, f64::max);
+                assert_eq!(scores[longest], best, "{name}: {cs:?}");
+            }
+        }
+        assert!(out.join("iter-1/summary.json").exists());
+    }
+}

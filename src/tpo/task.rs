@@ -11,5 +11,9 @@ pub fn builtin_judge(name: &str) -> Result<Box<dyn Judge>> {
 }
 
 pub const JUDGE_NAME: &str = "last-digit";
-pub fn make_prompts(_count: usize, _seed: u64) -> Vec<serde_json::Map<String, serde_json::Value>> { vec![] }
-pub fn write_seed(_dir: &std::path::Path) -> Result<()> { bail!("no seed yet") }
+pub fn make_prompts(_count: usize, _seed: u64) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    vec![]
+}
+pub fn write_seed(_dir: &std::path::Path) -> Result<()> {
+    bail!("no seed yet")
+}
