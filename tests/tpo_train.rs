@@ -374,6 +374,16 @@ fn bad_runs_are_refused_before_any_work() {
         (with("--judge", "builtin:nope"), "no such built-in judge"),
         (with("--prompts-per-iteration", "5"), "need 10"),
         (with("--model", "/no/such/model"), "no such directory"),
+        (
+            with(
+                "--model",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/rm-llama")
+                    .to_str()
+                    .unwrap(),
+            ),
+            "not a causal language model",
+        ),
         (with("--iterations", "0"), "--iterations 0"),
         (with("--samples", "0"), "--samples 0"),
         (with("--heldout-prompts", "12"), "has only 12 prompts"),

@@ -96,7 +96,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let eos = if args.ignore_eos {
         vec![]
     } else {
-        eos_ids(&args.model, &model, &tokenizer)?
+        eos_ids(&args.model, &model.config, &tokenizer)?
     };
     let mode = if args.no_chat_template {
         PromptMode::Raw

@@ -144,7 +144,7 @@ struct Loaded {
 fn load(dir: &Path) -> Result<Loaded> {
     let model = Model::load(dir)?;
     let tokenizer = Tokenizer::load(dir)?;
-    let end_token = end_token(dir, &model, &tokenizer)?;
+    let end_token = end_token(dir, &model.config, &tokenizer)?;
     Ok(Loaded {
         model,
         tokenizer,

@@ -1,14 +1,14 @@
 //! The tokens that end a completion: where generation stops, and what training appends.
 
 use crate::model::config::token_ids;
-use crate::model::Model;
+use crate::model::ModelConfig;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
 /// EOS ids: generation_config.json, else config.json, else the tokenizer's eos_token.
-pub fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+pub fn eos_ids(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
     let path = dir.join("generation_config.json");
     if path.exists() {
         let text = std::fs::read_to_string(&path)
@@ -21,8 +21,8 @@ pub fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u
             return Ok(ids);
         }
     }
-    if !model.config.eos_token_ids.is_empty() {
-        return Ok(model.config.eos_token_ids.clone());
+    if !config.eos_token_ids.is_empty() {
+        return Ok(config.eos_token_ids.clone());
     }
     Ok(tokenizer
         .eos_token()
@@ -33,10 +33,10 @@ pub fn eos_ids(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<u
 
 /// The token that ends an assistant turn in training data: the tokenizer's EOS, else
 /// generation's first EOS id.
-pub fn end_token(dir: &Path, model: &Model, tokenizer: &Tokenizer) -> Result<u32> {
+pub fn end_token(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> Result<u32> {
     match tokenizer.eos_token().and_then(|t| tokenizer.token_id(t)) {
         Some(id) => Ok(id),
-        None => eos_ids(dir, model, tokenizer)?.first().copied().with_context(|| {
+        None => eos_ids(dir, config, tokenizer)?.first().copied().with_context(|| {
             format!(
                 "{}: no end-of-sequence token (tokenizer_config.json eos_token, or eos_token_id in generation_config.json or config.json); completions need one to end on",
                 dir.display()

@@ -25,7 +25,7 @@ use super::stages::*;
 use super::summary::{self, IterationSummary};
 use crate::backend::cpu::sampling::{splitmix64, SamplingParams};
 use crate::generate::{end_token, eos_ids, PromptMode};
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::run::RunDir;
 use crate::train::{train, Example};
@@ -137,19 +137,27 @@ impl TpoRun {
         heldout: Vec<Map<String, Value>>,
         label: &str,
     ) -> Result<TpoRun> {
-        let seed_model = Model::load(&cfg.model)?;
+        // The seed's config and tokenizer serve every iteration (checkpoints copy them).
+        let config = ModelConfig::load(&cfg.model.join("config.json"))?;
+        if config.head != crate::model::config::Head::CausalLm {
+            bail!(
+                "--model {}: a {}, not a causal language model to train",
+                cfg.model.display(),
+                config.class_name()
+            );
+        }
         let tokenizer = Tokenizer::load(&cfg.model)?;
         let rt = Runtime {
-            end_token: end_token(&cfg.model, &seed_model, &tokenizer)?,
-            eos_ids: eos_ids(&cfg.model, &seed_model, &tokenizer)?,
+            end_token: end_token(&cfg.model, &config, &tokenizer)?,
+            eos_ids: eos_ids(&cfg.model, &config, &tokenizer)?,
             tokenizer,
             mode: if cfg.chat_template {
                 PromptMode::Chat
             } else {
                 PromptMode::Raw
             },
-            vocab_size: seed_model.config.vocab_size,
-            max_context: seed_model.config.max_context,
+            vocab_size: config.vocab_size,
+            max_context: config.max_context,
         };
         let judge = open_judge(
             &cfg.judge,
