@@ -12,6 +12,8 @@ use std::path::Path;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::AddedToken;
 
@@ -40,6 +42,13 @@ pub struct TinySpec {
     pub dtype: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train the tokenizer's merges on this text file (one example a line) instead of the
+    /// generated text.
+    #[arg(long)]
+    pub corpus: Option<std::path::PathBuf>,
+    /// Make every digit its own token (a Digits pre-tokenizer before the byte-level one).
+    #[arg(long)]
+    pub split_digits: bool,
 }
 
 const SPECIAL: [&str; 6] = [
@@ -76,7 +85,15 @@ pub fn make_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
             spec.vocab
         );
     }
-    let tokenizer = train_tokenizer(spec.vocab, spec.seed)?;
+    let lines = match &spec.corpus {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--corpus {}: cannot read it", path.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => corpus(spec.seed),
+    };
+    let tokenizer = train_tokenizer(spec.vocab, lines, spec.split_digits)?;
     let id = |t: &str| {
         tokenizer
             .token_to_id(t)
@@ -150,12 +167,24 @@ pub fn make_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
     })
 }
 
-/// A byte-level BPE of exactly `vocab` tokens, trained on generated text; reserved
-/// special tokens fill what the merges leave.
-fn train_tokenizer(vocab: usize, seed: u64) -> Result<tokenizers::Tokenizer> {
+/// A byte-level BPE of exactly `vocab` tokens, trained on `lines`; reserved special tokens
+/// fill what the merges leave. With `split_digits`, digits are split apart before the
+/// byte-level step, so each digit is one token wherever it stands.
+fn train_tokenizer(
+    vocab: usize,
+    lines: Vec<String>,
+    split_digits: bool,
+) -> Result<tokenizers::Tokenizer> {
     let byte_level = ByteLevel::new(false, true, true);
     let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
-    tokenizer.with_pre_tokenizer(Some(byte_level));
+    if split_digits {
+        tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+            Digits::new(true).into(),
+            byte_level.into(),
+        ])));
+    } else {
+        tokenizer.with_pre_tokenizer(Some(byte_level));
+    }
     tokenizer.with_decoder(Some(byte_level));
     let specials: Vec<AddedToken> = SPECIAL.iter().map(|t| AddedToken::from(*t, true)).collect();
     let trainer = BpeTrainerBuilder::new()
@@ -167,7 +196,7 @@ fn train_tokenizer(vocab: usize, seed: u64) -> Result<tokenizers::Tokenizer> {
         .build();
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
     tokenizer
-        .train(&mut trainer, corpus(seed).into_iter())
+        .train(&mut trainer, lines.into_iter())
         .map_err(|e| anyhow!("training the tokenizer: {e}"))?;
     let have = tokenizer.get_vocab_size(true);
     let reserved: Vec<AddedToken> = (0..vocab.saturating_sub(have))

@@ -1,6 +1,7 @@
 //! The command line: parses arguments and calls the library.
 
 mod generate;
+mod task;
 mod tpo;
 mod train;
 
@@ -45,6 +46,8 @@ enum Command {
         #[command(flatten)]
         spec: TinySpec,
     },
+    #[command(hide = true)]
+    TaskData(task::TaskDataArgs),
 }
 
 const MAX_THREADS: usize = 1024;
@@ -66,6 +69,7 @@ pub fn run() -> Result<()> {
         Command::Dpo(args) => train::run_dpo(args),
         Command::Sft(args) => train::run_sft(args),
         Command::Logprobs(args) => train::run_logprobs(args),
+        Command::TaskData(args) => task::run(args),
         Command::InitModel { out, spec } => {
             make_tiny_model(&out, &spec)?;
             eprintln!("wrote {}", out.display());
