@@ -5,7 +5,7 @@ use crate::io::write_atomic;
 use crate::model::training::ScoredSequence;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::batching::score_sequences;
+use crate::train::batching::{score_examples, score_sequences};
 use crate::train::data::{read_completions, read_pairs, TextEncoder, REF_CHOSEN, REF_REJECTED};
 use crate::train::run::RunDir;
 use crate::train::trainer::total_steps;
@@ -295,17 +295,8 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
         })
         .collect();
     if pairs[0].reference.is_none() {
-        let scored: Vec<ScoredSequence> = examples
-            .iter()
-            .flat_map(|e| {
-                e.seqs.iter().map(|tokens| ScoredSequence {
-                    tokens,
-                    prompt_len: e.prompt_len,
-                })
-            })
-            .collect();
-        let bar = progress_bar(scored.len(), "reference log-probs");
-        let logps = score_sequences(&loaded.model, &scored, cfg.micro_batch_tokens, &|n| {
+        let bar = progress_bar(2 * examples.len(), "reference log-probs");
+        let logps = score_examples(&loaded.model, &examples, cfg.micro_batch_tokens, &|n| {
             bar.inc(n as u64)
         });
         bar.finish_and_clear();

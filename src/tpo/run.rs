@@ -471,16 +471,20 @@ impl TpoRun {
         if out.exists() {
             return Ok(false);
         }
-        let model = Model::load(&self.cfg.model)?;
-        let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
-        let ids = self.rt.render_all(&self.cfg, &refs, false)?;
-        let samples = self.eval_samples(&model, &ids, 0)?;
-        let cands = samples
-            .iter()
-            .map(|s| self.rt.parse(&self.cfg, s, false))
-            .collect::<Result<Vec<_>>>()?;
+        let cands = self.answer_heldout(&self.cfg.model.clone(), false, 0)?;
         write_jsonl(&out, &cands)?;
         Ok(true)
+    }
+
+    /// One answer per held-out prompt from the model in `dir`, parsed.
+    fn answer_heldout(&self, dir: &Path, thoughts: bool, t: usize) -> Result<Vec<Candidate>> {
+        let model = Model::load(dir)?;
+        let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
+        let ids = self.rt.render_all(&self.cfg, &refs, thoughts)?;
+        self.eval_samples(&model, &ids, t)?
+            .iter()
+            .map(|s| self.rt.parse(&self.cfg, s, thoughts))
+            .collect()
     }
 
     fn eval_samples(&self, model: &Model, ids: &[Vec<u32>], t: usize) -> Result<Vec<Sample>> {
@@ -518,14 +522,8 @@ impl TpoRun {
             &format!("evaluating on {} held-out prompts", self.heldout.len()),
         );
         let seed: Vec<Candidate> = read_jsonl(&self.dir.join("eval-seed.jsonl"))?;
-        let model = Model::load(&self.model_dir(t))?;
+        let cands = self.answer_heldout(&self.model_dir(t), self.thoughts(), t)?;
         let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
-        let ids = self.rt.render_all(&self.cfg, &refs, self.thoughts())?;
-        let samples = self.eval_samples(&model, &ids, t)?;
-        let cands = samples
-            .iter()
-            .map(|s| self.rt.parse(&self.cfg, s, self.thoughts()))
-            .collect::<Result<Vec<_>>>()?;
         let instructions = instructions(&refs);
         let shown = |c: &Candidate| {
             c.response

@@ -8,10 +8,9 @@ use super::pairing::{choose_pair, Judged, Pairing};
 use super::prompts::{instruction, render, wrap};
 use crate::backend::cpu::sampling::SamplingParams;
 use crate::generate::{generate, FinishReason, GenerateOptions, PromptMode};
-use crate::model::training::ScoredSequence;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::batching::score_sequences;
+use crate::train::batching::score_examples;
 use crate::train::Example;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -327,17 +326,8 @@ pub fn reference_logps(
     examples: &mut [Example],
     micro_batch_tokens: usize,
 ) -> Result<()> {
-    let scored: Vec<ScoredSequence> = examples
-        .iter()
-        .flat_map(|e| {
-            e.seqs.iter().map(|tokens| ScoredSequence {
-                tokens,
-                prompt_len: e.prompt_len,
-            })
-        })
-        .collect();
-    let progress = bar(scored.len(), "reference log-probs");
-    let logps = score_sequences(model, &scored, micro_batch_tokens, &|n| {
+    let progress = bar(2 * examples.len(), "reference log-probs");
+    let logps = score_examples(model, examples, micro_batch_tokens, &|n| {
         progress.inc(n as u64)
     });
     progress.finish_and_clear();

@@ -1,6 +1,7 @@
 //! Micro-batches packed by a token budget, and scoring (log-probs without gradients) of many
 //! sequences that way.
 
+use super::trainer::Example;
 use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::model::Model;
 
@@ -50,6 +51,26 @@ pub fn score_sequences(
         on_done(micro.len());
     }
     out
+}
+
+/// Summed completion log-prob of every sequence of every example, in order (example-major):
+/// what a reference model gives a DPO pair.
+pub fn score_examples(
+    model: &Model,
+    examples: &[Example],
+    budget: usize,
+    on_done: &dyn Fn(usize),
+) -> Vec<f64> {
+    let scored: Vec<ScoredSequence> = examples
+        .iter()
+        .flat_map(|e| {
+            e.seqs.iter().map(|tokens| ScoredSequence {
+                tokens,
+                prompt_len: e.prompt_len,
+            })
+        })
+        .collect();
+    score_sequences(model, &scored, budget, on_done)
 }
 
 #[cfg(test)]
