@@ -2,7 +2,7 @@
 //! `scripts/make-seed.sh` and for checking the task by hand.
 
 use crate::io::write_atomic;
-use crate::tpo::task::{make_prompts, seed_sft_data};
+use crate::tpo::task::{make_prompts, seed_sft_data, working_sft_data};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -12,6 +12,8 @@ pub enum What {
     Prompts,
     /// {"prompt", "completion", "style"} lines: the seed's fine-tuning data.
     Sft,
+    /// Like sft, but only thought-prompt examples with the working (the seed's first stage).
+    Working,
     /// Plain text, one example a line: prompt and completion of the fine-tuning data, for
     /// training the tokenizer (`init-model --corpus`).
     Corpus,
@@ -34,6 +36,7 @@ pub fn run(args: TaskDataArgs) -> Result<()> {
     let rows = match args.what {
         What::Prompts => make_prompts(args.count, args.seed),
         What::Sft | What::Corpus => seed_sft_data(args.count, args.seed)?,
+        What::Working => working_sft_data(args.count, args.seed)?,
     };
     let mut text = String::new();
     for row in &rows {

@@ -1,13 +1,15 @@
 //! The built-in task: a procedurally generated instruction family whose answers a programmatic
 //! judge can check, and on which writing things out in a thought helps.
 //!
-//! The task is "last digit of a sum": 5 to 8 single digits, named by letters,
-//! ("What is the last digit of A+B+C+D+E, where A=3, B=5, C=7, D=2, E=9?"). Answering
-//! directly asks a small transformer to add up to eight digits modulo 10 in one forward pass,
-//! which it does little better than chance. Written out as a running last digit
-//! ("A 3, B 8, C 5, D 7, E 6") every step is one lookup of the letter's digit in the question
-//! and one entry of a 10x10 table, which it learns reliably. The judge (`builtin:last-digit`)
-//! reads only the response and scores 1 for the right final digit, 0 otherwise.
+//! The task is "last digit of a sum": 5 to 8 single digits, named by letters ("What is the
+//! last digit of the sum of A=3, B=5, C=7, D=2, E=9?"). Answering directly asks a small
+//! transformer to add up to eight digits modulo 10 in one forward pass, which it does little
+//! better than chance. Written out as a running last digit ("A=3 so 3. B=5 so 8. C=7 so 5.
+//! D=2 so 7. E=9 so 6.") every step is a copy of the question's own "B=5" (each letter occurs
+//! there once, and the digit follows it the same way in both places) and one entry of a
+//! 10x10 table, from the digit just copied and the previous step's, both at fixed distances
+//! back; a small model learns that reliably. The judge (`builtin:last-digit`) reads only the
+//! response and scores 1 for the right final digit, 0 otherwise.
 //!
 //! The seed's fine-tuning data ([`seed_sft_data`]) answers the instruction directly, and,
 //! wrapped in the generic thought prompt, after one of three thoughts: the running digits
@@ -48,20 +50,20 @@ impl Problem {
         LETTERS[i] as char
     }
 
-    pub fn instruction(&self) -> String {
-        let names: Vec<String> = (0..self.digits.len())
-            .map(|i| Self::letter(i).to_string())
-            .collect();
-        let values: Vec<String> = self
-            .digits
+    /// "A=3, B=5, C=7": each letter with its digit, as the instruction and the working write
+    /// it.
+    fn pairs(&self) -> Vec<String> {
+        self.digits
             .iter()
             .enumerate()
             .map(|(i, d)| format!("{}={d}", Self::letter(i)))
-            .collect();
+            .collect()
+    }
+
+    pub fn instruction(&self) -> String {
         format!(
-            "What is the last digit of {}, where {}?",
-            names.join("+"),
-            values.join(", ")
+            "What is the last digit of the sum of {}?",
+            self.pairs().join(", ")
         )
     }
 
@@ -69,31 +71,29 @@ impl Problem {
         (self.digits.iter().map(|&d| d as u32).sum::<u32>() % 10) as u8
     }
 
-    /// The useful thought: the last digit of each running total, letter by letter.
+    /// The useful thought: each letter's "X=d" copied from the question, then the last digit
+    /// of the running total ("A=3 so 3. B=5 so 8. C=7 so 5."). Each step is a copy of the
+    /// question's own text (the letter occurs there once) and one 10x10 lookup of the digit
+    /// just copied and the previous step's digit, both at fixed distances back.
     pub fn working(&self) -> String {
         let mut total = 0u32;
         let steps: Vec<String> = self
-            .digits
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| {
+            .pairs()
+            .into_iter()
+            .zip(&self.digits)
+            .map(|(pair, &d)| {
                 total = (total + d as u32) % 10;
-                format!("{} {total}", Self::letter(i))
+                format!("{pair} so {total}.")
             })
             .collect();
-        format!("Running last digit: {}.", steps.join(", "))
-    }
-
-    fn restatement(&self) -> String {
-        let names: Vec<String> = (0..self.digits.len())
-            .map(|i| Self::letter(i).to_string())
-            .collect();
-        format!(
-            "The question asks for the last digit of {}.",
-            names.join("+")
-        )
+        steps.join(" ")
     }
 }
+
+/// The useless thoughts. Both open with "The question", so a greedy seed, which follows the
+/// likelier opening, does not pick the working (see [`STYLE_SHARES`]).
+const RESTATEMENT: &str = "The question asks for the last digit of a sum.";
+const CONFIDENT: &str = "The question is easy, I know this one.";
 
 /// The final answer as the seed writes it.
 pub fn response_text(answer: u8) -> String {
@@ -131,26 +131,42 @@ pub enum ThoughtStyle {
     Confident,
 }
 
-/// Shares of the thought-prompt examples: working, restate, confident. Working is the
-/// least likely alone, so a greedy seed does not work things out, and a sampled one does
-/// about a fifth to a third of the time.
-pub const STYLE_SHARES: [f64; 3] = [0.3, 0.35, 0.35];
+/// Shares of the thought-prompt examples: working, restate, confident. The working is the
+/// likeliest single style, which gives it the most training, but the two useless ones share
+/// their opening ("The question"), which is thus likelier (0.6) than the working's ("A=");
+/// so a greedy seed does not work things out, and one sampled at temperature 0.8 does
+/// about 0.4^1.25 / (0.4^1.25 + 0.6^1.25) = 0.38 of the time.
+pub const STYLE_SHARES: [f64; 3] = [0.4, 0.3, 0.3];
 /// Share of the fine-tuning examples with no thought prompt.
-pub const DIRECT_SHARE: f64 = 1.0 / 3.0;
+pub const DIRECT_SHARE: f64 = 0.25;
 
-/// The seed's supervised data: `{"prompt", "completion", "style"}` objects. A third answer
+/// The seed's supervised data: `{"prompt", "completion", "style"}` objects. A quarter answer
 /// the plain instruction directly; the rest wrap it in the generic thought prompt and answer
 /// in the thought format (thought marker, a thought of a style drawn by [`STYLE_SHARES`],
 /// the response marker, the answer). Every answer is correct: what a useless thought leaves
 /// the model to do is the direct computation.
 pub fn seed_sft_data(count: usize, seed: u64) -> Result<Vec<Map<String, Value>>> {
+    sft_data(count, seed, false)
+}
+
+/// Like [`seed_sft_data`], but every example is a thought-prompt one with the working: the
+/// seed's first stage, which teaches the working before the style mix (the working's copy
+/// step, an induction from the letter to its digit in the question, is slow to appear in the
+/// mix alone).
+pub fn working_sft_data(count: usize, seed: u64) -> Result<Vec<Map<String, Value>>> {
+    sft_data(count, seed, true)
+}
+
+fn sft_data(count: usize, seed: u64, working_only: bool) -> Result<Vec<Map<String, Value>>> {
     let tp = ThoughtPrompt::resolve("generic")?;
     let mut rng = Rng::new(seed ^ 0x7365_6564_5f73_6674);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let p = Problem::random(&mut rng);
         let u = rng.uniform() as f64;
-        let style = if u < DIRECT_SHARE {
+        let style = if working_only {
+            ThoughtStyle::Working
+        } else if u < DIRECT_SHARE {
             ThoughtStyle::Direct
         } else {
             let v = (u - DIRECT_SHARE) / (1.0 - DIRECT_SHARE);
@@ -168,8 +184,8 @@ pub fn seed_sft_data(count: usize, seed: u64) -> Result<Vec<Map<String, Value>>>
             _ => {
                 let thought = match style {
                     ThoughtStyle::Working => p.working(),
-                    ThoughtStyle::Restate => p.restatement(),
-                    _ => "I know this one.".to_string(),
+                    ThoughtStyle::Restate => RESTATEMENT.to_string(),
+                    _ => CONFIDENT.to_string(),
                 };
                 (
                     tp.wrap(&p.instruction()),
@@ -302,7 +318,7 @@ mod tests {
             lengths.insert(digits.len());
             assert_eq!(digits.iter().sum::<u64>() % 10, answer, "{prompt}");
             assert!(
-                prompt.starts_with("What is the last digit of A+B+"),
+                prompt.starts_with("What is the last digit of the sum of A="),
                 "{prompt}"
             );
             assert!(prompt.ends_with('?'), "{prompt}");
@@ -317,11 +333,25 @@ mod tests {
         };
         assert_eq!(
             p.instruction(),
-            "What is the last digit of A+B+C+D+E, where A=3, B=5, C=7, D=2, E=9?"
+            "What is the last digit of the sum of A=3, B=5, C=7, D=2, E=9?"
         );
         // 3, 8, 15, 17, 26.
         assert_eq!(p.answer(), 6);
-        assert_eq!(p.working(), "Running last digit: A 3, B 8, C 5, D 7, E 6.");
+        assert_eq!(
+            p.working(),
+            "A=3 so 3. B=5 so 8. C=7 so 5. D=2 so 7. E=9 so 6."
+        );
+        // Eight nines: 9, 18, 27, ..., 72.
+        let p = Problem { digits: vec![9; 8] };
+        assert_eq!(
+            p.instruction(),
+            "What is the last digit of the sum of A=9, B=9, C=9, D=9, E=9, F=9, G=9, H=9?"
+        );
+        assert_eq!(p.answer(), 2);
+        assert_eq!(
+            p.working(),
+            "A=9 so 9. B=9 so 8. C=9 so 7. D=9 so 6. E=9 so 5. F=9 so 4. G=9 so 3. H=9 so 2."
+        );
     }
 
     #[test]
@@ -383,8 +413,18 @@ mod tests {
                 match tp.parse(completion) {
                     super::super::thought::Parsed::Ok { thought, response } => {
                         assert!(parse_answer(response).is_some(), "{response}");
-                        if style == "working" {
-                            assert!(thought.starts_with("Running last digit: A "), "{thought}");
+                        match style.as_str() {
+                            "working" => {
+                                // The working's last running digit is the answer.
+                                assert!(thought.starts_with("A="), "{thought}");
+                                let last = thought.rsplit("so ").next().unwrap();
+                                assert_eq!(
+                                    last.trim_end_matches('.').parse::<u32>().ok(),
+                                    parse_answer(response),
+                                    "{completion}"
+                                );
+                            }
+                            _ => assert!(thought.starts_with("The question "), "{thought}"),
                         }
                     }
                     bad => panic!("{completion}: {bad:?}"),
@@ -392,11 +432,27 @@ mod tests {
             }
             *counts.entry(style).or_insert(0usize) += 1;
         }
-        // Expected shares: direct 1/3, then 0.3 / 0.35 / 0.35 of the rest.
+        // Expected shares: direct 1/4, then 0.4 / 0.3 / 0.3 of the rest.
         let share = |s: &str| counts[s] as f64 / data.len() as f64;
-        assert!((share("direct") - 0.333).abs() < 0.04, "{counts:?}");
-        assert!((share("working") - 0.2).abs() < 0.04, "{counts:?}");
-        assert!((share("restate") - 0.233).abs() < 0.04, "{counts:?}");
-        assert!((share("confident") - 0.233).abs() < 0.04, "{counts:?}");
+        assert!((share("direct") - 0.25).abs() < 0.04, "{counts:?}");
+        assert!((share("working") - 0.3).abs() < 0.04, "{counts:?}");
+        assert!((share("restate") - 0.225).abs() < 0.04, "{counts:?}");
+        assert!((share("confident") - 0.225).abs() < 0.04, "{counts:?}");
+    }
+
+    #[test]
+    fn write_seed_writes_a_loadable_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("seed");
+        write_seed(&dir).unwrap();
+        let model = crate::model::Model::load(&dir).unwrap();
+        let tokenizer = crate::tokenizer::Tokenizer::load(&dir).unwrap();
+        assert_eq!(model.config.vocab_size, tokenizer.vocab_size());
+        assert!(tokenizer.has_chat_template());
+        // The task's text tokenizes with every digit its own token.
+        let ids = tokenizer.encode("A=37", false).unwrap();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        // The directory must not exist yet.
+        assert!(write_seed(&dir).is_err());
     }
 }
