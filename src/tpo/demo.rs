@@ -40,20 +40,11 @@ pub struct DemoPlan {
 
 impl DemoPlan {
     pub fn new(quick: bool) -> DemoPlan {
-        if quick {
-            DemoPlan {
-                iterations: 2,
-                prompts_per_iteration: 64,
-                heldout: 100,
-                samples: 8,
-            }
-        } else {
-            DemoPlan {
-                iterations: 3,
-                prompts_per_iteration: 128,
-                heldout: 200,
-                samples: 8,
-            }
+        DemoPlan {
+            iterations: if quick { 2 } else { 3 },
+            prompts_per_iteration: 128,
+            heldout: if quick { 100 } else { 500 },
+            samples: 8,
         }
     }
 }
@@ -78,7 +69,7 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
         prompts_per_iteration: plan.prompts_per_iteration,
         sampling: Sampling {
             samples: plan.samples,
-            max_new_tokens: 64,
+            max_new_tokens: 96,
             temperature: 0.8,
             top_p: 0.95,
             top_k: 0,
@@ -90,12 +81,12 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
         reference: Reference::Previous,
         dpo: DpoConfig {
             loss_type: DpoLossType::Sigmoid,
-            beta: 0.1,
+            beta: 0.3,
             label_smoothing: 0.0,
             nll_alpha: 0.0,
         },
         optimizer: OptimizerConfig {
-            lr: 1e-4,
+            lr: 5e-5,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -104,7 +95,7 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
             schedule: LrSchedule::Constant,
             warmup_steps: 0,
         },
-        epochs: 2,
+        epochs: 1,
         batch_size: 16,
         micro_batch_tokens: 4096,
         save_steps: 0,
@@ -166,7 +157,10 @@ pub fn run_demo(out: &Path, quick: bool) -> Result<()> {
         };
         rows.push(run.run(&mut |_| {})?);
     }
-    let table = comparison(&rows[0], &rows[1]);
+    let working = (0..=plan.iterations)
+        .map(|t| working_share(out, t))
+        .collect::<Result<Vec<_>>>()?;
+    let table = comparison(&rows[0], &rows[1], &working);
     crate::io::write_atomic(&out.join("summary.md"), table.as_bytes())?;
     crate::io::write_atomic(
         &out.join("thoughts.md"),
@@ -190,13 +184,17 @@ fn score(x: Option<f64>) -> String {
 
 /// Iteration x {direct, TPO}: held-out judge score (the share answered right) and win rate
 /// against the seed's direct answers; then the verdict in words.
-pub fn comparison(tpo: &[IterationSummary], direct: &[IterationSummary]) -> String {
+pub fn comparison(
+    tpo: &[IterationSummary],
+    direct: &[IterationSummary],
+    working: &[f64],
+) -> String {
     let mut out = String::from(
-        "| iteration | direct: held-out score | direct: win vs seed | TPO: held-out score | TPO: win vs seed | TPO: thought tokens | TPO: malformed |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| iteration | direct: held-out score | direct: win vs seed | TPO: held-out score | TPO: win vs seed | TPO: thought tokens | TPO: thoughts that write out the working | TPO: malformed |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (t, d) in tpo.iter().zip(direct) {
+    for ((t, d), w) in tpo.iter().zip(direct).zip(working) {
         out.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} |\n",
             t.iteration,
             if t.iteration == 0 { " (seed)" } else { "" },
             score(d.heldout_score),
@@ -204,6 +202,7 @@ pub fn comparison(tpo: &[IterationSummary], direct: &[IterationSummary]) -> Stri
             score(t.heldout_score),
             score(t.win_rate),
             t.thought_tokens.map_or("-".into(), |v| format!("{v:.1}")),
+            score(Some(*w)),
             score(t.heldout_malformed),
         ));
     }
@@ -225,6 +224,16 @@ pub fn comparison(tpo: &[IterationSummary], direct: &[IterationSummary]) -> Stri
         score(dn.heldout_score),
     ));
     out
+}
+
+/// The share of TPO's held-out answers at iteration t whose thought writes out the working.
+fn working_share(out: &Path, t: usize) -> Result<f64> {
+    let lines: Vec<EvalLine> = read_jsonl(&out.join(format!("tpo/iter-{t}/eval.jsonl")))?;
+    let n = lines
+        .iter()
+        .filter(|l| l.thought.as_deref().is_some_and(task::writes_working))
+        .count();
+    Ok(n as f64 / lines.len().max(1) as f64)
 }
 
 /// The first held-out prompts' thoughts and answers: the seed prompted to think, then the

@@ -95,6 +95,20 @@ impl Problem {
 const RESTATEMENT: &str = "The question asks for the last digit of a sum.";
 const CONFIDENT: &str = "The question is easy, I know this one.";
 
+/// Whether a thought writes out the working: at least one step "X=d so r." (the demo
+/// counts these to show how the thoughts change).
+pub fn writes_working(thought: &str) -> bool {
+    thought.split('.').any(|step| {
+        let b = step.trim().as_bytes();
+        b.len() == 8
+            && LETTERS.contains(&b[0])
+            && b[1] == b'='
+            && b[2].is_ascii_digit()
+            && &b[3..7] == b" so "
+            && b[7].is_ascii_digit()
+    })
+}
+
 /// The final answer as the seed writes it.
 pub fn response_text(answer: u8) -> String {
     format!("The answer is {answer}.")
@@ -298,6 +312,18 @@ pub fn write_seed(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn working_is_told_from_the_useless_thoughts() {
+        assert!(writes_working("A=3 so 3. B=5 so 8."));
+        assert!(writes_working("A=3 so 3"));
+        assert!(!writes_working(
+            "The question asks for the last digit of a sum."
+        ));
+        assert!(!writes_working("The question is easy, I know this one."));
+        assert!(!writes_working("A=3 so 13."));
+        assert!(!writes_working(""));
+    }
 
     #[test]
     fn prompts_are_deterministic_and_well_formed() {
