@@ -273,6 +273,45 @@ fn a_run_resumes_after_kills_between_and_within_stages_to_the_same_files() {
     resume(&between);
     assert_same(&snapshot(&between), &expected, "resumed between stages");
 
+    // Killed between the two files of the pairing stage: its counts written, not its pairs.
+    let counts_only = copy("counts-only");
+    for f in [
+        "iter-2/pairs.jsonl",
+        "iter-2/eval.jsonl",
+        "iter-2/summary.json",
+    ] {
+        std::fs::remove_file(counts_only.join(f)).unwrap();
+    }
+    std::fs::remove_dir_all(counts_only.join("iter-2/train")).unwrap();
+    resume(&counts_only);
+    assert_same(
+        &snapshot(&counts_only),
+        &expected,
+        "resumed inside the pairing stage",
+    );
+
+    // A candidates file edited by hand no longer holds the stored pairs: an error naming
+    // pairs.jsonl, not a panic or training on the wrong sequences.
+    let edited = copy("edited");
+    let path = edited.join("iter-2/candidates.jsonl");
+    let lines: Vec<String> = jsonl(&path)
+        .into_iter()
+        .map(|mut p| {
+            p["candidates"].as_array_mut().unwrap().truncate(1);
+            serde_json::to_string(&p).unwrap()
+        })
+        .collect();
+    write(&path, &(lines.join("\n") + "\n"));
+    std::fs::remove_dir_all(edited.join("iter-2/train")).unwrap();
+    std::fs::remove_file(edited.join("iter-2/summary.json")).unwrap();
+    let r = tpo(&["train", "--resume", "--out", s(&edited)]);
+    assert!(!r.ok && r.code == Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pairs.jsonl:1") && r.stderr.contains("no such pair"),
+        "{}",
+        r.stderr
+    );
+
     // Within stages: training stopped half-way (metrics written, no model), and a
     // temporary file left by an interrupted write.
     let within = copy("within");
@@ -386,6 +425,11 @@ fn bad_runs_are_refused_before_any_work() {
         ),
         (with("--iterations", "0"), "--iterations 0"),
         (with("--samples", "0"), "--samples 0"),
+        (with("--samples", "1"), "a pair needs two candidates"),
+        (
+            with("--prompts-per-iteration", "9223372036854775808"),
+            "prompts need more",
+        ),
         (with("--heldout-prompts", "12"), "has only 12 prompts"),
         (with("--prompts", "/no/such.jsonl"), "/no/such.jsonl"),
     ];
@@ -399,6 +443,29 @@ fn bad_runs_are_refused_before_any_work() {
     assert!(!r.ok && r.stderr.contains("config.json"), "{}", r.stderr);
     let r = tpo(&["train", "--prompts", "x.jsonl", "--out", s(&out)]);
     assert!(!r.ok && r.stderr.contains("need --model"), "{}", r.stderr);
+    let r = tpo(&["train", "--samples", "4", "--out", s(&out)]);
+    assert!(
+        !r.ok && r.stderr.contains("takes only --out"),
+        "{}",
+        r.stderr
+    );
+    // One prompt left for training cannot feed two iterations.
+    let one = write(
+        &tmp.path().join("one.jsonl"),
+        "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n",
+    );
+    let mut a = with("--prompts", s(&one));
+    let i = a.iter().position(|x| x == "--prompts-per-iteration").unwrap();
+    a.drain(i..i + 2);
+    let i = a.iter().position(|x| x == "--heldout-prompts").unwrap();
+    a[i + 1] = "1".into();
+    let r = run_vec(&a);
+    assert!(
+        !r.ok && r.stderr.contains("cannot give 2 iterations"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
 }
 
 #[test]

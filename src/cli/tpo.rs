@@ -10,7 +10,7 @@ use crate::train::Objective;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct TpoArgs {
     /// Seed checkpoint: the policy of iteration 0. With no --model (and no other run
     /// flags), the built-in demonstration runs.
@@ -47,7 +47,7 @@ pub struct TpoArgs {
     #[arg(long)]
     prompts_per_iteration: Option<usize>,
     /// generic, specific, or a JSON template file ("template" with {instruction},
-    /// "thought_marker", "response_marker").
+    /// "thought_marker", "response_marker"). Not used with --no-thoughts.
     #[arg(long, default_value = "generic")]
     thought_prompt: String,
     /// The direct-response baseline: the same loop without a thought prompt.
@@ -87,8 +87,8 @@ pub struct TpoArgs {
     /// Run directory (created; with --resume, an existing run to continue).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in --out where it stopped, with its saved configuration (the other
-    /// flags are ignored).
+    /// Continue the run in --out where it stopped, with its saved configuration (other
+    /// flags are not used).
     #[arg(long)]
     resume: bool,
     /// The demonstration at a reduced size (for tests).
@@ -106,6 +106,9 @@ pub fn run_train(args: TpoArgs) -> Result<()> {
         if args.prompts.is_some() || args.judge.is_some() || args.heldout.is_some() {
             bail!("--prompts, --heldout and --judge need --model (with no --model the built-in demonstration runs)");
         }
+        if !only_demo_flags(&args) {
+            bail!("the built-in demonstration (no --model) takes only --out; its settings are fixed (see the README), and the other flags need --model");
+        }
         let out = args.out.unwrap_or_else(|| PathBuf::from("tpo-demo"));
         return crate::tpo::demo::run_demo(&out, args.quick);
     }
@@ -114,6 +117,13 @@ pub fn run_train(args: TpoArgs) -> Result<()> {
         .clone()
         .context("--out: the run directory is required")?;
     let mut run = if args.resume {
+        let mut rest = args.clone();
+        rest.resume = false;
+        if !only_demo_flags(&rest) {
+            eprintln!(
+                "--resume: the run's saved configuration is used; the other flags given are not"
+            );
+        }
         TpoRun::resume(&out, "tpo")?
     } else {
         let (cfg, pool, heldout) = resolve(&args)?;
@@ -128,6 +138,20 @@ pub fn run_train(args: TpoArgs) -> Result<()> {
         run.model_dir(run.cfg.iterations).display()
     );
     Ok(())
+}
+
+/// Whether every flag but --out and --quick has its default.
+fn only_demo_flags(args: &TpoArgs) -> bool {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: TpoArgs,
+    }
+    let defaults = <Defaults as clap::Parser>::parse_from(["train"]).args;
+    let mut given = args.clone();
+    given.out = None;
+    given.quick = false;
+    format!("{given:?}") == format!("{defaults:?}")
 }
 
 type Prompts = Vec<serde_json::Map<String, serde_json::Value>>;
@@ -166,6 +190,15 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
     let per_iteration = args
         .prompts_per_iteration
         .unwrap_or(pool.len() / args.iterations);
+    if per_iteration == 0 && args.prompts_per_iteration.is_none() {
+        bail!(
+            "{}: {} training prompts (after {} held out) cannot give {} iterations a fresh prompt each",
+            prompts_path.display(),
+            pool.len(),
+            heldout.len(),
+            args.iterations
+        );
+    }
     let dpo = dpo_config(&args.loss)?;
     let train = train_config(&args.optim, Objective::Dpo(dpo), 1e-6)?;
     let cfg = TpoConfig {

@@ -32,7 +32,7 @@ pub struct TrainArgs {
 }
 
 /// The optimizer and batching flags of every training command.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct OptimArgs {
     /// Peak learning rate (default: 1e-6 for dpo, 2e-5 for sft, as TRL).
     #[arg(long)]
@@ -89,7 +89,7 @@ pub struct DpoArgs {
 }
 
 /// The DPO loss flags.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct DpoLossArgs {
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,

@@ -114,11 +114,11 @@ impl TpoConfig {
             bail!("--prompts-per-iteration 0: expected at least 1");
         }
         let s = &self.sampling;
-        if !(1..=1024).contains(&s.samples) {
-            bail!("--samples {}: expected 1 to 1024", s.samples);
-        }
-        if s.samples < 2 && !self.malformed_as_rejected {
-            bail!("--samples 1: a pair needs at least 2 candidates");
+        if !(2..=1024).contains(&s.samples) {
+            bail!(
+                "--samples {}: expected 2 to 1024 (a pair needs two candidates)",
+                s.samples
+            );
         }
         if s.max_new_tokens == 0 {
             bail!("--max-new-tokens 0: expected at least 1");

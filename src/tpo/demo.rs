@@ -24,7 +24,7 @@ use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
 use crate::train::{DpoConfig, DpoLossType, LrSchedule, OptimizerConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
@@ -131,9 +131,13 @@ pub fn run_demo(out: &Path, quick: bool) -> Result<()> {
         eprintln!("continuing the demonstration in {}", out.display());
     } else {
         crate::train::run::RunDir::check_free(out)?;
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        task::write_seed(&out.join("seed"))?;
-        crate::io::write_atomic(&marker, serde_json::to_string_pretty(&plan)?.as_bytes())?;
+        super::run::replace_empty_dir(out, |tmp| {
+            task::write_seed(&tmp.join("seed"))?;
+            crate::io::write_atomic(
+                &tmp.join("demo.json"),
+                serde_json::to_string_pretty(&plan)?.as_bytes(),
+            )
+        })?;
         eprintln!(
             "the built-in demonstration: TPO against the direct-response baseline on the task \"{}\", {} iterations, in {}",
             task::JUDGE_NAME,

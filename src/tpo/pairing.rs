@@ -65,7 +65,8 @@ pub fn choose_pair(candidates: &[Judged], rho: f64, malformed_as_rejected: bool)
             chosen: parsed[best],
             rejected: m,
         },
-        _ if zs.iter().all(|&z| z == 0.0) => Pairing::AllTie,
+        // No score difference, or length control evens it out (best and worst coincide).
+        _ if zs.iter().all(|&z| z == 0.0) || best == worst => Pairing::AllTie,
         _ => Pairing::Pair {
             chosen: parsed[best],
             rejected: parsed[worst],
@@ -155,6 +156,20 @@ mod tests {
         assert_eq!(
             choose_pair(&judged(&[(None, 1), (None, 2)]), 0.0, true),
             Pairing::NoParsed
+        );
+    }
+
+    #[test]
+    fn length_control_that_evens_out_the_scores_makes_no_pair() {
+        // Scores 1, 0: z = (1, -1); lengths 20, 10: z = (1, -1); rho 1: s = (0, 0).
+        let c = judged(&[(Some(1.0), 20), (Some(0.0), 10)]);
+        assert_eq!(choose_pair(&c, 1.0, true), Pairing::AllTie);
+        assert_eq!(
+            choose_pair(&c, 0.5, true),
+            Pairing::Pair {
+                chosen: 0,
+                rejected: 1
+            }
         );
     }
 

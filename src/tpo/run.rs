@@ -81,17 +81,7 @@ impl TpoRun {
         heldout: Vec<Map<String, Value>>,
         label: &str,
     ) -> Result<TpoRun> {
-        cfg.check()?;
         RunDir::check_free(dir)?;
-        let needed = cfg.iterations * cfg.prompts_per_iteration;
-        if pool.len() < needed {
-            bail!(
-                "{} training prompts, and {} iterations of {} fresh prompts need {needed} (lower --prompts-per-iteration or --iterations, or give more prompts)",
-                pool.len(),
-                cfg.iterations,
-                cfg.prompts_per_iteration
-            );
-        }
         let run = Self::open(dir, cfg, pool, heldout, label)?;
         // Every prompt must fit the model before anything is written.
         let all: Vec<&Map<String, Value>> = run.pool.iter().chain(&run.heldout).collect();
@@ -105,11 +95,12 @@ impl TpoRun {
                 .render_all(&run.cfg, &[p], run.thoughts())
                 .with_context(|| what.clone())?;
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_jsonl(&dir.join("prompts.jsonl"), &run.pool)?;
-        write_jsonl(&dir.join("heldout.jsonl"), &run.heldout)?;
-        // The config last: its presence marks a run that can be resumed.
-        run.cfg.save(&dir.join("config.json"))?;
+        // The directory appears whole, or not at all: a kill here leaves nothing to resume.
+        replace_empty_dir(dir, |tmp| {
+            write_jsonl(&tmp.join("prompts.jsonl"), &run.pool)?;
+            write_jsonl(&tmp.join("heldout.jsonl"), &run.heldout)?;
+            run.cfg.save(&tmp.join("config.json"))
+        })?;
         Ok(run)
     }
 
@@ -137,6 +128,17 @@ impl TpoRun {
         heldout: Vec<Map<String, Value>>,
         label: &str,
     ) -> Result<TpoRun> {
+        cfg.check()?;
+        let needed = cfg.iterations.checked_mul(cfg.prompts_per_iteration);
+        if needed.is_none_or(|n| pool.len() < n) {
+            bail!(
+                "{} training prompts, and {} iterations of {} fresh prompts need {} (lower --prompts-per-iteration or --iterations, or give more prompts)",
+                pool.len(),
+                cfg.iterations,
+                cfg.prompts_per_iteration,
+                needed.map_or("more".to_string(), |n| n.to_string())
+            );
+        }
         // The seed's config and tokenizer serve every iteration (checkpoints copy them).
         let config = ModelConfig::load(&cfg.model.join("config.json"))?;
         if config.head != crate::model::config::Head::CausalLm {
@@ -409,11 +411,12 @@ impl TpoRun {
             line.insert("rejected_score".into(), json!(r.score));
             lines.push(Value::Object(line));
         }
-        write_jsonl(&out, &lines)?;
+        // pairs.jsonl last: its presence marks the stage done.
         crate::io::write_atomic(
             &self.iter_dir(t).join("pair-counts.json"),
             serde_json::to_string(&counts)?.as_bytes(),
         )?;
+        write_jsonl(&out, &lines)?;
         Ok(true)
     }
 
@@ -425,9 +428,46 @@ impl TpoRun {
         }
         let prompts: Vec<PromptCandidates> =
             read_jsonl(&self.iter_dir(t).join("candidates.jsonl"))?;
-        let pair_lines: Vec<Map<String, Value>> =
-            read_jsonl(&self.iter_dir(t).join("pairs.jsonl"))?;
-        let (pairs, _) = make_pairs(&self.cfg, &prompts);
+        let pairs_path = self.iter_dir(t).join("pairs.jsonl");
+        let pair_lines: Vec<Map<String, Value>> = read_jsonl(&pairs_path)?;
+        // The pairs as the pairing stage stored them, checked against the candidates.
+        let mut pairs = vec![];
+        let mut references = vec![];
+        for (i, line) in pair_lines.iter().enumerate() {
+            let at = || format!("{}:{}", pairs_path.display(), i + 1);
+            let uint = |k: &str| line.get(k).and_then(Value::as_u64).map(|v| v as usize);
+            let float = |k: &str| line.get(k).and_then(Value::as_f64);
+            let (Some(index), Some(chosen), Some(rejected)) = (
+                uint("prompt_index"),
+                uint("chosen_candidate"),
+                uint("rejected_candidate"),
+            ) else {
+                bail!(
+                    "{}: needs prompt_index, chosen_candidate and rejected_candidate",
+                    at()
+                );
+            };
+            let prompt = prompts.iter().position(|p| p.index == index);
+            let Some(prompt) = prompt.filter(|&p| {
+                let n = prompts[p].candidates.len();
+                chosen < n && rejected < n && chosen != rejected
+            }) else {
+                bail!(
+                    "{}: no such pair among the candidates of candidates.jsonl",
+                    at()
+                );
+            };
+            let (Some(c), Some(r)) = (float("ref_chosen_logps"), float("ref_rejected_logps"))
+            else {
+                bail!("{}: reference log-probs missing", at());
+            };
+            pairs.push(ChosenPair {
+                prompt,
+                chosen,
+                rejected,
+            });
+            references.push(vec![c, r]);
+        }
         if pairs.is_empty() {
             self.note(t, "no pairs: the model stays as it was");
             crate::io::write_atomic(&self.iter_dir(t).join("no-pairs"), b"")?;
@@ -435,15 +475,8 @@ impl TpoRun {
         }
         let mut examples: Vec<Example> =
             pair_examples(&self.rt, &self.cfg, &prompts, &pairs, self.thoughts())?;
-        for (e, line) in examples.iter_mut().zip(&pair_lines) {
-            let get = |k: &str| line.get(k).and_then(Value::as_f64);
-            match (get("ref_chosen_logps"), get("ref_rejected_logps")) {
-                (Some(c), Some(r)) => e.reference = vec![c, r],
-                _ => bail!(
-                    "{}: reference log-probs missing",
-                    self.iter_dir(t).join("pairs.jsonl").display()
-                ),
-            }
+        for (e, reference) in examples.iter_mut().zip(references) {
+            e.reference = reference;
         }
         // A run killed while training left a partial directory: start the stage over.
         if train_dir.exists() {
@@ -582,6 +615,15 @@ impl TpoRun {
         write_jsonl(&out, &lines)?;
         Ok(true)
     }
+}
+
+/// Creates `dir` (absent, or an empty directory, which is replaced) filled by `fill`,
+/// atomically.
+pub fn replace_empty_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if dir.is_dir() {
+        std::fs::remove_dir(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    crate::io::create_dir_atomic(dir, fill)
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -83,7 +83,7 @@ pub fn summarize(run: &TpoRun, t: usize, secs: &Map<String, Value>) -> Result<It
             let i = p.get("prompt_index")?.as_u64()? as usize;
             let c = p.get(key)?.as_u64()? as usize;
             let pc = prompts.iter().find(|x| x.index == i)?;
-            Some(pc.candidates[c].response_tokens as f64)
+            Some(pc.candidates.get(c)?.response_tokens as f64)
         }))
     };
     row.chosen_response_tokens = side("chosen_candidate");

@@ -224,7 +224,9 @@ fn sft_data(count: usize, seed: u64, working_only: bool) -> Result<Vec<Map<Strin
 pub fn parse_answer(response: &str) -> Option<u32> {
     let mut s = response.trim();
     s = s.strip_suffix('.').unwrap_or(s).trim_end();
-    if s.len() >= 13 && s[..13].eq_ignore_ascii_case("the answer is") {
+    if s.get(..13)
+        .is_some_and(|p| p.eq_ignore_ascii_case("the answer is"))
+    {
         s = s[13..].trim_start();
     }
     if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -312,6 +314,17 @@ pub fn write_seed(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_read_without_tripping_on_other_text() {
+        assert_eq!(parse_answer("The answer is 7."), Some(7));
+        assert_eq!(parse_answer(" the ANSWER is  7 "), Some(7));
+        assert_eq!(parse_answer("7"), Some(7));
+        // A multi-byte character where the prefix would end: no answer, no panic.
+        assert_eq!(parse_answer("The answer xé 7"), None);
+        assert_eq!(parse_answer("The answer is seven"), None);
+        assert_eq!(parse_answer(""), None);
+    }
 
     #[test]
     fn working_is_told_from_the_useless_thoughts() {
