@@ -455,7 +455,10 @@ fn bad_runs_are_refused_before_any_work() {
         "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n",
     );
     let mut a = with("--prompts", s(&one));
-    let i = a.iter().position(|x| x == "--prompts-per-iteration").unwrap();
+    let i = a
+        .iter()
+        .position(|x| x == "--prompts-per-iteration")
+        .unwrap();
     a.drain(i..i + 2);
     let i = a.iter().position(|x| x == "--heldout-prompts").unwrap();
     a[i + 1] = "1".into();
