@@ -10,3 +10,4 @@
 //! H query heads, Hkv key/value heads, D head dim, I MLP width, V vocabulary, T positions.
 
 pub mod cpu;
+pub mod kernels;
