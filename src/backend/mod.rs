@@ -10,4 +10,5 @@
 //! H query heads, Hkv key/value heads, D head dim, I MLP width, V vocabulary, T positions.
 
 pub mod cpu;
+pub mod cuda;
 pub mod kernels;

@@ -1,0 +1,132 @@
+//! Each CUDA kernel against its CPU twin on fresh random inputs, in f32 and bf16. Skipped,
+//! with the reason printed, where there is no GPU (or the build has no kernels);
+//! scripts/gpu-check.sh runs them on a GPU, where a skip fails.
+
+use half::bf16;
+use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use tpo_engine::backend::cuda::{Gpu, Storage};
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(gpu) => Some(gpu),
+        Err(why) => {
+            // scripts/gpu-check.sh sets this: on the GPU machine a skip is a failure.
+            assert!(
+                std::env::var_os("TPO_REQUIRE_GPU").is_none(),
+                "TPO_REQUIRE_GPU is set, but: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Uniform values in [-1, 1) from a seeded LCG.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+trait Convert: Storage {
+    fn from(x: f32) -> Self;
+    fn to(self) -> f32;
+    /// Relative tolerance of an element against the f32 CPU result.
+    const TOL: f32;
+}
+impl Convert for f32 {
+    fn from(x: f32) -> Self {
+        x
+    }
+    fn to(self) -> f32 {
+        self
+    }
+    const TOL: f32 = 1e-5;
+}
+impl Convert for bf16 {
+    fn from(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn to(self) -> f32 {
+        self.to_f32()
+    }
+    const TOL: f32 = 1.6e-2;
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (w.abs() + scale * 0.05) + 1e-6,
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
+    let eps = 1e-5;
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    // Inputs rounded to T first, so both sides see the same values.
+    let x = round(random(n * c, 1 + c as u64));
+    let w = round(random(c, 2).iter().map(|v| 1.0 + 0.5 * v).collect());
+    let dy = round(random(n * c, 3));
+    let up = |v: &[f32]| {
+        gpu.stream
+            .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
+            .unwrap()
+    };
+    let down = |s: &cudarc::driver::CudaSlice<T>| -> Vec<f32> {
+        gpu.stream
+            .clone_dtoh(s)
+            .unwrap()
+            .into_iter()
+            .map(T::to)
+            .collect()
+    };
+    let (gx, gw, gdy) = (up(&x), up(&w), up(&dy));
+
+    let mut want = vec![0.0; n * c];
+    rmsnorm_forward(&mut want, &x, &w, eps, c);
+    let mut out = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    gpu.rmsnorm_forward(&mut out, &gx, &gw, eps, n, c).unwrap();
+    assert_close(
+        &format!("rmsnorm forward {n}x{c}"),
+        &down(&out),
+        &want,
+        T::TOL,
+    );
+
+    let mut want_dx = vec![0.0; n * c];
+    let mut want_dw = vec![0.25; c]; // accumulated into
+    rmsnorm_backward(&mut want_dx, &mut want_dw, &dy, &x, &w, eps, c);
+    let mut dx = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    let mut dw = gpu.stream.clone_htod(&vec![0.25f32; c]).unwrap();
+    let mut scratch = gpu.stream.alloc_zeros::<f32>(n * c).unwrap();
+    gpu.rmsnorm_backward(&mut dx, &mut dw, &mut scratch, &gdy, &gx, &gw, eps, n, c)
+        .unwrap();
+    assert_close(
+        &format!("rmsnorm dinp {n}x{c}"),
+        &down(&dx),
+        &want_dx,
+        T::TOL * 2.0,
+    );
+    let dw = gpu.stream.clone_dtoh(&dw).unwrap();
+    assert_close(&format!("rmsnorm dweight {n}x{c}"), &dw, &want_dw, 1e-4);
+}
+
+#[test]
+fn rmsnorm_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    for (n, c) in [(1, 1), (37, 301), (5, 4096), (129, 96)] {
+        rmsnorm_case::<f32>(&gpu, n, c);
+        rmsnorm_case::<bf16>(&gpu, n, c);
+    }
+}
