@@ -3,7 +3,9 @@
 //! scripts/gpu-check.sh runs them on a GPU, where a skip fails.
 
 use half::bf16;
+use tpo_engine::backend::cpu::adamw::{adamw_update, AdamW};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
 use tpo_engine::backend::cuda::{Gpu, Storage};
 
 fn gpu() -> Option<Gpu> {
@@ -129,4 +131,107 @@ fn rmsnorm_matches_its_cpu_twin() {
         rmsnorm_case::<f32>(&gpu, n, c);
         rmsnorm_case::<bf16>(&gpu, n, c);
     }
+}
+
+fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize) {
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let gate = round(random(n, 11).iter().map(|x| 6.0 * x).collect());
+    let up = round(random(n, 12));
+    let dout = round(random(n, 13));
+    let up_dev = |v: &[f32]| {
+        gpu.stream
+            .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
+            .unwrap()
+    };
+    let down = |s: &cudarc::driver::CudaSlice<T>| -> Vec<f32> {
+        gpu.stream
+            .clone_dtoh(s)
+            .unwrap()
+            .into_iter()
+            .map(T::to)
+            .collect()
+    };
+    let (g, u, d) = (up_dev(&gate), up_dev(&up), up_dev(&dout));
+    let mut want = vec![0.0; n];
+    swiglu_forward(&mut want, &gate, &up);
+    let mut out = gpu.stream.alloc_zeros::<T>(n).unwrap();
+    gpu.swiglu_forward(&mut out, &g, &u).unwrap();
+    assert_close(&format!("swiglu forward {n}"), &down(&out), &want, T::TOL);
+    let (mut want_dg, mut want_du) = (vec![0.0; n], vec![0.0; n]);
+    swiglu_backward(&mut want_dg, &mut want_du, &dout, &gate, &up);
+    let mut dg = gpu.stream.alloc_zeros::<T>(n).unwrap();
+    let mut du = gpu.stream.alloc_zeros::<T>(n).unwrap();
+    gpu.swiglu_backward(&mut dg, &mut du, &d, &g, &u).unwrap();
+    assert_close(&format!("swiglu dgate {n}"), &down(&dg), &want_dg, T::TOL);
+    assert_close(&format!("swiglu dup {n}"), &down(&du), &want_du, T::TOL);
+}
+
+#[test]
+fn swiglu_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    // 3 000 001 elements: more than the grid covers in one stride.
+    for n in [1, 1000, 3_000_001] {
+        swiglu_case::<f32>(&gpu, n);
+        swiglu_case::<bf16>(&gpu, n);
+    }
+}
+
+#[test]
+fn adamw_matches_its_cpu_twin_over_three_steps() {
+    let Some(gpu) = gpu() else { return };
+    let n = 2_500_003;
+    let mut p = random(n, 21);
+    let (mut m, mut v, mut prev) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    let mut dp = gpu.stream.clone_htod(&p).unwrap();
+    let mut dm = gpu.stream.alloc_zeros::<f32>(n).unwrap();
+    let mut dv = gpu.stream.alloc_zeros::<f32>(n).unwrap();
+    let mut dprev = gpu.stream.alloc_zeros::<f32>(n).unwrap();
+    let mut shadow = gpu.stream.alloc_zeros::<bf16>(n).unwrap();
+    for step in 1..=3u32 {
+        let g = random(n, 30 + step as u64);
+        let h = AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+            grad_scale: 0.5,
+        };
+        adamw_update(&mut p, &mut prev, &mut m, &mut v, &g, h);
+        let dg = gpu.stream.clone_htod(&g).unwrap();
+        let with_shadow = step == 3;
+        gpu.adamw_update(
+            &mut dp,
+            &mut dprev,
+            &mut dm,
+            &mut dv,
+            &dg,
+            with_shadow.then_some(&mut shadow),
+            h,
+        )
+        .unwrap();
+    }
+    let got = gpu.stream.clone_dtoh(&dp).unwrap();
+    assert_close("adamw params", &got, &p, 1e-5);
+    assert_close(
+        "adamw previous",
+        &gpu.stream.clone_dtoh(&dprev).unwrap(),
+        &prev,
+        1e-5,
+    );
+    assert_close("adamw m", &gpu.stream.clone_dtoh(&dm).unwrap(), &m, 1e-5);
+    assert_close("adamw v", &gpu.stream.clone_dtoh(&dv).unwrap(), &v, 1e-5);
+    let shadow: Vec<f32> = gpu
+        .stream
+        .clone_dtoh(&shadow)
+        .unwrap()
+        .into_iter()
+        .map(|x| x.to_f32())
+        .collect();
+    let rounded: Vec<f32> = got.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+    assert_eq!(
+        shadow, rounded,
+        "the bf16 shadow is the new weights, rounded"
+    );
 }

@@ -2,9 +2,10 @@
 //! embedded (loaded once), and one launch idiom. Everything is loaded at run time (cudarc's
 //! dynamic loading), so a machine without CUDA builds and runs the CPU backend unchanged.
 //!
-//! Work in progress (issue 5): only RMSNorm is wired; its GPU tests compare it with the CPU
-//! twin and are skipped, saying why, where there is no GPU.
+//! Work in progress (issue 5): RMSNorm, SwiGLU and AdamW are wired; their GPU tests compare
+//! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
+use super::cpu::adamw::AdamW;
 use super::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{
@@ -149,6 +150,119 @@ impl Gpu {
         unsafe { launch.launch(cfg) }.context("rmsnorm_dweight_reduce")?;
         Ok(())
     }
+}
+
+impl Gpu {
+    /// A grid-stride launch over n elements.
+    fn elementwise(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (n.div_ceil(ROW_THREADS as usize).clamp(1, 8192) as u32, 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// out, gate, up: n elements. Twin of `cpu::swiglu::swiglu_forward`.
+    pub fn swiglu_forward<T: Storage>(
+        &self,
+        out: &mut CudaSlice<T>,
+        gate: &CudaSlice<T>,
+        up: &CudaSlice<T>,
+    ) -> Result<()> {
+        let n = out.len();
+        check_lens("swiglu_forward", &[gate.len(), up.len()], n)?;
+        let f = self.function("swiglu", &format!("swiglu_forward_{}", T::SUFFIX))?;
+        let n64 = n as i64;
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(out).arg(gate).arg(up).arg(&n64);
+        // SAFETY: the arguments match the kernel, every buffer holds n elements.
+        unsafe { launch.launch(Self::elementwise(n)) }.context("swiglu_forward")?;
+        Ok(())
+    }
+
+    /// dgate, dup assigned; dout, gate, up: n elements. Twin of `cpu::swiglu::swiglu_backward`.
+    pub fn swiglu_backward<T: Storage>(
+        &self,
+        dgate: &mut CudaSlice<T>,
+        dup: &mut CudaSlice<T>,
+        dout: &CudaSlice<T>,
+        gate: &CudaSlice<T>,
+        up: &CudaSlice<T>,
+    ) -> Result<()> {
+        let n = dout.len();
+        check_lens(
+            "swiglu_backward",
+            &[dgate.len(), dup.len(), gate.len(), up.len()],
+            n,
+        )?;
+        let f = self.function("swiglu", &format!("swiglu_backward_{}", T::SUFFIX))?;
+        let n64 = n as i64;
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(dgate)
+            .arg(dup)
+            .arg(dout)
+            .arg(gate)
+            .arg(up)
+            .arg(&n64);
+        // SAFETY: as in swiglu_forward.
+        unsafe { launch.launch(Self::elementwise(n)) }.context("swiglu_backward")?;
+        Ok(())
+    }
+
+    /// One AdamW step over all parameters in one launch (twin of
+    /// `cpu::adamw::adamw_update`); `shadow` receives the new weights in bf16.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_update(
+        &self,
+        params: &mut CudaSlice<f32>,
+        previous: &mut CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        grads: &CudaSlice<f32>,
+        shadow: Option<&mut CudaSlice<half::bf16>>,
+        h: AdamW,
+    ) -> Result<()> {
+        let n = params.len();
+        let mut lens = vec![previous.len(), m.len(), v.len(), grads.len()];
+        lens.extend(shadow.as_ref().map(|s| s.len()));
+        check_lens("adamw_update", &lens, n)?;
+        // The bias corrections as the CPU twin computes them (f64, then f32).
+        let bias1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
+        let bias2 = 1.0 - (h.beta2 as f64).powi(h.step as i32);
+        let step_size = (h.lr as f64 / bias1) as f32;
+        let inv_sqrt_bias2 = (1.0 / bias2.sqrt()) as f32;
+        let decay = 1.0 - h.lr * h.weight_decay;
+        let n64 = n as i64;
+        let null = 0u64;
+        let f = self.function("adamw", "adamw_update")?;
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(params).arg(previous).arg(m).arg(v).arg(grads);
+        match shadow {
+            Some(s) => launch.arg(s),
+            None => launch.arg(&null),
+        };
+        launch
+            .arg(&n64)
+            .arg(&h.beta1)
+            .arg(&h.beta2)
+            .arg(&h.eps)
+            .arg(&decay)
+            .arg(&step_size)
+            .arg(&inv_sqrt_bias2)
+            .arg(&h.grad_scale);
+        // SAFETY: the arguments match the kernel (a null pointer where there is no
+        // shadow), every buffer holds n elements.
+        unsafe { launch.launch(Self::elementwise(n)) }.context("adamw_update")?;
+        Ok(())
+    }
+}
+
+fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {
+    if let Some(len) = lens.iter().find(|&&l| l != n) {
+        anyhow::bail!("{op}: a buffer of {len} elements, expected {n}");
+    }
+    Ok(())
 }
 
 fn check_rows(op: &str, lens: &[usize], n: usize, c: usize) -> Result<()> {
