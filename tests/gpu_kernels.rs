@@ -4,7 +4,11 @@
 
 use half::bf16;
 use tpo_engine::backend::cpu::adamw::{adamw_update, AdamW};
+use tpo_engine::backend::cpu::embedding::{embedding_backward, embedding_forward};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use tpo_engine::backend::cpu::rope::{
+    inv_frequencies, rope_backward, rope_forward, RopeScaling, RopeTable,
+};
 use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
 use tpo_engine::backend::cuda::{Gpu, Storage};
 
@@ -234,4 +238,101 @@ fn adamw_matches_its_cpu_twin_over_three_steps() {
         shadow, rounded,
         "the bf16 shadow is the new weights, rounded"
     );
+}
+
+fn upload<T: Convert>(gpu: &Gpu, v: &[f32]) -> cudarc::driver::CudaSlice<T> {
+    gpu.stream
+        .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
+        .unwrap()
+}
+
+fn download<T: Convert>(gpu: &Gpu, s: &cudarc::driver::CudaSlice<T>) -> Vec<f32> {
+    gpu.stream
+        .clone_dtoh(s)
+        .unwrap()
+        .into_iter()
+        .map(T::to)
+        .collect()
+}
+
+fn embedding_case<T: Convert>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let table = round(random(vocab * c, 41));
+    // Repeated ids, so the backward's sums are exercised.
+    let tokens: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    let dout = round(random(n * c, 42));
+    let mut want = vec![0.0; n * c];
+    embedding_forward(&mut want, &tokens, &table, c);
+    let dtokens = gpu.stream.clone_htod(&tokens).unwrap();
+    let mut out = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    gpu.embedding_forward(&mut out, &dtokens, &upload::<T>(gpu, &table), c)
+        .unwrap();
+    assert_eq!(
+        download(gpu, &out),
+        want,
+        "embedding forward {n}x{c}: a copy is exact"
+    );
+    let mut want_dt = vec![0.5; vocab * c];
+    embedding_backward(&mut want_dt, &dout, &tokens, c);
+    let mut dt = gpu.stream.clone_htod(&vec![0.5f32; vocab * c]).unwrap();
+    gpu.embedding_backward(&mut dt, &upload::<T>(gpu, &dout), &dtokens, c)
+        .unwrap();
+    // Same additions in the same order: exact.
+    assert_eq!(
+        gpu.stream.clone_dtoh(&dt).unwrap(),
+        want_dt,
+        "embedding backward {n}x{c}"
+    );
+}
+
+#[test]
+fn embedding_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    for (vocab, n, c) in [(1, 1, 1), (11, 50, 37), (300, 129, 512)] {
+        embedding_case::<f32>(&gpu, vocab, n, c);
+        embedding_case::<bf16>(&gpu, vocab, n, c);
+    }
+}
+
+fn rope_case<T: Convert>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64.0,
+    };
+    let positions: Vec<usize> = (0..n).map(|i| (i * 37) % 1000).collect();
+    let table = RopeTable::for_positions(&inv_frequencies(d, 10000.0, &scaling), &positions);
+    let x = round(random(n * heads * d, 51));
+    let (cos, sin) = (
+        gpu.stream.clone_htod(&table.cos).unwrap(),
+        gpu.stream.clone_htod(&table.sin).unwrap(),
+    );
+    for direction in [1.0f32, -1.0] {
+        let mut want = x.clone();
+        if direction > 0.0 {
+            rope_forward(&mut want, &table, heads);
+        } else {
+            rope_backward(&mut want, &table, heads);
+        }
+        let mut gx = upload::<T>(gpu, &x);
+        gpu.rope(&mut gx, &cos, &sin, heads, d / 2, direction)
+            .unwrap();
+        assert_close(
+            &format!("rope {direction} {n}x{heads}x{d}"),
+            &download(gpu, &gx),
+            &want,
+            T::TOL,
+        );
+    }
+}
+
+#[test]
+fn rope_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    for (n, heads, d) in [(1, 1, 2), (33, 3, 64), (257, 8, 128)] {
+        rope_case::<f32>(&gpu, n, heads, d);
+        rope_case::<bf16>(&gpu, n, heads, d);
+    }
 }

@@ -2,7 +2,7 @@
 //! embedded (loaded once), and one launch idiom. Everything is loaded at run time (cudarc's
 //! dynamic loading), so a machine without CUDA builds and runs the CPU backend unchanged.
 //!
-//! Work in progress (issue 5): RMSNorm, SwiGLU and AdamW are wired; their GPU tests compare
+//! Work in progress (issue 5): embedding, RMSNorm, rope, SwiGLU and AdamW are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
 use super::cpu::adamw::AdamW;
@@ -254,6 +254,99 @@ impl Gpu {
         // SAFETY: the arguments match the kernel (a null pointer where there is no
         // shadow), every buffer holds n elements.
         unsafe { launch.launch(Self::elementwise(n)) }.context("adamw_update")?;
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// out: (N, C) from table: (V, C) at tokens: (N) (ids checked by the caller). Twin of
+    /// `cpu::embedding::embedding_forward`.
+    pub fn embedding_forward<T: Storage>(
+        &self,
+        out: &mut CudaSlice<T>,
+        tokens: &CudaSlice<u32>,
+        table: &CudaSlice<T>,
+        c: usize,
+    ) -> Result<()> {
+        let n = tokens.len();
+        check_rows("embedding_forward", &[out.len()], n, c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("embedding", &format!("embedding_forward_{}", T::SUFFIX))?;
+        let c32 = c as i32;
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(out).arg(tokens).arg(table).arg(&c32);
+        // SAFETY: the arguments match the kernel; out holds N rows of C.
+        unsafe { launch.launch(Self::rows(n)) }.context("embedding_forward")?;
+        Ok(())
+    }
+
+    /// dtable: (V, C) f32 accumulated; dout: (N, C); tokens: (N). Twin of
+    /// `cpu::embedding::embedding_backward`.
+    pub fn embedding_backward<T: Storage>(
+        &self,
+        dtable: &mut CudaSlice<f32>,
+        dout: &CudaSlice<T>,
+        tokens: &CudaSlice<u32>,
+        c: usize,
+    ) -> Result<()> {
+        let n = tokens.len();
+        check_rows("embedding_backward", &[dout.len()], n, c)?;
+        if !dtable.len().is_multiple_of(c) {
+            anyhow::bail!(
+                "embedding_backward: a table of {} is not rows of {c}",
+                dtable.len()
+            );
+        }
+        let f = self.function("embedding", &format!("embedding_backward_{}", T::SUFFIX))?;
+        let (n32, c32) = (n as i32, c as i32);
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(dtable).arg(dout).arg(tokens).arg(&n32).arg(&c32);
+        let cfg = LaunchConfig {
+            grid_dim: ((c as u32).div_ceil(ROW_THREADS), 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel; the ids index rows of dtable (checked by
+        // the caller).
+        unsafe { launch.launch(cfg) }.context("embedding_backward")?;
+        Ok(())
+    }
+
+    /// Rotates x: (N, heads, D) in place by the angles whose cosines and sines are cos,
+    /// sin: (N, D/2); direction 1 is `cpu::rope::rope_forward`, -1 `rope_backward`.
+    pub fn rope<T: Storage>(
+        &self,
+        x: &mut CudaSlice<T>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        heads: usize,
+        half: usize,
+        direction: f32,
+    ) -> Result<()> {
+        if half == 0 || cos.len() != sin.len() || !cos.len().is_multiple_of(half) {
+            anyhow::bail!(
+                "rope: tables of {} and {} are not rows of {half}",
+                cos.len(),
+                sin.len()
+            );
+        }
+        let n = cos.len() / half;
+        check_lens("rope", &[x.len()], n * heads * 2 * half)?;
+        let f = self.function("rope", &format!("rope_{}", T::SUFFIX))?;
+        let (n32, h32, half32) = (n as i32, heads as i32, half as i32);
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(x)
+            .arg(cos)
+            .arg(sin)
+            .arg(&n32)
+            .arg(&h32)
+            .arg(&half32)
+            .arg(&direction);
+        // SAFETY: the arguments match the kernel; x holds N x heads x D.
+        unsafe { launch.launch(Self::elementwise(n * heads * half)) }.context("rope")?;
         Ok(())
     }
 }
