@@ -79,24 +79,13 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 
 fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
     let eps = 1e-5;
-    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let round = round_to::<T>;
     // Inputs rounded to T first, so both sides see the same values.
     let x = round(random(n * c, 1 + c as u64));
     let w = round(random(c, 2).iter().map(|v| 1.0 + 0.5 * v).collect());
     let dy = round(random(n * c, 3));
-    let up = |v: &[f32]| {
-        gpu.stream
-            .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
-            .unwrap()
-    };
-    let down = |s: &cudarc::driver::CudaSlice<T>| -> Vec<f32> {
-        gpu.stream
-            .clone_dtoh(s)
-            .unwrap()
-            .into_iter()
-            .map(T::to)
-            .collect()
-    };
+    let up = |v: &[f32]| upload::<T>(gpu, v);
+    let down = |s: &cudarc::driver::CudaSlice<T>| download(gpu, s);
     let (gx, gw, gdy) = (up(&x), up(&w), up(&dy));
 
     let mut want = vec![0.0; n * c];
@@ -138,23 +127,12 @@ fn rmsnorm_matches_its_cpu_twin() {
 }
 
 fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize) {
-    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let round = round_to::<T>;
     let gate = round(random(n, 11).iter().map(|x| 6.0 * x).collect());
     let up = round(random(n, 12));
     let dout = round(random(n, 13));
-    let up_dev = |v: &[f32]| {
-        gpu.stream
-            .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
-            .unwrap()
-    };
-    let down = |s: &cudarc::driver::CudaSlice<T>| -> Vec<f32> {
-        gpu.stream
-            .clone_dtoh(s)
-            .unwrap()
-            .into_iter()
-            .map(T::to)
-            .collect()
-    };
+    let up_dev = |v: &[f32]| upload::<T>(gpu, v);
+    let down = |s: &cudarc::driver::CudaSlice<T>| download(gpu, s);
     let (g, u, d) = (up_dev(&gate), up_dev(&up), up_dev(&dout));
     let mut want = vec![0.0; n];
     swiglu_forward(&mut want, &gate, &up);
@@ -240,6 +218,11 @@ fn adamw_matches_its_cpu_twin_over_three_steps() {
     );
 }
 
+/// The values as T holds them.
+fn round_to<T: Convert>(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|x| T::from(x).to()).collect()
+}
+
 fn upload<T: Convert>(gpu: &Gpu, v: &[f32]) -> cudarc::driver::CudaSlice<T> {
     gpu.stream
         .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
@@ -256,7 +239,7 @@ fn download<T: Convert>(gpu: &Gpu, s: &cudarc::driver::CudaSlice<T>) -> Vec<f32>
 }
 
 fn embedding_case<T: Convert>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
-    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let round = round_to::<T>;
     let table = round(random(vocab * c, 41));
     // Repeated ids, so the backward's sums are exercised.
     let tokens: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
@@ -295,7 +278,7 @@ fn embedding_matches_its_cpu_twin() {
 }
 
 fn rope_case<T: Convert>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
-    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from(x).to()).collect() };
+    let round = round_to::<T>;
     let scaling = RopeScaling::Llama3 {
         factor: 8.0,
         low_freq_factor: 1.0,

@@ -75,6 +75,15 @@ impl Gpu {
             .with_context(|| format!("no kernel {entry} in {module}"))
     }
 
+    /// One thread per column of C.
+    fn columns(c: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((c as u32).div_ceil(ROW_THREADS), 1, 1),
+            block_dim: (ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     fn rows(n: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (n as u32, 1, 1),
@@ -141,18 +150,12 @@ impl Gpu {
         let f = self.function("rmsnorm", "rmsnorm_dweight_reduce")?;
         let mut launch = self.stream.launch_builder(&f);
         launch.arg(dweight).arg(&*scratch).arg(&n32).arg(&c32);
-        let cfg = LaunchConfig {
-            grid_dim: ((c as u32).div_ceil(ROW_THREADS), 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = Self::columns(c);
         // SAFETY: dweight holds C floats, scratch N x C.
         unsafe { launch.launch(cfg) }.context("rmsnorm_dweight_reduce")?;
         Ok(())
     }
-}
 
-impl Gpu {
     /// A grid-stride launch over n elements.
     fn elementwise(n: usize) -> LaunchConfig {
         LaunchConfig {
@@ -256,9 +259,7 @@ impl Gpu {
         unsafe { launch.launch(Self::elementwise(n)) }.context("adamw_update")?;
         Ok(())
     }
-}
 
-impl Gpu {
     /// out: (N, C) from table: (V, C) at tokens: (N) (ids checked by the caller). Twin of
     /// `cpu::embedding::embedding_forward`.
     pub fn embedding_forward<T: Storage>(
@@ -303,11 +304,7 @@ impl Gpu {
         let (n32, c32) = (n as i32, c as i32);
         let mut launch = self.stream.launch_builder(&f);
         launch.arg(dtable).arg(dout).arg(tokens).arg(&n32).arg(&c32);
-        let cfg = LaunchConfig {
-            grid_dim: ((c as u32).div_ceil(ROW_THREADS), 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = Self::columns(c);
         // SAFETY: the arguments match the kernel; the ids index rows of dtable (checked by
         // the caller).
         unsafe { launch.launch(cfg) }.context("embedding_backward")?;
