@@ -5,6 +5,7 @@
 use half::bf16;
 use tpo_engine::backend::cpu::adamw::{adamw_update, AdamW};
 use tpo_engine::backend::cpu::embedding::{embedding_backward, embedding_forward};
+use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use tpo_engine::backend::cpu::rope::{
     inv_frequencies, rope_backward, rope_forward, RopeScaling, RopeTable,
@@ -317,5 +318,75 @@ fn rope_matches_its_cpu_twin() {
     for (n, heads, d) in [(1, 1, 2), (33, 3, 64), (257, 8, 128)] {
         rope_case::<f32>(&gpu, n, heads, d);
         rope_case::<bf16>(&gpu, n, heads, d);
+    }
+}
+
+fn matmul_case<T: Convert>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: bool) {
+    let round = round_to::<T>;
+    let x = round(random(n * c, 61));
+    let w = round(random(oc * c, 62));
+    let b = round(random(oc, 63));
+    let dy = round(random(n * oc, 64));
+    let bias = with_bias.then_some(b.as_slice());
+    let mut want = vec![0.0; n * oc];
+    matmul_forward(&mut want, &x, &w, bias, n, c, oc);
+    let (gx, gw, gb, gdy) = (
+        upload::<T>(gpu, &x),
+        upload::<T>(gpu, &w),
+        upload::<T>(gpu, &b),
+        upload::<T>(gpu, &dy),
+    );
+    let mut out = gpu.stream.alloc_zeros::<T>(n * oc).unwrap();
+    gpu.matmul_forward(&mut out, &gx, &gw, with_bias.then_some(&gb), n, c, oc)
+        .unwrap();
+    let what = format!("matmul {n}x{c}x{oc} bias {with_bias}");
+    // f32: cuBLAS sums in its own order; bf16: the output is rounded.
+    let tol = T::TOL.max(1e-4);
+    assert_close(&format!("{what} forward"), &download(gpu, &out), &want, tol);
+
+    let mut want_dx = vec![0.0; n * c];
+    let mut want_dw = vec![0.5; oc * c];
+    let mut want_db = vec![0.5; oc];
+    matmul_backward(
+        &mut want_dx,
+        &mut want_dw,
+        with_bias.then_some(want_db.as_mut_slice()),
+        &dy,
+        &x,
+        &w,
+        n,
+        c,
+        oc,
+    );
+    let mut dx = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    let mut dw = gpu.stream.clone_htod(&vec![0.5f32; oc * c]).unwrap();
+    let mut db = gpu.stream.clone_htod(&vec![0.5f32; oc]).unwrap();
+    gpu.matmul_backward(
+        &mut dx,
+        &mut dw,
+        with_bias.then_some(&mut db),
+        &gdy,
+        &gx,
+        &gw,
+        (n, c, oc),
+    )
+    .unwrap();
+    assert_close(&format!("{what} dinp"), &download(gpu, &dx), &want_dx, tol);
+    let dw = gpu.stream.clone_dtoh(&dw).unwrap();
+    assert_close(&format!("{what} dweight"), &dw, &want_dw, 1e-4);
+    if with_bias {
+        let db = gpu.stream.clone_dtoh(&db).unwrap();
+        assert_close(&format!("{what} dbias"), &db, &want_db, 1e-4);
+    }
+}
+
+#[test]
+fn matmul_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    for (n, c, oc) in [(1, 1, 1), (37, 301, 129), (256, 512, 1000)] {
+        for with_bias in [false, true] {
+            matmul_case::<f32>(&gpu, n, c, oc, with_bias);
+            matmul_case::<bf16>(&gpu, n, c, oc, with_bias);
+        }
     }
 }

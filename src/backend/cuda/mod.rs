@@ -2,8 +2,11 @@
 //! embedded (loaded once), and one launch idiom. Everything is loaded at run time (cudarc's
 //! dynamic loading), so a machine without CUDA builds and runs the CPU backend unchanged.
 //!
-//! Work in progress (issue 5): embedding, RMSNorm, rope, SwiGLU and AdamW are wired; their GPU tests compare
+//! Work in progress (issue 5): matmul (cuBLAS), embedding, RMSNorm, rope, SwiGLU and AdamW
+//! are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
+
+mod matmul;
 
 use super::cpu::adamw::AdamW;
 use super::kernels;
@@ -19,17 +22,24 @@ use std::sync::Arc;
 pub trait Storage: DeviceRepr + ValidAsZeroBits + Copy + Default + 'static {
     /// The suffix of the kernels' entry points for this type.
     const SUFFIX: &'static str;
+    /// The type as cuBLAS names it.
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
 }
 impl Storage for f32 {
     const SUFFIX: &'static str = "f32";
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
 }
 impl Storage for half::bf16 {
     const SUFFIX: &'static str = "bf16";
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
 }
 
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
     modules: HashMap<&'static str, Arc<CudaModule>>,
 }
 
@@ -60,9 +70,17 @@ impl Gpu {
                 .map_err(|e| format!("cuda:{ordinal}: cannot load the {name} kernels: {e}"))?;
             modules.insert(*name, module);
         }
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err("no cuBLAS (libcublas.so cannot be loaded: a CUDA install, or PyTorch's nvidia/cublas/lib, on LD_LIBRARY_PATH)".into());
+        }
+        let stream = ctx.default_stream();
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone())
+            .map_err(|e| format!("cuda:{ordinal}: cuBLAS: {e}"))?;
         Ok(Gpu {
-            stream: ctx.default_stream(),
+            stream,
             ctx,
+            blas,
             modules,
         })
     }
@@ -348,7 +366,7 @@ impl Gpu {
     }
 }
 
-fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {
+pub(crate) fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {
     if let Some(len) = lens.iter().find(|&&l| l != n) {
         anyhow::bail!("{op}: a buffer of {len} elements, expected {n}");
     }

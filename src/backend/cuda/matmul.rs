@@ -1,0 +1,185 @@
+//! Linear layers on cuBLAS: out = inp @ weight^T (+ bias), and the backward, with f32
+//! accumulation (cublasGemmEx, compute type 32F) whatever the storage type. Row-major
+//! (N, C) buffers are column-major (C, N) ones to cuBLAS, so each product is written
+//! transposed, as llm.c does.
+
+use super::{check_lens, Gpu, Storage};
+use anyhow::{Context, Result};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use std::ffi::c_void;
+
+/// One cublasGemmEx call on column-major operands: c (m, n) = alpha op(a) op(b) + beta c.
+struct Gemm {
+    transa: bool,
+    transb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    beta: f32,
+}
+
+impl Gpu {
+    fn gemm(
+        &self,
+        g: Gemm,
+        (a, a_type, lda): (u64, cudaDataType, usize),
+        (b, b_type, ldb): (u64, cudaDataType, usize),
+        (c, c_type, ldc): (u64, cudaDataType, usize),
+    ) -> Result<()> {
+        let dims = [g.m, g.n, g.k, lda, ldb, ldc];
+        if dims.iter().any(|&d| d > i32::MAX as usize) {
+            anyhow::bail!("matmul: dimensions {dims:?} do not fit cuBLAS");
+        }
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let alpha = 1.0f32;
+        // SAFETY: the pointers are live device buffers of the sizes the caller checked, the
+        // scalars are f32 as compute type 32F requires, and the handle's stream is ours.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(g.transa),
+                op(g.transb),
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const c_void,
+                a as *const c_void,
+                a_type,
+                lda as i32,
+                b as *const c_void,
+                b_type,
+                ldb as i32,
+                &g.beta as *const f32 as *const c_void,
+                c as *mut c_void,
+                c_type,
+                ldc as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .context("cublasGemmEx")
+    }
+
+    /// out: (N, OC) = inp: (N, C) @ weight: (OC, C)^T + bias: (OC). Twin of
+    /// `cpu::matmul::matmul_forward`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward<T: Storage>(
+        &self,
+        out: &mut CudaSlice<T>,
+        inp: &CudaSlice<T>,
+        weight: &CudaSlice<T>,
+        bias: Option<&CudaSlice<T>>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        check_lens("matmul out", &[out.len()], n * oc)?;
+        check_lens("matmul inp", &[inp.len()], n * c)?;
+        check_lens("matmul weight", &[weight.len()], oc * c)?;
+        if n == 0 || oc == 0 {
+            return Ok(());
+        }
+        {
+            let (w, _w) = weight.device_ptr(&self.stream);
+            let (x, _x) = inp.device_ptr(&self.stream);
+            let (o, _o) = out.device_ptr_mut(&self.stream);
+            // out^T (OC, N) = W (OC, C) @ inp^T (C, N); W is (C, OC) column-major: transposed.
+            self.gemm(
+                Gemm {
+                    transa: true,
+                    transb: false,
+                    m: oc,
+                    n,
+                    k: c,
+                    beta: 0.0,
+                },
+                (w, T::CUDA_TYPE, c),
+                (x, T::CUDA_TYPE, c),
+                (o, T::CUDA_TYPE, oc),
+            )?;
+        }
+        if let Some(bias) = bias {
+            check_lens("matmul bias", &[bias.len()], oc)?;
+            let f = self.function("bias", &format!("add_bias_{}", T::SUFFIX))?;
+            let (total, oc32) = ((n * oc) as i64, oc as i32);
+            let mut launch = self.stream.launch_builder(&f);
+            launch.arg(out).arg(bias).arg(&total).arg(&oc32);
+            // SAFETY: out holds N x OC, bias OC.
+            unsafe { launch.launch(Self::elementwise(n * oc)) }.context("add_bias")?;
+        }
+        Ok(())
+    }
+
+    /// dinp: (N, C) assigned; dweight: (OC, C) and dbias: (OC) f32 accumulated; dout:
+    /// (N, OC); inp: (N, C); weight: (OC, C). Twin of `cpu::matmul::matmul_backward`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward<T: Storage>(
+        &self,
+        dinp: &mut CudaSlice<T>,
+        dweight: &mut CudaSlice<f32>,
+        dbias: Option<&mut CudaSlice<f32>>,
+        dout: &CudaSlice<T>,
+        inp: &CudaSlice<T>,
+        weight: &CudaSlice<T>,
+        (n, c, oc): (usize, usize, usize),
+    ) -> Result<()> {
+        check_lens("matmul dinp", &[dinp.len(), inp.len()], n * c)?;
+        check_lens("matmul dweight", &[dweight.len(), weight.len()], oc * c)?;
+        check_lens("matmul dout", &[dout.len()], n * oc)?;
+        if n == 0 || c == 0 || oc == 0 {
+            return Ok(());
+        }
+        {
+            let (w, _w) = weight.device_ptr(&self.stream);
+            let (x, _x) = inp.device_ptr(&self.stream);
+            let (dy, _dy) = dout.device_ptr(&self.stream);
+            let (dx, _dx) = dinp.device_ptr_mut(&self.stream);
+            // dinp^T (C, N) = W^T (C, OC) @ dout^T (OC, N): W column-major (C, OC) as is.
+            self.gemm(
+                Gemm {
+                    transa: false,
+                    transb: false,
+                    m: c,
+                    n,
+                    k: oc,
+                    beta: 0.0,
+                },
+                (w, T::CUDA_TYPE, c),
+                (dy, T::CUDA_TYPE, oc),
+                (dx, T::CUDA_TYPE, c),
+            )?;
+            let (dw, _dw) = dweight.device_ptr_mut(&self.stream);
+            // dweight^T (C, OC) += inp^T (C, N) @ dout (N, OC), into f32.
+            self.gemm(
+                Gemm {
+                    transa: false,
+                    transb: true,
+                    m: c,
+                    n: oc,
+                    k: n,
+                    beta: 1.0,
+                },
+                (x, T::CUDA_TYPE, c),
+                (dy, T::CUDA_TYPE, oc),
+                (dw, cudaDataType::CUDA_R_32F, c),
+            )?;
+        }
+        if let Some(dbias) = dbias {
+            check_lens("matmul dbias", &[dbias.len()], oc)?;
+            let f = self.function("bias", &format!("bias_backward_{}", T::SUFFIX))?;
+            let (n32, oc32) = (n as i32, oc as i32);
+            let mut launch = self.stream.launch_builder(&f);
+            launch.arg(dbias).arg(dout).arg(&n32).arg(&oc32);
+            // SAFETY: dbias holds OC, dout N x OC.
+            unsafe { launch.launch(Self::columns(oc)) }.context("bias_backward")?;
+        }
+        Ok(())
+    }
+}
