@@ -28,3 +28,20 @@ __device__ __forceinline__ float block_sum(float x) {
     x = lane < warps ? partial[lane] : 0.0f;
     return warp_sum(x);
 }
+
+__device__ __forceinline__ float warp_max(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+
+// Max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ __forceinline__ float block_max(float x) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) partial[warp] = x;
+    __syncthreads();
+    x = lane < warps ? partial[lane] : -INFINITY;
+    return warp_max(x);
+}

@@ -390,3 +390,50 @@ fn matmul_matches_its_cpu_twin() {
         }
     }
 }
+
+#[test]
+fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
+    let Some(gpu) = gpu() else { return };
+    for (r, v) in [(1, 1), (7, 1001), (33, 32003)] {
+        let logits: Vec<f32> = random(r * v, 71).iter().map(|x| 8.0 * x).collect();
+        let targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();
+        let upstream: Vec<f32> = random(r, 72);
+        // The reference: log-softmax in f64, and its gradient.
+        let mut want_logp = vec![0.0f64; r];
+        let mut want_grad = vec![0.0f32; r * v];
+        for i in 0..r {
+            let row: Vec<f64> = logits[i * v..(i + 1) * v]
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            want_logp[i] = row[targets[i] as usize] - lse;
+            for j in 0..v {
+                let onehot = if j == targets[i] as usize { 1.0 } else { 0.0 };
+                want_grad[i * v + j] =
+                    (upstream[i] as f64 * ((row[j] - lse).exp() - onehot)) as f32;
+            }
+        }
+        let mut glogits = gpu.stream.clone_htod(&logits).unwrap();
+        let gtargets = gpu.stream.clone_htod(&targets).unwrap();
+        let gup = gpu.stream.clone_htod(&upstream).unwrap();
+        let mut logp = gpu.stream.alloc_zeros::<f32>(r).unwrap();
+        let mut lse = gpu.stream.alloc_zeros::<f32>(r).unwrap();
+        gpu.logprob_rows(&mut logp, &mut lse, &glogits, &gtargets, v)
+            .unwrap();
+        let logp: Vec<f32> = gpu.stream.clone_dtoh(&logp).unwrap();
+        for (i, (g, w)) in logp.iter().zip(&want_logp).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+                "logp[{i}] {r}x{v}: {g} vs {w}"
+            );
+        }
+        gpu.logprob_grad_rows(&mut glogits, &gtargets, &lse, &gup, v)
+            .unwrap();
+        let grad = gpu.stream.clone_dtoh(&glogits).unwrap();
+        for (j, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
+            assert!((g - w).abs() < 1e-5, "dlogits[{j}] {r}x{v}: {g} vs {w}");
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //! embedded (loaded once), and one launch idiom. Everything is loaded at run time (cudarc's
 //! dynamic loading), so a machine without CUDA builds and runs the CPU backend unchanged.
 //!
-//! Work in progress (issue 5): matmul (cuBLAS), embedding, RMSNorm, rope, SwiGLU and AdamW
-//! are wired; their GPU tests compare
+//! Work in progress (issue 5): matmul (cuBLAS), embedding, RMSNorm, rope, SwiGLU, AdamW and
+//! the log-prob row pass are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
 mod matmul;
@@ -362,6 +362,63 @@ impl Gpu {
             .arg(&direction);
         // SAFETY: the arguments match the kernel; x holds N x heads x D.
         unsafe { launch.launch(Self::elementwise(n * heads * half)) }.context("rope")?;
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// Log-softmax and gather over a chunk of logits: (R, V); targets, logp, lse: (R).
+    pub fn logprob_rows(
+        &self,
+        logp: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        logits: &CudaSlice<f32>,
+        targets: &CudaSlice<u32>,
+        v: usize,
+    ) -> Result<()> {
+        let r = targets.len();
+        check_lens("logprob_rows", &[logp.len(), lse.len()], r)?;
+        check_rows("logprob_rows", &[logits.len()], r, v)?;
+        if r == 0 {
+            return Ok(());
+        }
+        let f = self.function("logprobs", "logprob_rows")?;
+        let v32 = v as i32;
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(logp).arg(lse).arg(logits).arg(targets).arg(&v32);
+        // SAFETY: the arguments match the kernel; logits hold R rows of V, targets < V
+        // (checked by the caller).
+        unsafe { launch.launch(Self::rows(r)) }.context("logprob_rows")?;
+        Ok(())
+    }
+
+    /// Turns logits: (R, V) into upstream[r] * (softmax - onehot(target)) in place, with
+    /// lse from `logprob_rows`.
+    pub fn logprob_grad_rows(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        targets: &CudaSlice<u32>,
+        lse: &CudaSlice<f32>,
+        upstream: &CudaSlice<f32>,
+        v: usize,
+    ) -> Result<()> {
+        let r = targets.len();
+        check_lens("logprob_grad_rows", &[lse.len(), upstream.len()], r)?;
+        check_rows("logprob_grad_rows", &[logits.len()], r, v)?;
+        if r == 0 {
+            return Ok(());
+        }
+        let f = self.function("logprobs", "logprob_grad_rows")?;
+        let v32 = v as i32;
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(logits)
+            .arg(targets)
+            .arg(lse)
+            .arg(upstream)
+            .arg(&v32);
+        // SAFETY: as in logprob_rows.
+        unsafe { launch.launch(Self::rows(r)) }.context("logprob_grad_rows")?;
         Ok(())
     }
 }
