@@ -4,6 +4,7 @@
 
 use half::bf16;
 use tpo_engine::backend::cpu::adamw::{adamw_update, AdamW};
+use tpo_engine::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
 use tpo_engine::backend::cpu::embedding::{embedding_backward, embedding_forward};
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -11,7 +12,7 @@ use tpo_engine::backend::cpu::rope::{
     inv_frequencies, rope_backward, rope_forward, RopeScaling, RopeTable,
 };
 use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
-use tpo_engine::backend::cuda::{Gpu, Storage};
+use tpo_engine::backend::cuda::{DecodeDims, Gpu, Storage};
 
 fn gpu() -> Option<Gpu> {
     match Gpu::open(0) {
@@ -435,5 +436,81 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
         for (j, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
             assert!((g - w).abs() < 1e-5, "dlogits[{j}] {r}x{v}: {g} vs {w}");
         }
+    }
+}
+
+fn decode_case<T: Convert>(gpu: &Gpu, lens: &[usize], n_head: usize, n_kv_head: usize, d: usize) {
+    let round = round_to::<T>;
+    let (b, t_max) = (lens.len(), *lens.iter().max().unwrap());
+    let kv_row = n_kv_head * d;
+    let q = round(random(b * n_head * d, 81));
+    let k = round(random(b * t_max * kv_row, 82));
+    let v = round(random(b * t_max * kv_row, 83));
+    // The CPU twin: each sequence's cache is its first lens[s] positions.
+    let views: Vec<KvView> = (0..b)
+        .map(|s| {
+            let base = s * t_max * kv_row;
+            KvView {
+                k: &k[base..base + lens[s] * kv_row],
+                v: &v[base..base + lens[s] * kv_row],
+            }
+        })
+        .collect();
+    let row_seq: Vec<usize> = (0..b).collect();
+    let row_pos: Vec<usize> = lens.iter().map(|l| l - 1).collect();
+    let (mut want, mut want_lse) = (vec![0.0; b * n_head * d], vec![0.0; b * n_head]);
+    let dims = AttentionDims {
+        n_head,
+        n_kv_head,
+        head_dim: d,
+    };
+    attention_forward(
+        &mut want,
+        &mut want_lse,
+        &q,
+        &views,
+        &row_seq,
+        &row_pos,
+        dims,
+    );
+    let lens32: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+    let mut out = gpu.stream.alloc_zeros::<T>(b * n_head * d).unwrap();
+    let mut lse = gpu.stream.alloc_zeros::<f32>(b * n_head).unwrap();
+    let mut scratch = gpu.stream.alloc_zeros::<f32>(b * n_head * t_max).unwrap();
+    gpu.decode_attention(
+        &mut out,
+        &mut lse,
+        &mut scratch,
+        &upload::<T>(gpu, &q),
+        &upload::<T>(gpu, &k),
+        &upload::<T>(gpu, &v),
+        &gpu.stream.clone_htod(&lens32).unwrap(),
+        DecodeDims {
+            batch: b,
+            n_head,
+            n_kv_head,
+            head_dim: d,
+            t_max,
+        },
+    )
+    .unwrap();
+    let what = format!("decode attention {lens:?} H {n_head} Hkv {n_kv_head} D {d}");
+    assert_close(&what, &download(gpu, &out), &want, T::TOL.max(1e-4));
+    assert_close(
+        &format!("{what} lse"),
+        &gpu.stream.clone_dtoh(&lse).unwrap(),
+        &want_lse,
+        1e-4,
+    );
+}
+
+#[test]
+fn decode_attention_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    // Lengths 1, short, across a block's stride, and long; GQA groups 1, 2 and 4.
+    let lens = [1, 5, 300, 2049];
+    for (n_head, n_kv_head, d) in [(4, 4, 64), (8, 4, 128), (8, 2, 96)] {
+        decode_case::<f32>(&gpu, &lens, n_head, n_kv_head, d);
+        decode_case::<bf16>(&gpu, &lens, n_head, n_kv_head, d);
     }
 }

@@ -2,8 +2,8 @@
 //! embedded (loaded once), and one launch idiom. Everything is loaded at run time (cudarc's
 //! dynamic loading), so a machine without CUDA builds and runs the CPU backend unchanged.
 //!
-//! Work in progress (issue 5): matmul (cuBLAS), embedding, RMSNorm, rope, SwiGLU, AdamW and
-//! the log-prob row pass are wired; their GPU tests compare
+//! Work in progress (issue 5): matmul (cuBLAS), embedding, RMSNorm, rope, SwiGLU, AdamW,
+//! the log-prob row pass and decode attention are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
 mod matmul;
@@ -419,6 +419,89 @@ impl Gpu {
             .arg(&v32);
         // SAFETY: as in logprob_rows.
         unsafe { launch.launch(Self::rows(r)) }.context("logprob_grad_rows")?;
+        Ok(())
+    }
+}
+
+/// The shape of a decode-attention call: B sequences, one query row each, over caches of
+/// up to t_max positions.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeDims {
+    pub batch: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub t_max: usize,
+}
+
+impl Gpu {
+    /// out: (B, H, D); lse: (B, H); scratch: (B, H, Tmax) f32; q: (B, H, D); k, v:
+    /// (B, Tmax, Hkv, D); lens: (B), each in 1..=Tmax (checked by the caller). Twin of
+    /// `cpu::attention::attention_forward` with one row per sequence at position len - 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_attention<T: Storage>(
+        &self,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        v: &CudaSlice<T>,
+        lens: &CudaSlice<i32>,
+        dims: DecodeDims,
+    ) -> Result<()> {
+        let DecodeDims {
+            batch,
+            n_head,
+            n_kv_head,
+            head_dim: d,
+            t_max,
+        } = dims;
+        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) || d == 0 {
+            anyhow::bail!("decode_attention: {n_head} heads do not group over {n_kv_head}");
+        }
+        check_lens(
+            "decode_attention q",
+            &[q.len(), out.len()],
+            batch * n_head * d,
+        )?;
+        check_lens("decode_attention lse", &[lse.len()], batch * n_head)?;
+        check_lens(
+            "decode_attention scratch",
+            &[scratch.len()],
+            batch * n_head * t_max,
+        )?;
+        check_lens(
+            "decode_attention cache",
+            &[k.len(), v.len()],
+            batch * t_max * n_kv_head * d,
+        )?;
+        check_lens("decode_attention lens", &[lens.len()], batch)?;
+        if batch == 0 {
+            return Ok(());
+        }
+        let f = self.function(
+            "decode_attention",
+            &format!("decode_attention_{}", T::SUFFIX),
+        )?;
+        let ints = [n_head, n_kv_head, d, t_max].map(|x| x as i32);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(out)
+            .arg(lse)
+            .arg(scratch)
+            .arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(lens)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&ints[2])
+            .arg(&ints[3])
+            .arg(&scale);
+        // SAFETY: the arguments match the kernel, the buffers have the checked sizes.
+        unsafe { launch.launch(Self::rows(batch * n_head)) }.context("decode_attention")?;
         Ok(())
     }
 }
