@@ -14,9 +14,10 @@
 //! RUN_DIR/summary.md               the table, rewritten after every iteration
 //! ```
 //! Iteration 0 is the seed, evaluated only. Every file is written whole (temporary file,
-//! then rename), and a stage runs only when its output is missing, so a killed run resumes
-//! where it stopped; each stage's randomness comes from (seed, iteration, stage), so a
-//! resumed run gives the same files as one that was never stopped.
+//! then rename) but train/metrics.jsonl, appended an update at a time; a stage runs only
+//! when its output is missing (an unfinished DPO stage starts over), so a killed run
+//! resumes where it stopped; each stage's randomness comes from (seed, iteration, stage), so
+//! a resumed run gives the same files as one that was never stopped.
 
 use super::config::TpoConfig;
 use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
