@@ -72,6 +72,17 @@ fn main() {
     if cap.is_empty() || !cap.bytes().all(|b| b.is_ascii_digit()) {
         panic!("CUDA_COMPUTE_CAP={cap}: expected digits such as 80 or 90");
     }
+    let version = Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let at = text.find("release ")?;
+            Some(text[at + 8..].split(',').next()?.to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=TPO_CUDA_NVCC_VERSION={version}");
     let mut all = vec![];
     for src in cu {
         let stem = src.file_stem().unwrap().to_string_lossy().into_owned();

@@ -22,13 +22,14 @@ extern "C" __global__ void logprob_rows(float* logp, float* lse, const float* lo
     }
 }
 
-// logits (R, V) become d(loss)/d(logits) = upstream[r] * (softmax - onehot(target)), in
-// place; lse from logprob_rows; upstream: (R), d(loss)/d(logp of row r). One block per row.
+// logits (R, V) become d(loss)/d(logits) = upstream[r] * (onehot(target) - softmax), in
+// place (d logp_t / d z_j = [j = t] - softmax_j); lse from logprob_rows; upstream: (R),
+// d(loss)/d(logp of row r). One block per row.
 extern "C" __global__ void logprob_grad_rows(float* logits, const unsigned* targets,
                                              const float* lse, const float* upstream, int v) {
     float* row = logits + (size_t)blockIdx.x * v;
     const float l = lse[blockIdx.x], up = upstream[blockIdx.x];
     const unsigned t = targets[blockIdx.x];
     for (int i = threadIdx.x; i < v; i += blockDim.x)
-        row[i] = up * (expf(row[i] - l) - (i == (int)t ? 1.0f : 0.0f));
+        row[i] = up * ((i == (int)t ? 1.0f : 0.0f) - expf(row[i] - l));
 }

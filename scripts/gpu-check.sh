@@ -15,6 +15,7 @@ BIN=device-bin
 if [ "${1:-}" = "--build" ]; then
     bash scripts/install-cuda-toolchain.sh >/dev/null
     rm -rf "$BIN" && mkdir -p "$BIN"
+    cargo test --release --no-run --quiet || { echo "gpu-check: the build failed" >&2; exit 1; }
     cargo test --release --no-run --message-format=json 2>/dev/null |
         python3 -c '
 import json, sys
@@ -27,6 +28,9 @@ for line in sys.stdin:
             gpu_kernels) strip -o "$BIN/gpu_kernels" "$exe" ;;
             tpo_engine) strip -o "$BIN/lib_tests" "$exe" ;;
         esac
+    done
+    for b in gpu_kernels lib_tests; do
+        [ -x "$BIN/$b" ] || { echo "gpu-check: $BIN/$b was not built" >&2; exit 1; }
     done
     ls -l "$BIN"
     exit 0

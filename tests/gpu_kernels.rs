@@ -92,7 +92,7 @@ fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
 
     let mut want = vec![0.0; n * c];
     rmsnorm_forward(&mut want, &x, &w, eps, c);
-    let mut out = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    let mut out = nans::<T>(gpu, n * c);
     gpu.rmsnorm_forward(&mut out, &gx, &gw, eps, n, c).unwrap();
     assert_close(
         &format!("rmsnorm forward {n}x{c}"),
@@ -104,7 +104,7 @@ fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
     let mut want_dx = vec![0.0; n * c];
     let mut want_dw = vec![0.25; c]; // accumulated into
     rmsnorm_backward(&mut want_dx, &mut want_dw, &dy, &x, &w, eps, c);
-    let mut dx = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    let mut dx = nans::<T>(gpu, n * c);
     let mut dw = gpu.stream.clone_htod(&vec![0.25f32; c]).unwrap();
     let mut scratch = gpu.stream.alloc_zeros::<f32>(n * c).unwrap();
     gpu.rmsnorm_backward(&mut dx, &mut dw, &mut scratch, &gdy, &gx, &gw, eps, n, c)
@@ -138,13 +138,13 @@ fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize) {
     let (g, u, d) = (up_dev(&gate), up_dev(&up), up_dev(&dout));
     let mut want = vec![0.0; n];
     swiglu_forward(&mut want, &gate, &up);
-    let mut out = gpu.stream.alloc_zeros::<T>(n).unwrap();
+    let mut out = nans::<T>(gpu, n);
     gpu.swiglu_forward(&mut out, &g, &u).unwrap();
     assert_close(&format!("swiglu forward {n}"), &down(&out), &want, T::TOL);
     let (mut want_dg, mut want_du) = (vec![0.0; n], vec![0.0; n]);
     swiglu_backward(&mut want_dg, &mut want_du, &dout, &gate, &up);
-    let mut dg = gpu.stream.alloc_zeros::<T>(n).unwrap();
-    let mut du = gpu.stream.alloc_zeros::<T>(n).unwrap();
+    let mut dg = nans::<T>(gpu, n);
+    let mut du = nans::<T>(gpu, n);
     gpu.swiglu_backward(&mut dg, &mut du, &d, &g, &u).unwrap();
     assert_close(&format!("swiglu dgate {n}"), &down(&dg), &want_dg, T::TOL);
     assert_close(&format!("swiglu dup {n}"), &down(&du), &want_du, T::TOL);
@@ -220,6 +220,12 @@ fn adamw_matches_its_cpu_twin_over_three_steps() {
     );
 }
 
+/// A device buffer of n NaNs: outputs that must be assigned start so, and a kernel that
+/// skips an element or accumulates into it shows.
+fn nans<T: Convert>(gpu: &Gpu, n: usize) -> cudarc::driver::CudaSlice<T> {
+    upload::<T>(gpu, &vec![f32::NAN; n])
+}
+
 /// The values as T holds them.
 fn round_to<T: Convert>(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| T::from(x).to()).collect()
@@ -249,7 +255,7 @@ fn embedding_case<T: Convert>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
     let mut want = vec![0.0; n * c];
     embedding_forward(&mut want, &tokens, &table, c);
     let dtokens = gpu.stream.clone_htod(&tokens).unwrap();
-    let mut out = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    let mut out = nans::<T>(gpu, n * c);
     gpu.embedding_forward(&mut out, &dtokens, &upload::<T>(gpu, &table), c)
         .unwrap();
     assert_eq!(
@@ -337,7 +343,7 @@ fn matmul_case<T: Convert>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: 
         upload::<T>(gpu, &b),
         upload::<T>(gpu, &dy),
     );
-    let mut out = gpu.stream.alloc_zeros::<T>(n * oc).unwrap();
+    let mut out = nans::<T>(gpu, n * oc);
     gpu.matmul_forward(&mut out, &gx, &gw, with_bias.then_some(&gb), n, c, oc)
         .unwrap();
     let what = format!("matmul {n}x{c}x{oc} bias {with_bias}");
@@ -359,7 +365,7 @@ fn matmul_case<T: Convert>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: 
         c,
         oc,
     );
-    let mut dx = gpu.stream.alloc_zeros::<T>(n * c).unwrap();
+    let mut dx = nans::<T>(gpu, n * c);
     let mut dw = gpu.stream.clone_htod(&vec![0.5f32; oc * c]).unwrap();
     let mut db = gpu.stream.clone_htod(&vec![0.5f32; oc]).unwrap();
     gpu.matmul_backward(
@@ -399,7 +405,8 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
         let logits: Vec<f32> = random(r * v, 71).iter().map(|x| 8.0 * x).collect();
         let targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();
         let upstream: Vec<f32> = random(r, 72);
-        // The reference: log-softmax in f64, and its gradient.
+        // The reference: log-softmax in f64, and its gradient: d logp_t / d z_j = [j = t] -
+        // softmax_j, times the upstream d(loss)/d(logp).
         let mut want_logp = vec![0.0f64; r];
         let mut want_grad = vec![0.0f32; r * v];
         for i in 0..r {
@@ -413,14 +420,14 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
             for j in 0..v {
                 let onehot = if j == targets[i] as usize { 1.0 } else { 0.0 };
                 want_grad[i * v + j] =
-                    (upstream[i] as f64 * ((row[j] - lse).exp() - onehot)) as f32;
+                    (upstream[i] as f64 * (onehot - (row[j] - lse).exp())) as f32;
             }
         }
         let mut glogits = gpu.stream.clone_htod(&logits).unwrap();
         let gtargets = gpu.stream.clone_htod(&targets).unwrap();
         let gup = gpu.stream.clone_htod(&upstream).unwrap();
-        let mut logp = gpu.stream.alloc_zeros::<f32>(r).unwrap();
-        let mut lse = gpu.stream.alloc_zeros::<f32>(r).unwrap();
+        let mut logp = nans::<f32>(&gpu, r);
+        let mut lse = nans::<f32>(&gpu, r);
         gpu.logprob_rows(&mut logp, &mut lse, &glogits, &gtargets, v)
             .unwrap();
         let logp: Vec<f32> = gpu.stream.clone_dtoh(&logp).unwrap();
@@ -474,7 +481,7 @@ fn decode_case<T: Convert>(gpu: &Gpu, lens: &[usize], n_head: usize, n_kv_head: 
         dims,
     );
     let lens32: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
-    let mut out = gpu.stream.alloc_zeros::<T>(b * n_head * d).unwrap();
+    let mut out = nans::<T>(gpu, b * n_head * d);
     let mut lse = gpu.stream.alloc_zeros::<f32>(b * n_head).unwrap();
     let mut scratch = gpu.stream.alloc_zeros::<f32>(b * n_head * t_max).unwrap();
     gpu.decode_attention(

@@ -104,7 +104,7 @@ pub fn logprobs_backward(
             .zip(lse[r0..r0 + rows].par_iter())
             .zip(dlogp[r0..r0 + rows].par_iter())
             .zip(targets[r0..r0 + rows].par_iter())
-            .for_each(|(((row, &lse), &g), &t)| softmax_minus_one_hot(row, lse, g, t));
+            .for_each(|(((row, &lse), &g), &t)| one_hot_minus_softmax(row, lse, g, t));
         matmul_backward(
             &mut dhidden[r0 * c..(r0 + rows) * c],
             dweight,
@@ -178,7 +178,7 @@ pub fn logprobs_fused(
 }
 
 /// Turns a row of logits into d(loss)/d(logits) = g * (one_hot(t) - softmax), in place.
-fn softmax_minus_one_hot(row: &mut [f32], lse: f32, g: f32, t: u32) {
+fn one_hot_minus_softmax(row: &mut [f32], lse: f32, g: f32, t: u32) {
     for z in row.iter_mut() {
         *z = -g * exp(*z - lse);
     }

@@ -39,6 +39,10 @@ impl Gpu {
             }
         };
         let alpha = 1.0f32;
+        // cuBLAS works on the calling thread's current context.
+        self.ctx
+            .bind_to_thread()
+            .context("cuBLAS: binding the context")?;
         // SAFETY: the pointers are live device buffers of the sizes the caller checked, the
         // scalars are f32 as compute type 32F requires, and the handle's stream is ours.
         unsafe {
@@ -83,10 +87,16 @@ impl Gpu {
         check_lens("matmul out", &[out.len()], n * oc)?;
         check_lens("matmul inp", &[inp.len()], n * c)?;
         check_lens("matmul weight", &[weight.len()], oc * c)?;
+        if let Some(bias) = bias {
+            check_lens("matmul bias", &[bias.len()], oc)?;
+        }
         if n == 0 || oc == 0 {
             return Ok(());
         }
-        {
+        if c == 0 {
+            // An empty product: zeros (then the bias).
+            self.stream.memset_zeros(out).context("matmul_forward")?;
+        } else {
             let (w, _w) = weight.device_ptr(&self.stream);
             let (x, _x) = inp.device_ptr(&self.stream);
             let (o, _o) = out.device_ptr_mut(&self.stream);
@@ -106,7 +116,6 @@ impl Gpu {
             )?;
         }
         if let Some(bias) = bias {
-            check_lens("matmul bias", &[bias.len()], oc)?;
             let f = self.function("bias", &format!("add_bias_{}", T::SUFFIX))?;
             let (total, oc32) = ((n * oc) as i64, oc as i32);
             let mut launch = self.stream.launch_builder(&f);
@@ -133,7 +142,15 @@ impl Gpu {
         check_lens("matmul dinp", &[dinp.len(), inp.len()], n * c)?;
         check_lens("matmul dweight", &[dweight.len(), weight.len()], oc * c)?;
         check_lens("matmul dout", &[dout.len()], n * oc)?;
-        if n == 0 || c == 0 || oc == 0 {
+        if let Some(dbias) = dbias.as_ref() {
+            check_lens("matmul dbias", &[dbias.len()], oc)?;
+        }
+        if n == 0 || c == 0 {
+            return Ok(());
+        }
+        if oc == 0 {
+            // dinp is assigned: an empty product gives zeros.
+            self.stream.memset_zeros(dinp).context("matmul_backward")?;
             return Ok(());
         }
         {
@@ -172,7 +189,6 @@ impl Gpu {
             )?;
         }
         if let Some(dbias) = dbias {
-            check_lens("matmul dbias", &[dbias.len()], oc)?;
             let f = self.function("bias", &format!("bias_backward_{}", T::SUFFIX))?;
             let (n32, oc32) = (n as i32, oc as i32);
             let mut launch = self.stream.launch_builder(&f);

@@ -67,7 +67,18 @@ impl Gpu {
         for (name, ptx) in kernels::ALL {
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(*ptx))
-                .map_err(|e| format!("cuda:{ordinal}: cannot load the {name} kernels: {e}"))?;
+                .map_err(|e| {
+                    let mut v = 0i32;
+                    // SAFETY: writes one int; the driver is loaded (checked above).
+                    let ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+                    let driver = if ok == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                        format!("{}.{}", v / 1000, v % 1000 / 10)
+                    } else {
+                        "unknown".to_string()
+                    };
+                    let nvcc = option_env!("TPO_CUDA_NVCC_VERSION").unwrap_or("unknown");
+                    format!("cuda:{ordinal}: cannot load the {name} kernels: {e} (the PTX is from nvcc {nvcc}; the driver supports CUDA {driver} and loads PTX of its version or older)")
+                })?;
             modules.insert(*name, module);
         }
         // SAFETY: only tries to open the library.
@@ -121,6 +132,10 @@ impl Gpu {
         c: usize,
     ) -> Result<()> {
         check_rows("rmsnorm_forward", &[out.len(), inp.len()], n, c)?;
+        check_lens("rmsnorm_forward weight", &[weight.len()], c)?;
+        if n == 0 {
+            return Ok(());
+        }
         let f = self.function("rmsnorm", &format!("rmsnorm_forward_{}", T::SUFFIX))?;
         let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
@@ -152,6 +167,10 @@ impl Gpu {
             n,
             c,
         )?;
+        check_lens("rmsnorm_backward weight", &[weight.len(), dweight.len()], c)?;
+        if n == 0 {
+            return Ok(());
+        }
         let f = self.function("rmsnorm", &format!("rmsnorm_backward_{}", T::SUFFIX))?;
         let (n32, c32) = (n as i32, c as i32);
         let mut launch = self.stream.launch_builder(&f);
@@ -289,6 +308,12 @@ impl Gpu {
     ) -> Result<()> {
         let n = tokens.len();
         check_rows("embedding_forward", &[out.len()], n, c)?;
+        if !table.len().is_multiple_of(c) {
+            anyhow::bail!(
+                "embedding_forward: a table of {} is not rows of {c}",
+                table.len()
+            );
+        }
         if n == 0 {
             return Ok(());
         }
@@ -392,8 +417,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// Turns logits: (R, V) into upstream[r] * (softmax - onehot(target)) in place, with
-    /// lse from `logprob_rows`.
+    /// Turns logits: (R, V) into d(loss)/d(logits) = upstream[r] * (onehot(target) -
+    /// softmax) in place, upstream being d(loss)/d(logp); lse from `logprob_rows`.
     pub fn logprob_grad_rows(
         &self,
         logits: &mut CudaSlice<f32>,
@@ -514,7 +539,7 @@ pub(crate) fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {
 }
 
 fn check_rows(op: &str, lens: &[usize], n: usize, c: usize) -> Result<()> {
-    if c == 0 || c > i32::MAX as usize || n > u32::MAX as usize {
+    if c == 0 || c > i32::MAX as usize || n > i32::MAX as usize {
         anyhow::bail!("{op}: {n} rows of {c} do not fit a launch");
     }
     if let Some(len) = lens.iter().find(|&&l| l != n * c) {
