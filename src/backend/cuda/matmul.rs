@@ -10,17 +10,17 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use std::ffi::c_void;
 
 /// One cublasGemmEx call on column-major operands: c (m, n) = alpha op(a) op(b) + beta c.
-struct Gemm {
-    transa: bool,
-    transb: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    beta: f32,
+pub(crate) struct Gemm {
+    pub transa: bool,
+    pub transb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub beta: f32,
 }
 
 impl Gpu {
-    fn gemm(
+    pub(crate) fn gemm(
         &self,
         g: Gemm,
         (a, a_type, lda): (u64, cudaDataType, usize),

@@ -6,14 +6,14 @@
 //! the log-prob row pass and decode attention are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
-mod matmul;
+pub(crate) mod matmul;
 
 use super::cpu::adamw::AdamW;
 use super::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +63,9 @@ impl Gpu {
             return Err(format!("cuda:{ordinal}: the driver sees {count} devices"));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("cuda:{ordinal}: {e}"))?;
+        // Everything runs on one stream, in order: cross-stream events would only cost.
+        // SAFETY: called before any buffer of this context exists.
+        unsafe { ctx.disable_event_tracking() };
         let mut modules = HashMap::new();
         for (name, ptx) in kernels::ALL {
             let module = ctx
@@ -96,7 +99,18 @@ impl Gpu {
         })
     }
 
-    fn function(&self, module: &str, entry: &str) -> Result<CudaFunction> {
+    /// The device address of a buffer or a view into one, to pass to a kernel. Safe to
+    /// keep past the borrow only because everything runs on `self.stream`, in order.
+    pub(crate) fn ptr<T>(&self, x: &impl DevicePtr<T>) -> u64 {
+        x.device_ptr(&self.stream).0
+    }
+
+    /// As `ptr`, for a buffer the kernel writes.
+    pub(crate) fn ptr_mut<T>(&self, x: &mut impl DevicePtrMut<T>) -> u64 {
+        x.device_ptr_mut(&self.stream).0
+    }
+
+    pub(crate) fn function(&self, module: &str, entry: &str) -> Result<CudaFunction> {
         self.modules
             .get(module)
             .with_context(|| format!("no {module} kernels in this build"))?
@@ -105,7 +119,7 @@ impl Gpu {
     }
 
     /// One thread per column of C.
-    fn columns(c: usize) -> LaunchConfig {
+    pub(crate) fn columns(c: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: ((c as u32).div_ceil(ROW_THREADS), 1, 1),
             block_dim: (ROW_THREADS, 1, 1),
@@ -113,7 +127,7 @@ impl Gpu {
         }
     }
 
-    fn rows(n: usize) -> LaunchConfig {
+    pub(crate) fn rows(n: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (n as u32, 1, 1),
             block_dim: (ROW_THREADS, 1, 1),
@@ -194,7 +208,7 @@ impl Gpu {
     }
 
     /// A grid-stride launch over n elements.
-    fn elementwise(n: usize) -> LaunchConfig {
+    pub(crate) fn elementwise(n: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (n.div_ceil(ROW_THREADS as usize).clamp(1, 8192) as u32, 1, 1),
             block_dim: (ROW_THREADS, 1, 1),
@@ -538,7 +552,7 @@ pub(crate) fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_rows(op: &str, lens: &[usize], n: usize, c: usize) -> Result<()> {
+pub(crate) fn check_rows(op: &str, lens: &[usize], n: usize, c: usize) -> Result<()> {
     if c == 0 || c > i32::MAX as usize || n > i32::MAX as usize {
         anyhow::bail!("{op}: {n} rows of {c} do not fit a launch");
     }
