@@ -128,35 +128,47 @@ fn rmsnorm_matches_its_cpu_twin() {
     }
 }
 
-fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize) {
+/// n rows of im: the GPU reads the fused (N, 2I) gate/up rows, the CPU twin each row's
+/// halves.
+fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize, im: usize) {
     let round = round_to::<T>;
-    let gate = round(random(n, 11).iter().map(|x| 6.0 * x).collect());
-    let up = round(random(n, 12));
-    let dout = round(random(n, 13));
-    let up_dev = |v: &[f32]| upload::<T>(gpu, v);
+    let gate_up = round(random(n * 2 * im, 11).iter().map(|x| 6.0 * x).collect());
+    let dout = round(random(n * im, 13));
+    let (gu, d) = (upload::<T>(gpu, &gate_up), upload::<T>(gpu, &dout));
     let down = |s: &cudarc::driver::CudaSlice<T>| download(gpu, s);
-    let (g, u, d) = (up_dev(&gate), up_dev(&up), up_dev(&dout));
-    let mut want = vec![0.0; n];
-    swiglu_forward(&mut want, &gate, &up);
-    let mut out = nans::<T>(gpu, n);
-    gpu.swiglu_forward(&mut out, &g, &u).unwrap();
-    assert_close(&format!("swiglu forward {n}"), &down(&out), &want, T::TOL);
-    let (mut want_dg, mut want_du) = (vec![0.0; n], vec![0.0; n]);
-    swiglu_backward(&mut want_dg, &mut want_du, &dout, &gate, &up);
-    let mut dg = nans::<T>(gpu, n);
-    let mut du = nans::<T>(gpu, n);
-    gpu.swiglu_backward(&mut dg, &mut du, &d, &g, &u).unwrap();
-    assert_close(&format!("swiglu dgate {n}"), &down(&dg), &want_dg, T::TOL);
-    assert_close(&format!("swiglu dup {n}"), &down(&du), &want_du, T::TOL);
+    let (mut want, mut want_dgu) = (vec![0.0; n * im], vec![0.0; n * 2 * im]);
+    for r in 0..n {
+        let row = &gate_up[r * 2 * im..(r + 1) * 2 * im];
+        let (g, u) = row.split_at(im);
+        swiglu_forward(&mut want[r * im..(r + 1) * im], g, u);
+        let (dg, du) = want_dgu[r * 2 * im..(r + 1) * 2 * im].split_at_mut(im);
+        swiglu_backward(dg, du, &dout[r * im..(r + 1) * im], g, u);
+    }
+    let mut out = nans::<T>(gpu, n * im);
+    gpu.swiglu_forward(&mut out, &gu, im).unwrap();
+    assert_close(
+        &format!("swiglu forward {n}x{im}"),
+        &down(&out),
+        &want,
+        T::TOL,
+    );
+    let mut dgu = nans::<T>(gpu, n * 2 * im);
+    gpu.swiglu_backward(&mut dgu, &d, &gu, im).unwrap();
+    assert_close(
+        &format!("swiglu dgate_up {n}x{im}"),
+        &down(&dgu),
+        &want_dgu,
+        T::TOL,
+    );
 }
 
 #[test]
 fn swiglu_matches_its_cpu_twin() {
     let Some(gpu) = gpu() else { return };
-    // 3 000 001 elements: more than the grid covers in one stride.
-    for n in [1, 1000, 3_000_001] {
-        swiglu_case::<f32>(&gpu, n);
-        swiglu_case::<bf16>(&gpu, n);
+    // 3 000 007 outputs: more than the grid covers in one stride.
+    for (n, im) in [(1, 1), (10, 100), (3, 1_000_003), (3_000_007, 1)] {
+        swiglu_case::<f32>(&gpu, n, im);
+        swiglu_case::<bf16>(&gpu, n, im);
     }
 }
 
@@ -520,4 +532,71 @@ fn decode_attention_matches_its_cpu_twin() {
         decode_case::<f32>(&gpu, &lens, n_head, n_kv_head, d);
         decode_case::<bf16>(&gpu, &lens, n_head, n_kv_head, d);
     }
+}
+
+#[test]
+fn glue_kernels_move_what_the_cpu_model_moves() {
+    use tpo_engine::backend::cuda::Columns;
+    let Some(gpu) = gpu() else { return };
+    let (rows, stride) = (37, 29);
+    let src = random(rows * stride, 41);
+    let s = upload::<f32>(&gpu, &src);
+    // Columns 7..20 of each row into a dense (rows, 13), then into columns 3..16 of rows
+    // of 20.
+    let mut dense = nans::<f32>(&gpu, rows * 13);
+    let at = |stride, offset| Columns { stride, offset };
+    gpu.copy_columns((&mut dense, at(13, 0)), (&s, at(stride, 7)), rows, 13)
+        .unwrap();
+    let want: Vec<f32> = (0..rows)
+        .flat_map(|r| src[r * stride + 7..r * stride + 20].to_vec())
+        .collect();
+    assert_eq!(download(&gpu, &dense), want);
+    let mut wide = upload::<f32>(&gpu, &vec![5.0; rows * 20]);
+    gpu.copy_columns((&mut wide, at(20, 3)), (&dense, at(13, 0)), rows, 13)
+        .unwrap();
+    let got = download(&gpu, &wide);
+    for r in 0..rows {
+        assert_eq!(&got[r * 20 + 3..r * 20 + 16], &want[r * 13..(r + 1) * 13]);
+        assert!(got[r * 20..r * 20 + 3].iter().all(|&x| x == 5.0));
+        assert!(got[r * 20 + 16..(r + 1) * 20].iter().all(|&x| x == 5.0));
+    }
+    // A block that does not fit its rows is an error, not a wild write.
+    assert!(gpu
+        .copy_columns((&mut dense, at(13, 1)), (&s, at(stride, 7)), rows, 13)
+        .is_err());
+
+    // Gather rows 30, 2, 11 of src, then scatter them to rows 0, 36, 5 of a zero buffer.
+    let idx = gpu.stream.clone_htod(&[30i32, 2, 11]).unwrap();
+    let mut three = nans::<f32>(&gpu, 3 * stride);
+    gpu.gather_rows(&mut three, &s, &idx, stride).unwrap();
+    let got = download(&gpu, &three);
+    for (m, r) in [30, 2, 11].into_iter().enumerate() {
+        assert_eq!(
+            &got[m * stride..(m + 1) * stride],
+            &src[r * stride..(r + 1) * stride]
+        );
+    }
+    let to = gpu.stream.clone_htod(&[0i32, 36, 5]).unwrap();
+    let mut zeros = upload::<f32>(&gpu, &vec![0.0; rows * stride]);
+    gpu.scatter_rows(&mut zeros, &three, &to, stride).unwrap();
+    let got = download(&gpu, &zeros);
+    for r in 0..rows {
+        let want = match r {
+            0 => &src[30 * stride..31 * stride],
+            36 => &src[2 * stride..3 * stride],
+            5 => &src[11 * stride..12 * stride],
+            _ => &[0.0f32; 29][..],
+        };
+        assert_eq!(&got[r * stride..(r + 1) * stride], want, "row {r}");
+    }
+
+    // The residual add, in bf16: x + y rounded once.
+    let (x, y) = (random(1001, 42), random(1001, 43));
+    let xr = round_to::<bf16>(x.clone());
+    let yr = round_to::<bf16>(y.clone());
+    let mut xd = upload::<bf16>(&gpu, &xr);
+    gpu.add_inplace(&mut xd, &upload::<bf16>(&gpu, &yr))
+        .unwrap();
+    let want: Vec<f32> = xr.iter().zip(&yr).map(|(a, b)| a + b).collect();
+    assert_close("add_inplace", &download(&gpu, &xd), &want, bf16::TOL);
 }

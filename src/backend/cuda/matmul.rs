@@ -6,7 +6,7 @@
 use super::{check_lens, Gpu, Storage};
 use anyhow::{Context, Result};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, PushKernelArg};
 use std::ffi::c_void;
 
 /// One cublasGemmEx call on column-major operands: c (m, n) = alpha op(a) op(b) + beta c.
@@ -76,10 +76,10 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_forward<T: Storage>(
         &self,
-        out: &mut CudaSlice<T>,
-        inp: &CudaSlice<T>,
-        weight: &CudaSlice<T>,
-        bias: Option<&CudaSlice<T>>,
+        out: &mut impl DevicePtrMut<T>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        bias: Option<&dyn Bias<T>>,
         n: usize,
         c: usize,
         oc: usize,
@@ -97,9 +97,7 @@ impl Gpu {
             // An empty product: zeros (then the bias).
             self.stream.memset_zeros(out).context("matmul_forward")?;
         } else {
-            let (w, _w) = weight.device_ptr(&self.stream);
-            let (x, _x) = inp.device_ptr(&self.stream);
-            let (o, _o) = out.device_ptr_mut(&self.stream);
+            let (w, x, o) = (self.ptr(weight), self.ptr(inp), self.ptr_mut(out));
             // out^T (OC, N) = W (OC, C) @ inp^T (C, N); W is (C, OC) column-major: transposed.
             self.gemm(
                 Gemm {
@@ -118,8 +116,9 @@ impl Gpu {
         if let Some(bias) = bias {
             let f = self.function("bias", &format!("add_bias_{}", T::SUFFIX))?;
             let (total, oc32) = ((n * oc) as i64, oc as i32);
+            let (o, b) = (self.ptr_mut(out), bias.address(self));
             let mut launch = self.stream.launch_builder(&f);
-            launch.arg(out).arg(bias).arg(&total).arg(&oc32);
+            launch.arg(&o).arg(&b).arg(&total).arg(&oc32);
             // SAFETY: out holds N x OC, bias OC.
             unsafe { launch.launch(Self::elementwise(n * oc)) }.context("add_bias")?;
         }
@@ -131,12 +130,12 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn matmul_backward<T: Storage>(
         &self,
-        dinp: &mut CudaSlice<T>,
-        dweight: &mut CudaSlice<f32>,
-        dbias: Option<&mut CudaSlice<f32>>,
-        dout: &CudaSlice<T>,
-        inp: &CudaSlice<T>,
-        weight: &CudaSlice<T>,
+        dinp: &mut impl DevicePtrMut<T>,
+        dweight: &mut impl DevicePtrMut<f32>,
+        dbias: Option<&mut dyn BiasGrad>,
+        dout: &impl DevicePtr<T>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
         (n, c, oc): (usize, usize, usize),
     ) -> Result<()> {
         check_lens("matmul dinp", &[dinp.len(), inp.len()], n * c)?;
@@ -154,10 +153,8 @@ impl Gpu {
             return Ok(());
         }
         {
-            let (w, _w) = weight.device_ptr(&self.stream);
-            let (x, _x) = inp.device_ptr(&self.stream);
-            let (dy, _dy) = dout.device_ptr(&self.stream);
-            let (dx, _dx) = dinp.device_ptr_mut(&self.stream);
+            let (w, x, dy) = (self.ptr(weight), self.ptr(inp), self.ptr(dout));
+            let dx = self.ptr_mut(dinp);
             // dinp^T (C, N) = W^T (C, OC) @ dout^T (OC, N): W column-major (C, OC) as is.
             self.gemm(
                 Gemm {
@@ -172,7 +169,7 @@ impl Gpu {
                 (dy, T::CUDA_TYPE, oc),
                 (dx, T::CUDA_TYPE, c),
             )?;
-            let (dw, _dw) = dweight.device_ptr_mut(&self.stream);
+            let dw = self.ptr_mut(dweight);
             // dweight^T (C, OC) += inp^T (C, N) @ dout (N, OC), into f32.
             self.gemm(
                 Gemm {
@@ -191,11 +188,41 @@ impl Gpu {
         if let Some(dbias) = dbias {
             let f = self.function("bias", &format!("bias_backward_{}", T::SUFFIX))?;
             let (n32, oc32) = (n as i32, oc as i32);
+            let (db, dy) = (dbias.address(self), self.ptr(dout));
             let mut launch = self.stream.launch_builder(&f);
-            launch.arg(dbias).arg(dout).arg(&n32).arg(&oc32);
+            launch.arg(&db).arg(&dy).arg(&n32).arg(&oc32);
             // SAFETY: dbias holds OC, dout N x OC.
             unsafe { launch.launch(Self::columns(oc)) }.context("bias_backward")?;
         }
         Ok(())
+    }
+}
+
+/// A bias vector on the device: a whole buffer or a view into the flat weights. (A trait
+/// object, so `None` needs no type annotation at the call sites.)
+pub trait Bias<T> {
+    fn len(&self) -> usize;
+    fn address(&self, gpu: &Gpu) -> u64;
+}
+impl<T, X: DevicePtr<T>> Bias<T> for X {
+    fn len(&self) -> usize {
+        DeviceSlice::len(self)
+    }
+    fn address(&self, gpu: &Gpu) -> u64 {
+        gpu.ptr(self)
+    }
+}
+
+/// A bias gradient on the device (f32, accumulated): a whole buffer or a view.
+pub trait BiasGrad {
+    fn len(&self) -> usize;
+    fn address(&mut self, gpu: &Gpu) -> u64;
+}
+impl<X: DevicePtrMut<f32>> BiasGrad for X {
+    fn len(&self) -> usize {
+        DeviceSlice::len(self)
+    }
+    fn address(&mut self, gpu: &Gpu) -> u64 {
+        gpu.ptr_mut(self)
     }
 }

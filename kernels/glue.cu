@@ -1,0 +1,67 @@
+// The data movement around the math kernels: residual adds, column slices of row-major
+// buffers (the fused q/k/v projection split into q, k and v, and joined back), and rows
+// gathered or scattered by index (the scored rows of a batch, new rows of a KV cache).
+// CPU twins: the slice copies and residual_forward of src/model/training.rs.
+#include "common.cuh"
+
+// x += y over n elements.
+template <typename T>
+__device__ void add(T* x, const T* y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
+}
+extern "C" __global__ void add_inplace_f32(float* x, const float* y, long n) { add(x, y, n); }
+extern "C" __global__ void add_inplace_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, long n) {
+    add(x, y, n);
+}
+
+// dst[r, dst_off + j] = src[r, src_off + j] for r < rows, j < width; rows of dst_stride and
+// src_stride elements.
+template <typename T>
+__device__ void copy_cols(T* dst, long dst_stride, long dst_off, const T* src, long src_stride,
+                          long src_off, long rows, long width) {
+    const long n = rows * width;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / width, j = i % width;
+        dst[r * dst_stride + dst_off + j] = src[r * src_stride + src_off + j];
+    }
+}
+extern "C" __global__ void copy_columns_f32(float* dst, long dst_stride, long dst_off,
+                                            const float* src, long src_stride, long src_off,
+                                            long rows, long width) {
+    copy_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width);
+}
+extern "C" __global__ void copy_columns_bf16(__nv_bfloat16* dst, long dst_stride, long dst_off,
+                                             const __nv_bfloat16* src, long src_stride,
+                                             long src_off, long rows, long width) {
+    copy_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width);
+}
+
+// Row m of dst (M, C) = row idx[m] of src (gather); row idx[m] of dst = row m of src
+// (scatter). One block per m.
+template <typename T>
+__device__ void gather(T* dst, const T* src, const int* idx, int c) {
+    const T* s = src + (size_t)idx[blockIdx.x] * c;
+    T* d = dst + (size_t)blockIdx.x * c;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) d[i] = s[i];
+}
+template <typename T>
+__device__ void scatter(T* dst, const T* src, const int* idx, int c) {
+    const T* s = src + (size_t)blockIdx.x * c;
+    T* d = dst + (size_t)idx[blockIdx.x] * c;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) d[i] = s[i];
+}
+extern "C" __global__ void gather_rows_f32(float* dst, const float* src, const int* idx, int c) {
+    gather(dst, src, idx, c);
+}
+extern "C" __global__ void gather_rows_bf16(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                            const int* idx, int c) {
+    gather(dst, src, idx, c);
+}
+extern "C" __global__ void scatter_rows_f32(float* dst, const float* src, const int* idx, int c) {
+    scatter(dst, src, idx, c);
+}
+extern "C" __global__ void scatter_rows_bf16(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                             const int* idx, int c) {
+    scatter(dst, src, idx, c);
+}

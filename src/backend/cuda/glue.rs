@@ -1,0 +1,130 @@
+//! Launchers of kernels/glue.cu: residual adds, column slices and row gathers/scatters.
+
+use super::{check_lens, check_rows, Gpu, Storage};
+use anyhow::{Context, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+
+/// Where a block of columns sits in a row-major buffer: rows of `stride` elements, the
+/// block starting at column `offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct Columns {
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl Gpu {
+    /// x += y, elementwise (the residual stream, or two gradient branches meeting).
+    pub fn add_inplace<T: Storage>(
+        &self,
+        x: &mut impl DevicePtrMut<T>,
+        y: &impl DevicePtr<T>,
+    ) -> Result<()> {
+        let n = x.len();
+        check_lens("add_inplace", &[y.len()], n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("glue", &format!("add_inplace_{}", T::SUFFIX))?;
+        let (xp, yp, n64) = (self.ptr_mut(x), self.ptr(y), n as i64);
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&xp).arg(&yp).arg(&n64);
+        // SAFETY: the arguments match the kernel; both buffers hold n elements.
+        unsafe { launch.launch(Self::elementwise(n)) }.context("add_inplace")?;
+        Ok(())
+    }
+
+    /// Copies `width` columns of each of `rows` rows from src to dst.
+    pub fn copy_columns<T: Storage>(
+        &self,
+        (dst, to): (&mut impl DevicePtrMut<T>, Columns),
+        (src, from): (&impl DevicePtr<T>, Columns),
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        for (what, len, at) in [("dst", dst.len(), to), ("src", src.len(), from)] {
+            if at.offset + width > at.stride || len != rows * at.stride {
+                anyhow::bail!(
+                    "copy_columns {what}: {width} columns at {} do not fit rows of {} in {len} elements ({rows} rows)",
+                    at.offset,
+                    at.stride
+                );
+            }
+        }
+        if rows * width == 0 {
+            return Ok(());
+        }
+        let f = self.function("glue", &format!("copy_columns_{}", T::SUFFIX))?;
+        let (d, s) = (self.ptr_mut(dst), self.ptr(src));
+        let ints = [to.stride, to.offset, from.stride, from.offset, rows, width].map(|x| x as i64);
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(&d)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&s)
+            .arg(&ints[2])
+            .arg(&ints[3])
+            .arg(&ints[4])
+            .arg(&ints[5]);
+        // SAFETY: the arguments match the kernel; every row's block fits its buffer
+        // (checked above).
+        unsafe { launch.launch(Self::elementwise(rows * width)) }.context("copy_columns")?;
+        Ok(())
+    }
+
+    /// dst: (M, C) row m = src row idx[m]; idx: (M) on the device, each below src's row
+    /// count (checked by the caller).
+    pub fn gather_rows<T: Storage>(
+        &self,
+        dst: &mut impl DevicePtrMut<T>,
+        src: &impl DevicePtr<T>,
+        idx: &impl DevicePtr<i32>,
+        c: usize,
+    ) -> Result<()> {
+        self.move_rows("gather_rows", dst, src, idx, c)
+    }
+
+    /// dst row idx[m] = src: (M, C) row m; idx: (M) on the device, distinct and each
+    /// below dst's row count (checked by the caller).
+    pub fn scatter_rows<T: Storage>(
+        &self,
+        dst: &mut impl DevicePtrMut<T>,
+        src: &impl DevicePtr<T>,
+        idx: &impl DevicePtr<i32>,
+        c: usize,
+    ) -> Result<()> {
+        self.move_rows("scatter_rows", dst, src, idx, c)
+    }
+
+    fn move_rows<T: Storage>(
+        &self,
+        op: &str,
+        dst: &mut impl DevicePtrMut<T>,
+        src: &impl DevicePtr<T>,
+        idx: &impl DevicePtr<i32>,
+        c: usize,
+    ) -> Result<()> {
+        let m = idx.len();
+        let indexed = if op == "gather_rows" {
+            (dst.len(), src.len())
+        } else {
+            (src.len(), dst.len())
+        };
+        check_rows(op, &[indexed.0], m, c)?;
+        if !indexed.1.is_multiple_of(c) {
+            anyhow::bail!("{op}: {} elements are not rows of {c}", indexed.1);
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let f = self.function("glue", &format!("{op}_{}", T::SUFFIX))?;
+        let (d, s, i) = (self.ptr_mut(dst), self.ptr(src), self.ptr(idx));
+        let c32 = c as i32;
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&d).arg(&s).arg(&i).arg(&c32);
+        // SAFETY: the arguments match the kernel; the indexed side holds M rows of C and the
+        // caller keeps every index within the other side's rows.
+        unsafe { launch.launch(Self::rows(m)) }.context(op.to_string())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! Launchers of kernels/rmsnorm.cu. CPU twin: `cpu::rmsnorm`.
+
+use super::{check_lens, check_rows, Gpu, Storage};
+use anyhow::{Context, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+
+impl Gpu {
+    /// out, inp: (N, C); weight: (C). Twin of `cpu::rmsnorm::rmsnorm_forward`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_forward<T: Storage>(
+        &self,
+        out: &mut impl DevicePtrMut<T>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        eps: f32,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        check_rows("rmsnorm_forward", &[out.len(), inp.len()], n, c)?;
+        check_lens("rmsnorm_forward weight", &[weight.len()], c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("rmsnorm", &format!("rmsnorm_forward_{}", T::SUFFIX))?;
+        let (o, x, w) = (self.ptr_mut(out), self.ptr(inp), self.ptr(weight));
+        let c32 = c as i32;
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&o).arg(&x).arg(&w).arg(&eps).arg(&c32);
+        // SAFETY: the argument list matches the kernel's signature, and the buffers hold
+        // N rows of C (checked above).
+        unsafe { launch.launch(Self::rows(n)) }.context("rmsnorm_forward")?;
+        Ok(())
+    }
+
+    /// dinp (N, C) assigned; dweight (C) accumulated (f32); dout, inp: (N, C); weight: (C);
+    /// scratch: at least (N, C) f32. Twin of `cpu::rmsnorm::rmsnorm_backward`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_backward<T: Storage>(
+        &self,
+        dinp: &mut impl DevicePtrMut<T>,
+        dweight: &mut impl DevicePtrMut<f32>,
+        scratch: &mut impl DevicePtrMut<f32>,
+        dout: &impl DevicePtr<T>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        eps: f32,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        check_rows(
+            "rmsnorm_backward",
+            &[dinp.len(), dout.len(), inp.len()],
+            n,
+            c,
+        )?;
+        check_lens("rmsnorm_backward weight", &[weight.len(), dweight.len()], c)?;
+        if scratch.len() < n * c {
+            anyhow::bail!(
+                "rmsnorm_backward: a scratch of {} floats, expected {n} x {c}",
+                scratch.len()
+            );
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("rmsnorm", &format!("rmsnorm_backward_{}", T::SUFFIX))?;
+        let (dx, s) = (self.ptr_mut(dinp), self.ptr_mut(scratch));
+        let (dy, x, w) = (self.ptr(dout), self.ptr(inp), self.ptr(weight));
+        let (n32, c32) = (n as i32, c as i32);
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(&dx)
+            .arg(&s)
+            .arg(&dy)
+            .arg(&x)
+            .arg(&w)
+            .arg(&eps)
+            .arg(&c32);
+        // SAFETY: as in rmsnorm_forward; scratch holds at least N x C.
+        unsafe { launch.launch(Self::rows(n)) }.context("rmsnorm_backward")?;
+        let f = self.function("rmsnorm", "rmsnorm_dweight_reduce")?;
+        let dw = self.ptr_mut(dweight);
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&dw).arg(&s).arg(&n32).arg(&c32);
+        // SAFETY: dweight holds C floats, scratch N x C.
+        unsafe { launch.launch(Self::columns(c)) }.context("rmsnorm_dweight_reduce")?;
+        Ok(())
+    }
+}
