@@ -65,3 +65,13 @@ extern "C" __global__ void scatter_rows_bf16(__nv_bfloat16* dst, const __nv_bflo
                                              const int* idx, int c) {
     scatter(dst, src, idx, c);
 }
+
+// partial[block] = the sum of x[i]^2 over the elements this block's grid-stride loop visits
+// (the host adds the partials in f64: the gradient norm). Launch: at most 8192 blocks.
+extern "C" __global__ void sum_squares_partial(float* partial, const float* x, long n) {
+    float acc = 0.0f;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        acc += x[i] * x[i];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}

@@ -1,8 +1,9 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
 use crate::backend::cpu::sampling::SamplingParams;
-use crate::generate::{eos_ids, generate, read_prompts, GenerateOptions, PromptMode};
+use crate::generate::{eos_ids, generate_on, read_prompts, GenerateOptions, PromptMode};
 use crate::io::write_atomic;
+use crate::backend::device::DeviceChoice;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
@@ -76,7 +77,7 @@ fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
     })
 }
 
-pub fn run_generate(args: GenerateArgs) -> Result<()> {
+pub fn run_generate(args: GenerateArgs, device: DeviceChoice) -> Result<()> {
     let sampling = sampling_params(&args)?;
     if !(1..=MAX_SAMPLES).contains(&args.samples) {
         bail!("--samples {}: expected 1 to {MAX_SAMPLES}", args.samples);
@@ -90,6 +91,7 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");
     }
+    let device = super::open_device(device)?;
     let started = Instant::now();
     let model = Model::load(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model)?;
@@ -136,7 +138,9 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
                 .is_ok_and(|text| stops.iter().any(|s| text.contains(s.as_str())))
     };
     let gen_started = Instant::now();
-    let (completions, stats) = generate(&model, &ids, &opts, &is_stopped, &|n| bar.inc(n as u64))?;
+    let (completions, stats) = generate_on(&device, &model, &ids, &opts, &is_stopped, &|n| {
+        bar.inc(n as u64)
+    })?;
     let gen_secs = gen_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 

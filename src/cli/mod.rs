@@ -5,6 +5,7 @@ mod task;
 mod tpo;
 mod train;
 
+use crate::backend::device::{Device, DeviceChoice};
 use crate::tiny::{make_tiny_model, TinySpec};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -20,6 +21,10 @@ pub struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where the model runs: auto (CUDA when this build has its kernels and the driver and
+    /// a device are there, else the CPU, saying why), cpu, cuda, or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    device: DeviceChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,11 +69,11 @@ pub fn run() -> Result<()> {
             .context("cannot start the thread pool")?;
     }
     match cli.command {
-        Command::Train(args) => tpo::run_train(*args),
-        Command::Generate(args) => generate::run_generate(args),
-        Command::Dpo(args) => train::run_dpo(args),
-        Command::Sft(args) => train::run_sft(args),
-        Command::Logprobs(args) => train::run_logprobs(args),
+        Command::Train(args) => tpo::run_train(*args, cli.device),
+        Command::Generate(args) => generate::run_generate(args, cli.device),
+        Command::Dpo(args) => train::run_dpo(args, cli.device),
+        Command::Sft(args) => train::run_sft(args, cli.device),
+        Command::Logprobs(args) => train::run_logprobs(args, cli.device),
         Command::TaskData(args) => task::run(args),
         Command::InitModel { out, spec } => {
             make_tiny_model(&out, &spec)?;
@@ -76,4 +81,11 @@ pub fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the device a command runs on and says which it is (and, for auto on the CPU, why).
+fn open_device(choice: DeviceChoice) -> Result<Device> {
+    let (device, line) = Device::select(choice)?;
+    eprintln!("{line}");
+    Ok(device)
 }

@@ -7,6 +7,7 @@ use crate::tpo::run::TpoRun;
 use crate::tpo::summary::table;
 use crate::tpo::thought::ThoughtPrompt;
 use crate::train::Objective;
+use crate::backend::device::DeviceChoice;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -96,10 +97,10 @@ pub struct TpoArgs {
     quick: bool,
 }
 
-pub fn run_train(args: TpoArgs) -> Result<()> {
+pub fn run_train(args: TpoArgs, device: DeviceChoice) -> Result<()> {
     if let (true, Some(out)) = (args.resume, &args.out) {
         if out.join("demo.json").exists() {
-            return crate::tpo::demo::resume_demo(out);
+            return crate::tpo::demo::resume_demo(out, device);
         }
     }
     if args.model.is_none() && !args.resume {
@@ -110,7 +111,7 @@ pub fn run_train(args: TpoArgs) -> Result<()> {
             bail!("the built-in demonstration (no --model) takes only --out; its settings are fixed (see the README), and the other flags need --model");
         }
         let out = args.out.unwrap_or_else(|| PathBuf::from("tpo-demo"));
-        return crate::tpo::demo::run_demo(&out, args.quick);
+        return crate::tpo::demo::run_demo(&out, args.quick, device);
     }
     let out = args
         .out
@@ -129,6 +130,7 @@ pub fn run_train(args: TpoArgs) -> Result<()> {
         let (cfg, pool, heldout) = resolve(&args)?;
         TpoRun::create(&out, cfg, pool, heldout, "tpo")?
     };
+    run.set_device(super::open_device(device)?);
     let thoughts = run.cfg.thought_prompt.is_some();
     let rows = run.run(&mut |rows| eprintln!("\n{}", table(rows, thoughts)))?;
     println!("{}", table(&rows, thoughts));

@@ -3,6 +3,7 @@
 use crate::generate::{end_token, PromptMode};
 use crate::io::write_atomic;
 use crate::model::training::ScoredSequence;
+use crate::backend::device::{Device, DeviceChoice};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::batching::{score_examples, score_sequences};
@@ -269,7 +270,7 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-pub fn run_dpo(args: DpoArgs) -> Result<()> {
+pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
     let loaded = load(&args.train.model)?;
@@ -279,6 +280,7 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
     )?;
     let total = total_steps(pairs.len(), &cfg);
     RunDir::check_free(&args.train.out)?;
+    let device = super::open_device(device)?;
 
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
@@ -296,9 +298,13 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
         .collect();
     if pairs[0].reference.is_none() {
         let bar = progress_bar(2 * examples.len(), "reference log-probs");
-        let logps = score_examples(&loaded.model, &examples, cfg.micro_batch_tokens, &|n| {
-            bar.inc(n as u64)
-        });
+        let logps = score_examples(
+            &loaded.model,
+            &examples,
+            cfg.micro_batch_tokens,
+            &|n| bar.inc(n as u64),
+            &device,
+        )?;
         bar.finish_and_clear();
         if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
             bail!(
@@ -334,10 +340,10 @@ pub fn run_dpo(args: DpoArgs) -> Result<()> {
         "{} pairs; reference log-probs in {ref_secs:.2}s; {total} updates",
         pairs.len()
     );
-    finish(loaded.model, &examples, &cfg, &mut run)
+    finish(loaded.model, &examples, &cfg, &mut run, &device)
 }
 
-pub fn run_sft(args: SftArgs) -> Result<()> {
+pub fn run_sft(args: SftArgs, device: DeviceChoice) -> Result<()> {
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
     let loaded = load(&args.train.model)?;
     let data = read_completions(
@@ -345,6 +351,8 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
+    RunDir::check_free(&args.train.out)?;
+    let device = super::open_device(device)?;
     let mut run = RunDir::create(
         &args.train.out,
         &args.train.model,
@@ -360,7 +368,7 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         })
         .collect();
     eprintln!("{} examples; {total} updates", data.len());
-    finish(loaded.model, &examples, &cfg, &mut run)
+    finish(loaded.model, &examples, &cfg, &mut run, &device)
 }
 
 fn finish(
@@ -368,8 +376,9 @@ fn finish(
     examples: &[Example],
     cfg: &TrainConfig,
     run: &mut RunDir,
+    device: &Device,
 ) -> Result<()> {
-    let summary = train(&mut model, examples, cfg, run)?;
+    let summary = train(&mut model, examples, cfg, run, device)?;
     run.finish_progress();
     let metric = |name: &str| {
         summary
@@ -392,10 +401,11 @@ fn finish(
     Ok(())
 }
 
-pub fn run_logprobs(args: LogprobsArgs) -> Result<()> {
+pub fn run_logprobs(args: LogprobsArgs, device: DeviceChoice) -> Result<()> {
     if args.micro_batch_tokens == 0 {
         bail!("--micro-batch-tokens 0: expected at least 1");
     }
+    let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
     let seqs: Vec<Vec<u32>> = data
@@ -412,9 +422,13 @@ pub fn run_logprobs(args: LogprobsArgs) -> Result<()> {
         .collect();
     let started = Instant::now();
     let bar = progress_bar(scored.len(), "sequences");
-    let logps = score_sequences(&loaded.model, &scored, args.micro_batch_tokens, &|n| {
-        bar.inc(n as u64)
-    });
+    let logps = score_sequences(
+        &loaded.model,
+        &scored,
+        args.micro_batch_tokens,
+        &|n| bar.inc(n as u64),
+        &device,
+    )?;
     bar.finish_and_clear();
     let mut text = String::new();
     for ((e, lp), tokens) in data.iter().zip(&logps).zip(&seqs) {

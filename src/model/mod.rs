@@ -3,6 +3,7 @@
 //! run on the CPU backend.
 
 pub mod config;
+pub mod cuda;
 pub mod forward;
 pub mod kv_cache;
 pub mod params;

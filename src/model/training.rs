@@ -27,13 +27,13 @@ pub struct TrainBatch {
     pub tokens: Vec<u32>, // (N)
     /// Rows of each sequence; sequences start at position 0.
     pub seqs: Vec<Range<usize>>,
-    positions: Vec<usize>, // (N)
-    row_seq: Vec<usize>,   // (N)
+    pub(crate) positions: Vec<usize>, // (N)
+    pub(crate) row_seq: Vec<usize>,   // (N)
     /// Rows whose next token is a completion token: (M), and those tokens: (M).
-    scored_rows: Vec<usize>,
-    targets: Vec<u32>,
+    pub(crate) scored_rows: Vec<usize>,
+    pub(crate) targets: Vec<u32>,
     /// Sequence of each scored row: (M).
-    scored_seq: Vec<usize>,
+    pub(crate) scored_seq: Vec<usize>,
 }
 
 /// One sequence to score: `tokens[prompt_len..]` is the completion. The prompt must have at

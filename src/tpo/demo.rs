@@ -24,6 +24,7 @@ use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
 use crate::train::{DpoConfig, DpoLossType, LrSchedule, OptimizerConfig};
+use crate::backend::device::{Device, DeviceChoice};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -105,12 +106,14 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
 }
 
 /// Continues the demonstration in `out` at the size it was started with.
-pub fn resume_demo(out: &Path) -> Result<()> {
+pub fn resume_demo(out: &Path, device: DeviceChoice) -> Result<()> {
     let saved: DemoPlan = super::run::read_json(&out.join("demo.json"))?;
-    run_demo(out, saved == DemoPlan::new(true))
+    run_demo(out, saved == DemoPlan::new(true), device)
 }
 
-pub fn run_demo(out: &Path, quick: bool) -> Result<()> {
+pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
+    let (device, line) = Device::select(device)?;
+    eprintln!("{line}");
     let started = Instant::now();
     let plan = DemoPlan::new(quick);
     let marker = out.join("demo.json");
@@ -159,6 +162,7 @@ pub fn run_demo(out: &Path, quick: bool) -> Result<()> {
             let heldout = task::make_prompts(plan.heldout, HELDOUT_PROMPTS_SEED);
             TpoRun::create(&dir, cfg, pool, heldout, label)?
         };
+        run.set_device(device.clone());
         rows.push(run.run(&mut |_| {})?);
     }
     let working = (0..=plan.iterations)

@@ -25,6 +25,7 @@ use super::prompts::read_prompt_file;
 use super::stages::*;
 use super::summary::{self, IterationSummary};
 use crate::backend::cpu::sampling::{splitmix64, SamplingParams};
+use crate::backend::device::Device;
 use crate::generate::{end_token, eos_ids, PromptMode};
 use crate::model::{Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
@@ -161,6 +162,7 @@ impl TpoRun {
             },
             vocab_size: config.vocab_size,
             max_context: config.max_context,
+            device: Device::Cpu,
         };
         let judge = open_judge(
             &cfg.judge,
@@ -180,6 +182,11 @@ impl TpoRun {
             pool,
             heldout,
         })
+    }
+
+    /// Where the policy samples, is scored and trains (the CPU until set).
+    pub fn set_device(&mut self, device: Device) {
+        self.rt.device = device;
     }
 
     fn thoughts(&self) -> bool {
@@ -393,7 +400,12 @@ impl TpoRun {
                 super::config::Reference::Seed => self.cfg.model.clone(),
             };
             let model = Model::load(&reference)?;
-            reference_logps(&model, &mut examples, self.cfg.micro_batch_tokens)?;
+            reference_logps(
+                &model,
+                &mut examples,
+                self.cfg.micro_batch_tokens,
+                &self.rt.device,
+            )?;
         }
         let thought = self.cfg.thought_prompt.as_ref();
         let mut lines = vec![];
@@ -493,7 +505,7 @@ impl TpoRun {
         let source = self.model_dir(t - 1);
         let mut model = Model::load(&source)?;
         let mut sink = RunDir::create(&train_dir, &source, self.cfg.save_steps, total)?;
-        let result = train(&mut model, &examples, &cfg, &mut sink);
+        let result = train(&mut model, &examples, &cfg, &mut sink, &self.rt.device);
         sink.finish_progress();
         result.with_context(|| format!("iteration {t}: training"))?;
         Ok(true)

@@ -7,7 +7,8 @@ use super::judge::{Judge, JudgeGroup};
 use super::pairing::{choose_pair, Judged, Pairing};
 use super::prompts::{instruction, render, wrap};
 use crate::backend::cpu::sampling::SamplingParams;
-use crate::generate::{generate, FinishReason, GenerateOptions, PromptMode};
+use crate::generate::{generate_on, FinishReason, GenerateOptions, PromptMode};
+use crate::backend::device::Device;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::batching::score_examples;
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub mode: PromptMode,
     pub vocab_size: usize,
     pub max_context: usize,
+    /// Where the models run.
+    pub device: Device,
 }
 
 /// One generated completion.
@@ -129,7 +132,7 @@ impl Runtime {
             eos_ids: self.eos_ids.clone(),
         };
         let progress = bar(prompts.len() * samples * max_new_tokens, what);
-        let (completions, _) = generate(model, prompts, &opts, &|_| false, &|n| {
+        let (completions, _) = generate_on(&self.device, model, prompts, &opts, &|_| false, &|n| {
             progress.inc(n as u64)
         })?;
         progress.finish_and_clear();
@@ -325,11 +328,16 @@ pub fn reference_logps(
     model: &Model,
     examples: &mut [Example],
     micro_batch_tokens: usize,
+    device: &Device,
 ) -> Result<()> {
     let progress = bar(2 * examples.len(), "reference log-probs");
-    let logps = score_examples(model, examples, micro_batch_tokens, &|n| {
-        progress.inc(n as u64)
-    });
+    let logps = score_examples(
+        model,
+        examples,
+        micro_batch_tokens,
+        &|n| progress.inc(n as u64),
+        device,
+    )?;
     progress.finish_and_clear();
     if let Some(x) = logps.iter().find(|x| !x.is_finite()) {
         bail!("a reference log-prob is {x}: the reference model produces non-finite values");

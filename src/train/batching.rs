@@ -3,7 +3,11 @@
 
 use super::trainer::Example;
 use crate::model::training::{Activations, ScoredSequence, TrainBatch};
+use crate::backend::cuda::LogitsScratch;
+use crate::backend::device::Device;
+use crate::model::cuda::GpuModel;
 use crate::model::Model;
+use anyhow::Result;
 
 /// Splits `units` (in order) into runs whose token counts add up to at most `budget`; a
 /// unit larger than the budget forms a micro-batch of its own.
@@ -30,27 +34,41 @@ pub fn micro_batches(
     out
 }
 
-/// Summed completion log-prob of every sequence, computed `budget` tokens at a time;
-/// `on_done(sequences)` reports progress.
+/// Summed completion log-prob of every sequence, computed `budget` tokens at a time on
+/// `device` (CUDA: bf16 weights and activations); `on_done(sequences)` reports progress.
 pub fn score_sequences(
     model: &Model,
     seqs: &[ScoredSequence],
     budget: usize,
     on_done: &dyn Fn(usize),
-) -> Vec<f64> {
+    device: &Device,
+) -> Result<Vec<f64>> {
     let order: Vec<usize> = (0..seqs.len()).collect();
     let mut out = vec![0.0; seqs.len()];
     let mut acts = Activations::default();
+    let on_gpu = match device {
+        Device::Cpu => None,
+        Device::Cuda(gpu) => {
+            let v = model.config.vocab_size;
+            let scratch =
+                LogitsScratch::new(gpu, LogitsScratch::default_chunk_rows(v), v)?;
+            Some((GpuModel::<half::bf16>::upload(gpu.clone(), model)?, scratch))
+        }
+    };
+    let mut on_gpu = on_gpu;
     for micro in micro_batches(&order, |i| seqs[i].tokens.len(), budget) {
         let batch_seqs: Vec<ScoredSequence> = micro.iter().map(|&i| seqs[i]).collect();
         let batch = TrainBatch::new(&batch_seqs);
-        let sums = model.sequence_logprobs(&batch, &mut acts);
+        let sums = match on_gpu.as_mut() {
+            None => model.sequence_logprobs(&batch, &mut acts),
+            Some((gm, scratch)) => gm.sequence_logprobs(&batch, scratch)?,
+        };
         for (&i, s) in micro.iter().zip(sums) {
             out[i] = s;
         }
         on_done(micro.len());
     }
-    out
+    Ok(out)
 }
 
 /// Summed completion log-prob of every sequence of every example, in order (example-major):
@@ -60,7 +78,8 @@ pub fn score_examples(
     examples: &[Example],
     budget: usize,
     on_done: &dyn Fn(usize),
-) -> Vec<f64> {
+    device: &Device,
+) -> Result<Vec<f64>> {
     let scored: Vec<ScoredSequence> = examples
         .iter()
         .flat_map(|e| {
@@ -70,7 +89,7 @@ pub fn score_examples(
             })
         })
         .collect();
-    score_sequences(model, &scored, budget, on_done)
+    score_sequences(model, &scored, budget, on_done, device)
 }
 
 #[cfg(test)]

@@ -78,6 +78,16 @@ impl Optimizer {
     }
 
     /// Global L2 norm of a gradient buffer.
+    /// The factor that clips a gradient of norm `grad_norm` to `max` (0: no clipping):
+    /// torch.nn.utils.clip_grad_norm_'s coefficient.
+    pub fn clip_scale(max: f64, grad_norm: f64) -> f64 {
+        if max > 0.0 {
+            (max / (grad_norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        }
+    }
+
     pub fn grad_norm(grads: &[f32]) -> f64 {
         sum_of_squares(grads).sqrt()
     }
@@ -94,13 +104,7 @@ impl Optimizer {
         lr: f64,
     ) {
         self.steps += 1;
-        let max = self.cfg.max_grad_norm;
-        // torch.nn.utils.clip_grad_norm_'s coefficient.
-        let scale = if max > 0.0 {
-            (max / (grad_norm + 1e-6)).min(1.0)
-        } else {
-            1.0
-        };
+        let scale = Optimizer::clip_scale(self.cfg.max_grad_norm, grad_norm);
         for (range, decays) in &self.groups {
             let r = range.clone();
             adamw_update(

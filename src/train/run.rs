@@ -101,6 +101,10 @@ impl RunSink for RunDir {
             .with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))
     }
 
+    fn wants_model(&self, step: usize, last: bool) -> bool {
+        last || (self.save_steps > 0 && step.is_multiple_of(self.save_steps))
+    }
+
     fn after_step(&mut self, model: &Model, step: usize, last: bool) -> Result<()> {
         if self.save_steps > 0 && step.is_multiple_of(self.save_steps) {
             save_checkpoint(&self.checkpoint_dir(step), &self.source, model)?;

@@ -10,6 +10,9 @@ use crate::backend::cpu::logprobs::default_chunk_rows;
 use crate::backend::cpu::sampling::Rng;
 use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::model::Model;
+use crate::backend::device::Device;
+use crate::model::cuda::ModelStorage;
+use super::gpu::GpuTrainer;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
@@ -33,11 +36,11 @@ pub struct Example {
 }
 
 impl Example {
-    fn tokens(&self) -> usize {
+    pub(crate) fn tokens(&self) -> usize {
         self.seqs.iter().map(Vec::len).sum()
     }
 
-    fn completion_tokens(&self, i: usize) -> usize {
+    pub(crate) fn completion_tokens(&self, i: usize) -> usize {
         self.seqs[i].len() - self.prompt_len
     }
 }
@@ -58,6 +61,11 @@ pub struct TrainConfig {
 pub trait RunSink {
     /// One metrics line per update.
     fn metrics(&mut self, line: &Map<String, Value>) -> Result<()>;
+    /// Whether `after_step` will read the model's weights after update `step` (a device
+    /// trainer copies them to the host only then).
+    fn wants_model(&self, _step: usize, _last: bool) -> bool {
+        true
+    }
     /// Called after every update; saves a checkpoint when it wants one.
     fn after_step(&mut self, model: &Model, step: usize, last: bool) -> Result<()>;
     /// Training is stopping on a non-finite loss or gradient; `model` has been rolled back
@@ -136,14 +144,16 @@ impl Trainer {
     ) -> Result<StepOutcome, NonFinite> {
         let lr = self.cfg.optimizer.lr_at(step, total);
         self.grads.fill(0.0);
-        let (metrics, tokens) = accumulate_gradients(
-            model,
-            examples,
-            batch,
-            &self.cfg,
-            &mut self.acts,
-            &mut self.grads,
-        );
+        let chunk = default_chunk_rows(model.config.vocab_size);
+        let (metrics, tokens) = {
+            let (acts, grads) = (&mut self.acts, &mut self.grads);
+            let m: &Model = model;
+            accumulate_gradients(examples, batch, &self.cfg, &mut |tb, groups, loss| {
+                m.sequence_logprobs_with_grad(tb, acts, groups, loss, grads, chunk);
+                Ok(())
+            })
+            .expect("the CPU pass cannot fail")
+        };
         let loss = metrics["loss"].as_f64().unwrap_or(f64::NAN);
         if !loss.is_finite() {
             return Err(NonFinite {
@@ -182,7 +192,84 @@ pub struct NonFinite {
     pub value: f64,
 }
 
+/// The trainer of one device: updates, roll-back, and the host model kept in step.
+trait Stepper {
+    fn step(
+        &mut self,
+        model: &mut Model,
+        examples: &[Example],
+        batch: &[usize],
+        step: usize,
+        total: usize,
+    ) -> Result<Result<StepOutcome, NonFinite>>;
+    fn roll_back(&mut self, model: &mut Model) -> Result<()>;
+    /// Brings `model.params` up to the trainer's weights.
+    fn sync(&mut self, model: &mut Model) -> Result<()>;
+}
+
+impl Stepper for Trainer {
+    fn step(
+        &mut self,
+        model: &mut Model,
+        examples: &[Example],
+        batch: &[usize],
+        step: usize,
+        total: usize,
+    ) -> Result<Result<StepOutcome, NonFinite>> {
+        Ok(Trainer::step(self, model, examples, batch, step, total))
+    }
+    fn roll_back(&mut self, model: &mut Model) -> Result<()> {
+        Trainer::roll_back(self, model);
+        Ok(())
+    }
+    fn sync(&mut self, _model: &mut Model) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: ModelStorage> Stepper for GpuTrainer<T> {
+    fn step(
+        &mut self,
+        _model: &mut Model,
+        examples: &[Example],
+        batch: &[usize],
+        step: usize,
+        total: usize,
+    ) -> Result<Result<StepOutcome, NonFinite>> {
+        GpuTrainer::step(self, examples, batch, step, total)
+    }
+    fn roll_back(&mut self, model: &mut Model) -> Result<()> {
+        GpuTrainer::roll_back(self)?;
+        self.download(model)
+    }
+    fn sync(&mut self, model: &mut Model) -> Result<()> {
+        self.download(model)
+    }
+}
+
+/// Trains `model` on `examples` on `device` (CUDA: bf16 weights and activations, f32
+/// master weights and AdamW state); `model` holds the trained weights at the end.
 pub fn train(
+    model: &mut Model,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    sink: &mut dyn RunSink,
+    device: &Device,
+) -> Result<TrainSummary> {
+    match device {
+        Device::Cpu => {
+            let mut trainer = Trainer::new(model, cfg);
+            train_with(&mut trainer, model, examples, cfg, sink)
+        }
+        Device::Cuda(gpu) => {
+            let mut trainer = GpuTrainer::<half::bf16>::new(gpu.clone(), model, cfg)?;
+            train_with(&mut trainer, model, examples, cfg, sink)
+        }
+    }
+}
+
+fn train_with(
+    trainer: &mut dyn Stepper,
     model: &mut Model,
     examples: &[Example],
     cfg: &TrainConfig,
@@ -191,7 +278,6 @@ pub fn train(
     assert!(!examples.is_empty());
     let total = total_steps(examples.len(), cfg);
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
-    let mut trainer = Trainer::new(model, cfg);
     let started = Instant::now();
     let mut step = 0;
     let mut tokens_total = 0;
@@ -200,7 +286,7 @@ pub fn train(
         let order = shuffled(examples.len(), cfg.seed, epoch as u64);
         for batch in order.chunks(cfg.batch_size) {
             let step_started = Instant::now();
-            let mut outcome = match trainer.step(model, examples, batch, step, total) {
+            let mut outcome = match trainer.step(model, examples, batch, step, total)? {
                 Ok(outcome) => outcome,
                 Err(bad) => {
                     let stopped = format!(
@@ -216,7 +302,7 @@ pub fn train(
                     }
                     // These weights gave the bad value: the last good ones are those before
                     // the update that made them.
-                    trainer.roll_back(model);
+                    trainer.roll_back(model)?;
                     let kept = sink
                         .keep_last_good(model, step - 1)
                         .with_context(|| stopped.clone())?;
@@ -241,7 +327,11 @@ pub fn train(
                 line["loss"].as_f64().unwrap_or(f64::NAN),
                 tokens_per_s,
             );
-            sink.after_step(model, step, step == total)?;
+            let last = step == total;
+            if last || sink.wants_model(step, last) {
+                trainer.sync(model)?;
+            }
+            sink.after_step(model, step, last)?;
             last_metrics = line;
         }
     }
@@ -253,16 +343,20 @@ pub fn train(
     })
 }
 
-/// Forward and backward of one optimizer batch, micro-batch by micro-batch, adding into
-/// `grads`. Returns the batch's loss metrics and the tokens processed.
-fn accumulate_gradients(
-    model: &Model,
+/// A forward and backward over one micro-batch: (batch, loss groups, loss) as
+/// `Model::sequence_logprobs_with_grad` takes them, gradients accumulated wherever the pass
+/// keeps them.
+pub(crate) type Pass<'a> = dyn FnMut(&TrainBatch, &[usize], &mut dyn FnMut(usize, &[f64]) -> Vec<f64>) -> Result<()>
+    + 'a;
+
+/// Forward and backward of one optimizer batch, micro-batch by micro-batch, each through
+/// `pass`. Returns the batch's loss metrics and the tokens processed.
+pub(crate) fn accumulate_gradients(
     examples: &[Example],
     batch: &[usize],
     cfg: &TrainConfig,
-    acts: &mut Activations,
-    grads: &mut [f32],
-) -> (Map<String, Value>, usize) {
+    pass: &mut Pass,
+) -> Result<(Map<String, Value>, usize)> {
     let mut dpo_totals = DpoTotals::default();
     let mut sft_loss_total = 0.0;
     // The loss is a mean over the whole batch: its sizes are fixed before any micro-batch.
@@ -318,8 +412,7 @@ fn accumulate_gradients(
                 Objective::Sft => sft_loss(logps, all_completion_tokens, &mut sft_loss_total),
             }
         };
-        let chunk = default_chunk_rows(model.config.vocab_size);
-        model.sequence_logprobs_with_grad(&tb, acts, &groups, &mut loss, grads, chunk);
+        pass(&tb, &groups, &mut loss)?;
     }
     let metrics = match cfg.objective {
         Objective::Dpo(dpo) => dpo_totals.metrics(&dpo),
@@ -329,7 +422,7 @@ fn accumulate_gradients(
             m
         }
     };
-    (metrics, tokens)
+    Ok((metrics, tokens))
 }
 
 /// 0..n in the seeded order of one epoch (Fisher-Yates).

@@ -1,7 +1,7 @@
 //! Launcher of kernels/adamw.cu: one AdamW step over every parameter in one launch. CPU
 //! twin: `cpu::adamw::adamw_update`.
 
-use super::{check_lens, Gpu};
+use super::{check_lens, Dest, Gpu};
 use crate::backend::cpu::adamw::AdamW;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
@@ -17,7 +17,7 @@ impl Gpu {
         m: &mut impl DevicePtrMut<f32>,
         v: &mut impl DevicePtrMut<f32>,
         grads: &impl DevicePtr<f32>,
-        shadow: Option<&mut cudarc::driver::CudaSlice<half::bf16>>,
+        shadow: Option<&mut dyn Dest<half::bf16>>,
         h: AdamW,
     ) -> Result<()> {
         let n = params.len();
@@ -42,7 +42,7 @@ impl Gpu {
         );
         let g = self.ptr(grads);
         // A null pointer where there is no shadow.
-        let s = shadow.map_or(0u64, |s| self.ptr_mut(s));
+        let s = shadow.map_or(0u64, |s| s.address(self));
         let f = self.function("adamw", "adamw_update")?;
         let mut launch = self.stream.launch_builder(&f);
         launch

@@ -125,6 +125,43 @@ impl Gpu {
         Ok(())
     }
 
+    /// out: (N, OC) f32 = inp: (N, C) @ weight: (OC, C)^T, whatever the storage type (the
+    /// LM head's logits, which sampling reads in f32).
+    pub fn matmul_forward_f32_out<T: Storage>(
+        &self,
+        out: &mut impl DevicePtrMut<f32>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        check_lens("matmul out", &[out.len()], n * oc)?;
+        check_lens("matmul inp", &[inp.len()], n * c)?;
+        check_lens("matmul weight", &[weight.len()], oc * c)?;
+        if n == 0 || oc == 0 {
+            return Ok(());
+        }
+        if c == 0 {
+            self.stream.memset_zeros(out).context("matmul_forward_f32_out")?;
+            return Ok(());
+        }
+        let (w, x, o) = (self.ptr(weight), self.ptr(inp), self.ptr_mut(out));
+        self.gemm(
+            Gemm {
+                transa: true,
+                transb: false,
+                m: oc,
+                n,
+                k: c,
+                beta: 0.0,
+            },
+            (w, T::CUDA_TYPE, c),
+            (x, T::CUDA_TYPE, c),
+            (o, cudaDataType::CUDA_R_32F, oc),
+        )
+    }
+
     /// dinp: (N, C) assigned; dweight: (OC, C) and dbias: (OC) f32 accumulated; dout:
     /// (N, OC); inp: (N, C); weight: (OC, C). Twin of `cpu::matmul::matmul_backward`.
     #[allow(clippy::too_many_arguments)]

@@ -17,6 +17,7 @@ mod swiglu;
 
 pub use decode_attention::DecodeDims;
 pub use glue::Columns;
+pub use matmul::{Bias, BiasGrad};
 
 use super::kernels;
 use anyhow::{Context, Result};
@@ -105,6 +106,43 @@ impl Gpu {
             ctx,
             blas,
             modules,
+        })
+    }
+
+    /// "cuda:N (name, memory)", for the line that says where a command runs.
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown".into());
+        let mem = self
+            .ctx
+            .total_mem()
+            .map(|b| format!(", {:.0} GiB", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_default();
+        format!("cuda:{} ({name}{mem})", self.ctx.ordinal())
+    }
+
+    /// A zeroed buffer of n elements for `stage` (what the engine is doing, e.g. "the
+    /// forward of a micro-batch"). Running out of device memory is an error that names the
+    /// stage, the size and what to reduce.
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+        stage: &str,
+    ) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n).map_err(|e| {
+            let bytes = n * std::mem::size_of::<T>();
+            if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                let free = self
+                    .ctx
+                    .mem_get_info()
+                    .map(|(free, total)| format!("{} of {} free", gib(free), gib(total)))
+                    .unwrap_or_else(|_| "free memory unknown".into());
+                anyhow::anyhow!(
+                    "out of GPU memory {stage}: {} more were needed ({free}); reduce --micro-batch-tokens (training and scoring), --batch-size or --samples (generation), or use a smaller model",
+                    gib(bytes)
+                )
+            } else {
+                anyhow::anyhow!("cannot allocate {} on the GPU {stage}: {e}", gib(bytes))
+            }
         })
     }
 
@@ -209,6 +247,25 @@ impl Gpu {
         unsafe { launch.launch(Self::rows(r)) }.context("logprob_grad_rows")?;
         Ok(())
     }
+}
+
+/// A device buffer or view a kernel writes, as a trait object (for optional outputs,
+/// so `None` needs no type annotation).
+pub trait Dest<T> {
+    fn len(&self) -> usize;
+    fn address(&mut self, gpu: &Gpu) -> u64;
+}
+impl<T, X: DevicePtrMut<T>> Dest<T> for X {
+    fn len(&self) -> usize {
+        cudarc::driver::DeviceSlice::len(self)
+    }
+    fn address(&mut self, gpu: &Gpu) -> u64 {
+        gpu.ptr_mut(self)
+    }
+}
+
+fn gib(bytes: usize) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 pub(crate) fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {

@@ -1,0 +1,293 @@
+//! Generation on the device, twin of `model::forward` with KV caches: a prefill over packed
+//! prompts (fused attention over each whole prompt) that writes the prompts' keys and
+//! values into cache slots, and decode steps of one row per slot over the caches.
+//!
+//! The cache of each layer is (B, Tmax, Hkv, D): B slots of Tmax positions. A slot holds
+//! one (prompt, sample) sequence; the K samples of a prompt get copies of its prompt's
+//! keys and values at prefill.
+
+use super::{GpuModel, ModelStorage};
+use crate::backend::cuda::{Bias, Columns, DecodeDims, Gpu, PackedSeqs};
+use anyhow::{bail, Result};
+use cudarc::driver::CudaSlice;
+
+const PREFILL: &str = "in the prefill of a generation batch";
+const DECODE: &str = "in a decode step";
+
+/// The KV caches of B slots of Tmax positions, one (B, Tmax, Hkv*D) pair per layer.
+pub struct SlotCaches<T: ModelStorage> {
+    k: Vec<CudaSlice<T>>,
+    v: Vec<CudaSlice<T>>,
+    pub slots: usize,
+    pub t_max: usize,
+}
+
+impl<T: ModelStorage> GpuModel<T> {
+    pub fn slot_caches(&self, slots: usize, t_max: usize) -> Result<SlotCaches<T>> {
+        let n = slots * t_max * self.config.kv_dim();
+        let stage = "for the KV caches of generation";
+        let layers = self.layout.layers.len();
+        let (mut k, mut v) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        for _ in 0..layers {
+            k.push(self.gpu.alloc::<T>(n, stage)?);
+            v.push(self.gpu.alloc::<T>(n, stage)?);
+        }
+        Ok(SlotCaches {
+            k,
+            v,
+            slots,
+            t_max,
+        })
+    }
+
+    /// Runs the prompts, packed, and copies prompt p's keys and values into each slot of
+    /// `targets[p]` (positions 0..len). Returns the logits of each prompt's last row: (P, V)
+    /// f32, on the device.
+    pub fn prefill(
+        &self,
+        prompts: &[&[u32]],
+        targets: &[Vec<usize>],
+        caches: &mut SlotCaches<T>,
+    ) -> Result<CudaSlice<f32>> {
+        let gpu: &Gpu = &self.gpu;
+        let cfg = &self.config;
+        let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = qd + 2 * kvd;
+        let dims = self.attention_dims();
+        let half = cfg.head_dim / 2;
+        let eps = cfg.rms_norm_eps as f32;
+        let lay = &self.layout;
+        let at = |stride, offset| Columns { stride, offset };
+        if prompts.len() != targets.len() {
+            bail!("prefill: one list of slots per prompt");
+        }
+        let tokens: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
+        let n = tokens.len();
+        let mut starts = vec![0i32];
+        let mut positions = Vec::with_capacity(n);
+        // Cache rows to fill: (source row of the packed prompts, slot * Tmax + position).
+        let (mut src, mut dst) = (vec![], vec![]);
+        for (p, slots) in prompts.iter().zip(targets) {
+            let base = *starts.last().unwrap() as usize;
+            if p.is_empty() || p.len() > caches.t_max {
+                bail!(
+                    "prefill: a prompt of {} tokens does not fit slots of {}",
+                    p.len(),
+                    caches.t_max
+                );
+            }
+            positions.extend(0..p.len());
+            for &slot in slots {
+                if slot >= caches.slots {
+                    bail!("prefill: slot {slot} of {}", caches.slots);
+                }
+                for t in 0..p.len() {
+                    src.push((base + t) as i32);
+                    dst.push((slot * caches.t_max + t) as i32);
+                }
+            }
+            starts.push((base + p.len()) as i32);
+        }
+        let stream = &gpu.stream;
+        let tokens_dev = stream.clone_htod(&tokens)?;
+        let starts_dev = stream.clone_htod(&starts)?;
+        let (src_dev, dst_dev) = (stream.clone_htod(&src)?, stream.clone_htod(&dst)?);
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let packed = PackedSeqs {
+            starts: &starts_dev,
+            max_len: prompts.iter().map(|p| p.len()).max().unwrap_or(0),
+        };
+
+        let mut x = gpu.alloc::<T>(n * c, PREFILL)?;
+        gpu.embedding_forward(&mut x, &tokens_dev, &self.w(&lay.embed_tokens), c)?;
+        let mut h = gpu.alloc::<T>(n * c, PREFILL)?;
+        let mut qkv = gpu.alloc::<T>(n * qkv_dim, PREFILL)?;
+        let mut q = gpu.alloc::<T>(n * qd, PREFILL)?;
+        let mut k = gpu.alloc::<T>(n * kvd, PREFILL)?;
+        let mut vv = gpu.alloc::<T>(n * kvd, PREFILL)?;
+        let mut att = gpu.alloc::<T>(n * qd, PREFILL)?;
+        let mut lse = gpu.alloc::<f32>(n * dims.n_head, PREFILL)?;
+        let mut gate_up = gpu.alloc::<T>(n * 2 * im, PREFILL)?;
+        let mut act = gpu.alloc::<T>(n * im, PREFILL)?;
+        let mut copies = gpu.alloc::<T>(src.len() * kvd, PREFILL)?;
+        for (l, w) in lay.layers.iter().enumerate() {
+            gpu.rmsnorm_forward(&mut h, &x, &self.w(&w.input_layernorm), eps, n, c)?;
+            let bias = w.qkv_bias().map(|r| self.w(&r));
+            gpu.matmul_forward(
+                &mut qkv,
+                &h,
+                &self.w(&w.qkv_proj()),
+                bias.as_ref().map(|b| b as &dyn Bias<T>),
+                n,
+                c,
+                qkv_dim,
+            )?;
+            gpu.copy_columns((&mut q, at(qd, 0)), (&qkv, at(qkv_dim, 0)), n, qd)?;
+            gpu.copy_columns((&mut k, at(kvd, 0)), (&qkv, at(qkv_dim, qd)), n, kvd)?;
+            gpu.copy_columns((&mut vv, at(kvd, 0)), (&qkv, at(qkv_dim, qd + kvd)), n, kvd)?;
+            gpu.rope(&mut q, &cos, &sin, dims.n_head, half, 1.0)?;
+            gpu.rope(&mut k, &cos, &sin, dims.n_kv_head, half, 1.0)?;
+            // Each prompt's keys and values go to every slot that continues it.
+            gpu.gather_rows(&mut copies, &k, &src_dev, kvd)?;
+            gpu.scatter_rows(&mut caches.k[l], &copies, &dst_dev, kvd)?;
+            gpu.gather_rows(&mut copies, &vv, &src_dev, kvd)?;
+            gpu.scatter_rows(&mut caches.v[l], &copies, &dst_dev, kvd)?;
+            gpu.attention_forward(&mut att, &mut lse, &q, &k, &vv, &packed, dims)?;
+            gpu.matmul_forward(&mut h, &att, &self.w(&w.o_proj), None, n, qd, c)?;
+            gpu.add_inplace(&mut x, &h)?;
+            self.mlp(&mut x, &mut h, &mut gate_up, &mut act, w, n)?;
+        }
+        // The last row of each prompt: final norm and LM head.
+        let last: Vec<i32> = starts[1..].iter().map(|&s| s - 1).collect();
+        let last_dev = stream.clone_htod(&last)?;
+        self.head_logits(&x, &last_dev, PREFILL)
+    }
+
+    /// The MLP block on x: (N, C) in place; h, gate_up, act are scratch of N rows.
+    fn mlp(
+        &self,
+        x: &mut CudaSlice<T>,
+        h: &mut CudaSlice<T>,
+        gate_up: &mut CudaSlice<T>,
+        act: &mut CudaSlice<T>,
+        w: &crate::model::params::LayerParams,
+        n: usize,
+    ) -> Result<()> {
+        let gpu: &Gpu = &self.gpu;
+        let (c, im) = (self.config.hidden_size, self.config.intermediate_size);
+        let eps = self.config.rms_norm_eps as f32;
+        gpu.rmsnorm_forward(h, &*x, &self.w(&w.post_attention_layernorm), eps, n, c)?;
+        gpu.matmul_forward(gate_up, &*h, &self.w(&w.gate_up_proj()), None, n, c, 2 * im)?;
+        gpu.swiglu_forward(act, &*gate_up, im)?;
+        gpu.matmul_forward(h, &*act, &self.w(&w.down_proj), None, n, im, c)?;
+        gpu.add_inplace(x, &*h)
+    }
+
+    /// Final norm and LM head of the rows `rows` of x: (R, V) f32 logits.
+    fn head_logits(
+        &self,
+        x: &CudaSlice<T>,
+        rows: &CudaSlice<i32>,
+        stage: &str,
+    ) -> Result<CudaSlice<f32>> {
+        let gpu: &Gpu = &self.gpu;
+        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let r = rows.len();
+        let mut picked = gpu.alloc::<T>(r * c, stage)?;
+        gpu.gather_rows(&mut picked, x, rows, c)?;
+        let mut normed = gpu.alloc::<T>(r * c, stage)?;
+        gpu.rmsnorm_forward(
+            &mut normed,
+            &picked,
+            &self.w(&self.layout.norm),
+            self.config.rms_norm_eps as f32,
+            r,
+            c,
+        )?;
+        let mut logits = gpu.alloc::<f32>(r * v, stage)?;
+        gpu.matmul_forward_f32_out(
+            &mut logits,
+            &normed,
+            &self.w(&self.layout.lm_head),
+            r,
+            c,
+            v,
+        )?;
+        Ok(logits)
+    }
+
+    /// One decode step: `tokens[b]` goes to slot b at position `positions[b]` (its cache
+    /// holds positions 0..positions[b]); every slot runs (an idle slot with a dummy token at
+    /// position 0). Returns the logits: (B, V) f32.
+    pub fn decode_step(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        caches: &mut SlotCaches<T>,
+    ) -> Result<CudaSlice<f32>> {
+        let gpu: &Gpu = &self.gpu;
+        let cfg = &self.config;
+        let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = qd + 2 * kvd;
+        let dims = self.attention_dims();
+        let half = cfg.head_dim / 2;
+        let eps = cfg.rms_norm_eps as f32;
+        let lay = &self.layout;
+        let at = |stride, offset| Columns { stride, offset };
+        let b = caches.slots;
+        if tokens.len() != b || positions.len() != b {
+            bail!("decode_step: one token and position per slot");
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p >= caches.t_max) {
+            bail!("decode_step: position {p} beyond the caches' {}", caches.t_max);
+        }
+        let stream = &gpu.stream;
+        let tokens_dev = stream.clone_htod(tokens)?;
+        let rows: Vec<i32> = positions
+            .iter()
+            .enumerate()
+            .map(|(s, &p)| (s * caches.t_max + p) as i32)
+            .collect();
+        let lens: Vec<i32> = positions.iter().map(|&p| p as i32 + 1).collect();
+        let (rows_dev, lens_dev) = (stream.clone_htod(&rows)?, stream.clone_htod(&lens)?);
+        let (cos, sin) = self.rope_tables(positions)?;
+        let ddims = DecodeDims {
+            batch: b,
+            n_head: dims.n_head,
+            n_kv_head: dims.n_kv_head,
+            head_dim: dims.head_dim,
+            t_max: caches.t_max,
+        };
+
+        let mut x = gpu.alloc::<T>(b * c, DECODE)?;
+        gpu.embedding_forward(&mut x, &tokens_dev, &self.w(&lay.embed_tokens), c)?;
+        let mut h = gpu.alloc::<T>(b * c, DECODE)?;
+        let mut qkv = gpu.alloc::<T>(b * qkv_dim, DECODE)?;
+        let mut q = gpu.alloc::<T>(b * qd, DECODE)?;
+        let mut k = gpu.alloc::<T>(b * kvd, DECODE)?;
+        let mut vv = gpu.alloc::<T>(b * kvd, DECODE)?;
+        let mut att = gpu.alloc::<T>(b * qd, DECODE)?;
+        let mut lse = gpu.alloc::<f32>(b * dims.n_head, DECODE)?;
+        let mut scores = gpu.alloc::<f32>(b * dims.n_head * caches.t_max, DECODE)?;
+        let mut gate_up = gpu.alloc::<T>(b * 2 * im, DECODE)?;
+        let mut act = gpu.alloc::<T>(b * im, DECODE)?;
+        for (l, w) in lay.layers.iter().enumerate() {
+            gpu.rmsnorm_forward(&mut h, &x, &self.w(&w.input_layernorm), eps, b, c)?;
+            let bias = w.qkv_bias().map(|r| self.w(&r));
+            gpu.matmul_forward(
+                &mut qkv,
+                &h,
+                &self.w(&w.qkv_proj()),
+                bias.as_ref().map(|b| b as &dyn Bias<T>),
+                b,
+                c,
+                qkv_dim,
+            )?;
+            gpu.copy_columns((&mut q, at(qd, 0)), (&qkv, at(qkv_dim, 0)), b, qd)?;
+            gpu.copy_columns((&mut k, at(kvd, 0)), (&qkv, at(qkv_dim, qd)), b, kvd)?;
+            gpu.copy_columns((&mut vv, at(kvd, 0)), (&qkv, at(qkv_dim, qd + kvd)), b, kvd)?;
+            gpu.rope(&mut q, &cos, &sin, dims.n_head, half, 1.0)?;
+            gpu.rope(&mut k, &cos, &sin, dims.n_kv_head, half, 1.0)?;
+            gpu.scatter_rows(&mut caches.k[l], &k, &rows_dev, kvd)?;
+            gpu.scatter_rows(&mut caches.v[l], &vv, &rows_dev, kvd)?;
+            gpu.decode_attention(
+                &mut att,
+                &mut lse,
+                &mut scores,
+                &q,
+                &caches.k[l],
+                &caches.v[l],
+                &lens_dev,
+                ddims,
+            )?;
+            gpu.matmul_forward(&mut h, &att, &self.w(&w.o_proj), None, b, qd, c)?;
+            gpu.add_inplace(&mut x, &h)?;
+            self.mlp(&mut x, &mut h, &mut gate_up, &mut act, w, b)?;
+        }
+        let all: Vec<i32> = (0..b as i32).collect();
+        let all_dev = stream.clone_htod(&all)?;
+        self.head_logits(&x, &all_dev, DECODE)
+    }
+}

@@ -1,0 +1,329 @@
+//! The whole model on the GPU against the CPU on the tiny fixtures: the training graph's
+//! log-probs and every parameter gradient, AdamW updates through both trainers, and greedy
+//! and sampled generation. In f32 storage the two differ only by summation order, so the
+//! tolerances are tight; bf16 storage (what runs in production) is checked loosely.
+//! Skipped, with the reason printed, where there is no GPU; scripts/gpu-check.sh runs them
+//! on a GPU, where a skip fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tpo_engine::backend::cpu::sampling::SamplingParams;
+use tpo_engine::backend::cuda::{Gpu, LogitsScratch};
+use tpo_engine::generate::gpu::generate_gpu_as;
+use tpo_engine::generate::{generate, GenerateOptions};
+use tpo_engine::model::cuda::{GpuModel, ModelStorage};
+use tpo_engine::model::training::{Activations, ScoredSequence, TrainBatch};
+use tpo_engine::model::Model;
+use tpo_engine::train::gpu::GpuTrainer;
+use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
+use tpo_engine::train::trainer::Trainer;
+use tpo_engine::train::{
+    DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
+};
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match Gpu::open(0) {
+        Ok(gpu) => Some(Arc::new(gpu)),
+        Err(why) => {
+            assert!(
+                std::env::var_os("TPO_REQUIRE_GPU").is_none(),
+                "TPO_REQUIRE_GPU is set, but: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The DPO fixture's pairs as examples, with reference log-probs a little below the
+/// policy's so the loss is not at its minimum.
+fn examples() -> Vec<Example> {
+    let path = fixture("dpo/cases.json");
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    all["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let prompt = ids(&p["prompt"]);
+            Example {
+                seqs: vec![
+                    [prompt.clone(), ids(&p["chosen"])].concat(),
+                    [prompt.clone(), ids(&p["rejected"])].concat(),
+                ],
+                prompt_len: prompt.len(),
+                reference: vec![-40.0 - i as f64, -38.0 + i as f64],
+            }
+        })
+        .collect()
+}
+
+fn dpo() -> DpoConfig {
+    DpoConfig {
+        loss_type: DpoLossType::Sigmoid,
+        beta: 0.1,
+        label_smoothing: 0.0,
+        nll_alpha: 0.0,
+    }
+}
+
+fn batch(examples: &[Example]) -> (Vec<Vec<u32>>, usize) {
+    let seqs = examples.iter().flat_map(|e| e.seqs.clone()).collect();
+    (seqs, examples[0].prompt_len)
+}
+
+/// CPU and GPU (storage T) forward + backward of one DPO micro-batch: (sums, grads) each.
+fn both<T: ModelStorage>(
+    gpu: &Arc<Gpu>,
+    model: &Model,
+    examples: &[Example],
+    chunk: usize,
+) -> ((Vec<f64>, Vec<f32>), (Vec<f64>, Vec<f32>)) {
+    let scored: Vec<ScoredSequence> = examples
+        .iter()
+        .flat_map(|e| {
+            e.seqs.iter().map(|s| ScoredSequence {
+                tokens: s,
+                prompt_len: e.prompt_len,
+            })
+        })
+        .collect();
+    let tb = TrainBatch::new(&scored);
+    let groups = vec![2; examples.len()];
+    let cfg = dpo();
+    let chosen_tokens: usize = examples.iter().map(|e| e.seqs[0].len() - e.prompt_len).sum();
+    let loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+        let e = &examples[g];
+        let pair = PairLogps {
+            chosen: logps[0],
+            rejected: logps[1],
+            ref_chosen: e.reference[0],
+            ref_rejected: e.reference[1],
+            n_chosen: e.seqs[0].len() - e.prompt_len,
+            n_rejected: e.seqs[1].len() - e.prompt_len,
+        };
+        let d = dpo_loss(
+            &[pair],
+            &cfg,
+            examples.len(),
+            chosen_tokens,
+            &mut DpoTotals::default(),
+        );
+        vec![d[0].0, d[0].1]
+    };
+    let mut cpu_grads = vec![0.0f32; model.layout.len];
+    let cpu_sums = model.sequence_logprobs_with_grad(
+        &tb,
+        &mut Activations::default(),
+        &groups,
+        &mut loss.clone(),
+        &mut cpu_grads,
+        chunk,
+    );
+    let gm = GpuModel::<T>::upload(gpu.clone(), model).unwrap();
+    let v = model.config.vocab_size;
+    let mut scratch = LogitsScratch::new(gpu, chunk, v).unwrap();
+    let mut grads = gpu.stream.alloc_zeros::<f32>(model.layout.len).unwrap();
+    let gpu_sums = gm
+        .sequence_logprobs_with_grad(&tb, &groups, &mut loss.clone(), &mut grads, &mut scratch)
+        .unwrap();
+    let gpu_grads = gpu.stream.clone_dtoh(&grads).unwrap();
+    // The no-gradient path gives the same sums.
+    let again = gm.sequence_logprobs(&tb, &mut scratch).unwrap();
+    for (a, b) in again.iter().zip(&gpu_sums) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    ((cpu_sums, cpu_grads), (gpu_sums, gpu_grads))
+}
+
+/// Per tensor: every element within `tol` of the tensor's largest |gradient|.
+fn assert_grads_close(model: &Model, got: &[f32], want: &[f32], tol: f32) {
+    for t in model.layout.tensors(&model.config) {
+        let (g, w) = (&got[t.range.clone()], &want[t.range.clone()]);
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * scale + 1e-6,
+                "{}[{i}]: GPU {a}, CPU {b} (largest |grad| {scale})",
+                t.name
+            );
+        }
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+#[test]
+fn the_training_graph_matches_the_cpu_in_f32_and_tracks_it_in_bf16() {
+    let Some(gpu) = gpu() else { return };
+    let examples = examples();
+    for name in ["llama", "qwen2"] {
+        let model = Model::load(&fixture(name)).unwrap();
+        // A chunk of 5 rows: the LM head runs over several chunks, one split mid-sequence.
+        let ((cs, cg), (gs, gg)) = both::<f32>(&gpu, &model, &examples, 5);
+        for (a, b) in gs.iter().zip(&cs) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{name}: sum {a} vs {b}");
+        }
+        assert_grads_close(&model, &gg, &cg, 1e-3);
+
+        let ((cs, cg), (gs, gg)) = both::<half::bf16>(&gpu, &model, &examples, 64);
+        for (a, b) in gs.iter().zip(&cs) {
+            assert!((a - b).abs() <= 0.03 * b.abs().max(1.0), "{name} bf16: sum {a} vs {b}");
+        }
+        let c = cosine(&gg, &cg);
+        assert!(c > 0.99, "{name} bf16: gradient cosine {c}");
+    }
+}
+
+fn train_config() -> TrainConfig {
+    TrainConfig {
+        objective: Objective::Dpo(dpo()),
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 1.0,
+            schedule: LrSchedule::Linear,
+            warmup_steps: 1,
+        },
+        epochs: 1,
+        batch_size: 2,
+        micro_batch_tokens: 40,
+        seed: 3,
+    }
+}
+
+#[test]
+fn three_updates_on_the_gpu_track_the_cpu_trainer() {
+    let Some(gpu) = gpu() else { return };
+    let examples = examples();
+    let cfg = train_config();
+    let mut cpu_model = Model::load(&fixture("qwen2")).unwrap();
+    let mut cpu = Trainer::new(&cpu_model, &cfg);
+    let mut dev = GpuTrainer::<f32>::new(gpu.clone(), &cpu_model, &cfg).unwrap();
+    let batches: Vec<Vec<usize>> = (0..examples.len()).collect::<Vec<_>>().chunks(2).map(<[usize]>::to_vec).collect();
+    let total = batches.len();
+    for (step, b) in batches.iter().enumerate() {
+        let want = cpu
+            .step(&mut cpu_model, &examples, b, step, total)
+            .unwrap_or_else(|e| panic!("CPU step {step}: {e:?}"));
+        let got = dev
+            .step(&examples, b, step, total)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("GPU step {step}: {e:?}"));
+        let (gl, wl) = (got.metrics["loss"].as_f64().unwrap(), want.metrics["loss"].as_f64().unwrap());
+        assert!((gl - wl).abs() <= 1e-4 * wl.abs().max(1.0), "step {step}: loss {gl} vs {wl}");
+        assert!(
+            (got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm,
+            "step {step}: grad norm {} vs {}",
+            got.grad_norm,
+            want.grad_norm
+        );
+        assert_eq!(got.tokens, want.tokens);
+    }
+    let mut on_gpu = Model::load(&fixture("qwen2")).unwrap();
+    dev.download(&mut on_gpu).unwrap();
+    let (mut far, n) = (0, cpu_model.params.len());
+    for (a, b) in on_gpu.params.iter().zip(&cpu_model.params) {
+        assert!((a - b).abs() <= 5e-3, "a parameter differs by {}", (a - b).abs());
+        far += usize::from((a - b).abs() > 1e-4);
+    }
+    assert!(far * 1000 <= n, "{far} of {n} parameters differ by more than 1e-4");
+    // Rolling back restores the weights from before the last update.
+    dev.roll_back().unwrap();
+    dev.download(&mut on_gpu).unwrap();
+    assert!(on_gpu
+        .params
+        .iter()
+        .zip(&cpu_model.params)
+        .any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
+fn prompts(model: &Model) -> Vec<Vec<u32>> {
+    let v = model.config.vocab_size as u32;
+    (0..5u32)
+        .map(|p| (0..3 + 4 * p).map(|t| (t * 13 + p * 7 + 1) % v).collect())
+        .collect()
+}
+
+fn options(sampling: SamplingParams, batch_size: usize) -> GenerateOptions {
+    GenerateOptions {
+        samples: 3,
+        max_new_tokens: 12,
+        sampling,
+        seed: 11,
+        batch_size,
+        eos_ids: vec![],
+    }
+}
+
+#[test]
+fn greedy_generation_on_the_gpu_gives_the_cpu_tokens() {
+    let Some(gpu) = gpu() else { return };
+    for name in ["llama", "qwen2"] {
+        let model = Model::load(&fixture(name)).unwrap();
+        let ps = prompts(&model);
+        // 4 slots for 15 sequences: slots are refilled, prompts prefilled several times.
+        let opts = options(SamplingParams::GREEDY, 4);
+        let (want, _) = generate(&model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+        let (got, stats) =
+            generate_gpu_as::<f32>(&gpu, &model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+        assert_eq!(got, want, "{name}: greedy tokens");
+        assert_eq!(stats.decode_tokens, 15 * 11);
+        // bf16 runs the same loop: whole, well-formed completions.
+        let (got, _) =
+            generate_gpu_as::<half::bf16>(&gpu, &model, &ps, &opts, &|_| false, &|_| {})
+                .unwrap();
+        for c in got.iter().flatten() {
+            assert_eq!(c.token_ids.len(), 12);
+            assert!(c.token_ids.iter().all(|&t| (t as usize) < model.config.vocab_size));
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_on_the_gpu_follows_the_cpu_streams() {
+    let Some(gpu) = gpu() else { return };
+    let model = Model::load(&fixture("llama")).unwrap();
+    let ps = prompts(&model);
+    let sampling = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        top_k: 0,
+    };
+    let opts = options(sampling, 16);
+    let (want, _) = generate(&model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+    let (got, _) = generate_gpu_as::<f32>(&gpu, &model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+    // The same uniform draws; only a draw within float rounding of a boundary between two
+    // tokens may go the other way (and change the rest of that completion).
+    let same = got
+        .iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(same >= 13, "{same} of 15 completions are the CPU's");
+}
