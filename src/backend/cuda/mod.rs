@@ -6,6 +6,7 @@
 //! the log-prob row pass and decode attention are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
+pub mod attention;
 pub(crate) mod matmul;
 
 use super::cpu::adamw::AdamW;
