@@ -8,8 +8,8 @@
 // h / (H / Hkv). Scores are scaled by `scale` (1/sqrt(D)); lse is the natural log of each
 // row's softmax normaliser. Storage is f32 or bf16; all arithmetic is f32.
 //
-// Design (this first version: clear tiles, scalar FMA, everything staged in f32 shared
-// memory, one template per head dim D):
+// Design (a first version: clear tiles, one template per head dim D; the scalar kernels use
+// FMA on tiles staged in f32 shared memory):
 // - forward: one block of 128 threads per (query tile of 64 rows, head, sequence), grid
 //   flattened as (tile, sequence) with the longest tiles (the last ones) scheduled first.
 //   It walks the key tiles of 32 from 0 up to the diagonal (tiles above it are never
@@ -27,15 +27,23 @@
 //   dS = P (dP - delta); dV += P^T dO, dK += dS^T Q (registers, so dk/dv are written once,
 //   without atomics, deterministically), and dQ += dS K scale by f32 atomicAdd into the
 //   accumulator, which a last pass converts to the storage type.
+// - forward in bf16 at head dims 64 and 128: the same grid on tensor cores (forward_tc,
+//   nvcuda::wmma 16x16x16, f32 accumulators), 4 warps of 16 query rows each, key tiles of
+//   64, S and O staged through shared memory in f32 because wmma's accumulator layout is
+//   opaque (see forward_tc). The scalar kernels serve f32, the other head dims, and are the
+//   reference the tensor-core one is read against.
 //
-// What would make it faster (the scalar path is the reference, not the fast path): the
-// three tile products on tensor cores (mma.sync m16n8k16 bf16 with f32 accumulators, or
-// wgmma on sm_90a with 64-row warpgroup tiles), Q/K/V kept in bf16 in shared memory with
-// 16-byte loads (cp.async or TMA, double-buffered so the next K/V tile loads during the
+// What would make it faster (the scalar paths are the reference, not the fast path): the
+// backward's three tile products on tensor cores too, the forward's with mma.sync
+// m16n8k16 (whose accumulator layout is documented, so S, P and O stay in registers with
+// no shared-memory round trips) or wgmma on sm_90a with 64-row warpgroup tiles; Q/K/V kept in
+// bf16 in shared memory (the scalar kernels convert to f32) and brought in with 16-byte loads (cp.async or TMA, double-buffered so the next K/V tile loads during the
 // current products), exp2 with log2(e) folded into the scale, P kept in registers as the
 // A operand of P V instead of a shared-memory round trip, and a persistent grid that
 // balances the causal triangle. dQ by atomics could become a second pass over query tiles
 // for determinism.
+#include <mma.h>
+
 #include "common.cuh"
 
 namespace attn {
@@ -400,6 +408,159 @@ __device__ void store_f32(T* dst, const float* src, long n) {
         dst[i] = from_f32<T>(src[i]);
 }
 
+
+// The bf16 forward on tensor cores (nvcuda::wmma 16x16x16, f32 accumulators), for head dims
+// that are multiples of 16. Same tiling of the grid as `forward` (query tiles of FWD_BQ
+// rows); keys in tiles of TC_BK. Each of the 4 warps owns 16 query rows of the tile:
+// S = Q K^T goes through shared memory (wmma's accumulator layout is opaque), the warp's
+// 32 lanes run the online softmax on its 16 rows (2 lanes a row, 32 keys each) and write P
+// in bf16; O lives in shared memory in f32, rescaled there by the lanes and updated by
+// O += P V with O loaded as the accumulator. Only __syncwarp is needed between the warp's
+// own steps; __syncthreads guards the K/V tiles that all warps share.
+constexpr int TC_BK = 64;
+constexpr int TC_WARPS = THREADS / 32;
+static_assert(FWD_BQ == 16 * TC_WARPS, "a warp per 16 query rows");
+
+// Row pitches (elements): bf16 rows padded by 8 (16 bytes), f32 rows by 4 (16 bytes), so
+// that every 16-row, 16-column fragment starts 32-byte aligned as wmma requires.
+template <int D> struct TcLayout {
+    static constexpr int QP = D + 8, SP = TC_BK + 4, PP = TC_BK + 8, OP = D + 4;
+    static constexpr int Q_BYTES = FWD_BQ * QP * 2, KV_BYTES = TC_BK * QP * 2;
+    static constexpr int S_BYTES = FWD_BQ * SP * 4, P_BYTES = FWD_BQ * PP * 2;
+    static constexpr int O_BYTES = FWD_BQ * OP * 4;
+    static constexpr int BYTES = Q_BYTES + 2 * KV_BYTES + S_BYTES + P_BYTES + O_BYTES;
+    static_assert(Q_BYTES % 32 == 0 && KV_BYTES % 32 == 0 && S_BYTES % 32 == 0 &&
+                      P_BYTES % 32 == 0,
+                  "regions start 32-byte aligned");
+};
+
+// rows (R, D) of bf16 from row0 (rows at or past len are zeros) into dst with pitch QP.
+template <int D, int R>
+__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, const __nv_bfloat16* base,
+                                               size_t row_stride, int row0, int len) {
+    for (int i = threadIdx.x; i < R * D; i += THREADS) {
+        const int r = i / D, c = i % D;
+        dst[r * TcLayout<D>::QP + c] =
+            row0 + r < len ? base[(size_t)(row0 + r) * row_stride + c] : __float2bfloat16_rn(0.0f);
+    }
+}
+
+// Launch: grid (q_tiles * n_seqs, H), THREADS threads, TcLayout<D>::BYTES of dynamic shared
+// memory; q_tiles = ceil(longest sequence / FWD_BQ).
+template <int D>
+__device__ void forward_tc(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
+                           const __nv_bfloat16* k, const __nv_bfloat16* v, const int* starts,
+                           int n_seqs, int n_rows, int n_head, int n_kv_head, int q_tiles,
+                           float scale) {
+    using namespace nvcuda;
+    using L = TcLayout<D>;
+    static_assert(D % 32 == 0, "two lanes a row split D in halves of 16-column blocks");
+    constexpr int BQ = FWD_BQ, BK = TC_BK;
+    extern __shared__ __align__(128) unsigned char smem_tc[];
+    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);                  // (BQ, QP)
+    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem_tc + L::Q_BYTES);     // (BK, QP)
+    __nv_bfloat16* vs = ks + BK * L::QP;                                             // (BK, QP)
+    float* ss = reinterpret_cast<float*>(smem_tc + L::Q_BYTES + 2 * L::KV_BYTES);    // (BQ, SP)
+    __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(ss + BQ * L::SP);          // (BQ, PP)
+    float* os = reinterpret_cast<float*>(ps + BQ * L::PP);                           // (BQ, OP)
+
+    const int seq = blockIdx.x % n_seqs;
+    const int tile = q_tiles - 1 - (int)(blockIdx.x / n_seqs);
+    const int h = blockIdx.y;
+    int start, len;
+    seq_bounds(starts, seq, n_rows, start, len);
+    const int q0 = tile * BQ;
+    if (q0 >= len) return;  // the whole block leaves, before any barrier
+    const int g = h / (n_head / n_kv_head);
+    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // The lane's row of the warp's 16, and which half of it (keys, then output columns).
+    const int rr = lane / 2, half = lane % 2;
+    const int row = warp * 16 + rr, qpos = q0 + row;
+
+    load_tile_bf16<D, BQ>(qs, q + (size_t)start * q_stride + (size_t)h * D, q_stride, q0, len);
+    for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) os[row * L::OP + c] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    const __nv_bfloat16* kb = k + (size_t)start * kv_stride + (size_t)g * D;
+    const __nv_bfloat16* vb = v + (size_t)start * kv_stride + (size_t)g * D;
+    const int k_tiles = (min(q0 + BQ, len) - 1) / BK + 1;
+    for (int kt = 0; kt < k_tiles; kt++) {
+        const int k0 = kt * BK;
+        __syncthreads();  // every warp is done with the previous ks, vs
+        load_tile_bf16<D, BK>(ks, kb, kv_stride, k0, len);
+        load_tile_bf16<D, BK>(vs, vb, kv_stride, k0, len);
+        __syncthreads();  // qs (first pass), ks, vs are in place
+
+        // S (16, BK) of the warp's rows = Q (16, D) K^T; K (BK, D) row-major is K^T col-major.
+#pragma unroll
+        for (int n = 0; n < BK / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kd = 0; kd < D / 16; kd++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+                wmma::load_matrix_sync(a, qs + warp * 16 * L::QP + kd * 16, L::QP);
+                wmma::load_matrix_sync(b, ks + n * 16 * L::QP + kd * 16, L::QP);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(ss + warp * 16 * L::SP + n * 16, acc, L::SP, wmma::mem_row_major);
+        }
+        __syncwarp();  // the warp's S rows are in place, and its previous O += P V stored
+
+        // Online softmax of the lane's half row: keys half * 32 .. + 32 of the tile.
+        constexpr int KH = BK / 2;
+        float mx = -INFINITY;
+        for (int j = 0; j < KH; j++) {
+            const int c = half * KH + j, kpos = k0 + c;
+            const float s = kpos <= qpos && kpos < len ? ss[row * L::SP + c] * scale : -INFINITY;
+            ss[row * L::SP + c] = s;
+            mx = fmaxf(mx, s);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        const float m_new = fmaxf(m, mx);
+        const float base = m_new == -INFINITY ? 0.0f : m_new;  // as in `forward`
+        const float alpha = expf(m - base);
+        float rs = 0.0f;
+        for (int j = 0; j < KH; j++) {
+            const int c = half * KH + j;
+            const float p = expf(ss[row * L::SP + c] - base);
+            ps[row * L::PP + c] = __float2bfloat16_rn(p);
+            rs += p;
+        }
+        l = l * alpha + rs + __shfl_xor_sync(0xffffffffu, rs, 1);
+        m = m_new;
+        for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) os[row * L::OP + c] *= alpha;
+        __syncwarp();  // the warp's P rows and rescaled O rows are in place
+
+        // O (16, D) of the warp's rows += P (16, BK) V (BK, D).
+#pragma unroll
+        for (int n = 0; n < D / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::load_matrix_sync(acc, os + warp * 16 * L::OP + n * 16, L::OP, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+                wmma::load_matrix_sync(a, ps + warp * 16 * L::PP + kk * 16, L::PP);
+                wmma::load_matrix_sync(b, vs + kk * 16 * L::QP + n * 16, L::QP);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(os + warp * 16 * L::OP + n * 16, acc, L::OP, wmma::mem_row_major);
+        }
+    }
+    __syncwarp();  // the warp's last O += P V is stored
+
+    if (qpos < len) {
+        const size_t at = (size_t)(start + qpos) * n_head + h;
+        const float inv = 1.0f / l;
+        for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++)
+            out[at * D + c] = __float2bfloat16_rn(os[row * L::OP + c] * inv);
+        if (half == 0) lse[at] = m + logf(l);
+    }
+}
+
 }  // namespace attn
 
 // Entry points: attention_forward_d{D}_{f32,bf16}, attention_backward_d{D}_{f32,bf16} for
@@ -432,6 +593,19 @@ ATTENTION_HEAD_DIM(32)
 ATTENTION_HEAD_DIM(64)
 ATTENTION_HEAD_DIM(96)
 ATTENTION_HEAD_DIM(128)
+
+// The bf16 forward on tensor cores: attention_forward_tc_d{D}_bf16, same arguments as
+// attention_forward_d{D}_bf16.
+#define ATTENTION_FORWARD_TC(D)                                                                  \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS) attention_forward_tc_d##D##_bf16( \
+        __nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,          \
+        const __nv_bfloat16* v, const int* starts, int n_seqs, int n_rows, int n_head,           \
+        int n_kv_head, int q_tiles, float scale) {                                               \
+        attn::forward_tc<D>(out, lse, q, k, v, starts, n_seqs, n_rows, n_head, n_kv_head,        \
+                            q_tiles, scale);                                                     \
+    }
+ATTENTION_FORWARD_TC(64)
+ATTENTION_FORWARD_TC(128)
 
 // delta: (N, H); dout, out: (N, H, D) as rows = N * H rows of d.
 extern "C" __global__ void attention_delta_f32(float* delta, const float* dout, const float* out,

@@ -1,6 +1,7 @@
 //! The fused causal attention kernels (kernels/attention.cu) against their CPU twins on
 //! fresh random inputs, in f32 and bf16: packed sequences of odd lengths spanning several
-//! tiles, GQA ratios 1 to 4, every head dim with a kernel. Skipped, with the reason
+//! tiles, GQA ratios 1 to 4, every head dim with a kernel (bf16 at head dims 64 and 128 runs
+//! the tensor-core forward, everything else the scalar kernels). Skipped, with the reason
 //! printed, where there is no GPU; scripts/gpu-check.sh sets TPO_REQUIRE_GPU, where a skip
 //! fails.
 

@@ -66,6 +66,9 @@ const BWD_BQ: usize = 32;
 const BWD_BK: usize = 32;
 /// The head dims kernels/attention.cu instantiates.
 const HEAD_DIMS: [usize; 7] = [4, 8, 16, 32, 64, 96, 128];
+/// The head dims with a bf16 forward on tensor cores (attention_forward_tc), its key tile.
+const TC_HEAD_DIMS: [usize; 2] = [64, 128];
+const TC_BK: usize = 64;
 /// Dynamic shared memory a block gets without opting in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 
@@ -73,6 +76,13 @@ const DEFAULT_SMEM: usize = 48 * 1024;
 /// Q (BQ, D + 1), K and V (BK, D + 1), P (BQ, BK + 1), f32.
 fn forward_smem(d: usize) -> usize {
     4 * (FWD_BQ * (d + 1) + 2 * FWD_BK * (d + 1) + FWD_BQ * (FWD_BK + 1))
+}
+
+/// As `forward_smem` for the tensor-core forward (attn::TcLayout): Q (BQ, D + 8), K and V
+/// (BK, D + 8), P (BQ, BK + 8) in bf16; S (BQ, BK + 4), O (BQ, D + 4) in f32.
+fn forward_tc_smem(d: usize) -> usize {
+    2 * (FWD_BQ * (d + 8) + 2 * TC_BK * (d + 8) + FWD_BQ * (TC_BK + 8))
+        + 4 * (FWD_BQ * (TC_BK + 4) + FWD_BQ * (d + 4))
 }
 
 /// As `forward_smem` for the backward (attn::bwd_smem_floats): Q and dO (BQ, D + 1), K and V
@@ -198,8 +208,13 @@ impl Gpu {
             return Ok(());
         }
         let d = dims.head_dim;
-        let smem = forward_smem(d);
-        let f = self.attention_kernel::<T>("attention_forward", d, smem)?;
+        // bf16 at the common head dims goes on tensor cores; the scalar kernel is the rest.
+        let (name, smem) = if T::SUFFIX == "bf16" && TC_HEAD_DIMS.contains(&d) {
+            ("attention_forward_tc", forward_tc_smem(d))
+        } else {
+            ("attention_forward", forward_smem(d))
+        };
+        let f = self.attention_kernel::<T>(name, d, smem)?;
         let (cfg, q_tiles) = tile_launch(seqs.max_len, FWD_BQ, n_seqs, dims.n_head, smem)?;
         let (o, l) = (self.ptr_mut(out), self.ptr_mut(lse));
         let (qp, kp, vp, sp) = (self.ptr(q), self.ptr(k), self.ptr(v), self.ptr(seqs.starts));
@@ -348,6 +363,14 @@ mod tests {
             assert!(forward_smem(d) <= 163 * 1024, "forward d {d}");
             assert!(backward_smem(d) <= 163 * 1024, "backward d {d}");
         }
+        for d in TC_HEAD_DIMS {
+            assert!(HEAD_DIMS.contains(&d));
+            assert!(
+                forward_tc_smem(d) <= 163 * 1024,
+                "tensor-core forward d {d}"
+            );
+        }
+        assert_eq!(forward_tc_smem(128), 112_640);
         // The layout of kernels/attention.cu at D = 128: 74 496 and 74 752 bytes.
         assert_eq!(forward_smem(128), 4 * (64 * 129 + 64 * 129 + 64 * 33));
         assert_eq!(backward_smem(128), 74_752);
