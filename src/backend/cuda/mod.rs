@@ -7,6 +7,7 @@
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
 mod adamw;
+pub mod attention;
 mod decode_attention;
 mod embedding;
 mod glue;
@@ -15,6 +16,7 @@ mod rmsnorm;
 mod rope;
 mod swiglu;
 
+pub use attention::{AttentionScratch, PackedSeqs};
 pub use decode_attention::DecodeDims;
 pub use glue::Columns;
 pub use matmul::{Bias, BiasGrad};

@@ -1,0 +1,626 @@
+// Fused causal attention over a packed batch of whole sequences (training), forward and
+// backward, FlashAttention-2 style: the (T, T) score matrix never exists in device memory.
+// CPU twins: attention_forward / attention_backward in src/backend/cpu/attention.rs.
+//
+// Layout: sequences packed row after row without padding; starts: (S + 1) prefix offsets,
+// sequence s holding rows starts[s]..starts[s + 1] at positions 0, 1, ... q, out, dq, dout:
+// (N, H, D); k, v, dk, dv: (N, Hkv, D); lse, delta: (N, H) f32. Query head h reads kv head
+// h / (H / Hkv). Scores are scaled by `scale` (1/sqrt(D)); lse is the natural log of each
+// row's softmax normaliser. Storage is f32 or bf16; all arithmetic is f32.
+//
+// Design (a first version: clear tiles, one template per head dim D; the scalar kernels use
+// FMA on tiles staged in f32 shared memory):
+// - forward: one block of 128 threads per (query tile of 64 rows, head, sequence), grid
+//   flattened as (tile, sequence) with the longest tiles (the last ones) scheduled first.
+//   It walks the key tiles of 32 from 0 up to the diagonal (tiles above it are never
+//   visited), computes S = Q K^T on a 16 x 8 thread grid (4 rows x 4 keys per thread),
+//   masks keys past the query's position (the diagonal tile) or past the sequence end,
+//   keeps the online-softmax max m and sum l per row in registers (the 8 threads of a row
+//   are 8 neighbouring lanes: shuffles reduce over them), stages P in shared memory and
+//   accumulates O += P V in registers (4 rows x D/8 columns per thread); finally O / l and
+//   lse = m + ln l for the rows inside the sequence.
+// - backward: delta = rowsum(dout * out) first (one warp per row and head), dq's f32
+//   accumulator zeroed by the launcher. Then one block per (key tile of 32, kv head,
+//   sequence), tile 0 (which sees every query) first. It keeps its K and V tiles in shared
+//   memory and dK, dV in registers, and walks the query heads of its GQA group and the query
+//   tiles of 32 from the diagonal to the end: recomputes P = exp(S scale - lse), dP = dO V^T,
+//   dS = P (dP - delta); dV += P^T dO, dK += dS^T Q (registers, so dk/dv are written once,
+//   without atomics, deterministically), and dQ += dS K scale by f32 atomicAdd into the
+//   accumulator, which a last pass converts to the storage type.
+// - forward in bf16 at head dims 64 and 128: the same grid on tensor cores (forward_tc,
+//   nvcuda::wmma 16x16x16, f32 accumulators), 4 warps of 16 query rows each, key tiles of
+//   64, S and O staged through shared memory in f32 because wmma's accumulator layout is
+//   opaque (see forward_tc). The scalar kernels serve f32, the other head dims, and are the
+//   reference the tensor-core one is read against.
+//
+// What would make it faster (the scalar paths are the reference, not the fast path): the
+// backward's three tile products on tensor cores too, the forward's with mma.sync
+// m16n8k16 (whose accumulator layout is documented, so S, P and O stay in registers with
+// no shared-memory round trips) or wgmma on sm_90a with 64-row warpgroup tiles; Q/K/V kept in
+// bf16 in shared memory (the scalar kernels convert to f32) and brought in with 16-byte loads (cp.async or TMA, double-buffered so the next K/V tile loads during the
+// current products), exp2 with log2(e) folded into the scale, P kept in registers as the
+// A operand of P V instead of a shared-memory round trip, and a persistent grid that
+// balances the causal triangle. dQ by atomics could become a second pass over query tiles
+// for determinism.
+#include <mma.h>
+
+#include "common.cuh"
+
+namespace attn {
+
+constexpr int THREADS = 128;
+constexpr int TX = 8;             // threads sharing one query row (neighbouring lanes)
+constexpr int TY = THREADS / TX;  // 16 row groups
+
+// The forward's tiles: 64 query rows, 32 keys.
+constexpr int FWD_BQ = 64, FWD_BK = 32;
+// The backward's tiles: 32 query rows, 32 keys.
+constexpr int BWD_BQ = 32, BWD_BK = 32;
+
+static_assert(FWD_BQ % TY == 0 && FWD_BK % TX == 0, "forward tiles split over the threads");
+static_assert(BWD_BQ % TY == 0 && BWD_BK % TX == 0 && BWD_BK % TY == 0,
+              "backward tiles split over the threads");
+
+// Shared-memory rows are padded by one float so that threads reading down a column of
+// neighbouring rows hit different banks.
+template <int D> constexpr int fwd_smem_floats() {
+    return FWD_BQ * (D + 1) + 2 * FWD_BK * (D + 1) + FWD_BQ * (FWD_BK + 1);
+}
+template <int D> constexpr int bwd_smem_floats() {
+    return 2 * BWD_BQ * (D + 1) + 2 * BWD_BK * (D + 1) + 2 * BWD_BQ * (BWD_BK + 1) + 2 * BWD_BQ;
+}
+
+// Sequence s's first row and length, clamped to the N rows so that malformed offsets can
+// only lose rows, never reach outside the buffers.
+__device__ __forceinline__ void seq_bounds(const int* starts, int s, int n_rows, int& start,
+                                           int& len) {
+    start = min(max(starts[s], 0), n_rows);
+    const int end = min(max(starts[s + 1], start), n_rows);
+    len = end - start;
+}
+
+// Reductions over the TX neighbouring lanes of one query row.
+__device__ __forceinline__ float row_max(float x) {
+    for (int offset = TX / 2; offset > 0; offset >>= 1)
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+__device__ __forceinline__ float row_sum(float x) {
+    for (int offset = TX / 2; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+// rows (R, D) of a (N, heads, D) buffer, from row0 of the sequence whose first row is base,
+// into dst (R, D + 1) f32; rows at or past len are zeros.
+template <typename T, int D, int R>
+__device__ __forceinline__ void load_tile(float* dst, const T* base, size_t row_stride, int row0,
+                                          int len) {
+    for (int i = threadIdx.x; i < R * D; i += THREADS) {
+        const int r = i / D, c = i % D;
+        dst[r * (D + 1) + c] = row0 + r < len ? to_f32(base[(size_t)(row0 + r) * row_stride + c]) : 0.0f;
+    }
+}
+
+// Launch: grid (q_tiles * n_seqs, H), THREADS threads, fwd_smem_floats<D>() * 4 bytes of
+// dynamic shared memory; q_tiles = ceil(longest sequence / FWD_BQ).
+template <typename T, int D>
+__device__ void forward(T* out, float* lse, const T* q, const T* k, const T* v, const int* starts,
+                        int n_seqs, int n_rows, int n_head, int n_kv_head, int q_tiles, float scale) {
+    constexpr int BQ = FWD_BQ, BK = FWD_BK, DP = D + 1, PP = BK + 1;
+    constexpr int RM = BQ / TY;             // query rows per thread
+    constexpr int CN = BK / TX;             // keys per thread
+    constexpr int DC = (D + TX - 1) / TX;   // output columns per thread
+    extern __shared__ float smem[];
+    float* qs = smem;           // (BQ, DP)
+    float* ks = qs + BQ * DP;   // (BK, DP)
+    float* vs = ks + BK * DP;   // (BK, DP)
+    float* ps = vs + BK * DP;   // (BQ, PP)
+
+    const int seq = blockIdx.x % n_seqs;
+    const int tile = q_tiles - 1 - (int)(blockIdx.x / n_seqs);
+    const int h = blockIdx.y;
+    int start, len;
+    seq_bounds(starts, seq, n_rows, start, len);
+    const int q0 = tile * BQ;
+    if (q0 >= len) return;  // the whole block leaves, before any barrier
+    const int g = h / (n_head / n_kv_head);
+    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
+    const T* qb = q + (size_t)start * q_stride + (size_t)h * D;
+    const T* kb = k + (size_t)start * kv_stride + (size_t)g * D;
+    const T* vb = v + (size_t)start * kv_stride + (size_t)g * D;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+
+    load_tile<T, D, BQ>(qs, qb, q_stride, q0, len);
+
+    float m[RM], l[RM], acc[RM][DC];
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DC; c++) acc[i][c] = 0.0f;
+    }
+
+    // The last key any row of the tile sees: the tile's last row, or the sequence's.
+    const int k_tiles = (min(q0 + BQ, len) - 1) / BK + 1;
+    for (int kt = 0; kt < k_tiles; kt++) {
+        const int k0 = kt * BK;
+        __syncthreads();  // the previous tile's readers of ks, vs, ps are done
+        load_tile<T, D, BK>(ks, kb, kv_stride, k0, len);
+        load_tile<T, D, BK>(vs, vb, kv_stride, k0, len);
+        __syncthreads();  // qs (first pass), ks, vs are in place
+
+        float s[RM][CN];
+#pragma unroll
+        for (int i = 0; i < RM; i++)
+#pragma unroll
+            for (int j = 0; j < CN; j++) s[i][j] = 0.0f;
+#pragma unroll 4
+        for (int d = 0; d < D; d++) {
+            float qv[RM], kv[CN];
+#pragma unroll
+            for (int i = 0; i < RM; i++) qv[i] = qs[(ty * RM + i) * DP + d];
+#pragma unroll
+            for (int j = 0; j < CN; j++) kv[j] = ks[(tx + TX * j) * DP + d];
+#pragma unroll
+            for (int i = 0; i < RM; i++)
+#pragma unroll
+                for (int j = 0; j < CN; j++) s[i][j] = fmaf(qv[i], kv[j], s[i][j]);
+        }
+
+        // Online softmax: mask, new row max, rescale what came before, P into shared memory.
+#pragma unroll
+        for (int i = 0; i < RM; i++) {
+            const int qpos = q0 + ty * RM + i;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < CN; j++) {
+                const int kpos = k0 + tx + TX * j;
+                s[i][j] = kpos <= qpos && kpos < len ? s[i][j] * scale : -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = row_max(mx);
+            const float m_new = fmaxf(m[i], mx);
+            // Every row sees key 0 in the first tile, so m_new is finite; the guard keeps a
+            // row that saw nothing yet at exp(-inf - 0) = 0 instead of NaN.
+            const float base = m_new == -INFINITY ? 0.0f : m_new;
+            const float alpha = expf(m[i] - base);
+            float rs = 0.0f;
+#pragma unroll
+            for (int j = 0; j < CN; j++) {
+                const float p = expf(s[i][j] - base);
+                ps[(ty * RM + i) * PP + tx + TX * j] = p;
+                rs += p;
+            }
+            l[i] = l[i] * alpha + row_sum(rs);
+            m[i] = m_new;
+#pragma unroll
+            for (int c = 0; c < DC; c++) acc[i][c] *= alpha;
+        }
+        __syncthreads();  // ps is complete
+
+#pragma unroll 4
+        for (int kk = 0; kk < BK; kk++) {
+            float pv[RM];
+#pragma unroll
+            for (int i = 0; i < RM; i++) pv[i] = ps[(ty * RM + i) * PP + kk];
+#pragma unroll
+            for (int c = 0; c < DC; c++) {
+                const int col = tx + TX * c;
+                const float vv = col < D ? vs[kk * DP + col] : 0.0f;
+#pragma unroll
+                for (int i = 0; i < RM; i++) acc[i][c] = fmaf(pv[i], vv, acc[i][c]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        const int qpos = q0 + ty * RM + i;
+        if (qpos >= len) continue;
+        const size_t row = (size_t)(start + qpos) * n_head + h;
+        const float inv = 1.0f / l[i];
+        T* o = out + row * D;
+#pragma unroll
+        for (int c = 0; c < DC; c++) {
+            const int col = tx + TX * c;
+            if (col < D) o[col] = from_f32<T>(acc[i][c] * inv);
+        }
+        if (tx == 0) lse[row] = m[i] + logf(l[i]);
+    }
+}
+
+// delta[r] = dout[r] . out[r] over rows (N * H) of D; one warp per row.
+// Launch: any grid of blocks of 256 threads (grid-stride).
+template <typename T>
+__device__ void delta_rows(float* delta, const T* dout, const T* out, long rows, int d) {
+    const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    for (long r = (long)blockIdx.x * warps + threadIdx.x / 32; r < rows; r += (long)gridDim.x * warps) {
+        float s = 0.0f;
+        for (int c = lane; c < d; c += 32) s += to_f32(dout[r * d + c]) * to_f32(out[r * d + c]);
+        s = warp_sum(s);
+        if (lane == 0) delta[r] = s;
+    }
+}
+
+// dq_acc (N, H, D) f32 accumulated (zeroed by the launcher); dk, dv assigned.
+// Launch: grid (k_tiles * n_seqs, Hkv), THREADS threads, bwd_smem_floats<D>() * 4 bytes of
+// dynamic shared memory; k_tiles = ceil(longest sequence / BWD_BK).
+template <typename T, int D>
+__device__ void backward(float* dq_acc, T* dk, T* dv, const T* dout, const T* q, const T* k,
+                         const T* v, const float* lse, const float* delta, const int* starts,
+                         int n_seqs, int n_rows, int n_head, int n_kv_head, float scale) {
+    constexpr int BQ = BWD_BQ, BK = BWD_BK, DP = D + 1, PP = BK + 1;
+    constexpr int RQ = BQ / TY;             // query rows per thread (S, dP, dQ)
+    constexpr int CK = BK / TX;             // keys per thread (S, dP)
+    constexpr int RK = BK / TY;             // key rows per thread (dK, dV)
+    constexpr int DC = (D + TX - 1) / TX;   // columns per thread (dK, dV, dQ)
+    extern __shared__ float smem[];
+    float* ks = smem;                // (BK, DP)
+    float* vs = ks + BK * DP;        // (BK, DP)
+    float* qs = vs + BK * DP;        // (BQ, DP)
+    float* dos = qs + BQ * DP;       // (BQ, DP)
+    float* ps = dos + BQ * DP;       // (BQ, PP)
+    float* dss = ps + BQ * PP;       // (BQ, PP)
+    float* lse_s = dss + BQ * PP;    // (BQ)
+    float* delta_s = lse_s + BQ;     // (BQ)
+
+    const int seq = blockIdx.x % n_seqs;
+    const int tile = blockIdx.x / n_seqs;  // tile 0 sees every query: the longest, first
+    const int g = blockIdx.y;
+    int start, len;
+    seq_bounds(starts, seq, n_rows, start, len);
+    const int k0 = tile * BK;
+    if (k0 >= len) return;  // the whole block leaves, before any barrier
+    const int group = n_head / n_kv_head;
+    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+
+    load_tile<T, D, BK>(ks, k + (size_t)start * kv_stride + (size_t)g * D, kv_stride, k0, len);
+    load_tile<T, D, BK>(vs, v + (size_t)start * kv_stride + (size_t)g * D, kv_stride, k0, len);
+
+    float dk_acc[RK][DC], dv_acc[RK][DC];
+#pragma unroll
+    for (int i = 0; i < RK; i++)
+#pragma unroll
+        for (int c = 0; c < DC; c++) dk_acc[i][c] = dv_acc[i][c] = 0.0f;
+
+    const int q_tiles = (len + BQ - 1) / BQ;
+    for (int hh = 0; hh < group; hh++) {
+        const int h = g * group + hh;
+        const size_t head0 = (size_t)start * n_head + h;  // (row, head) index of the sequence's row 0
+        const T* qb = q + head0 * D;
+        const T* dob = dout + head0 * D;
+        // Query tiles that end before k0 see none of these keys.
+        for (int qt = k0 / BQ; qt < q_tiles; qt++) {
+            const int q0 = qt * BQ;
+            __syncthreads();  // the previous pass's readers of qs, dos, ps, dss are done
+            load_tile<T, D, BQ>(qs, qb, q_stride, q0, len);
+            load_tile<T, D, BQ>(dos, dob, q_stride, q0, len);
+            for (int r = threadIdx.x; r < BQ; r += THREADS) {
+                const bool in = q0 + r < len;
+                lse_s[r] = in ? lse[head0 + (size_t)(q0 + r) * n_head] : 0.0f;
+                delta_s[r] = in ? delta[head0 + (size_t)(q0 + r) * n_head] : 0.0f;
+            }
+            __syncthreads();  // ks, vs (first pass), qs, dos, lse_s, delta_s are in place
+
+            // S = Q K^T and dP = dO V^T on the (BQ, BK) tile; then P and dS.
+            float s[RQ][CK], dp[RQ][CK];
+#pragma unroll
+            for (int i = 0; i < RQ; i++)
+#pragma unroll
+                for (int j = 0; j < CK; j++) s[i][j] = dp[i][j] = 0.0f;
+#pragma unroll 4
+            for (int d = 0; d < D; d++) {
+                float qv[RQ], dov[RQ], kv[CK], vv[CK];
+#pragma unroll
+                for (int i = 0; i < RQ; i++) {
+                    qv[i] = qs[(ty * RQ + i) * DP + d];
+                    dov[i] = dos[(ty * RQ + i) * DP + d];
+                }
+#pragma unroll
+                for (int j = 0; j < CK; j++) {
+                    kv[j] = ks[(tx + TX * j) * DP + d];
+                    vv[j] = vs[(tx + TX * j) * DP + d];
+                }
+#pragma unroll
+                for (int i = 0; i < RQ; i++)
+#pragma unroll
+                    for (int j = 0; j < CK; j++) {
+                        s[i][j] = fmaf(qv[i], kv[j], s[i][j]);
+                        dp[i][j] = fmaf(dov[i], vv[j], dp[i][j]);
+                    }
+            }
+#pragma unroll
+            for (int i = 0; i < RQ; i++) {
+                const int r = ty * RQ + i, qpos = q0 + r;
+#pragma unroll
+                for (int j = 0; j < CK; j++) {
+                    const int c = tx + TX * j, kpos = k0 + c;
+                    // kpos <= qpos < len: a key the query sees (so also kpos < len).
+                    const float p = kpos <= qpos && qpos < len ? expf(s[i][j] * scale - lse_s[r]) : 0.0f;
+                    ps[r * PP + c] = p;
+                    dss[r * PP + c] = p * (dp[i][j] - delta_s[r]);
+                }
+            }
+            __syncthreads();  // ps, dss are complete
+
+            // dV += P^T dO, dK += dS^T Q (scaled once at the end).
+#pragma unroll 2
+            for (int qq = 0; qq < BQ; qq++) {
+                float pv[RK], dsv[RK];
+#pragma unroll
+                for (int i = 0; i < RK; i++) {
+                    pv[i] = ps[qq * PP + ty * RK + i];
+                    dsv[i] = dss[qq * PP + ty * RK + i];
+                }
+#pragma unroll
+                for (int c = 0; c < DC; c++) {
+                    const int col = tx + TX * c;
+                    if (col >= D) continue;
+                    const float dov = dos[qq * DP + col], qv = qs[qq * DP + col];
+#pragma unroll
+                    for (int i = 0; i < RK; i++) {
+                        dv_acc[i][c] = fmaf(pv[i], dov, dv_acc[i][c]);
+                        dk_acc[i][c] = fmaf(dsv[i], qv, dk_acc[i][c]);
+                    }
+                }
+            }
+
+            // dQ += dS K scale, into the f32 accumulator shared with the other key tiles.
+#pragma unroll
+            for (int i = 0; i < RQ; i++) {
+                const int r = ty * RQ + i, qpos = q0 + r;
+                if (qpos >= len) continue;
+                float* dq_row = dq_acc + (head0 + (size_t)qpos * n_head) * D;
+#pragma unroll
+                for (int c = 0; c < DC; c++) {
+                    const int col = tx + TX * c;
+                    if (col >= D) continue;
+                    float a = 0.0f;
+#pragma unroll 8
+                    for (int kk = 0; kk < BK; kk++) a = fmaf(dss[r * PP + kk], ks[kk * DP + col], a);
+                    atomicAdd(dq_row + col, a * scale);
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < RK; i++) {
+        const int kpos = k0 + ty * RK + i;
+        if (kpos >= len) continue;
+        const size_t row = ((size_t)(start + kpos) * n_kv_head + g) * D;
+#pragma unroll
+        for (int c = 0; c < DC; c++) {
+            const int col = tx + TX * c;
+            if (col >= D) continue;
+            dk[row + col] = from_f32<T>(dk_acc[i][c] * scale);
+            dv[row + col] = from_f32<T>(dv_acc[i][c]);
+        }
+    }
+}
+
+// dst[i] = src[i] in the storage type, over n elements (grid-stride).
+template <typename T>
+__device__ void store_f32(T* dst, const float* src, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        dst[i] = from_f32<T>(src[i]);
+}
+
+
+// The bf16 forward on tensor cores (nvcuda::wmma 16x16x16, f32 accumulators), for head dims
+// that are multiples of 16. Same tiling of the grid as `forward` (query tiles of FWD_BQ
+// rows); keys in tiles of TC_BK. Each of the 4 warps owns 16 query rows of the tile:
+// S = Q K^T goes through shared memory (wmma's accumulator layout is opaque), the warp's
+// 32 lanes run the online softmax on its 16 rows (2 lanes a row, 32 keys each) and write P
+// in bf16; O lives in shared memory in f32, rescaled there by the lanes and updated by
+// O += P V with O loaded as the accumulator. Only __syncwarp is needed between the warp's
+// own steps; __syncthreads guards the K/V tiles that all warps share.
+constexpr int TC_BK = 64;
+constexpr int TC_WARPS = THREADS / 32;
+static_assert(FWD_BQ == 16 * TC_WARPS, "a warp per 16 query rows");
+
+// Row pitches (elements): bf16 rows padded by 8 (16 bytes), f32 rows by 4 (16 bytes), so
+// that every 16-row, 16-column fragment starts 32-byte aligned as wmma requires.
+template <int D> struct TcLayout {
+    static constexpr int QP = D + 8, SP = TC_BK + 4, PP = TC_BK + 8, OP = D + 4;
+    static constexpr int Q_BYTES = FWD_BQ * QP * 2, KV_BYTES = TC_BK * QP * 2;
+    static constexpr int S_BYTES = FWD_BQ * SP * 4, P_BYTES = FWD_BQ * PP * 2;
+    static constexpr int O_BYTES = FWD_BQ * OP * 4;
+    static constexpr int BYTES = Q_BYTES + 2 * KV_BYTES + S_BYTES + P_BYTES + O_BYTES;
+    static_assert(Q_BYTES % 32 == 0 && KV_BYTES % 32 == 0 && S_BYTES % 32 == 0 &&
+                      P_BYTES % 32 == 0,
+                  "regions start 32-byte aligned");
+};
+
+// rows (R, D) of bf16 from row0 (rows at or past len are zeros) into dst with pitch QP.
+template <int D, int R>
+__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, const __nv_bfloat16* base,
+                                               size_t row_stride, int row0, int len) {
+    for (int i = threadIdx.x; i < R * D; i += THREADS) {
+        const int r = i / D, c = i % D;
+        dst[r * TcLayout<D>::QP + c] =
+            row0 + r < len ? base[(size_t)(row0 + r) * row_stride + c] : __float2bfloat16_rn(0.0f);
+    }
+}
+
+// Launch: grid (q_tiles * n_seqs, H), THREADS threads, TcLayout<D>::BYTES of dynamic shared
+// memory; q_tiles = ceil(longest sequence / FWD_BQ).
+template <int D>
+__device__ void forward_tc(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
+                           const __nv_bfloat16* k, const __nv_bfloat16* v, const int* starts,
+                           int n_seqs, int n_rows, int n_head, int n_kv_head, int q_tiles,
+                           float scale) {
+    using namespace nvcuda;
+    using L = TcLayout<D>;
+    static_assert(D % 32 == 0, "two lanes a row split D in halves of 16-column blocks");
+    constexpr int BQ = FWD_BQ, BK = TC_BK;
+    extern __shared__ __align__(128) unsigned char smem_tc[];
+    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);                  // (BQ, QP)
+    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem_tc + L::Q_BYTES);     // (BK, QP)
+    __nv_bfloat16* vs = ks + BK * L::QP;                                             // (BK, QP)
+    float* ss = reinterpret_cast<float*>(smem_tc + L::Q_BYTES + 2 * L::KV_BYTES);    // (BQ, SP)
+    __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(ss + BQ * L::SP);          // (BQ, PP)
+    float* os = reinterpret_cast<float*>(ps + BQ * L::PP);                           // (BQ, OP)
+
+    const int seq = blockIdx.x % n_seqs;
+    const int tile = q_tiles - 1 - (int)(blockIdx.x / n_seqs);
+    const int h = blockIdx.y;
+    int start, len;
+    seq_bounds(starts, seq, n_rows, start, len);
+    const int q0 = tile * BQ;
+    if (q0 >= len) return;  // the whole block leaves, before any barrier
+    const int g = h / (n_head / n_kv_head);
+    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // The lane's row of the warp's 16, and which half of it (keys, then output columns).
+    const int rr = lane / 2, half = lane % 2;
+    const int row = warp * 16 + rr, qpos = q0 + row;
+
+    load_tile_bf16<D, BQ>(qs, q + (size_t)start * q_stride + (size_t)h * D, q_stride, q0, len);
+    for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) os[row * L::OP + c] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    const __nv_bfloat16* kb = k + (size_t)start * kv_stride + (size_t)g * D;
+    const __nv_bfloat16* vb = v + (size_t)start * kv_stride + (size_t)g * D;
+    const int k_tiles = (min(q0 + BQ, len) - 1) / BK + 1;
+    for (int kt = 0; kt < k_tiles; kt++) {
+        const int k0 = kt * BK;
+        __syncthreads();  // every warp is done with the previous ks, vs
+        load_tile_bf16<D, BK>(ks, kb, kv_stride, k0, len);
+        load_tile_bf16<D, BK>(vs, vb, kv_stride, k0, len);
+        __syncthreads();  // qs (first pass), ks, vs are in place
+
+        // S (16, BK) of the warp's rows = Q (16, D) K^T; K (BK, D) row-major is K^T col-major.
+#pragma unroll
+        for (int n = 0; n < BK / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+            for (int kd = 0; kd < D / 16; kd++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+                wmma::load_matrix_sync(a, qs + warp * 16 * L::QP + kd * 16, L::QP);
+                wmma::load_matrix_sync(b, ks + n * 16 * L::QP + kd * 16, L::QP);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(ss + warp * 16 * L::SP + n * 16, acc, L::SP, wmma::mem_row_major);
+        }
+        __syncwarp();  // the warp's S rows are in place, and its previous O += P V stored
+
+        // Online softmax of the lane's half row: keys half * 32 .. + 32 of the tile.
+        constexpr int KH = BK / 2;
+        float mx = -INFINITY;
+        for (int j = 0; j < KH; j++) {
+            const int c = half * KH + j, kpos = k0 + c;
+            const float s = kpos <= qpos && kpos < len ? ss[row * L::SP + c] * scale : -INFINITY;
+            ss[row * L::SP + c] = s;
+            mx = fmaxf(mx, s);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        const float m_new = fmaxf(m, mx);
+        const float base = m_new == -INFINITY ? 0.0f : m_new;  // as in `forward`
+        const float alpha = expf(m - base);
+        float rs = 0.0f;
+        for (int j = 0; j < KH; j++) {
+            const int c = half * KH + j;
+            const float p = expf(ss[row * L::SP + c] - base);
+            ps[row * L::PP + c] = __float2bfloat16_rn(p);
+            rs += p;
+        }
+        l = l * alpha + rs + __shfl_xor_sync(0xffffffffu, rs, 1);
+        m = m_new;
+        for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) os[row * L::OP + c] *= alpha;
+        __syncwarp();  // the warp's P rows and rescaled O rows are in place
+
+        // O (16, D) of the warp's rows += P (16, BK) V (BK, D).
+#pragma unroll
+        for (int n = 0; n < D / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::load_matrix_sync(acc, os + warp * 16 * L::OP + n * 16, L::OP, wmma::mem_row_major);
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+                wmma::load_matrix_sync(a, ps + warp * 16 * L::PP + kk * 16, L::PP);
+                wmma::load_matrix_sync(b, vs + kk * 16 * L::QP + n * 16, L::QP);
+                wmma::mma_sync(acc, a, b, acc);
+            }
+            wmma::store_matrix_sync(os + warp * 16 * L::OP + n * 16, acc, L::OP, wmma::mem_row_major);
+        }
+    }
+    __syncwarp();  // the warp's last O += P V is stored
+
+    if (qpos < len) {
+        const size_t at = (size_t)(start + qpos) * n_head + h;
+        const float inv = 1.0f / l;
+        for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++)
+            out[at * D + c] = __float2bfloat16_rn(os[row * L::OP + c] * inv);
+        if (half == 0) lse[at] = m + logf(l);
+    }
+}
+
+}  // namespace attn
+
+// Entry points: attention_forward_d{D}_{f32,bf16}, attention_backward_d{D}_{f32,bf16} for
+// each supported head dim, and the dtype-only passes delta and dq conversion. The launcher
+// (src/backend/cuda/attention.rs) lists the same head dims and tile sizes.
+#define ATTENTION_ENTRIES(D, SUFFIX, T)                                                          \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS)                                  \
+        attention_forward_d##D##_##SUFFIX(T* out, float* lse, const T* q, const T* k,            \
+                                          const T* v, const int* starts, int n_seqs, int n_rows, \
+                                          int n_head, int n_kv_head, int q_tiles, float scale) { \
+        attn::forward<T, D>(out, lse, q, k, v, starts, n_seqs, n_rows, n_head, n_kv_head,        \
+                            q_tiles, scale);                                                     \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS) attention_backward_d##D##_##SUFFIX( \
+        float* dq_acc, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,          \
+        const float* lse, const float* delta, const int* starts, int n_seqs, int n_rows,         \
+        int n_head, int n_kv_head, float scale) {                                                \
+        attn::backward<T, D>(dq_acc, dk, dv, dout, q, k, v, lse, delta, starts, n_seqs, n_rows,  \
+                             n_head, n_kv_head, scale);                                          \
+    }
+
+#define ATTENTION_HEAD_DIM(D)                  \
+    ATTENTION_ENTRIES(D, f32, float)           \
+    ATTENTION_ENTRIES(D, bf16, __nv_bfloat16)
+
+ATTENTION_HEAD_DIM(4)
+ATTENTION_HEAD_DIM(8)
+ATTENTION_HEAD_DIM(16)
+ATTENTION_HEAD_DIM(32)
+ATTENTION_HEAD_DIM(64)
+ATTENTION_HEAD_DIM(96)
+ATTENTION_HEAD_DIM(128)
+
+// The bf16 forward on tensor cores: attention_forward_tc_d{D}_bf16, same arguments as
+// attention_forward_d{D}_bf16.
+#define ATTENTION_FORWARD_TC(D)                                                                  \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS) attention_forward_tc_d##D##_bf16( \
+        __nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,          \
+        const __nv_bfloat16* v, const int* starts, int n_seqs, int n_rows, int n_head,           \
+        int n_kv_head, int q_tiles, float scale) {                                               \
+        attn::forward_tc<D>(out, lse, q, k, v, starts, n_seqs, n_rows, n_head, n_kv_head,        \
+                            q_tiles, scale);                                                     \
+    }
+ATTENTION_FORWARD_TC(64)
+ATTENTION_FORWARD_TC(128)
+
+// delta: (N, H); dout, out: (N, H, D) as rows = N * H rows of d.
+extern "C" __global__ void attention_delta_f32(float* delta, const float* dout, const float* out,
+                                               long rows, int d) {
+    attn::delta_rows(delta, dout, out, rows, d);
+}
+extern "C" __global__ void attention_delta_bf16(float* delta, const __nv_bfloat16* dout,
+                                                const __nv_bfloat16* out, long rows, int d) {
+    attn::delta_rows(delta, dout, out, rows, d);
+}
+
+// dq: (N, H, D) from its f32 accumulator, n elements.
+extern "C" __global__ void attention_dq_store_f32(float* dq, const float* dq_acc, long n) {
+    attn::store_f32(dq, dq_acc, n);
+}
+extern "C" __global__ void attention_dq_store_bf16(__nv_bfloat16* dq, const float* dq_acc, long n) {
+    attn::store_f32(dq, dq_acc, n);
+}
