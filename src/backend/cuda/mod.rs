@@ -6,7 +6,10 @@
 //! the log-prob row pass and decode attention are wired; their GPU tests compare
 //! them with the CPU twins and are skipped, saying why, where there is no GPU.
 
+mod dpo;
+pub mod logprobs;
 pub(crate) mod matmul;
+mod sampling;
 
 use super::cpu::adamw::AdamW;
 use super::kernels;
@@ -401,63 +404,6 @@ impl Gpu {
             .arg(&direction);
         // SAFETY: the arguments match the kernel; x holds N x heads x D.
         unsafe { launch.launch(Self::elementwise(n * heads * half)) }.context("rope")?;
-        Ok(())
-    }
-}
-
-impl Gpu {
-    /// Log-softmax and gather over a chunk of logits: (R, V); targets, logp, lse: (R).
-    pub fn logprob_rows(
-        &self,
-        logp: &mut CudaSlice<f32>,
-        lse: &mut CudaSlice<f32>,
-        logits: &CudaSlice<f32>,
-        targets: &CudaSlice<u32>,
-        v: usize,
-    ) -> Result<()> {
-        let r = targets.len();
-        check_lens("logprob_rows", &[logp.len(), lse.len()], r)?;
-        check_rows("logprob_rows", &[logits.len()], r, v)?;
-        if r == 0 {
-            return Ok(());
-        }
-        let f = self.function("logprobs", "logprob_rows")?;
-        let v32 = v as i32;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(logp).arg(lse).arg(logits).arg(targets).arg(&v32);
-        // SAFETY: the arguments match the kernel; logits hold R rows of V, targets < V
-        // (checked by the caller).
-        unsafe { launch.launch(Self::rows(r)) }.context("logprob_rows")?;
-        Ok(())
-    }
-
-    /// Turns logits: (R, V) into d(loss)/d(logits) = upstream[r] * (onehot(target) -
-    /// softmax) in place, upstream being d(loss)/d(logp); lse from `logprob_rows`.
-    pub fn logprob_grad_rows(
-        &self,
-        logits: &mut CudaSlice<f32>,
-        targets: &CudaSlice<u32>,
-        lse: &CudaSlice<f32>,
-        upstream: &CudaSlice<f32>,
-        v: usize,
-    ) -> Result<()> {
-        let r = targets.len();
-        check_lens("logprob_grad_rows", &[lse.len(), upstream.len()], r)?;
-        check_rows("logprob_grad_rows", &[logits.len()], r, v)?;
-        if r == 0 {
-            return Ok(());
-        }
-        let f = self.function("logprobs", "logprob_grad_rows")?;
-        let v32 = v as i32;
-        let mut launch = self.stream.launch_builder(&f);
-        launch
-            .arg(logits)
-            .arg(targets)
-            .arg(lse)
-            .arg(upstream)
-            .arg(&v32);
-        // SAFETY: as in logprob_rows.
-        unsafe { launch.launch(Self::rows(r)) }.context("logprob_grad_rows")?;
         Ok(())
     }
 }
