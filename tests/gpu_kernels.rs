@@ -451,7 +451,7 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
             .unwrap();
         for (j, (g, w)) in download(&gpu, &grad).iter().zip(&want_grad).enumerate() {
             assert!(
-                (g - w).abs() <= 4e-3 * w.abs() + 1e-6,
+                (g - w).abs() <= 4e-3 * w.abs() + 1e-5,
                 "bf16 dlogits[{j}] {r}x{v}: {g} vs {w}"
             );
         }
