@@ -26,10 +26,11 @@ for line in sys.stdin:
 ' | while read -r name exe; do
         case "$name" in
             gpu_kernels) strip -o "$BIN/gpu_kernels" "$exe" ;;
+            gpu_heads) strip -o "$BIN/gpu_heads" "$exe" ;;
             tpo_engine) strip -o "$BIN/lib_tests" "$exe" ;;
         esac
     done
-    for b in gpu_kernels lib_tests; do
+    for b in gpu_kernels gpu_heads lib_tests; do
         [ -x "$BIN/$b" ] || { echo "gpu-check: $BIN/$b was not built" >&2; exit 1; }
     done
     ls -l "$BIN"
@@ -58,6 +59,7 @@ run() {
     results+=("| $name | $r | $(( $(date +%s) - started )) s |")
 }
 run gpu_kernels "$BIN/gpu_kernels" --nocapture --test-threads 1
+run gpu_heads "$BIN/gpu_heads" --nocapture --test-threads 1
 run kernels_ptx "$BIN/lib_tests" backend::kernels --nocapture
 echo
 echo "| check | result | time |"

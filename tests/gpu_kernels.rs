@@ -435,7 +435,7 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
                     (upstream[i] as f64 * (onehot - (row[j] - lse).exp())) as f32;
             }
         }
-        let mut glogits = gpu.stream.clone_htod(&logits).unwrap();
+        let glogits = gpu.stream.clone_htod(&logits).unwrap();
         let gtargets = gpu.stream.clone_htod(&targets).unwrap();
         let gup = gpu.stream.clone_htod(&upstream).unwrap();
         let mut logp = nans::<f32>(&gpu, r);
@@ -449,11 +449,23 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
                 "logp[{i}] {r}x{v}: {g} vs {w}"
             );
         }
-        gpu.logprob_grad_rows(&mut glogits, &gtargets, &lse, &gup, v)
+        // f32 gradient rows to a buffer of their own, and bf16 ones (what a bf16 backward
+        // feeds cuBLAS), rounded once.
+        let mut grad = nans::<f32>(&gpu, r * v);
+        gpu.logprob_grad_rows(&mut grad, &glogits, &gtargets, &lse, &gup, v)
             .unwrap();
-        let grad = gpu.stream.clone_dtoh(&glogits).unwrap();
+        let grad = gpu.stream.clone_dtoh(&grad).unwrap();
         for (j, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
             assert!((g - w).abs() < 1e-5, "dlogits[{j}] {r}x{v}: {g} vs {w}");
+        }
+        let mut grad = nans::<bf16>(&gpu, r * v);
+        gpu.logprob_grad_rows(&mut grad, &glogits, &gtargets, &lse, &gup, v)
+            .unwrap();
+        for (j, (g, w)) in download(&gpu, &grad).iter().zip(&want_grad).enumerate() {
+            assert!(
+                (g - w).abs() <= 4e-3 * w.abs() + 1e-5,
+                "bf16 dlogits[{j}] {r}x{v}: {g} vs {w}"
+            );
         }
     }
 }

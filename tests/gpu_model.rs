@@ -83,10 +83,8 @@ fn dpo() -> DpoConfig {
     }
 }
 
-fn batch(examples: &[Example]) -> (Vec<Vec<u32>>, usize) {
-    let seqs = examples.iter().flat_map(|e| e.seqs.clone()).collect();
-    (seqs, examples[0].prompt_len)
-}
+/// Each sequence's summed log-prob, and the gradient of every parameter.
+type SumsAndGrads = (Vec<f64>, Vec<f32>);
 
 /// CPU and GPU (storage T) forward + backward of one DPO micro-batch: (sums, grads) each.
 fn both<T: ModelStorage>(
@@ -94,7 +92,7 @@ fn both<T: ModelStorage>(
     model: &Model,
     examples: &[Example],
     chunk: usize,
-) -> ((Vec<f64>, Vec<f32>), (Vec<f64>, Vec<f32>)) {
+) -> (SumsAndGrads, SumsAndGrads) {
     let scored: Vec<ScoredSequence> = examples
         .iter()
         .flat_map(|e| {
@@ -107,7 +105,10 @@ fn both<T: ModelStorage>(
     let tb = TrainBatch::new(&scored);
     let groups = vec![2; examples.len()];
     let cfg = dpo();
-    let chosen_tokens: usize = examples.iter().map(|e| e.seqs[0].len() - e.prompt_len).sum();
+    let chosen_tokens: usize = examples
+        .iter()
+        .map(|e| e.seqs[0].len() - e.prompt_len)
+        .sum();
     let loss = |g: usize, logps: &[f64]| -> Vec<f64> {
         let e = &examples[g];
         let pair = PairLogps {
@@ -183,13 +184,19 @@ fn the_training_graph_matches_the_cpu_in_f32_and_tracks_it_in_bf16() {
         // A chunk of 5 rows: the LM head runs over several chunks, one split mid-sequence.
         let ((cs, cg), (gs, gg)) = both::<f32>(&gpu, &model, &examples, 5);
         for (a, b) in gs.iter().zip(&cs) {
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{name}: sum {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{name}: sum {a} vs {b}"
+            );
         }
         assert_grads_close(&model, &gg, &cg, 1e-3);
 
         let ((cs, cg), (gs, gg)) = both::<half::bf16>(&gpu, &model, &examples, 64);
         for (a, b) in gs.iter().zip(&cs) {
-            assert!((a - b).abs() <= 0.03 * b.abs().max(1.0), "{name} bf16: sum {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 0.03 * b.abs().max(1.0),
+                "{name} bf16: sum {a} vs {b}"
+            );
         }
         let c = cosine(&gg, &cg);
         assert!(c > 0.99, "{name} bf16: gradient cosine {c}");
@@ -224,7 +231,11 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
     let mut cpu_model = Model::load(&fixture("qwen2")).unwrap();
     let mut cpu = Trainer::new(&cpu_model, &cfg);
     let mut dev = GpuTrainer::<f32>::new(gpu.clone(), &cpu_model, &cfg).unwrap();
-    let batches: Vec<Vec<usize>> = (0..examples.len()).collect::<Vec<_>>().chunks(2).map(<[usize]>::to_vec).collect();
+    let batches: Vec<Vec<usize>> = (0..examples.len())
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(<[usize]>::to_vec)
+        .collect();
     let total = batches.len();
     for (step, b) in batches.iter().enumerate() {
         let want = cpu
@@ -234,8 +245,14 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
             .step(&examples, b, step, total)
             .unwrap()
             .unwrap_or_else(|e| panic!("GPU step {step}: {e:?}"));
-        let (gl, wl) = (got.metrics["loss"].as_f64().unwrap(), want.metrics["loss"].as_f64().unwrap());
-        assert!((gl - wl).abs() <= 1e-4 * wl.abs().max(1.0), "step {step}: loss {gl} vs {wl}");
+        let (gl, wl) = (
+            got.metrics["loss"].as_f64().unwrap(),
+            want.metrics["loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (gl - wl).abs() <= 1e-4 * wl.abs().max(1.0),
+            "step {step}: loss {gl} vs {wl}"
+        );
         assert!(
             (got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm,
             "step {step}: grad norm {} vs {}",
@@ -248,10 +265,17 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
     dev.download(&mut on_gpu).unwrap();
     let (mut far, n) = (0, cpu_model.params.len());
     for (a, b) in on_gpu.params.iter().zip(&cpu_model.params) {
-        assert!((a - b).abs() <= 5e-3, "a parameter differs by {}", (a - b).abs());
+        assert!(
+            (a - b).abs() <= 5e-3,
+            "a parameter differs by {}",
+            (a - b).abs()
+        );
         far += usize::from((a - b).abs() > 1e-4);
     }
-    assert!(far * 1000 <= n, "{far} of {n} parameters differ by more than 1e-4");
+    assert!(
+        far * 1000 <= n,
+        "{far} of {n} parameters differ by more than 1e-4"
+    );
     // Rolling back restores the weights from before the last update.
     dev.roll_back().unwrap();
     dev.download(&mut on_gpu).unwrap();
@@ -295,11 +319,13 @@ fn greedy_generation_on_the_gpu_gives_the_cpu_tokens() {
         assert_eq!(stats.decode_tokens, 15 * 11);
         // bf16 runs the same loop: whole, well-formed completions.
         let (got, _) =
-            generate_gpu_as::<half::bf16>(&gpu, &model, &ps, &opts, &|_| false, &|_| {})
-                .unwrap();
+            generate_gpu_as::<half::bf16>(&gpu, &model, &ps, &opts, &|_| false, &|_| {}).unwrap();
         for c in got.iter().flatten() {
             assert_eq!(c.token_ids.len(), 12);
-            assert!(c.token_ids.iter().all(|&t| (t as usize) < model.config.vocab_size));
+            assert!(c
+                .token_ids
+                .iter()
+                .all(|&t| (t as usize) < model.config.vocab_size));
         }
     }
 }

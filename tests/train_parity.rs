@@ -17,6 +17,7 @@
 use anyhow::Result;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
+use tpo_engine::backend::device::Device;
 use tpo_engine::model::training::{Activations, ScoredSequence, TrainBatch};
 use tpo_engine::model::Model;
 use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
@@ -265,7 +266,7 @@ fn three_adamw_updates_match_pytorch() {
         seed: 7,
     };
     let mut rec = Recorder::default();
-    train(&mut model, &ex, &train_cfg, &mut rec).unwrap();
+    train(&mut model, &ex, &train_cfg, &mut rec, &Device::Cpu).unwrap();
     let losses = floats(&adamw["losses"]);
     let norms = floats(&adamw["grad_norms"]);
     assert_eq!(rec.lines.len(), 3);

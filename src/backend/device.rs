@@ -125,10 +125,11 @@ mod tests {
     #[test]
     fn asking_for_cuda_where_it_cannot_run_says_why() {
         // A device ordinal no machine has: always an error, with the reason.
-        let err = Device::select(DeviceChoice::Cuda(4096))
-            .err()
-            .expect("no machine has device 4096");
+        let err = Device::select(DeviceChoice::Cuda(4096)).expect_err("no machine has device 4096");
         let msg = err.to_string();
-        assert!(msg.starts_with("--device cuda:4096: CUDA cannot run here: "), "{msg}");
+        assert!(
+            msg.starts_with("--device cuda:4096: CUDA cannot run here: "),
+            "{msg}"
+        );
     }
 }

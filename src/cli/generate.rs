@@ -1,9 +1,9 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
 use crate::backend::cpu::sampling::SamplingParams;
+use crate::backend::device::DeviceChoice;
 use crate::generate::{eos_ids, generate_on, read_prompts, GenerateOptions, PromptMode};
 use crate::io::write_atomic;
-use crate::backend::device::DeviceChoice;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};

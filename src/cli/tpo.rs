@@ -1,13 +1,13 @@
 //! `tpo-engine train`: the TPO loop, or with no arguments the built-in demonstration.
 
 use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
+use crate::backend::device::DeviceChoice;
 use crate::tpo::config::{Reference, Sampling, TpoConfig};
 use crate::tpo::prompts::read_prompt_file;
 use crate::tpo::run::TpoRun;
 use crate::tpo::summary::table;
 use crate::tpo::thought::ThoughtPrompt;
 use crate::train::Objective;
-use crate::backend::device::DeviceChoice;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 

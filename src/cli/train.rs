@@ -1,9 +1,9 @@
 //! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the CPU backend.
 
+use crate::backend::device::{Device, DeviceChoice};
 use crate::generate::{end_token, PromptMode};
 use crate::io::write_atomic;
 use crate::model::training::ScoredSequence;
-use crate::backend::device::{Device, DeviceChoice};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::batching::{score_examples, score_sequences};

@@ -106,8 +106,7 @@ pub fn generate_gpu_as<T: ModelStorage>(
         if !free.is_empty() && next < total {
             let started = Instant::now();
             let admit = free.len().min(total - next);
-            let pairs: Vec<(usize, usize)> =
-                (next..next + admit).map(|i| (i / k, i % k)).collect();
+            let pairs: Vec<(usize, usize)> = (next..next + admit).map(|i| (i / k, i % k)).collect();
             next += admit;
             // The distinct prompts, each with the slots that continue it.
             let mut need: Vec<usize> = pairs.iter().map(|p| p.0).collect();
@@ -182,8 +181,8 @@ pub fn generate_gpu_as<T: ModelStorage>(
             .map(|s| s.as_ref().map_or(0, |s| s.len))
             .collect();
         let logits = gm.decode_step(&tokens, &positions, &mut caches)?; // (B, V)
-        // Idle slots draw nothing: their rows take a dummy uniform after the live ones, so
-        // order the live rows first.
+                                                                        // Idle slots draw nothing: their rows take a dummy uniform after the live ones, so
+                                                                        // order the live rows first.
         let order: Vec<usize> = (0..slots).filter(|&s| live[s].is_some()).collect();
         let idle: Vec<usize> = (0..slots).filter(|&s| live[s].is_none()).collect();
         let perm: Vec<i32> = order.iter().chain(&idle).map(|&s| s as i32).collect();

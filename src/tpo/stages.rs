@@ -7,8 +7,8 @@ use super::judge::{Judge, JudgeGroup};
 use super::pairing::{choose_pair, Judged, Pairing};
 use super::prompts::{instruction, render, wrap};
 use crate::backend::cpu::sampling::SamplingParams;
-use crate::generate::{generate_on, FinishReason, GenerateOptions, PromptMode};
 use crate::backend::device::Device;
+use crate::generate::{generate_on, FinishReason, GenerateOptions, PromptMode};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::batching::score_examples;
@@ -132,9 +132,10 @@ impl Runtime {
             eos_ids: self.eos_ids.clone(),
         };
         let progress = bar(prompts.len() * samples * max_new_tokens, what);
-        let (completions, _) = generate_on(&self.device, model, prompts, &opts, &|_| false, &|n| {
-            progress.inc(n as u64)
-        })?;
+        let (completions, _) =
+            generate_on(&self.device, model, prompts, &opts, &|_| false, &|n| {
+                progress.inc(n as u64)
+            })?;
         progress.finish_and_clear();
         Ok(completions
             .into_iter()

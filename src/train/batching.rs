@@ -2,10 +2,10 @@
 //! sequences that way.
 
 use super::trainer::Example;
-use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::backend::cuda::LogitsScratch;
 use crate::backend::device::Device;
 use crate::model::cuda::GpuModel;
+use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::model::Model;
 use anyhow::Result;
 
@@ -50,8 +50,11 @@ pub fn score_sequences(
         Device::Cpu => None,
         Device::Cuda(gpu) => {
             let v = model.config.vocab_size;
-            let scratch =
-                LogitsScratch::new(gpu, LogitsScratch::default_chunk_rows(v), v)?;
+            let scratch = LogitsScratch::new(
+                gpu,
+                crate::backend::cuda::logprobs::default_chunk_rows(v),
+                v,
+            )?;
             Some((GpuModel::<half::bf16>::upload(gpu.clone(), model)?, scratch))
         }
     };

@@ -55,7 +55,7 @@ impl<T: ModelStorage> GpuTrainer<T> {
             grads: gpu.alloc(p, STATE)?,
             scratch: LogitsScratch::new(
                 &gpu,
-                LogitsScratch::default_chunk_rows(model.config.vocab_size),
+                crate::backend::cuda::logprobs::default_chunk_rows(model.config.vocab_size),
                 model.config.vocab_size,
             )?,
             master,
@@ -131,7 +131,8 @@ impl<T: ModelStorage> GpuTrainer<T> {
         } else {
             self.runs.clone()
         };
-        let bf16 = (&mut self.model.weights as &mut dyn Any).downcast_mut::<CudaSlice<half::bf16>>();
+        let bf16 =
+            (&mut self.model.weights as &mut dyn Any).downcast_mut::<CudaSlice<half::bf16>>();
         match bf16 {
             Some(shadow) => {
                 for (r, decays) in runs {

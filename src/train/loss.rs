@@ -98,29 +98,43 @@ pub fn dpo_loss(
                 (d * d, 2.0 * d)
             }
         };
-        totals.loss += loss * per_pair;
+        let mut share = loss * per_pair;
         let mut dchosen = dmargin * scale_c * per_pair;
         let drejected = -dmargin * scale_r * per_pair;
+        let mut nll = 0.0;
         if cfg.nll_alpha != 0.0 {
-            let nll = -pair.chosen / batch_chosen_tokens as f64;
-            totals.loss += cfg.nll_alpha * nll;
-            totals.nll += nll;
+            nll = -pair.chosen / batch_chosen_tokens as f64;
+            share += cfg.nll_alpha * nll;
             dchosen -= cfg.nll_alpha / batch_chosen_tokens as f64;
         }
         grads.push((dchosen, drejected));
-
         let (reward_c, reward_r) = (beta * (pc - rc), beta * (pr - rr));
-        totals.pairs += 1;
-        totals.reward_chosen += reward_c;
-        totals.reward_rejected += reward_r;
-        totals.correct += usize::from(reward_c > reward_r);
-        totals.logp_chosen += pc;
-        totals.logp_rejected += pr;
+        totals.add_pair(&[share, reward_c, reward_r, pc, pr, nll]);
     }
     grads
 }
 
+/// The numbers of one pair that `DpoTotals` adds up: a row of the device loss's stats.
+pub const PAIR_STATS: usize = 6;
+
 impl DpoTotals {
+    /// Adds one pair: [its loss share (loss / batch pairs + nll_alpha * nll), reward_chosen,
+    /// reward_rejected, logp_chosen, logp_rejected, nll], the rewards being beta times the
+    /// policy-minus-reference log-probs and the log-probs as the loss compares them (IPO:
+    /// per-token means); nll is 0 without the NLL term. `dpo_loss` and the device loss
+    /// (`Gpu::dpo_loss`, one such row per pair) both fill the totals through this.
+    pub fn add_pair(&mut self, row: &[f64; PAIR_STATS]) {
+        let [share, reward_c, reward_r, logp_c, logp_r, nll] = *row;
+        self.loss += share;
+        self.pairs += 1;
+        self.reward_chosen += reward_c;
+        self.reward_rejected += reward_r;
+        self.correct += usize::from(reward_c > reward_r);
+        self.logp_chosen += logp_c;
+        self.logp_rejected += logp_r;
+        self.nll += nll;
+    }
+
     /// TRL's metric names and meanings, averaged over the batch's pairs.
     pub fn metrics(&self, cfg: &DpoConfig) -> Map<String, Value> {
         let n = self.pairs.max(1) as f64;
@@ -273,6 +287,71 @@ mod tests {
         let mean_margin = margins.iter().sum::<f64>() / 3.0;
         assert!((m["rewards/margins"].as_f64().unwrap() - mean_margin).abs() < 1e-12);
         assert!((m["logps/chosen"].as_f64().unwrap() - (-12.0 - 30.25 - 4.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn totals_added_row_by_row_give_the_metrics_averages() {
+        let cfg = DpoConfig {
+            loss_type: DpoLossType::Sigmoid,
+            beta: 0.5,
+            label_smoothing: 0.0,
+            nll_alpha: 0.25,
+        };
+        let mut totals = DpoTotals::default();
+        totals.add_pair(&[0.5, 1.0, -1.0, -10.0, -20.0, 2.0]);
+        totals.add_pair(&[0.25, -2.0, 3.0, -30.0, -40.0, 4.0]);
+        let m = totals.metrics(&cfg);
+        assert_eq!(totals.pairs, 2);
+        assert_eq!(m["loss"].as_f64(), Some(0.75));
+        assert_eq!(m["rewards/chosen"].as_f64(), Some(-0.5));
+        assert_eq!(m["rewards/rejected"].as_f64(), Some(1.0));
+        // Only the first pair rewards its chosen completion above the rejected one.
+        assert_eq!(m["rewards/accuracies"].as_f64(), Some(0.5));
+        assert_eq!(m["rewards/margins"].as_f64(), Some(-1.5));
+        assert_eq!(m["logps/chosen"].as_f64(), Some(-20.0));
+        assert_eq!(m["logps/rejected"].as_f64(), Some(-30.0));
+        assert_eq!(m["nll_loss"].as_f64(), Some(6.0));
+    }
+
+    #[test]
+    fn dpo_loss_adds_each_pair_as_its_stats_row() {
+        let cfg = DpoConfig {
+            loss_type: DpoLossType::Ipo,
+            beta: 0.2,
+            label_smoothing: 0.0,
+            nll_alpha: 0.5,
+        };
+        let p = pairs();
+        let tokens: usize = p.iter().map(|x| x.n_chosen).sum();
+        let mut totals = DpoTotals::default();
+        dpo_loss(&p, &cfg, 4, tokens, &mut totals);
+        // The same pairs as rows written from the definition: IPO on per-token means.
+        let mut want = DpoTotals::default();
+        for x in &p {
+            let (nc, nr) = (x.n_chosen as f64, x.n_rejected as f64);
+            let (pc, pr) = (x.chosen / nc, x.rejected / nr);
+            let margin = (pc - x.ref_chosen / nc) - (pr - x.ref_rejected / nr);
+            let ipo = (margin - 1.0 / (2.0 * 0.2)).powi(2);
+            let nll = -x.chosen / tokens as f64;
+            want.add_pair(&[
+                ipo / 4.0 + 0.5 * nll,
+                0.2 * (pc - x.ref_chosen / nc),
+                0.2 * (pr - x.ref_rejected / nr),
+                pc,
+                pr,
+                nll,
+            ]);
+        }
+        let (got, want) = (totals.metrics(&cfg), want.metrics(&cfg));
+        for (key, w) in &want {
+            let g = got[key].as_f64().unwrap();
+            let w = w.as_f64().unwrap();
+            assert!(
+                (g - w).abs() < 1e-12 * w.abs().max(1.0),
+                "{key}: {g} vs {w}"
+            );
+        }
+        assert_eq!(totals.pairs, 3);
     }
 
     #[test]

@@ -4,15 +4,15 @@
 //! non-finite loss or gradient that keeps the last good weights.
 
 use super::batching::micro_batches;
+use super::gpu::GpuTrainer;
 use super::loss::{dpo_loss, sft_loss, DpoConfig, DpoTotals, PairLogps};
 use super::optimizer::{Optimizer, OptimizerConfig};
 use crate::backend::cpu::logprobs::default_chunk_rows;
 use crate::backend::cpu::sampling::Rng;
-use crate::model::training::{Activations, ScoredSequence, TrainBatch};
-use crate::model::Model;
 use crate::backend::device::Device;
 use crate::model::cuda::ModelStorage;
-use super::gpu::GpuTrainer;
+use crate::model::training::{Activations, ScoredSequence, TrainBatch};
+use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
@@ -346,8 +346,8 @@ fn train_with(
 /// A forward and backward over one micro-batch: (batch, loss groups, loss) as
 /// `Model::sequence_logprobs_with_grad` takes them, gradients accumulated wherever the pass
 /// keeps them.
-pub(crate) type Pass<'a> = dyn FnMut(&TrainBatch, &[usize], &mut dyn FnMut(usize, &[f64]) -> Vec<f64>) -> Result<()>
-    + 'a;
+pub(crate) type Pass<'a> =
+    dyn FnMut(&TrainBatch, &[usize], &mut dyn FnMut(usize, &[f64]) -> Vec<f64>) -> Result<()> + 'a;
 
 /// Forward and backward of one optimizer batch, micro-batch by micro-batch, each through
 /// `pass`. Returns the batch's loss metrics and the tokens processed.
@@ -521,14 +521,13 @@ mod tests {
         let grads = |budget: usize| {
             let mut grads = vec![0.0f32; model.layout.len];
             let cfg = config(6, budget);
-            let (metrics, _) = accumulate_gradients(
-                &model,
-                &examples,
-                &batch,
-                &cfg,
-                &mut Activations::default(),
-                &mut grads,
-            );
+            let mut acts = Activations::default();
+            let (metrics, _) = accumulate_gradients(&examples, &batch, &cfg, &mut |tb, g, loss| {
+                let chunk = default_chunk_rows(model.config.vocab_size);
+                model.sequence_logprobs_with_grad(tb, &mut acts, g, loss, &mut grads, chunk);
+                Ok(())
+            })
+            .unwrap();
             (metrics["loss"].as_f64().unwrap(), grads)
         };
         let (whole_loss, whole) = grads(10_000);
@@ -573,7 +572,7 @@ mod tests {
         let third = shuffled(examples.len(), cfg.seed, 0)[2];
         examples[third].reference[0] = f64::NAN;
         let mut rec = Recorder::default();
-        let err = train(&mut model, &examples, &cfg, &mut rec).unwrap_err();
+        let err = train(&mut model, &examples, &cfg, &mut rec, &Device::Cpu).unwrap_err();
         assert!(
             err.to_string()
                 .contains("training stopped at step 3: the loss is NaN"),

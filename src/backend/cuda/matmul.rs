@@ -3,7 +3,7 @@
 //! (N, C) buffers are column-major (C, N) ones to cuBLAS, so each product is written
 //! transposed, as llm.c does.
 
-use super::{check_lens, Gpu, Storage};
+use super::{check_lens, Dest, Gpu, Storage};
 use anyhow::{Context, Result};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, PushKernelArg};
@@ -143,7 +143,9 @@ impl Gpu {
             return Ok(());
         }
         if c == 0 {
-            self.stream.memset_zeros(out).context("matmul_forward_f32_out")?;
+            self.stream
+                .memset_zeros(out)
+                .context("matmul_forward_f32_out")?;
             return Ok(());
         }
         let (w, x, o) = (self.ptr(weight), self.ptr(inp), self.ptr_mut(out));
@@ -169,7 +171,7 @@ impl Gpu {
         &self,
         dinp: &mut impl DevicePtrMut<T>,
         dweight: &mut impl DevicePtrMut<f32>,
-        dbias: Option<&mut dyn BiasGrad>,
+        dbias: Option<&mut dyn Dest<f32>>,
         dout: &impl DevicePtr<T>,
         inp: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
@@ -239,6 +241,9 @@ impl Gpu {
 /// object, so `None` needs no type annotation at the call sites.)
 pub trait Bias<T> {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn address(&self, gpu: &Gpu) -> u64;
 }
 impl<T, X: DevicePtr<T>> Bias<T> for X {
@@ -247,19 +252,5 @@ impl<T, X: DevicePtr<T>> Bias<T> for X {
     }
     fn address(&self, gpu: &Gpu) -> u64 {
         gpu.ptr(self)
-    }
-}
-
-/// A bias gradient on the device (f32, accumulated): a whole buffer or a view.
-pub trait BiasGrad {
-    fn len(&self) -> usize;
-    fn address(&mut self, gpu: &Gpu) -> u64;
-}
-impl<X: DevicePtrMut<f32>> BiasGrad for X {
-    fn len(&self) -> usize {
-        DeviceSlice::len(self)
-    }
-    fn address(&mut self, gpu: &Gpu) -> u64 {
-        gpu.ptr_mut(self)
     }
 }

@@ -9,23 +9,27 @@
 mod adamw;
 pub mod attention;
 mod decode_attention;
+mod dpo;
 mod embedding;
 mod glue;
+pub mod logprobs;
 pub(crate) mod matmul;
 mod rmsnorm;
 mod rope;
+mod sampling;
 mod swiglu;
 
 pub use attention::{AttentionScratch, PackedSeqs};
 pub use decode_attention::DecodeDims;
 pub use glue::Columns;
-pub use matmul::{Bias, BiasGrad};
+pub use logprobs::LogitsScratch;
+pub use matmul::Bias;
 
 use super::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -194,67 +198,13 @@ impl Gpu {
     }
 }
 
-impl Gpu {
-    /// Log-softmax and gather over a chunk of logits: (R, V); targets, logp, lse: (R).
-    pub fn logprob_rows(
-        &self,
-        logp: &mut CudaSlice<f32>,
-        lse: &mut CudaSlice<f32>,
-        logits: &CudaSlice<f32>,
-        targets: &CudaSlice<u32>,
-        v: usize,
-    ) -> Result<()> {
-        let r = targets.len();
-        check_lens("logprob_rows", &[logp.len(), lse.len()], r)?;
-        check_rows("logprob_rows", &[logits.len()], r, v)?;
-        if r == 0 {
-            return Ok(());
-        }
-        let f = self.function("logprobs", "logprob_rows")?;
-        let v32 = v as i32;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(logp).arg(lse).arg(logits).arg(targets).arg(&v32);
-        // SAFETY: the arguments match the kernel; logits hold R rows of V, targets < V
-        // (checked by the caller).
-        unsafe { launch.launch(Self::rows(r)) }.context("logprob_rows")?;
-        Ok(())
-    }
-
-    /// Turns logits: (R, V) into d(loss)/d(logits) = upstream[r] * (onehot(target) -
-    /// softmax) in place, upstream being d(loss)/d(logp); lse from `logprob_rows`.
-    pub fn logprob_grad_rows(
-        &self,
-        logits: &mut CudaSlice<f32>,
-        targets: &CudaSlice<u32>,
-        lse: &CudaSlice<f32>,
-        upstream: &CudaSlice<f32>,
-        v: usize,
-    ) -> Result<()> {
-        let r = targets.len();
-        check_lens("logprob_grad_rows", &[lse.len(), upstream.len()], r)?;
-        check_rows("logprob_grad_rows", &[logits.len()], r, v)?;
-        if r == 0 {
-            return Ok(());
-        }
-        let f = self.function("logprobs", "logprob_grad_rows")?;
-        let v32 = v as i32;
-        let mut launch = self.stream.launch_builder(&f);
-        launch
-            .arg(logits)
-            .arg(targets)
-            .arg(lse)
-            .arg(upstream)
-            .arg(&v32);
-        // SAFETY: as in logprob_rows.
-        unsafe { launch.launch(Self::rows(r)) }.context("logprob_grad_rows")?;
-        Ok(())
-    }
-}
-
 /// A device buffer or view a kernel writes, as a trait object (for optional outputs,
 /// so `None` needs no type annotation).
 pub trait Dest<T> {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn address(&mut self, gpu: &Gpu) -> u64;
 }
 impl<T, X: DevicePtrMut<T>> Dest<T> for X {

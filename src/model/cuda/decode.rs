@@ -32,12 +32,7 @@ impl<T: ModelStorage> GpuModel<T> {
             k.push(self.gpu.alloc::<T>(n, stage)?);
             v.push(self.gpu.alloc::<T>(n, stage)?);
         }
-        Ok(SlotCaches {
-            k,
-            v,
-            slots,
-            t_max,
-        })
+        Ok(SlotCaches { k, v, slots, t_max })
     }
 
     /// Runs the prompts, packed, and copies prompt p's keys and values into each slot of
@@ -56,7 +51,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
         let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps as f32;
+        let eps = cfg.rms_norm_eps;
         let lay = &self.layout;
         let at = |stride, offset| Columns { stride, offset };
         if prompts.len() != targets.len() {
@@ -156,7 +151,7 @@ impl<T: ModelStorage> GpuModel<T> {
     ) -> Result<()> {
         let gpu: &Gpu = &self.gpu;
         let (c, im) = (self.config.hidden_size, self.config.intermediate_size);
-        let eps = self.config.rms_norm_eps as f32;
+        let eps = self.config.rms_norm_eps;
         gpu.rmsnorm_forward(h, &*x, &self.w(&w.post_attention_layernorm), eps, n, c)?;
         gpu.matmul_forward(gate_up, &*h, &self.w(&w.gate_up_proj()), None, n, c, 2 * im)?;
         gpu.swiglu_forward(act, &*gate_up, im)?;
@@ -181,19 +176,12 @@ impl<T: ModelStorage> GpuModel<T> {
             &mut normed,
             &picked,
             &self.w(&self.layout.norm),
-            self.config.rms_norm_eps as f32,
+            self.config.rms_norm_eps,
             r,
             c,
         )?;
         let mut logits = gpu.alloc::<f32>(r * v, stage)?;
-        gpu.matmul_forward_f32_out(
-            &mut logits,
-            &normed,
-            &self.w(&self.layout.lm_head),
-            r,
-            c,
-            v,
-        )?;
+        gpu.matmul_forward_f32_out(&mut logits, &normed, &self.w(&self.layout.lm_head), r, c, v)?;
         Ok(logits)
     }
 
@@ -213,7 +201,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
         let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps as f32;
+        let eps = cfg.rms_norm_eps;
         let lay = &self.layout;
         let at = |stride, offset| Columns { stride, offset };
         let b = caches.slots;
@@ -221,7 +209,10 @@ impl<T: ModelStorage> GpuModel<T> {
             bail!("decode_step: one token and position per slot");
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= caches.t_max) {
-            bail!("decode_step: position {p} beyond the caches' {}", caches.t_max);
+            bail!(
+                "decode_step: position {p} beyond the caches' {}",
+                caches.t_max
+            );
         }
         let stream = &gpu.stream;
         let tokens_dev = stream.clone_htod(tokens)?;

@@ -126,7 +126,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
         let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps as f32;
+        let eps = cfg.rms_norm_eps;
         let n = b.n;
         let lay = &self.layout;
         let at = |stride, offset| Columns { stride, offset };
@@ -150,14 +150,7 @@ impl<T: ModelStorage> GpuModel<T> {
                 gate_up: gpu.alloc::<T>(n * 2 * im, FORWARD)?,
                 act: gpu.alloc::<T>(n * im, FORWARD)?,
             };
-            gpu.rmsnorm_forward(
-                &mut st.h_attn,
-                &x,
-                &self.w(&w.input_layernorm),
-                eps,
-                n,
-                c,
-            )?;
+            gpu.rmsnorm_forward(&mut st.h_attn, &x, &self.w(&w.input_layernorm), eps, n, c)?;
             let bias = w.qkv_bias().map(|r| self.w(&r));
             gpu.matmul_forward(
                 &mut qkv,
@@ -314,7 +307,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
         let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps as f32;
+        let eps = cfg.rms_norm_eps;
         let (n, m) = (b.n, b.m);
         let at = |stride, offset| Columns { stride, offset };
 
