@@ -334,3 +334,53 @@ fn stop_strings_cut_the_text_and_end_the_completion() {
         &text[..text.find(&stop).unwrap()]
     );
 }
+
+/// `--device`: auto runs everywhere and says where (and why the CPU); a device that cannot
+/// run here is an error that says why, before anything is written; a bad name is refused.
+#[test]
+fn device_flag_says_where_the_model_runs() {
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    let out = tmp.path().join("out.jsonl");
+    let run = generate(&model, &prompts, &out, &["--max-new-tokens", "2"]);
+    assert!(run.ok, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("device: "))
+        .unwrap_or_else(|| panic!("no device line:\n{}", run.stderr));
+    assert!(
+        line.starts_with("device: cpu (auto: ") || line.starts_with("device: cuda:0"),
+        "{line}"
+    );
+
+    let out2 = tmp.path().join("out2.jsonl");
+    let run = generate(&model, &prompts, &out2, &["--device", "cpu"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr.lines().any(|l| l == "device: cpu"),
+        "{}",
+        run.stderr
+    );
+
+    // No machine has device 4096.
+    let out3 = tmp.path().join("out3.jsonl");
+    let run = generate(&model, &prompts, &out3, &["--device", "cuda:4096"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--device cuda:4096: CUDA cannot run here: "),
+        "{}",
+        run.stderr
+    );
+    assert!(!out3.exists());
+
+    let run = generate(&model, &prompts, &out3, &["--device", "gpu"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("expected auto, cpu, cuda or cuda:N"),
+        "{}",
+        run.stderr
+    );
+}

@@ -2,9 +2,12 @@
 //! embedded (loaded once), and one launch idiom. Everything is loaded at run time (cudarc's
 //! dynamic loading), so a machine without CUDA builds and runs the CPU backend unchanged.
 //!
-//! Work in progress (issue 5): matmul (cuBLAS), embedding, RMSNorm, rope, SwiGLU, AdamW,
-//! the log-prob row pass and decode attention are wired; their GPU tests compare
-//! them with the CPU twins and are skipped, saying why, where there is no GPU.
+//! One file per kernel family, mirroring kernels/*.cu and the CPU twins in `cpu/`: matmul
+//! (cuBLAS), embedding, rmsnorm, rope, swiglu, fused attention (forward and backward) and
+//! decode attention, the chunked LM-head log-probs, the DPO loss, sampling, AdamW, and the
+//! glue (residual adds, column slices, row gathers). Launchers take buffers or views
+//! (`DevicePtr`), check sizes and return errors, never panic; `tests/gpu_*.rs` compare each
+//! kernel with its CPU twin and are skipped, saying why, where there is no GPU.
 
 mod adamw;
 pub mod attention;
