@@ -18,22 +18,30 @@ extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* out, const unsi
     forward(out, tokens, table, c);
 }
 
-// dtable: (V, C) f32 accumulated; dout: (N, C); tokens: (N). One thread per column walks the
-// rows in order, so a repeated token's gradients add up in the same order on every run (as
-// the CPU twin). Simple, not yet fast: every thread reads all N rows of its column.
+// dtable: (V, C) f32 accumulated; dout: (N, C). The rows come grouped by token: the rows of
+// the u-th distinct token are order[starts[u] .. starts[u+1]], in row order, and the token is
+// ids[u]. One block per distinct token, threads over the columns: each element of dtable is
+// written by one thread, which adds the token's rows in row order onto it, so the sum is the
+// CPU twin's, bit for bit, whatever the scheduling.
 template <typename T>
-__device__ void backward(float* dtable, const T* dout, const unsigned* tokens, int n, int c) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= c) return;
-    for (int r = 0; r < n; r++)
-        dtable[(size_t)tokens[r] * c + col] += to_f32(dout[(size_t)r * c + col]);
+__device__ void backward(float* dtable, const T* dout, const int* order, const int* starts,
+                         const unsigned* ids, int c) {
+    const int u = blockIdx.x;
+    float* dst = dtable + (size_t)ids[u] * c;
+    for (int col = threadIdx.x; col < c; col += blockDim.x) {
+        float acc = dst[col];
+        for (int i = starts[u]; i < starts[u + 1]; i++) acc += to_f32(dout[(size_t)order[i] * c + col]);
+        dst[col] = acc;
+    }
 }
 
 extern "C" __global__ void embedding_backward_f32(float* dtable, const float* dout,
-                                                  const unsigned* tokens, int n, int c) {
-    backward(dtable, dout, tokens, n, c);
+                                                  const int* order, const int* starts,
+                                                  const unsigned* ids, int c) {
+    backward(dtable, dout, order, starts, ids, c);
 }
 extern "C" __global__ void embedding_backward_bf16(float* dtable, const __nv_bfloat16* dout,
-                                                   const unsigned* tokens, int n, int c) {
-    backward(dtable, dout, tokens, n, c);
+                                                   const int* order, const int* starts,
+                                                   const unsigned* ids, int c) {
+    backward(dtable, dout, order, starts, ids, c);
 }

@@ -75,3 +75,32 @@ extern "C" __global__ void sum_squares_partial(float* partial, const float* x, l
     acc = block_sum(acc);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
+
+// Column sums of x: (N, C) in two deterministic passes. First, partial: (R, C) with
+// partial[r, col] = the sum of x[row, col] over rows r*seg .. min((r+1)*seg, N), in row
+// order; grid (ceil(C / blockDim.x), R). Then out[col] += the sum of partial[0..R, col] in
+// order. Many blocks share the rows, so a long batch no longer runs on C threads alone.
+template <typename T>
+__device__ void column_partial(float* partial, const T* x, int n, int c, int seg) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= c) return;
+    const int r0 = blockIdx.y * seg, r1 = min(n, r0 + seg);
+    float acc = 0.0f;
+    for (int r = r0; r < r1; r++) acc += to_f32(x[(size_t)r * c + col]);
+    partial[(size_t)blockIdx.y * c + col] = acc;
+}
+extern "C" __global__ void column_sums_partial_f32(float* partial, const float* x, int n, int c,
+                                                   int seg) {
+    column_partial(partial, x, n, c, seg);
+}
+extern "C" __global__ void column_sums_partial_bf16(float* partial, const __nv_bfloat16* x, int n,
+                                                    int c, int seg) {
+    column_partial(partial, x, n, c, seg);
+}
+extern "C" __global__ void column_sums_finish(float* out, const float* partial, int r, int c) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= c) return;
+    float acc = 0.0f;
+    for (int i = 0; i < r; i++) acc += partial[(size_t)i * c + col];
+    out[col] += acc;
+}

@@ -66,12 +66,12 @@ __device__ double block_sum_f64(double x) {
 
 // sums: (S) = the sum of logp over rows row_starts[s]..row_starts[s+1]; row_starts: (S + 1).
 // One block per sequence, accumulated in f64 (as the CPU twin does), no atomics.
-extern "C" __global__ void sequence_sums(float* sums, const float* logp, const int* row_starts) {
+extern "C" __global__ void sequence_sums(double* sums, const float* logp, const int* row_starts) {
     const int s = blockIdx.x, begin = row_starts[s], end = row_starts[s + 1];
     double acc = 0.0;
     for (int r = begin + threadIdx.x; r < end; r += blockDim.x) acc += (double)logp[r];
     acc = block_sum_f64(acc);
-    if (threadIdx.x == 0) sums[s] = (float)acc;
+    if (threadIdx.x == 0) sums[s] = acc;
 }
 
 // dlogp: (M) = dseq[s] for the rows of sequence s (row_starts: (S + 1), nondecreasing), 0 for

@@ -1,7 +1,7 @@
 // RMSNorm, y = x / sqrt(mean(x^2) + eps) * w, and its backward. CPU twin:
 // src/backend/cpu/rmsnorm.rs (same conventions: dinp assigned, dweight accumulated, 1/rms
-// recomputed in the backward). dweight is summed over the rows in row order by a second
-// kernel, so the result does not depend on scheduling.
+// recomputed in the backward). dweight is summed over the rows by glue.cu's column sums,
+// in a fixed order, so the result does not depend on scheduling.
 //
 // Launch: one block per row (forward, backward), blockDim.x a multiple of 32.
 #include "common.cuh"
@@ -30,8 +30,8 @@ extern "C" __global__ void rmsnorm_forward_bf16(__nv_bfloat16* out, const __nv_b
     forward(out, inp, weight, eps, c);
 }
 
-// dinp (N, C) assigned; dweight_rows (N, C) f32: each row's dy * x * rstd, summed by
-// rmsnorm_dweight_reduce. With r = 1/rms: dx = r (w dy) - x r^3 / C * sum(w dy x).
+// dinp (N, C) assigned; dweight_rows (N, C) f32: each row's dy * x * rstd, summed over
+// the rows by column_sums (glue.cu). With r = 1/rms: dx = r (w dy) - x r^3 / C * sum(w dy x).
 template <typename T>
 __device__ void backward(T* dinp, float* dweight_rows, const T* dout, const T* inp,
                          const T* weight, float eps, int c) {
@@ -63,15 +63,4 @@ extern "C" __global__ void rmsnorm_backward_bf16(__nv_bfloat16* dinp, float* dwe
                                                  const __nv_bfloat16* inp,
                                                  const __nv_bfloat16* weight, float eps, int c) {
     backward(dinp, dweight_rows, dout, inp, weight, eps, c);
-}
-
-// dweight (C) += sum over the N rows of dweight_rows (N, C), in row order: one thread per
-// column, so the sum is the same on every run.
-extern "C" __global__ void rmsnorm_dweight_reduce(float* dweight, const float* dweight_rows,
-                                                  int n, int c) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c) return;
-    float acc = 0.0f;
-    for (int r = 0; r < n; r++) acc += dweight_rows[(size_t)r * c + i];
-    dweight[i] += acc;
 }

@@ -12,7 +12,7 @@ use tpo_engine::backend::cpu::rope::{
     inv_frequencies, rope_backward, rope_forward, RopeScaling, RopeTable,
 };
 use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
-use tpo_engine::backend::cuda::{DecodeDims, Gpu, Storage};
+use tpo_engine::backend::cuda::{DecodeDims, Gpu, Storage, TokenRows};
 
 fn gpu() -> Option<Gpu> {
     match Gpu::open(0) {
@@ -278,7 +278,8 @@ fn embedding_case<T: Convert>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
     let mut want_dt = vec![0.5; vocab * c];
     embedding_backward(&mut want_dt, &dout, &tokens, c);
     let mut dt = gpu.stream.clone_htod(&vec![0.5f32; vocab * c]).unwrap();
-    gpu.embedding_backward(&mut dt, &upload::<T>(gpu, &dout), &dtokens, c)
+    let rows = TokenRows::new(gpu, &tokens).unwrap();
+    gpu.embedding_backward(&mut dt, &upload::<T>(gpu, &dout), &rows, c)
         .unwrap();
     // Same additions in the same order: exact.
     assert_eq!(

@@ -273,6 +273,8 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
 pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
+    RunDir::check_free(&args.train.out)?;
+    let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
     let pairs = read_pairs(
         &args.pairs,
@@ -280,7 +282,6 @@ pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
     )?;
     let total = total_steps(pairs.len(), &cfg);
     RunDir::check_free(&args.train.out)?;
-    let device = super::open_device(device)?;
 
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
@@ -345,14 +346,14 @@ pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
 
 pub fn run_sft(args: SftArgs, device: DeviceChoice) -> Result<()> {
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
+    RunDir::check_free(&args.train.out)?;
+    let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
     let data = read_completions(
         &args.data,
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
-    RunDir::check_free(&args.train.out)?;
-    let device = super::open_device(device)?;
     let mut run = RunDir::create(
         &args.train.out,
         &args.train.model,

@@ -61,7 +61,7 @@ pub fn generate_gpu_as<T: ModelStorage>(
     let total = prompts.len() * k;
     let slots = opts.batch_size.min(total.max(1));
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
-    let t_max = (longest + opts.max_new_tokens).min(ctx);
+    let t_max = longest.saturating_add(opts.max_new_tokens).min(ctx);
     let mut caches = gm.slot_caches(slots, t_max)?;
     let v = model.config.vocab_size;
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
@@ -83,11 +83,16 @@ pub fn generate_gpu_as<T: ModelStorage>(
             None
         }
     };
-    // Samples one token for each (slot, row of logits) from the device's logits.
+    // Samples one token for each (slot, row of logits) from the device's logits, which must
+    // be finite (as the CPU engine requires).
     let sample = |logits: &cudarc::driver::CudaSlice<f32>,
                   rows: usize,
-                  seqs: &mut [&mut Live]|
+                  seqs: &mut [&mut Live],
+                  stage: &str|
      -> Result<Vec<u32>> {
+        if !gpu.sum_squares(logits)?.is_finite() {
+            bail!("the model produced non-finite logits during {stage}: its weights or activations overflow");
+        }
         let uniforms: Vec<f32> = seqs
             .iter_mut()
             .map(|s| if greedy { 0.0 } else { s.rng.uniform() })
@@ -138,7 +143,7 @@ pub fn generate_gpu_as<T: ModelStorage>(
             let mut per_pair = gpu.alloc::<f32>(rows.len() * v, "for the prefill logits")?;
             gpu.gather_rows(&mut per_pair, &logits, &rows_dev, v)?;
             let mut refs: Vec<&mut Live> = admitted.iter_mut().collect();
-            let firsts = sample(&per_pair, rows.len(), &mut refs)?;
+            let firsts = sample(&per_pair, rows.len(), &mut refs, "prefill")?;
             stats.prefill_secs += started.elapsed().as_secs_f64();
             for ((mut seq, t), &(slot, _)) in admitted.into_iter().zip(firsts).zip(&slot_of) {
                 if seq.limit == 0 {
@@ -190,7 +195,7 @@ pub fn generate_gpu_as<T: ModelStorage>(
         let mut ordered = gpu.alloc::<f32>(slots * v, "for the decode logits")?;
         gpu.gather_rows(&mut ordered, &logits, &perm_dev, v)?;
         let mut refs: Vec<&mut Live> = live.iter_mut().flatten().collect();
-        let chosen = sample(&ordered, slots, &mut refs)?;
+        let chosen = sample(&ordered, slots, &mut refs, "decoding")?;
         stats.decode_tokens += running;
         stats.decode_secs += started.elapsed().as_secs_f64();
         on_tokens(running);

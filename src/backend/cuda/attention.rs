@@ -34,9 +34,7 @@ impl AttentionScratch {
     pub fn new(gpu: &Gpu, n: usize, dims: AttentionDims) -> Result<AttentionScratch> {
         let (delta, dq) = scratch_lens(n, dims);
         let alloc = |len: usize| {
-            gpu.stream
-                .alloc_zeros::<f32>(len.max(1))
-                .context("attention scratch")
+            gpu.alloc::<f32>(len.max(1), "for the attention backward's scratch")
         };
         Ok(AttentionScratch {
             delta: alloc(delta)?,

@@ -2,7 +2,7 @@
 
 use super::{check_rows, Gpu, Storage};
 use anyhow::{Context, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
 impl Gpu {
     /// out: (N, C) from table: (V, C) at tokens: (N) (ids checked by the caller).
@@ -34,15 +34,16 @@ impl Gpu {
         Ok(())
     }
 
-    /// dtable: (V, C) f32 accumulated; dout: (N, C); tokens: (N).
+    /// dtable: (V, C) f32 accumulated; dout: (N, C) the gradient of the rows whose tokens
+    /// `rows` groups (ids below V, checked by the caller).
     pub fn embedding_backward<T: Storage>(
         &self,
         dtable: &mut impl DevicePtrMut<f32>,
         dout: &impl DevicePtr<T>,
-        tokens: &impl DevicePtr<u32>,
+        rows: &TokenRows,
         c: usize,
     ) -> Result<()> {
-        let n = tokens.len();
+        let n = rows.order.len();
         check_rows("embedding_backward", &[dout.len()], n, c)?;
         if !dtable.len().is_multiple_of(c) {
             anyhow::bail!(
@@ -50,17 +51,73 @@ impl Gpu {
                 dtable.len()
             );
         }
-        if n == 0 {
+        let distinct = rows.ids.len();
+        if distinct == 0 {
             return Ok(());
         }
         let f = self.function("embedding", &format!("embedding_backward_{}", T::SUFFIX))?;
-        let (dt, dy, t) = (self.ptr_mut(dtable), self.ptr(dout), self.ptr(tokens));
-        let (n32, c32) = (n as i32, c as i32);
+        let (dt, dy) = (self.ptr_mut(dtable), self.ptr(dout));
+        let (o, st, ids) = (self.ptr(&rows.order), self.ptr(&rows.starts), self.ptr(&rows.ids));
+        let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&dt).arg(&dy).arg(&t).arg(&n32).arg(&c32);
-        // SAFETY: the arguments match the kernel; the ids index rows of dtable (checked by
-        // the caller).
-        unsafe { launch.launch(Self::columns(c)) }.context("embedding_backward")?;
+        launch.arg(&dt).arg(&dy).arg(&o).arg(&st).arg(&ids).arg(&c32);
+        // SAFETY: the arguments match the kernel; `rows` indexes N rows of dout and its ids
+        // rows of dtable (checked by the caller).
+        unsafe { launch.launch(Self::rows(distinct)) }.context("embedding_backward")?;
         Ok(())
+    }
+}
+
+/// The rows of a batch grouped by token, for the embedding's backward: `order` (N) lists
+/// the rows of each distinct token together (in row order within a token), `starts` (U+1)
+/// where each token's rows begin, `ids` (U) the tokens.
+pub struct TokenRows {
+    order: CudaSlice<i32>,
+    starts: CudaSlice<i32>,
+    ids: CudaSlice<u32>,
+}
+
+impl TokenRows {
+    pub fn new(gpu: &Gpu, tokens: &[u32]) -> Result<TokenRows> {
+        let (order, starts, ids) = group_by_token(tokens);
+        let s = &gpu.stream;
+        Ok(TokenRows {
+            order: s.clone_htod(&order)?,
+            starts: s.clone_htod(&starts)?,
+            ids: s.clone_htod(&ids)?,
+        })
+    }
+}
+
+/// (order, starts, ids) of `TokenRows`, on the host.
+pub(crate) fn group_by_token(tokens: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<u32>) {
+    let mut order: Vec<i32> = (0..tokens.len() as i32).collect();
+    order.sort_by_key(|&r| tokens[r as usize]); // stable: row order within a token
+    let (mut starts, mut ids) = (vec![], vec![]);
+    for (i, &r) in order.iter().enumerate() {
+        let t = tokens[r as usize];
+        if ids.last() != Some(&t) {
+            starts.push(i as i32);
+            ids.push(t);
+        }
+    }
+    starts.push(tokens.len() as i32);
+    (order, starts, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_by_token;
+
+    #[test]
+    fn rows_group_by_token_in_row_order() {
+        let tokens = [5u32, 2, 5, 9, 2, 5];
+        let (order, starts, ids) = group_by_token(&tokens);
+        assert_eq!(ids, vec![2, 5, 9]);
+        assert_eq!(starts, vec![0, 2, 5, 6]);
+        assert_eq!(order, vec![1, 4, 0, 2, 5, 3]);
+        let (order, starts, ids) = group_by_token(&[]);
+        assert!(order.is_empty() && ids.is_empty());
+        assert_eq!(starts, vec![0]);
     }
 }

@@ -1,6 +1,6 @@
 //! Launchers of kernels/glue.cu: residual adds, column slices and row gathers/scatters.
 
-use super::{check_lens, check_rows, Gpu, Storage};
+use super::{check_lens, check_rows, Dest, Gpu, Storage};
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -144,5 +144,63 @@ impl Gpu {
         unsafe { launch.launch(cfg) }.context("sum_squares_partial")?;
         let host = self.stream.clone_dtoh(&partial)?;
         Ok(host.iter().map(|&x| x as f64).sum())
+    }
+
+    /// out: (C) f32 += the column sums of x: (N, C), in two deterministic passes (row
+    /// segments summed in order, then the segments' sums in order).
+    pub fn column_sums<T: Storage>(
+        &self,
+        out: &mut dyn Dest<f32>,
+        x: &impl DevicePtr<T>,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        check_rows("column_sums", &[x.len()], n, c)?;
+        check_lens("column_sums out", &[out.len()], c)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (segs, seg) = column_segments(n);
+        let mut partial = self.alloc::<f32>(segs * c, "for column sums")?;
+        let f = self.function("glue", &format!("column_sums_partial_{}", T::SUFFIX))?;
+        let (p, xp) = (self.ptr_mut(&mut partial), self.ptr(x));
+        let ints = [n, c, seg].map(|v| v as i32);
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&p).arg(&xp).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+        let mut cfg = Self::columns(c);
+        cfg.grid_dim.1 = segs as u32;
+        // SAFETY: the arguments match the kernel; partial holds segs x C, x holds N x C and
+        // every segment's rows are below N.
+        unsafe { launch.launch(cfg) }.context("column_sums_partial")?;
+        let f = self.function("glue", "column_sums_finish")?;
+        let (o, segs32) = (out.address(self), segs as i32);
+        let mut launch = self.stream.launch_builder(&f);
+        launch.arg(&o).arg(&p).arg(&segs32).arg(&ints[1]);
+        // SAFETY: out holds C floats, partial segs x C.
+        unsafe { launch.launch(Self::columns(c)) }.context("column_sums_finish")?;
+        Ok(())
+    }
+}
+
+/// How `column_sums` splits N rows: (segments, rows per segment), about 64 rows or more
+/// per segment and at most 256 segments.
+pub(crate) fn column_segments(n: usize) -> (usize, usize) {
+    let segs = n.div_ceil(64).clamp(1, 256);
+    let seg = n.div_ceil(segs);
+    (n.div_ceil(seg), seg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::column_segments;
+
+    #[test]
+    fn column_segments_cover_every_row_once() {
+        for n in [1, 2, 63, 64, 65, 1000, 16_384, 16_385, 1 << 20] {
+            let (segs, seg) = column_segments(n);
+            assert!(segs >= 1 && segs <= 256, "{n}: {segs}");
+            // Segments 0..segs-1 are full and the last one is not empty.
+            assert!((segs - 1) * seg < n && segs * seg >= n, "{n}: {segs} x {seg}");
+        }
     }
 }

@@ -44,10 +44,7 @@ impl LogitsScratch {
         if chunk_rows == 0 || v == 0 || chunk_rows > i32::MAX as usize || v > i32::MAX as usize {
             anyhow::bail!("LogitsScratch: chunks of {chunk_rows} rows of {v} logits");
         }
-        let logits = gpu
-            .stream
-            .alloc_zeros::<f32>(chunk_rows * v)
-            .context("LogitsScratch: the (chunk, V) logits")?;
+        let logits = gpu.alloc::<f32>(chunk_rows * v, "for a chunk of the LM head's logits")?;
         Ok(LogitsScratch {
             chunk_rows,
             v,
@@ -152,10 +149,7 @@ impl Gpu {
             let bytes = scratch.chunk_rows * v * size_of::<T>();
             let grad = match scratch.grad.take() {
                 Some(g) if g.len() >= bytes => g,
-                _ => self
-                    .stream
-                    .alloc_zeros::<u8>(bytes)
-                    .context("LogitsScratch: the (chunk, V) gradient rows")?,
+                _ => self.alloc::<u8>(bytes, "for a chunk of the LM head's gradient rows")?,
             };
             self.ptr_mut(scratch.grad.insert(grad))
         };
@@ -327,11 +321,11 @@ impl Gpu {
 
     /// logp: (M) log-probs; row_starts: (S + 1) i32 on the device, nondecreasing, the
     /// first row of each sequence and M at the end (the caller's); sums: (S) assigned, the
-    /// sum over rows row_starts[s]..row_starts[s + 1], in f64 and then rounded: one block
+    /// sum over rows row_starts[s]..row_starts[s + 1], in f64 (as the CPU sums them): one block
     /// per sequence, a fixed reduction tree, no atomics (deterministic).
     pub fn sequence_sums(
         &self,
-        sums: &mut impl DevicePtrMut<f32>,
+        sums: &mut impl DevicePtrMut<f64>,
         logp: &impl DevicePtr<f32>,
         row_starts: &impl DevicePtr<i32>,
     ) -> Result<()> {

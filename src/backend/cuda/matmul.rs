@@ -225,13 +225,8 @@ impl Gpu {
             )?;
         }
         if let Some(dbias) = dbias {
-            let f = self.function("bias", &format!("bias_backward_{}", T::SUFFIX))?;
-            let (n32, oc32) = (n as i32, oc as i32);
-            let (db, dy) = (dbias.address(self), self.ptr(dout));
-            let mut launch = self.stream.launch_builder(&f);
-            launch.arg(&db).arg(&dy).arg(&n32).arg(&oc32);
-            // SAFETY: dbias holds OC, dout N x OC.
-            unsafe { launch.launch(Self::columns(oc)) }.context("bias_backward")?;
+            // dbias += the column sums of dout.
+            self.column_sums(dbias, dout, n, oc)?;
         }
         Ok(())
     }

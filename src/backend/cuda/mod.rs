@@ -24,6 +24,7 @@ mod swiglu;
 
 pub use attention::{AttentionScratch, PackedSeqs};
 pub use decode_attention::DecodeDims;
+pub use embedding::TokenRows;
 pub use glue::Columns;
 pub use logprobs::LogitsScratch;
 pub use matmul::Bias;
@@ -137,6 +138,17 @@ impl Gpu {
         n: usize,
         stage: &str,
     ) -> Result<CudaSlice<T>> {
+        if n == 0 {
+            // The driver refuses an allocation of 0 bytes: take one element and keep a
+            // buffer of length 0 over it (freed with it).
+            let one = self
+                .stream
+                .alloc_zeros::<T>(1)
+                .with_context(|| format!("cannot allocate on the GPU {stage}"))?;
+            // SAFETY: the pointer is a live allocation of at least 0 elements of T, owned
+            // by nothing else once leaked; the new slice frees it on drop.
+            return Ok(unsafe { self.stream.upgrade_device_ptr(one.leak(), 0) });
+        }
         self.stream.alloc_zeros::<T>(n).map_err(|e| {
             let bytes = n * std::mem::size_of::<T>();
             if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
@@ -146,7 +158,7 @@ impl Gpu {
                     .map(|(free, total)| format!("{} of {} free", gib(free), gib(total)))
                     .unwrap_or_else(|_| "free memory unknown".into());
                 anyhow::anyhow!(
-                    "out of GPU memory {stage}: {} more were needed ({free}); reduce --micro-batch-tokens (training and scoring), --batch-size or --samples (generation), or use a smaller model",
+                    "out of GPU memory {stage}: {} more were needed ({free}); reduce the tokens per micro-batch (--micro-batch-tokens) for training and scoring, the sequences decoded at once (generate --batch-size, train --gen-batch-size) or --max-new-tokens for sampling, or use a smaller model",
                     gib(bytes)
                 )
             } else {

@@ -39,7 +39,7 @@ impl Gpu {
         &self,
         dinp: &mut impl DevicePtrMut<T>,
         dweight: &mut impl DevicePtrMut<f32>,
-        scratch: &mut impl DevicePtrMut<f32>,
+        scratch: &mut cudarc::driver::CudaSlice<f32>,
         dout: &impl DevicePtr<T>,
         inp: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
@@ -66,7 +66,7 @@ impl Gpu {
         let f = self.function("rmsnorm", &format!("rmsnorm_backward_{}", T::SUFFIX))?;
         let (dx, s) = (self.ptr_mut(dinp), self.ptr_mut(scratch));
         let (dy, x, w) = (self.ptr(dout), self.ptr(inp), self.ptr(weight));
-        let (n32, c32) = (n as i32, c as i32);
+        let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&dx)
@@ -78,12 +78,9 @@ impl Gpu {
             .arg(&c32);
         // SAFETY: as in rmsnorm_forward; scratch holds at least N x C.
         unsafe { launch.launch(Self::rows(n)) }.context("rmsnorm_backward")?;
-        let f = self.function("rmsnorm", "rmsnorm_dweight_reduce")?;
-        let dw = self.ptr_mut(dweight);
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&dw).arg(&s).arg(&n32).arg(&c32);
-        // SAFETY: dweight holds C floats, scratch N x C.
-        unsafe { launch.launch(Self::columns(c)) }.context("rmsnorm_dweight_reduce")?;
+        // dweight += the column sums of the per-row terms.
+        self.column_sums::<f32>(dweight, &scratch.slice(..n * c), n, c)
+            .context("rmsnorm_backward dweight")?;
         Ok(())
     }
 }

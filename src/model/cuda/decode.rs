@@ -58,6 +58,9 @@ impl<T: ModelStorage> GpuModel<T> {
             bail!("prefill: one list of slots per prompt");
         }
         let tokens: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail!("prefill: token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
+        }
         let n = tokens.len();
         let mut starts = vec![0i32];
         let mut positions = Vec::with_capacity(n);
@@ -207,6 +210,9 @@ impl<T: ModelStorage> GpuModel<T> {
         let b = caches.slots;
         if tokens.len() != b || positions.len() != b {
             bail!("decode_step: one token and position per slot");
+        }
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail!("decode_step: token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= caches.t_max) {
             bail!(

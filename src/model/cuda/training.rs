@@ -9,7 +9,9 @@
 //! than keeping them.
 
 use super::{GpuModel, ModelStorage};
-use crate::backend::cuda::{AttentionScratch, Bias, Columns, Gpu, LogitsScratch, PackedSeqs};
+use crate::backend::cuda::{
+    AttentionScratch, Bias, Columns, Gpu, LogitsScratch, PackedSeqs, TokenRows,
+};
 use crate::model::training::TrainBatch;
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
@@ -18,6 +20,8 @@ use cudarc::driver::CudaSlice;
 pub struct GpuBatch {
     n: usize,
     tokens: CudaSlice<u32>, // (N)
+    /// The rows grouped by token, for the embedding's backward.
+    token_rows: TokenRows,
     /// Row offsets of the sequences: (S + 1).
     seq_starts: CudaSlice<i32>,
     max_len: usize,
@@ -65,6 +69,7 @@ impl GpuBatch {
         Ok(GpuBatch {
             n,
             tokens: stream.clone_htod(&batch.tokens)?,
+            token_rows: TokenRows::new(&model.gpu, &batch.tokens)?,
             seq_starts: stream.clone_htod(&seq_starts)?,
             max_len: batch.seqs.iter().map(|s| s.len()).max().unwrap_or(0),
             cos,
@@ -138,7 +143,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let mut layers = Vec::with_capacity(lay.layers.len());
         for w in &lay.layers {
             let mut st = LayerState {
-                x_in: gpu.stream.clone_dtod(&x)?,
+                x_in: gpu.alloc::<T>(n * c, FORWARD)?,
                 h_attn: gpu.alloc::<T>(n * c, FORWARD)?,
                 q: gpu.alloc::<T>(n * qd, FORWARD)?,
                 k: gpu.alloc::<T>(n * kvd, FORWARD)?,
@@ -150,6 +155,7 @@ impl<T: ModelStorage> GpuModel<T> {
                 gate_up: gpu.alloc::<T>(n * 2 * im, FORWARD)?,
                 act: gpu.alloc::<T>(n * im, FORWARD)?,
             };
+            gpu.stream.memcpy_dtod(&x, &mut st.x_in)?;
             gpu.rmsnorm_forward(&mut st.h_attn, &x, &self.w(&w.input_layernorm), eps, n, c)?;
             let bias = w.qkv_bias().map(|r| self.w(&r));
             gpu.matmul_forward(
@@ -234,13 +240,13 @@ impl<T: ModelStorage> GpuModel<T> {
         })
     }
 
-    /// The summed completion log-prob of each sequence (f32 sums on the device).
+    /// The summed completion log-prob of each sequence (f64 sums of the f32 row log-probs,
+    /// as on the CPU).
     fn sums(&self, b: &GpuBatch, acts: &GpuActivations<T>) -> Result<Vec<f64>> {
-        let mut sums = self.gpu.alloc::<f32>(b.s, FORWARD)?;
+        let mut sums = self.gpu.alloc::<f64>(b.s, FORWARD)?;
         self.gpu
             .sequence_sums(&mut sums, &acts.logp, &b.scored_starts)?;
-        let host = self.gpu.stream.clone_dtoh(&sums)?;
-        Ok(host.into_iter().map(f64::from).collect())
+        Ok(self.gpu.stream.clone_dtoh(&sums)?)
     }
 
     /// Twin of `Model::sequence_logprobs`: each sequence's summed completion log-prob.
@@ -472,7 +478,7 @@ impl<T: ModelStorage> GpuModel<T> {
         gpu.embedding_backward(
             &mut grads.slice_mut(lay.embed_tokens.clone()),
             &dx,
-            &b.tokens,
+            &b.token_rows,
             c,
         )?;
         Ok(())
