@@ -187,7 +187,9 @@ impl TpoRun {
     /// Where the policy samples, is scored and trains (the CPU until set).
     pub fn set_device(&mut self, device: Device) {
         if device.is_cuda() && self.cfg.judge.starts_with("rm:") {
-            eprintln!("note: the reward-model judge runs on the CPU (only the policy runs on the GPU)");
+            eprintln!(
+                "note: the reward-model judge runs on the CPU (only the policy runs on the GPU)"
+            );
         }
         self.rt.device = device;
     }

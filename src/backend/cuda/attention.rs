@@ -33,9 +33,8 @@ impl AttentionScratch {
     /// Scratch for batches of up to `n` rows.
     pub fn new(gpu: &Gpu, n: usize, dims: AttentionDims) -> Result<AttentionScratch> {
         let (delta, dq) = scratch_lens(n, dims);
-        let alloc = |len: usize| {
-            gpu.alloc::<f32>(len.max(1), "for the attention backward's scratch")
-        };
+        let alloc =
+            |len: usize| gpu.alloc::<f32>(len.max(1), "for the attention backward's scratch");
         Ok(AttentionScratch {
             delta: alloc(delta)?,
             dq: alloc(dq)?,

@@ -57,10 +57,20 @@ impl Gpu {
         }
         let f = self.function("embedding", &format!("embedding_backward_{}", T::SUFFIX))?;
         let (dt, dy) = (self.ptr_mut(dtable), self.ptr(dout));
-        let (o, st, ids) = (self.ptr(&rows.order), self.ptr(&rows.starts), self.ptr(&rows.ids));
+        let (o, st, ids) = (
+            self.ptr(&rows.order),
+            self.ptr(&rows.starts),
+            self.ptr(&rows.ids),
+        );
         let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&dt).arg(&dy).arg(&o).arg(&st).arg(&ids).arg(&c32);
+        launch
+            .arg(&dt)
+            .arg(&dy)
+            .arg(&o)
+            .arg(&st)
+            .arg(&ids)
+            .arg(&c32);
         // SAFETY: the arguments match the kernel; `rows` indexes N rows of dout and its ids
         // rows of dtable (checked by the caller).
         unsafe { launch.launch(Self::rows(distinct)) }.context("embedding_backward")?;

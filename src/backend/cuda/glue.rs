@@ -166,7 +166,12 @@ impl Gpu {
         let (p, xp) = (self.ptr_mut(&mut partial), self.ptr(x));
         let ints = [n, c, seg].map(|v| v as i32);
         let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&p).arg(&xp).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+        launch
+            .arg(&p)
+            .arg(&xp)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&ints[2]);
         let mut cfg = Self::columns(c);
         cfg.grid_dim.1 = segs as u32;
         // SAFETY: the arguments match the kernel; partial holds segs x C, x holds N x C and
@@ -200,7 +205,10 @@ mod tests {
             let (segs, seg) = column_segments(n);
             assert!(segs >= 1 && segs <= 256, "{n}: {segs}");
             // Segments 0..segs-1 are full and the last one is not empty.
-            assert!((segs - 1) * seg < n && segs * seg >= n, "{n}: {segs} x {seg}");
+            assert!(
+                (segs - 1) * seg < n && segs * seg >= n,
+                "{n}: {segs} x {seg}"
+            );
         }
     }
 }

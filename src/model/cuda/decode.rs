@@ -59,7 +59,10 @@ impl<T: ModelStorage> GpuModel<T> {
         }
         let tokens: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            bail!("prefill: token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
+            bail!(
+                "prefill: token id {t} is beyond the vocabulary ({})",
+                cfg.vocab_size
+            );
         }
         let n = tokens.len();
         let mut starts = vec![0i32];
@@ -212,7 +215,10 @@ impl<T: ModelStorage> GpuModel<T> {
             bail!("decode_step: one token and position per slot");
         }
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            bail!("decode_step: token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
+            bail!(
+                "decode_step: token id {t} is beyond the vocabulary ({})",
+                cfg.vocab_size
+            );
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= caches.t_max) {
             bail!(
