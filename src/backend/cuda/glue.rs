@@ -203,7 +203,7 @@ mod tests {
     fn column_segments_cover_every_row_once() {
         for n in [1, 2, 63, 64, 65, 1000, 16_384, 16_385, 1 << 20] {
             let (segs, seg) = column_segments(n);
-            assert!(segs >= 1 && segs <= 256, "{n}: {segs}");
+            assert!((1..=256).contains(&segs), "{n}: {segs}");
             // Segments 0..segs-1 are full and the last one is not empty.
             assert!(
                 (segs - 1) * seg < n && segs * seg >= n,
