@@ -400,3 +400,46 @@ fn seeded_sampling_on_the_gpu_follows_the_cpu_streams() {
         .count();
     assert!(same >= 13, "{same} of 15 completions are the CPU's");
 }
+
+#[test]
+fn a_reward_model_scores_on_the_gpu_as_on_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for name in ["rm-llama", "rm-qwen2"] {
+        let dir = fixture(name);
+        let config = tpo_engine::model::ModelConfig::load(&dir.join("config.json")).unwrap();
+        let model = Model::load_with_config(&dir, config).unwrap();
+        let v = model.config.vocab_size as u32;
+        let pad = model.config.pad_token_id;
+        // Sequences of several lengths, one ending in pad tokens where the model has one
+        // (the score is read before them).
+        let mut seqs: Vec<Vec<u32>> = (0..6u32)
+            .map(|s| (0..2 + 5 * s).map(|t| (t * 11 + s * 3 + 1) % v).collect())
+            .collect();
+        if let Some(p) = pad {
+            seqs[2].extend([p, p]);
+        }
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let want = model.classify(&refs);
+        let got = GpuModel::<f32>::upload(gpu.clone(), &model)
+            .unwrap()
+            .classify(&refs)
+            .unwrap();
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{name}: {a} vs {b}"
+            );
+        }
+        let got = GpuModel::<half::bf16>::upload(gpu.clone(), &model)
+            .unwrap()
+            .classify(&refs)
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 0.05 * b.abs().max(1.0),
+                "{name} bf16: {a} vs {b}"
+            );
+        }
+    }
+}

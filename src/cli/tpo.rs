@@ -131,7 +131,7 @@ pub fn run_train(args: TpoArgs, device: DeviceChoice) -> Result<()> {
         let (cfg, pool, heldout) = resolve(&args)?;
         TpoRun::create(&out, cfg, pool, heldout, "tpo")?
     };
-    run.set_device(device);
+    run.set_device(device)?;
     let thoughts = run.cfg.thought_prompt.is_some();
     let rows = run.run(&mut |rows| eprintln!("\n{}", table(rows, thoughts)))?;
     println!("{}", table(&rows, thoughts));

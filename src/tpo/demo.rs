@@ -162,7 +162,7 @@ pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
             let heldout = task::make_prompts(plan.heldout, HELDOUT_PROMPTS_SEED);
             TpoRun::create(&dir, cfg, pool, heldout, label)?
         };
-        run.set_device(device.clone());
+        run.set_device(device.clone())?;
         rows.push(run.run(&mut |_| {})?);
     }
     let working = (0..=plan.iterations)

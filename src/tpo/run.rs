@@ -184,14 +184,12 @@ impl TpoRun {
         })
     }
 
-    /// Where the policy samples, is scored and trains (the CPU until set).
-    pub fn set_device(&mut self, device: Device) {
-        if device.is_cuda() && self.cfg.judge.starts_with("rm:") {
-            eprintln!(
-                "note: the reward-model judge runs on the CPU (only the policy runs on the GPU)"
-            );
-        }
+    /// Where the policy samples, is scored and trains, and where a reward-model judge runs
+    /// (the CPU until set).
+    pub fn set_device(&mut self, device: Device) -> Result<()> {
+        self.judge.set_device(&device)?;
         self.rt.device = device;
+        Ok(())
     }
 
     fn thoughts(&self) -> bool {

@@ -45,40 +45,21 @@ impl<T: ModelStorage> GpuModel<T> {
         caches: &mut SlotCaches<T>,
     ) -> Result<CudaSlice<f32>> {
         let gpu: &Gpu = &self.gpu;
-        let cfg = &self.config;
-        let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let qkv_dim = qd + 2 * kvd;
-        let dims = self.attention_dims();
-        let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps;
-        let lay = &self.layout;
-        let at = |stride, offset| Columns { stride, offset };
+        let kvd = self.config.kv_dim();
         if prompts.len() != targets.len() {
             bail!("prefill: one list of slots per prompt");
         }
-        let tokens: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            bail!(
-                "prefill: token id {t} is beyond the vocabulary ({})",
-                cfg.vocab_size
-            );
-        }
-        let n = tokens.len();
-        let mut starts = vec![0i32];
-        let mut positions = Vec::with_capacity(n);
         // Cache rows to fill: (source row of the packed prompts, slot * Tmax + position).
         let (mut src, mut dst) = (vec![], vec![]);
+        let mut base = 0;
         for (p, slots) in prompts.iter().zip(targets) {
-            let base = *starts.last().unwrap() as usize;
-            if p.is_empty() || p.len() > caches.t_max {
+            if p.len() > caches.t_max {
                 bail!(
                     "prefill: a prompt of {} tokens does not fit slots of {}",
                     p.len(),
                     caches.t_max
                 );
             }
-            positions.extend(0..p.len());
             for &slot in slots {
                 if slot >= caches.slots {
                     bail!("prefill: slot {slot} of {}", caches.slots);
@@ -88,30 +69,83 @@ impl<T: ModelStorage> GpuModel<T> {
                     dst.push((slot * caches.t_max + t) as i32);
                 }
             }
-            starts.push((base + p.len()) as i32);
+            base += p.len();
+        }
+        let (src_dev, dst_dev) = (gpu.stream.clone_htod(&src)?, gpu.stream.clone_htod(&dst)?);
+        let mut copies = gpu.alloc::<T>(src.len() * kvd, PREFILL)?;
+        // Each prompt's keys and values go to every slot that continues it.
+        let (x, starts) = self.packed_forward(prompts, PREFILL, &mut |l, k, v| {
+            gpu.gather_rows(&mut copies, k, &src_dev, kvd)?;
+            gpu.scatter_rows(&mut caches.k[l], &copies, &dst_dev, kvd)?;
+            gpu.gather_rows(&mut copies, v, &src_dev, kvd)?;
+            gpu.scatter_rows(&mut caches.v[l], &copies, &dst_dev, kvd)
+        })?;
+        // The last row of each prompt: final norm and LM head.
+        let last: Vec<i32> = starts[1..].iter().map(|&s| s - 1).collect();
+        let last_dev = gpu.stream.clone_htod(&last)?;
+        self.head_logits(&x, &last_dev, PREFILL)
+    }
+
+    /// The decoder layers over fresh whole sequences, packed: returns the residual stream
+    /// leaving the last layer, (N, C), and the sequences' row offsets (S + 1). `kv(layer, k,
+    /// v)` sees each layer's keys (after rope) and values, (N, Hkv*D) each.
+    pub(crate) fn packed_forward(
+        &self,
+        seqs: &[&[u32]],
+        stage: &str,
+        kv: &mut dyn FnMut(usize, &CudaSlice<T>, &CudaSlice<T>) -> Result<()>,
+    ) -> Result<(CudaSlice<T>, Vec<i32>)> {
+        let gpu: &Gpu = &self.gpu;
+        let cfg = &self.config;
+        let c = cfg.hidden_size;
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = qd + 2 * kvd;
+        let dims = self.attention_dims();
+        let half = cfg.head_dim / 2;
+        let eps = cfg.rms_norm_eps;
+        let lay = &self.layout;
+        let at = |stride, offset| Columns { stride, offset };
+        let tokens: Vec<u32> = seqs.iter().flat_map(|p| p.iter().copied()).collect();
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail!("token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
+        }
+        if let Some(s) = seqs
+            .iter()
+            .find(|s| s.is_empty() || s.len() > cfg.max_context)
+        {
+            bail!(
+                "a sequence of {} tokens: expected 1 to the model's context ({})",
+                s.len(),
+                cfg.max_context
+            );
+        }
+        let n = tokens.len();
+        let mut starts = vec![0i32];
+        let mut positions = Vec::with_capacity(n);
+        for p in seqs {
+            positions.extend(0..p.len());
+            starts.push(starts.last().unwrap() + p.len() as i32);
         }
         let stream = &gpu.stream;
         let tokens_dev = stream.clone_htod(&tokens)?;
         let starts_dev = stream.clone_htod(&starts)?;
-        let (src_dev, dst_dev) = (stream.clone_htod(&src)?, stream.clone_htod(&dst)?);
         let (cos, sin) = self.rope_tables(&positions)?;
         let packed = PackedSeqs {
             starts: &starts_dev,
-            max_len: prompts.iter().map(|p| p.len()).max().unwrap_or(0),
+            max_len: seqs.iter().map(|p| p.len()).max().unwrap_or(0),
         };
-
-        let mut x = gpu.alloc::<T>(n * c, PREFILL)?;
+        let im = cfg.intermediate_size;
+        let mut x = gpu.alloc::<T>(n * c, stage)?;
         gpu.embedding_forward(&mut x, &tokens_dev, &self.w(&lay.embed_tokens), c)?;
-        let mut h = gpu.alloc::<T>(n * c, PREFILL)?;
-        let mut qkv = gpu.alloc::<T>(n * qkv_dim, PREFILL)?;
-        let mut q = gpu.alloc::<T>(n * qd, PREFILL)?;
-        let mut k = gpu.alloc::<T>(n * kvd, PREFILL)?;
-        let mut vv = gpu.alloc::<T>(n * kvd, PREFILL)?;
-        let mut att = gpu.alloc::<T>(n * qd, PREFILL)?;
-        let mut lse = gpu.alloc::<f32>(n * dims.n_head, PREFILL)?;
-        let mut gate_up = gpu.alloc::<T>(n * 2 * im, PREFILL)?;
-        let mut act = gpu.alloc::<T>(n * im, PREFILL)?;
-        let mut copies = gpu.alloc::<T>(src.len() * kvd, PREFILL)?;
+        let mut h = gpu.alloc::<T>(n * c, stage)?;
+        let mut qkv = gpu.alloc::<T>(n * qkv_dim, stage)?;
+        let mut q = gpu.alloc::<T>(n * qd, stage)?;
+        let mut k = gpu.alloc::<T>(n * kvd, stage)?;
+        let mut vv = gpu.alloc::<T>(n * kvd, stage)?;
+        let mut att = gpu.alloc::<T>(n * qd, stage)?;
+        let mut lse = gpu.alloc::<f32>(n * dims.n_head, stage)?;
+        let mut gate_up = gpu.alloc::<T>(n * 2 * im, stage)?;
+        let mut act = gpu.alloc::<T>(n * im, stage)?;
         for (l, w) in lay.layers.iter().enumerate() {
             gpu.rmsnorm_forward(&mut h, &x, &self.w(&w.input_layernorm), eps, n, c)?;
             let bias = w.qkv_bias().map(|r| self.w(&r));
@@ -129,20 +163,13 @@ impl<T: ModelStorage> GpuModel<T> {
             gpu.copy_columns((&mut vv, at(kvd, 0)), (&qkv, at(qkv_dim, qd + kvd)), n, kvd)?;
             gpu.rope(&mut q, &cos, &sin, dims.n_head, half, 1.0)?;
             gpu.rope(&mut k, &cos, &sin, dims.n_kv_head, half, 1.0)?;
-            // Each prompt's keys and values go to every slot that continues it.
-            gpu.gather_rows(&mut copies, &k, &src_dev, kvd)?;
-            gpu.scatter_rows(&mut caches.k[l], &copies, &dst_dev, kvd)?;
-            gpu.gather_rows(&mut copies, &vv, &src_dev, kvd)?;
-            gpu.scatter_rows(&mut caches.v[l], &copies, &dst_dev, kvd)?;
+            kv(l, &k, &vv)?;
             gpu.attention_forward(&mut att, &mut lse, &q, &k, &vv, &packed, dims)?;
             gpu.matmul_forward(&mut h, &att, &self.w(&w.o_proj), None, n, qd, c)?;
             gpu.add_inplace(&mut x, &h)?;
             self.mlp(&mut x, &mut h, &mut gate_up, &mut act, w, n)?;
         }
-        // The last row of each prompt: final norm and LM head.
-        let last: Vec<i32> = starts[1..].iter().map(|&s| s - 1).collect();
-        let last_dev = stream.clone_htod(&last)?;
-        self.head_logits(&x, &last_dev, PREFILL)
+        Ok((x, starts))
     }
 
     /// The MLP block on x: (N, C) in place; h, gate_up, act are scratch of N rows.
@@ -172,8 +199,22 @@ impl<T: ModelStorage> GpuModel<T> {
         rows: &CudaSlice<i32>,
         stage: &str,
     ) -> Result<CudaSlice<f32>> {
+        let v = self.config.vocab_size;
+        self.head_rows(x, rows, &self.layout.lm_head.clone(), v, stage)
+    }
+
+    /// Final norm of the rows `rows` of x, then the product with the head `weight`: (out,
+    /// C) gives (R, out) f32.
+    pub(crate) fn head_rows(
+        &self,
+        x: &CudaSlice<T>,
+        rows: &CudaSlice<i32>,
+        weight: &std::ops::Range<usize>,
+        out: usize,
+        stage: &str,
+    ) -> Result<CudaSlice<f32>> {
         let gpu: &Gpu = &self.gpu;
-        let (c, v) = (self.config.hidden_size, self.config.vocab_size);
+        let c = self.config.hidden_size;
         let r = rows.len();
         let mut picked = gpu.alloc::<T>(r * c, stage)?;
         gpu.gather_rows(&mut picked, x, rows, c)?;
@@ -186,8 +227,8 @@ impl<T: ModelStorage> GpuModel<T> {
             r,
             c,
         )?;
-        let mut logits = gpu.alloc::<f32>(r * v, stage)?;
-        gpu.matmul_forward_f32_out(&mut logits, &normed, &self.w(&self.layout.lm_head), r, c, v)?;
+        let mut logits = gpu.alloc::<f32>(r * out, stage)?;
+        gpu.matmul_forward_f32_out(&mut logits, &normed, &self.w(weight), r, c, out)?;
         Ok(logits)
     }
 

@@ -6,6 +6,7 @@
 //! Shape letters as in `backend`: N rows, C width, H/Hkv heads, D head dim, I MLP width,
 //! V vocabulary, M scored rows, S sequences.
 
+pub mod classify;
 pub mod decode;
 pub mod training;
 

@@ -31,6 +31,10 @@ pub trait Judge {
     /// One score per response of each group, in order; higher is better. `progress` is told
     /// how many responses were scored as work finishes.
     fn score(&mut self, groups: &[JudgeGroup], progress: &dyn Fn(usize)) -> Result<Vec<Vec<f64>>>;
+    /// Where a judge that runs a model runs it (the others ignore it).
+    fn set_device(&mut self, _device: &crate::backend::device::Device) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Outcome of one battle, judged with `a` shown first and `b` second.

@@ -14,6 +14,8 @@
 //! way the model would score something other than what was asked.
 
 use super::{Judge, JudgeGroup, JudgeOptions};
+use crate::backend::device::Device;
+use crate::model::cuda::GpuModel;
 use crate::model::{Head, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::batching::micro_batches;
@@ -24,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub struct RewardModelJudge {
     dir: PathBuf,
     model: Model,
+    /// The model on the GPU, when the run's device is one (bf16).
+    on_gpu: Option<GpuModel<half::bf16>>,
     tokenizer: Tokenizer,
     micro_batch_tokens: usize,
 }
@@ -61,6 +65,7 @@ impl RewardModelJudge {
         Ok(RewardModelJudge {
             dir: dir.to_path_buf(),
             model,
+            on_gpu: None,
             tokenizer,
             micro_batch_tokens: opts.micro_batch_tokens,
         })
@@ -96,6 +101,17 @@ impl RewardModelJudge {
 }
 
 impl Judge for RewardModelJudge {
+    fn set_device(&mut self, device: &Device) -> Result<()> {
+        self.on_gpu = match device {
+            Device::Cpu => None,
+            Device::Cuda(gpu) => Some(
+                GpuModel::upload(gpu.clone(), &self.model)
+                    .with_context(|| format!("reward model {}", self.dir.display()))?,
+            ),
+        };
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         format!("reward model {}", self.dir.display())
     }
@@ -127,7 +143,12 @@ impl Judge for RewardModelJudge {
             .collect();
         for micro in micro_batches(&order, |i| seqs[i].len(), self.micro_batch_tokens) {
             let batch: Vec<&[u32]> = micro.iter().map(|&i| seqs[i].as_slice()).collect();
-            let logits = self.model.classify(&batch);
+            let logits = match &self.on_gpu {
+                Some(gm) => gm
+                    .classify(&batch)
+                    .with_context(|| format!("reward model {}", self.dir.display()))?,
+                None => self.model.classify(&batch),
+            };
             for (&i, &score) in micro.iter().zip(&logits) {
                 let (g, r) = owners[i];
                 if !score.is_finite() {
