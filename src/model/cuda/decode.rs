@@ -14,6 +14,9 @@ use cudarc::driver::CudaSlice;
 const PREFILL: &str = "in the prefill of a generation batch";
 const DECODE: &str = "in a decode step";
 
+/// What a packed forward hands each layer's keys (after rope) and values to: (layer, k, v).
+pub(crate) type KvSink<'a, T> = dyn FnMut(usize, &CudaSlice<T>, &CudaSlice<T>) -> Result<()> + 'a;
+
 /// The KV caches of B slots of Tmax positions, one (B, Tmax, Hkv*D) pair per layer.
 pub struct SlotCaches<T: ModelStorage> {
     k: Vec<CudaSlice<T>>,
@@ -93,7 +96,7 @@ impl<T: ModelStorage> GpuModel<T> {
         &self,
         seqs: &[&[u32]],
         stage: &str,
-        kv: &mut dyn FnMut(usize, &CudaSlice<T>, &CudaSlice<T>) -> Result<()>,
+        kv: &mut KvSink<T>,
     ) -> Result<(CudaSlice<T>, Vec<i32>)> {
         let gpu: &Gpu = &self.gpu;
         let cfg = &self.config;
