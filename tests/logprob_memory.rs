@@ -29,12 +29,20 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Peak bytes allocated by `f` above what was allocated when it started.
-fn peak_extra(f: impl FnOnce()) -> usize {
-    let base = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    f();
-    PEAK.load(Ordering::SeqCst) - base
+/// Peak bytes allocated by `f` above what was allocated when it started: the least of three
+/// runs. The GEMM library keeps a packing buffer per worker thread, grown the first time
+/// that thread meets a product of a given shape, and which worker meets which shape first
+/// depends on scheduling; a repeated run sees only what the pass itself allocates.
+fn peak_extra(mut f: impl FnMut()) -> usize {
+    (0..3)
+        .map(|_| {
+            let base = CURRENT.load(Ordering::SeqCst);
+            PEAK.store(base, Ordering::SeqCst);
+            f();
+            PEAK.load(Ordering::SeqCst) - base
+        })
+        .min()
+        .expect("three runs")
 }
 
 fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
@@ -71,7 +79,7 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
     };
     forward(); // starts the thread pool outside the measurement
     let fwd = peak_extra(forward);
-    let bwd = peak_extra(|| {
+    let mut backward = || {
         logprobs_backward(
             &mut dhidden,
             &mut dweight,
@@ -85,7 +93,8 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
             chunk,
             &mut vec![],
         )
-    });
+    };
+    let bwd = peak_extra(backward);
     assert!(logp.iter().all(|x| x.is_finite() && *x < 0.0));
     // The training path: one pass over a loss group of `chunk` rows.
     let fused = peak_extra(|| {
@@ -126,11 +135,14 @@ fn peak_extra_memory_is_one_chunk_of_logits_whatever_the_row_count() {
         bwd * 8 < full_logits,
         "the chunked path must be far below the full logits"
     );
-    // Four times the rows, four times the logits a materialising path would hold; the
-    // chunked path's peak does not move.
+    // Four times the rows, four times the logits a materialising path would hold (48 MiB
+    // more here); the chunked path's peak does not move beyond scheduling noise: the
+    // backward's peak is one of two values about 128 KiB apart, by whether the two workers'
+    // GEMM packing buffers are live at once, whatever the row count.
+    let noise = 256 << 10;
     for (small, large) in [(fwd, fwd4), (bwd, bwd4)] {
         assert!(
-            large <= small + (64 << 10),
+            large <= small + noise,
             "peak grew with the rows: {small} -> {large} B"
         );
     }
