@@ -471,13 +471,35 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
     }
 }
 
-fn decode_case<T: Convert>(gpu: &Gpu, lens: &[usize], n_head: usize, n_kv_head: usize, d: usize) {
+/// ‖got − want‖ / ‖want‖, in f64.
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        num += (*g as f64 - *w as f64).powi(2);
+        den += (*w as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Decode attention of one query row per sequence over caches of `t_max` positions,
+/// sequence s holding `lens[s]`, against the CPU twin; twice, to check that every element
+/// is written (outputs and scratch start as NaN) and that the result is bit for bit the
+/// same.
+fn decode_case<T: Convert>(
+    gpu: &Gpu,
+    lens: &[usize],
+    t_max: usize,
+    n_head: usize,
+    n_kv_head: usize,
+    d: usize,
+) {
     let round = round_to::<T>;
-    let (b, t_max) = (lens.len(), *lens.iter().max().unwrap());
+    let b = lens.len();
     let kv_row = n_kv_head * d;
-    let q = round(random(b * n_head * d, 81));
-    let k = round(random(b * t_max * kv_row, 82));
-    let v = round(random(b * t_max * kv_row, 83));
+    let seed = (b * 1000 + t_max + 17 * n_head + 131 * n_kv_head + 7919 * d) as u64;
+    let q = round(random(b * n_head * d, seed));
+    let k = round(random(b * t_max * kv_row, seed + 1));
+    let v = round(random(b * t_max * kv_row, seed + 2));
     // The CPU twin: each sequence's cache is its first lens[s] positions.
     let views: Vec<KvView> = (0..b)
         .map(|s| {
@@ -505,46 +527,115 @@ fn decode_case<T: Convert>(gpu: &Gpu, lens: &[usize], n_head: usize, n_kv_head: 
         &row_pos,
         dims,
     );
+    let ddims = DecodeDims {
+        batch: b,
+        n_head,
+        n_kv_head,
+        head_dim: d,
+        t_max,
+    };
     let lens32: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
-    let mut out = nans::<T>(gpu, b * n_head * d);
-    let mut lse = gpu.stream.alloc_zeros::<f32>(b * n_head).unwrap();
-    let mut scratch = gpu.stream.alloc_zeros::<f32>(b * n_head * t_max).unwrap();
-    gpu.decode_attention(
-        &mut out,
-        &mut lse,
-        &mut scratch,
-        &upload::<T>(gpu, &q),
-        &upload::<T>(gpu, &k),
-        &upload::<T>(gpu, &v),
-        &gpu.stream.clone_htod(&lens32).unwrap(),
-        DecodeDims {
-            batch: b,
-            n_head,
-            n_kv_head,
-            head_dim: d,
-            t_max,
-        },
-    )
-    .unwrap();
-    let what = format!("decode attention {lens:?} H {n_head} Hkv {n_kv_head} D {d}");
-    assert_close(&what, &download(gpu, &out), &want, T::TOL.max(1e-4));
-    assert_close(
-        &format!("{what} lse"),
-        &gpu.stream.clone_dtoh(&lse).unwrap(),
-        &want_lse,
-        1e-4,
+    let (gq, gk, gv) = (
+        upload::<T>(gpu, &q),
+        upload::<T>(gpu, &k),
+        upload::<T>(gpu, &v),
+    );
+    let glens = gpu.stream.clone_htod(&lens32).unwrap();
+    let need = gpu.decode_attention_scratch_len(ddims).unwrap();
+    let run = || {
+        let mut out = nans::<T>(gpu, b * n_head * d);
+        let mut lse = nans::<f32>(gpu, b * n_head);
+        // One NaN where no scratch is needed (a buffer cannot be empty here).
+        let mut scratch = nans::<f32>(gpu, need.max(1));
+        gpu.decode_attention(
+            &mut out,
+            &mut lse,
+            &mut scratch,
+            &gq,
+            &gk,
+            &gv,
+            &glens,
+            ddims,
+        )
+        .unwrap();
+        (download(gpu, &out), gpu.stream.clone_dtoh(&lse).unwrap())
+    };
+    let (got, got_lse) = run();
+    let what = format!(
+        "decode attention lens {lens:?} of {t_max} H {n_head} Hkv {n_kv_head} D {d} {}",
+        T::SUFFIX
+    );
+    assert_close(&what, &got, &want, T::TOL);
+    let rel = relative_error(&got, &want);
+    let rel_tol = if T::SUFFIX == "f32" { 1e-5 } else { 5e-3 };
+    assert!(rel < rel_tol, "{what}: relative error {rel:e}");
+    // The scores see the same values on both sides: lse is f32-tight in bf16 too.
+    assert_close(&format!("{what} lse"), &got_lse, &want_lse, 1e-5);
+    let (again, again_lse) = run();
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&got), bits(&again), "{what}: a second run differs");
+    assert_eq!(
+        bits(&got_lse),
+        bits(&again_lse),
+        "{what} lse: a second run differs"
     );
 }
 
 #[test]
 fn decode_attention_matches_its_cpu_twin() {
     let Some(gpu) = gpu() else { return };
-    // Lengths 1, short, across a block's stride, and long; GQA groups 1, 2 and 4.
-    let lens = [1, 5, 300, 2049];
-    for (n_head, n_kv_head, d) in [(4, 4, 64), (8, 4, 128), (8, 2, 96)] {
-        decode_case::<f32>(&gpu, &lens, n_head, n_kv_head, d);
-        decode_case::<bf16>(&gpu, &lens, n_head, n_kv_head, d);
+    // Batches of (lens, Tmax): a short cache that one split covers (no combine); lengths 1,
+    // a few and 1000 of 1200 (on an H100, 9 or 10 splits of 120 to 134 positions: sequences
+    // that end in the first split beside one that spans many); one long sequence (the most
+    // splits); 16 sequences of mixed lengths, some ending near a split's edge or at Tmax.
+    let mixed = [
+        1, 2, 7, 64, 129, 500, 1000, 1200, 3, 1, 255, 256, 257, 777, 1199, 40,
+    ];
+    let batches: [(&[usize], usize); 4] = [
+        (&[1, 5, 40], 64),
+        (&[1, 3, 1000], 1200),
+        (&[1000], 1200),
+        (&mixed, 1200),
+    ];
+    // (H, Hkv, D): GQA ratios 1, 2, 4, 6 (a group that is not a power of two), 8 and 16
+    // (two blocks per kv head), Hkv = 1; head dims 16, 64, 128, 256 (the largest), 96 (lanes
+    // past D), 20 (f32: a lane's second 16-byte load past D; bf16: rows off 16 bytes, the
+    // scalar loads) and 18 (the scalar loads in f32 too).
+    let heads = [
+        (4, 4, 64),
+        (8, 4, 128),
+        (8, 2, 64),
+        (4, 1, 16),
+        (8, 1, 128),
+        (12, 2, 64),
+        (32, 2, 16),
+        (8, 2, 96),
+        (4, 2, 256),
+        (4, 2, 20),
+        (6, 3, 18),
+    ];
+    for (n_head, n_kv_head, d) in heads {
+        for (lens, t_max) in batches {
+            decode_case::<f32>(&gpu, lens, t_max, n_head, n_kv_head, d);
+            decode_case::<bf16>(&gpu, lens, t_max, n_head, n_kv_head, d);
+        }
     }
+    // Head dims past the kernel's are an error, not a wrong answer.
+    let (q, kv) = (nans::<f32>(&gpu, 512), nans::<f32>(&gpu, 512));
+    let mut out = nans::<f32>(&gpu, 512);
+    let mut lse = nans::<f32>(&gpu, 1);
+    let mut scratch = nans::<f32>(&gpu, 1);
+    let lens = gpu.stream.clone_htod(&[1i32]).unwrap();
+    let dims = DecodeDims {
+        batch: 1,
+        n_head: 1,
+        n_kv_head: 1,
+        head_dim: 512,
+        t_max: 1,
+    };
+    assert!(gpu
+        .decode_attention(&mut out, &mut lse, &mut scratch, &q, &kv, &kv, &lens, dims)
+        .is_err());
 }
 
 #[test]

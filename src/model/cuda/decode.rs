@@ -297,7 +297,8 @@ impl<T: ModelStorage> GpuModel<T> {
         let mut vv = gpu.alloc::<T>(b * kvd, DECODE)?;
         let mut att = gpu.alloc::<T>(b * qd, DECODE)?;
         let mut lse = gpu.alloc::<f32>(b * dims.n_head, DECODE)?;
-        let mut scores = gpu.alloc::<f32>(b * dims.n_head * caches.t_max, DECODE)?;
+        // The per-split partials of decode attention (none where one split suffices).
+        let mut scores = gpu.alloc::<f32>(gpu.decode_attention_scratch_len(ddims)?, DECODE)?;
         let mut gate_up = gpu.alloc::<T>(b * 2 * im, DECODE)?;
         let mut act = gpu.alloc::<T>(b * im, DECODE)?;
         for (l, w) in lay.layers.iter().enumerate() {
