@@ -79,7 +79,7 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
     };
     forward(); // starts the thread pool outside the measurement
     let fwd = peak_extra(forward);
-    let mut backward = || {
+    let backward = || {
         logprobs_backward(
             &mut dhidden,
             &mut dweight,
