@@ -30,19 +30,41 @@
 // - forward in bf16 at head dims 64 and 128: the same grid on tensor cores (forward_tc,
 //   nvcuda::wmma 16x16x16, f32 accumulators), 4 warps of 16 query rows each, key tiles of
 //   64, S and O staged through shared memory in f32 because wmma's accumulator layout is
-//   opaque (see forward_tc). The scalar kernels serve f32, the other head dims, and are the
-//   reference the tensor-core one is read against.
+//   opaque (see forward_tc).
+// - backward in bf16 at head dims 64 and 128 (backward_tc): mma.sync m16n8k16 through inline
+//   PTX (bf16 operands, f32 accumulators; sm_80 and newer), whose fragment layouts are
+//   documented, so products stay in registers. One block of 4 warps per (key tile of 64,
+//   kv head, sequence), grid and order as the scalar backward. K and V (bf16, rows padded to
+//   D + 8) stay in shared memory; warp w owns keys 16 w .. 16 w + 15 and keeps their dK, dV
+//   (16 x D each, f32) in accumulator registers for the whole block. The query tiles of 64
+//   (each head of the GQA group, from the diagonal on) come in by cp.async, double-buffered
+//   (tile i + 1 loads during tile i; element-wise loads where a base is not 16-byte
+//   aligned), with their lse and delta. Per tile, in two halves of 32 queries (to bound the
+//   live registers): S^T = K_w Q^T and dP^T = V_w dO^T (16 x 32 accumulators), P^T =
+//   exp2(S^T scale log2e - lse log2e) masked, dS^T = P^T (dP^T - delta) in place, then
+//   dV_w += P^T dO and dK_w += dS^T Q with P^T, dS^T converted to bf16 A fragments straight
+//   from the accumulators; dS^T also goes to shared memory (bf16), and after a barrier warp
+//   w computes dQ rows 16 w .. + 15 = dS K over all 64 keys, 32 columns at a time, added
+//   (times scale) by f32 atomics into the accumulator. Shared memory: K, V (64, D + 8), two
+//   stages of Q, dO (64, D + 8), dS^T (64, 72) in bf16, two stages of lse, delta: 112 KB at
+//   D = 128 (two blocks per H100 SM), 64 KB at D = 64. Registers (ptxas, sm_80 / sm_90):
+//   245 / 250 at D = 128, 157 / 163 at D = 64, no spills.
+//   The scalar kernels serve f32 and the other head dims, and are the reference the
+//   tensor-core ones are read against.
 //
 // What would make it faster (the scalar paths are the reference, not the fast path): the
-// backward's three tile products on tensor cores too, the forward's with mma.sync
-// m16n8k16 (whose accumulator layout is documented, so S, P and O stay in registers with
-// no shared-memory round trips) or wgmma on sm_90a with 64-row warpgroup tiles; Q/K/V kept in
-// bf16 in shared memory (the scalar kernels convert to f32) and brought in with 16-byte loads (cp.async or TMA, double-buffered so the next K/V tile loads during the
-// current products), exp2 with log2(e) folded into the scale, P kept in registers as the
-// A operand of P V instead of a shared-memory round trip, and a persistent grid that
-// balances the causal triangle. dQ by atomics could become a second pass over query tiles
-// for determinism.
+// forward on mma.sync as the backward (S, P and O in registers, no shared-memory round
+// trips, cp.async double-buffered K/V; also cuts its 110 KB of shared memory at D = 128);
+// on Hopper, wgmma (sm_90a) with 64-row warpgroup tiles, operands from shared memory brought
+// in by TMA (cp.async.bulk.tensor) on an mbarrier pipeline, and warp-specialised producers,
+// as FlashAttention-3 does; in the backward, 8 warps and key tiles of 128 (more reuse of
+// each Q/dO tile loaded), larger warp tiles for S^T/dP^T (each ldmatrix of Q/dO feeds only
+// 16 keys now, so shared-memory bandwidth, not the tensor cores, bounds it), dQ by a
+// separate pass over query tiles instead of atomics (deterministic, and no atomic traffic),
+// and a persistent grid that balances the causal triangle.
 #include <mma.h>
+
+#include <cstdint>
 
 #include "common.cuh"
 
@@ -561,6 +583,352 @@ __device__ void forward_tc(__nv_bfloat16* out, float* lse, const __nv_bfloat16* 
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The bf16 backward on tensor cores: mma.sync m16n8k16 (bf16 in, f32 accumulators) through
+// inline PTX, with ldmatrix to bring fragments from shared memory. Unlike wmma, mma.sync's
+// register layouts are documented (PTX ISA, "Matrix Fragments for mma.m16n8k16"), so the
+// products' results stay in registers: S^T and dP^T become P^T and dS^T in place and feed
+// the next products as A fragments directly.
+//
+// Fragment layouts (lane = 4 * gid + tig, gid = lane / 4, tig = lane % 4):
+// - A (16 x 16, row-major), 4 regs of 2 bf16: a0 = A[gid][2 tig, +1], a1 = A[gid + 8][2 tig,
+//   +1], a2 = A[gid][2 tig + 8, +9], a3 = A[gid + 8][2 tig + 8, +9] (lower column in the low
+//   half).
+// - B (16 x 8, "col"), 2 regs: b0 = B[2 tig, +1][gid], b1 = B[2 tig + 8, +9][gid].
+// - C (16 x 8, f32), 4 floats: c0, c1 = C[gid][2 tig, +1], c2, c3 = C[gid + 8][2 tig, +1].
+// - ldmatrix .x4: lane l gives the address of row l % 8 of 8 x 8 matrix l / 8 (16-byte
+//   aligned rows); register i of every lane receives matrix i, lane l getting row l / 4,
+//   columns 2 (l % 4), +1; with .trans, column l / 4, rows 2 (l % 4), +1 (the transpose).
+//   So, for a 16 x 16 block at (r0, c0) of a row-major bf16 array with pitch P:
+//   - A from a [m][k] array:         row r0 + l % 16,            col c0 + (l / 16) * 8
+//   - A from a [k][m] array (.trans): row r0 + (l / 16) * 8 + l % 8, col c0 + (l / 8 % 2) * 8
+//   - B from a [n][k] array:         row r0 + (l / 16) * 8 + l % 8, col c0 + (l / 8 % 2) * 8
+//     (regs 0, 1: the n-tile of columns n0..n0+7, regs 2, 3: n0+8..n0+15)
+//   - B from a [k][n] array (.trans): row r0 + l % 16,            col c0 + (l / 16) * 8
+//     (the same split of the registers over the two n-tiles).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const __nv_bfloat16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+// c += a b for one 16 x 8 tile.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two floats as bf16x2, lo in the low half (the lower column of a fragment register).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+// 16 bytes global -> shared without registers; src_bytes 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most n of this thread's committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// The backward's tiles on tensor cores: 64 keys a block (16 per warp), query tiles of 64
+// (16 rows per warp in the dQ product). Row pitches (bf16 elements) padded by 8 (16 bytes):
+// rows stay 16-byte aligned for ldmatrix and cp.async, and the 8 rows of an 8 x 8 matrix
+// fall in 8 different 16-byte bank groups (pitch = 16 mod 128 bytes).
+constexpr int BTC_BK = 64, BTC_BQ = 64;
+static_assert(BTC_BK == 16 * (THREADS / 32) && BTC_BQ == 16 * (THREADS / 32),
+              "a warp per 16 keys (dK, dV) and per 16 query rows (dQ)");
+template <int D> struct BwdTcLayout {
+    static constexpr int P = D + 8;        // K, V, Q, dO (bf16)
+    static constexpr int SP = BTC_BQ + 8;  // dS^T (bf16)
+    // bf16: K, V (BK, P); two stages of Q, dO (BQ, P); dS^T (BK, SP). Then f32: two stages
+    // of lse, delta (BQ).
+    static constexpr int KV = BTC_BK * P, QD = BTC_BQ * P;
+    static constexpr int BF16_ELEMS = 2 * KV + 4 * QD + BTC_BK * SP;
+    static constexpr int BYTES = 2 * BF16_ELEMS + 4 * 4 * BTC_BQ;
+    static_assert((2 * P) % 16 == 0 && (2 * SP) % 16 == 0 && (2 * BF16_ELEMS) % 16 == 0,
+                  "rows and regions start 16-byte aligned");
+};
+
+// R rows of D bf16 of a (N, heads, D) buffer, from row0 of the sequence at base, into dst
+// (pitch P); rows at or past len are zeros. vec: base is 16-byte aligned (so is every row:
+// strides are multiples of 8 elements), and the 16-byte pieces go by cp.async (the caller
+// commits and waits); otherwise element by element, visible after the next __syncthreads.
+template <int D, int R, int P>
+__device__ __forceinline__ void load_rows_tc(__nv_bfloat16* dst, const __nv_bfloat16* base,
+                                             size_t row_stride, int row0, int len, bool vec) {
+    constexpr int CH = D / 8;  // 16-byte pieces per row
+    static_assert((R * CH) % THREADS == 0, "whole rounds of pieces");
+#pragma unroll
+    for (int i = threadIdx.x; i < R * CH; i += THREADS) {
+        const int r = i / CH, c = (i % CH) * 8;
+        const bool in = row0 + r < len;
+        // Rows past the end read nothing; their address is the sequence's row 0 (len > 0).
+        const __nv_bfloat16* src = base + (size_t)(in ? row0 + r : 0) * row_stride + c;
+        __nv_bfloat16* d = dst + r * P + c;
+        if (vec) {
+            cp_async16(d, src, in ? 16 : 0);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) d[e] = in ? src[e] : __float2bfloat16_rn(0.0f);
+        }
+    }
+}
+
+// Launch: grid (k_tiles * n_seqs, Hkv) with k_tiles = ceil(longest sequence / BTC_BK),
+// THREADS threads, BwdTcLayout<D>::BYTES of dynamic shared memory. Same outputs as
+// `backward`: dq_acc (N, H, D) f32 accumulated (zeroed by the launcher), dk, dv assigned.
+//
+// Warp w owns keys k0 + 16 w .. + 15 of the block's tile and keeps their dK, dV (16 x D
+// each) in mma accumulators. For each query tile (every head of the GQA group, the tiles
+// from the diagonal on), double-buffered by cp.async (tile i + 1 loads while tile i
+// computes):
+//   S^T = K_w Q^T and dP^T = V_w dO^T  (16 x BQ, accumulators)
+//   P^T = exp(S^T scale - lse) masked (kpos <= qpos < len), dS^T = P^T (dP^T - delta)
+//   dV_w += P^T dO, dK_w += dS^T Q      (P^T, dS^T as bf16 A fragments from the registers)
+//   dS^T to shared memory (bf16); barrier; warp w: dQ rows 16 w .. + 15 = dS K (over the 64
+//   keys), 32 columns at a time, atomicAdd'ed (times scale) into dq_acc.
+template <int D>
+__device__ void backward_tc(float* dq_acc, __nv_bfloat16* dk, __nv_bfloat16* dv,
+                            const __nv_bfloat16* dout, const __nv_bfloat16* q,
+                            const __nv_bfloat16* k, const __nv_bfloat16* v, const float* lse,
+                            const float* delta, const int* starts, int n_seqs, int n_rows,
+                            int n_head, int n_kv_head, float scale) {
+    using L = BwdTcLayout<D>;
+    constexpr int BK = BTC_BK, BQ = BTC_BQ, P = L::P, SP = L::SP;
+    constexpr int QH = 32;      // queries per half tile (S^T, dP^T in registers at once)
+    constexpr int NQ = QH / 8;  // 8-query n-tiles of S^T, dP^T
+    static_assert(BQ % QH == 0 && QH % 16 == 0, "halves of whole k-steps");
+    constexpr int ND = D / 8;   // 8-column n-tiles of dK, dV
+    static_assert(D % 32 == 0, "dQ goes 32 columns at a time");
+    constexpr float LOG2E = 1.4426950408889634f;
+    extern __shared__ __align__(128) unsigned char smem_btc[];
+    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem_btc);  // (BK, P)
+    __nv_bfloat16* vs = ks + L::KV;                                   // (BK, P)
+    __nv_bfloat16* qd0 = vs + L::KV;  // stage s: Q at qd0 + 2 s QD, dO at + QD, (BQ, P) each
+    __nv_bfloat16* dst = qd0 + 4 * L::QD;                             // dS^T (BK, SP)
+    float* stat0 = reinterpret_cast<float*>(dst + BK * SP);  // stage s: lse, delta at + 2 s BQ
+
+    const int seq = blockIdx.x % n_seqs;
+    const int tile = blockIdx.x / n_seqs;  // tile 0 sees every query: the longest, first
+    const int g = blockIdx.y;
+    int start, len;
+    seq_bounds(starts, seq, n_rows, start, len);
+    const int k0 = tile * BK;
+    if (k0 >= len) return;  // the whole block leaves, before any barrier
+    const int group = n_head / n_kv_head;
+    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int gid = lane / 4, tig = lane % 4;
+    const float scale_log2 = scale * LOG2E;
+    // 16-byte copies need 16-byte aligned bases (views into larger buffers may not be).
+    const bool kv_vec = ((reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v)) & 15) == 0;
+    const bool q_vec = (reinterpret_cast<uintptr_t>(q) & 15) == 0;
+    const bool do_vec = (reinterpret_cast<uintptr_t>(dout) & 15) == 0;
+
+    // Work items: (head hh of the group, query tile qt from the diagonal's on), flattened.
+    const int qt0 = k0 / BQ;                  // the first query tile with a query >= k0
+    const int per_head = (len + BQ - 1) / BQ - qt0;  // >= 1, as k0 < len
+    const int n_items = group * per_head;
+
+    // Issues the loads of item it into stage it % 2: Q, dO rows, lse, delta (zeros past len).
+    auto issue = [&](int it) {
+        const int h = g * group + it / per_head, q0 = (qt0 + it % per_head) * BQ;
+        const size_t head0 = (size_t)start * n_head + h;
+        __nv_bfloat16* qs = qd0 + (it & 1) * 2 * L::QD;
+        load_rows_tc<D, BQ, P>(qs, q + head0 * D, q_stride, q0, len, q_vec);
+        load_rows_tc<D, BQ, P>(qs + L::QD, dout + head0 * D, q_stride, q0, len, do_vec);
+        float* stat = stat0 + (it & 1) * 2 * BQ;
+        for (int i = threadIdx.x; i < 2 * BQ; i += THREADS) {
+            const int r = i % BQ;
+            const bool in = q0 + r < len;
+            const float* src = (i < BQ ? lse : delta) + head0 + (size_t)(in ? q0 + r : 0) * n_head;
+            cp_async4(stat + i, src, in ? 4 : 0);
+        }
+    };
+
+    load_rows_tc<D, BK, P>(ks, k + (size_t)start * kv_stride + (size_t)g * D, kv_stride, k0, len, kv_vec);
+    load_rows_tc<D, BK, P>(vs, v + (size_t)start * kv_stride + (size_t)g * D, kv_stride, k0, len, kv_vec);
+    issue(0);
+    cp_async_commit();  // group 0: K, V and item 0
+
+    float dk_acc[ND][4], dv_acc[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+
+    const int kw = 16 * warp;  // the warp's first key within the tile
+    for (int it = 0; it < n_items; it++) {
+        // Stage (it + 1) % 2 was last read before the previous item's second barrier, which
+        // every thread has passed.
+        if (it + 1 < n_items) issue(it + 1);
+        cp_async_commit();  // (possibly empty) so that the wait below always means item it
+        cp_async_wait<1>();
+        __syncthreads();  // item it (and K, V) in place for every warp; the previous dQ's
+                          // reads of dS^T are done
+
+        const int h = g * group + it / per_head, q0 = (qt0 + it % per_head) * BQ;
+        const size_t head0 = (size_t)start * n_head + h;
+        const __nv_bfloat16* qs = qd0 + (it & 1) * 2 * L::QD;
+        const __nv_bfloat16* dos = qs + L::QD;
+        const float* lse_s = stat0 + (it & 1) * 2 * BQ;
+        const float* delta_s = lse_s + BQ;
+
+        // In two halves of QH queries (fewer live registers: S^T, dP^T of a half are 32).
+#pragma unroll 1
+        for (int q_half = 0; q_half < BQ; q_half += QH) {
+            // S^T = K_w Q^T, dP^T = V_w dO^T: (16 keys, QH queries) in NQ n-tiles.
+            float s[NQ][4], dp[NQ][4];
+#pragma unroll
+            for (int j = 0; j < NQ; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+            for (int kd = 0; kd < D / 16; kd++) {
+                uint32_t ka[4], va[4];
+                const int ar = kw + lane % 16, ac = kd * 16 + (lane / 16) * 8;  // A from [m][k]
+                ldsm_x4(ka, ks + ar * P + ac);
+                ldsm_x4(va, vs + ar * P + ac);
+#pragma unroll
+                for (int np = 0; np < QH / 16; np++) {
+                    uint32_t qb[4], db[4];
+                    // B from [n][k]: Q, dO rows are the queries (n), columns the dims (k).
+                    const int br = q_half + np * 16 + (lane / 16) * 8 + lane % 8;
+                    const int bc = kd * 16 + (lane / 8 % 2) * 8;
+                    ldsm_x4(qb, qs + br * P + bc);
+                    ldsm_x4(db, dos + br * P + bc);
+                    mma_bf16(s[2 * np], ka, qb[0], qb[1]);
+                    mma_bf16(s[2 * np + 1], ka, qb[2], qb[3]);
+                    mma_bf16(dp[2 * np], va, db[0], db[1]);
+                    mma_bf16(dp[2 * np + 1], va, db[2], db[3]);
+                }
+            }
+
+            // P^T and dS^T in place: element e of n-tile j is key kw + gid + 8 (e / 2), query
+            // q_half + 8 j + 2 tig + e % 2 of the tile.
+#pragma unroll
+            for (int j = 0; j < NQ; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int kpos = k0 + kw + gid + 8 * (e / 2);
+                    const int ql = q_half + 8 * j + 2 * tig + e % 2, qpos = q0 + ql;
+                    // kpos <= qpos < len: a key the query sees (so also kpos < len). A select,
+                    // so that whatever the masked exponent is never reaches p.
+                    const float p = kpos <= qpos && qpos < len
+                                        ? exp2f(fmaf(s[j][e], scale_log2, -lse_s[ql] * LOG2E))
+                                        : 0.0f;
+                    s[j][e] = p;
+                    dp[j][e] = p * (dp[j][e] - delta_s[ql]);
+                }
+
+            // dV_w += P^T dO, dK_w += dS^T Q: A fragments from the accumulators (n-tiles 2 kk,
+            // 2 kk + 1 are the k-step kk of 16 queries), B from [k][n] arrays by .trans.
+#pragma unroll
+            for (int kk = 0; kk < QH / 16; kk++) {
+                const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                                        pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                        pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                const uint32_t da[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]),
+                                        pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                                        pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                        pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+                const int q16 = q_half + 16 * kk;  // the k-step's first query
+                // dS^T to shared memory for dQ, the same bf16 values as da: da[2 t + half]
+                // holds key kw + gid + 8 half, queries q16 + 8 t + 2 tig, +1.
+#pragma unroll
+                for (int t = 0; t < 2; t++)
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {
+                        const int kl = kw + gid + 8 * half, ql = q16 + 8 * t + 2 * tig;
+                        *reinterpret_cast<uint32_t*>(dst + kl * SP + ql) = da[2 * t + half];
+                    }
+#pragma unroll
+                for (int np = 0; np < D / 16; np++) {
+                    uint32_t b[4];
+                    const int br = q16 + lane % 16, bc = np * 16 + (lane / 16) * 8;  // [k][n]
+                    ldsm_x4_trans(b, dos + br * P + bc);
+                    mma_bf16(dv_acc[2 * np], pa, b[0], b[1]);
+                    mma_bf16(dv_acc[2 * np + 1], pa, b[2], b[3]);
+                    ldsm_x4_trans(b, qs + br * P + bc);
+                    mma_bf16(dk_acc[2 * np], da, b[0], b[1]);
+                    mma_bf16(dk_acc[2 * np + 1], da, b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads();  // dS^T complete
+
+        // dQ rows 16 warp .. + 15 of the tile = dS (BQ, BK) K (BK, D); dS^T is [k][m], K [k][n].
+        uint32_t dsa[BK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++)
+            ldsm_x4_trans(dsa[kk], dst + (kk * 16 + (lane / 16) * 8 + lane % 8) * SP + 16 * warp +
+                                       (lane / 8 % 2) * 8);
+#pragma unroll
+        for (int nc = 0; nc < D / 32; nc++) {
+            float acc[4][4];
+#pragma unroll
+            for (int t = 0; t < 4; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[t][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++)
+#pragma unroll
+                for (int np = 0; np < 2; np++) {
+                    uint32_t b[4];
+                    const int br = kk * 16 + lane % 16, bc = nc * 32 + np * 16 + (lane / 16) * 8;
+                    ldsm_x4_trans(b, ks + br * P + bc);
+                    mma_bf16(acc[2 * np], dsa[kk], b[0], b[1]);
+                    mma_bf16(acc[2 * np + 1], dsa[kk], b[2], b[3]);
+                }
+#pragma unroll
+            for (int t = 0; t < 4; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int qpos = q0 + 16 * warp + gid + 8 * (e / 2);
+                    const int col = nc * 32 + t * 8 + 2 * tig + e % 2;
+                    if (qpos < len)
+                        atomicAdd(dq_acc + (head0 + (size_t)qpos * n_head) * D + col, acc[t][e] * scale);
+                }
+        }
+    }
+
+    // dK, dV of the warp's keys: element e of n-tile n is key kw + gid + 8 (e / 2), column
+    // 8 n + 2 tig + e % 2.
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int kpos = k0 + kw + gid + 8 * (e / 2);
+            if (kpos >= len) continue;
+            const size_t at = ((size_t)(start + kpos) * n_kv_head + g) * D + 8 * n + 2 * tig + e % 2;
+            dk[at] = __float2bfloat16_rn(dk_acc[n][e] * scale);
+            dv[at] = __float2bfloat16_rn(dv_acc[n][e]);
+        }
+}
+
 }  // namespace attn
 
 // Entry points: attention_forward_d{D}_{f32,bf16}, attention_backward_d{D}_{f32,bf16} for
@@ -606,6 +974,20 @@ ATTENTION_HEAD_DIM(128)
     }
 ATTENTION_FORWARD_TC(64)
 ATTENTION_FORWARD_TC(128)
+
+// The bf16 backward on tensor cores: attention_backward_tc_d{D}_bf16, same arguments as
+// attention_backward_d{D}_bf16.
+#define ATTENTION_BACKWARD_TC(D)                                                                  \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS) attention_backward_tc_d##D##_bf16( \
+        float* dq_acc, __nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* dout,         \
+        const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,                 \
+        const float* lse, const float* delta, const int* starts, int n_seqs, int n_rows,         \
+        int n_head, int n_kv_head, float scale) {                                                \
+        attn::backward_tc<D>(dq_acc, dk, dv, dout, q, k, v, lse, delta, starts, n_seqs, n_rows,  \
+                             n_head, n_kv_head, scale);                                          \
+    }
+ATTENTION_BACKWARD_TC(64)
+ATTENTION_BACKWARD_TC(128)
 
 // delta: (N, H); dout, out: (N, H, D) as rows = N * H rows of d.
 extern "C" __global__ void attention_delta_f32(float* delta, const float* dout, const float* out,

@@ -1,9 +1,9 @@
 //! The fused causal attention kernels (kernels/attention.cu) against their CPU twins on
 //! fresh random inputs, in f32 and bf16: packed sequences of odd lengths spanning several
-//! tiles, GQA ratios 1 to 4, every head dim with a kernel (bf16 at head dims 64 and 128 runs
-//! the tensor-core forward, everything else the scalar kernels). Skipped, with the reason
-//! printed, where there is no GPU; scripts/gpu-check.sh sets TPO_REQUIRE_GPU, where a skip
-//! fails.
+//! tiles, GQA ratios 1 to 8, every head dim with a kernel (bf16 at head dims 64 and 128 runs
+//! the tensor-core forward and backward, everything else the scalar kernels). Skipped, with
+//! the reason printed, where there is no GPU; scripts/gpu-check.sh sets TPO_REQUIRE_GPU,
+//! where a skip fails.
 
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -119,14 +119,24 @@ fn pack(lens: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<Range<usize>>) {
     (row_seq, row_pos, seqs)
 }
 
-fn attention_case<T: Convert>(gpu: &Gpu, lens: &[usize], dims: AttentionDims, seed: u64) {
+/// One forward and backward against the CPU. q is passed as a view `pad` elements into a
+/// larger buffer, as the model passes it: pad 5 leaves it unaligned (the tensor-core
+/// backward then loads Q element by element), pad 8 keeps bf16 rows 16-byte aligned (its
+/// cp.async path).
+fn attention_case<T: Convert>(
+    gpu: &Gpu,
+    lens: &[usize],
+    dims: AttentionDims,
+    seed: u64,
+    pad: usize,
+) {
     let AttentionDims {
         n_head: h,
         n_kv_head: hkv,
         head_dim: d,
     } = dims;
     let what = format!(
-        "attention {} {lens:?} H {h} Hkv {hkv} D {d}",
+        "attention {} {lens:?} H {h} Hkv {hkv} D {d} pad {pad}",
         std::any::type_name::<T>()
     );
     let (row_seq, row_pos, seqs) = pack(lens);
@@ -158,7 +168,6 @@ fn attention_case<T: Convert>(gpu: &Gpu, lens: &[usize], dims: AttentionDims, se
         max_len: lens.iter().copied().max().unwrap_or(0),
     };
     // q and out as views into larger buffers, as the model passes them.
-    let pad = 5;
     let mut q_big = vec![0.5; pad];
     q_big.extend(&q);
     q_big.extend([0.5; 3]);
@@ -262,8 +271,8 @@ fn attention_matches_its_cpu_twin_on_packed_sequences() {
     ];
     for (i, &dims) in cases.iter().enumerate() {
         let seed = 100 + 10 * i as u64;
-        attention_case::<f32>(&gpu, &lens, dims, seed);
-        attention_case::<bf16>(&gpu, &lens, dims, seed);
+        attention_case::<f32>(&gpu, &lens, dims, seed, 5);
+        attention_case::<bf16>(&gpu, &lens, dims, seed, 5);
     }
 }
 
@@ -273,9 +282,47 @@ fn attention_over_long_sequences_matches_its_cpu_twin() {
     // Many tiles each way, a tile-exact length, and sequences in no particular order.
     let lens = [300, 64, 1, 129];
     for (i, dims) in [dims(4, 2, 128), dims(8, 8, 64)].into_iter().enumerate() {
-        attention_case::<f32>(&gpu, &lens, dims, 500 + 10 * i as u64);
-        attention_case::<bf16>(&gpu, &lens, dims, 500 + 10 * i as u64);
+        attention_case::<f32>(&gpu, &lens, dims, 500 + 10 * i as u64, 5);
+        attention_case::<bf16>(&gpu, &lens, dims, 500 + 10 * i as u64, 5);
     }
+}
+
+/// The bf16 kernels on tensor cores (head dims 64 and 128; the backward's key and query
+/// tiles are 64): lengths just under, at and over multiples of 64 (partial key tiles, a
+/// last query tile of one row), GQA ratios 1, 2, 4 and 8, Q both 16-byte aligned and not.
+#[test]
+fn tensor_core_attention_matches_its_cpu_twin_at_tile_edges() {
+    let Some(gpu) = gpu() else { return };
+    let lens = [63, 64, 65, 1, 127, 129, 2, 192, 257];
+    let cases = [
+        dims(4, 4, 64),
+        dims(4, 2, 128),
+        dims(8, 2, 64),
+        dims(8, 1, 128),
+        dims(2, 2, 128),
+        dims(6, 3, 64),
+    ];
+    for (i, &dims) in cases.iter().enumerate() {
+        let seed = 700 + 10 * i as u64;
+        attention_case::<bf16>(&gpu, &lens, dims, seed, 8);
+        attention_case::<bf16>(&gpu, &lens, dims, seed + 1, 5);
+    }
+    // A single sequence of one tile and one of one row.
+    attention_case::<bf16>(&gpu, &[64], dims(2, 1, 128), 790, 8);
+    attention_case::<bf16>(&gpu, &[1], dims(2, 1, 64), 791, 8);
+}
+
+/// Many sequences of mixed lengths in one batch (the grid's sequence index is the fastest
+/// one), on the tensor-core kernels and, at D 96, the scalar ones.
+#[test]
+fn attention_over_many_sequences_matches_its_cpu_twin() {
+    let Some(gpu) = gpu() else { return };
+    // 48 lengths from 1 to 200, a fixed spread (no two neighbours alike).
+    let lens: Vec<usize> = (0..48).map(|i| 1 + (i * 37 + i * i * 11) % 200).collect();
+    attention_case::<bf16>(&gpu, &lens, dims(4, 2, 128), 900, 8);
+    attention_case::<bf16>(&gpu, &lens, dims(8, 2, 64), 910, 8);
+    attention_case::<bf16>(&gpu, &lens, dims(4, 1, 96), 920, 8);
+    attention_case::<f32>(&gpu, &lens, dims(4, 2, 64), 930, 8);
 }
 
 #[test]

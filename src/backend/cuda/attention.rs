@@ -63,9 +63,13 @@ const BWD_BQ: usize = 32;
 const BWD_BK: usize = 32;
 /// The head dims kernels/attention.cu instantiates.
 const HEAD_DIMS: [usize; 7] = [4, 8, 16, 32, 64, 96, 128];
-/// The head dims with a bf16 forward on tensor cores (attention_forward_tc), its key tile.
+/// The head dims with a bf16 forward and backward on tensor cores (attention_forward_tc,
+/// attention_backward_tc), the forward's key tile.
 const TC_HEAD_DIMS: [usize; 2] = [64, 128];
 const TC_BK: usize = 64;
+/// The tensor-core backward's key and query tiles (attn::BTC_BK, BTC_BQ).
+const BTC_BK: usize = 64;
+const BTC_BQ: usize = 64;
 /// Dynamic shared memory a block gets without opting in.
 const DEFAULT_SMEM: usize = 48 * 1024;
 
@@ -86,6 +90,18 @@ fn forward_tc_smem(d: usize) -> usize {
 /// (BK, D + 1), P and dS (BQ, BK + 1), lse and delta (BQ).
 fn backward_smem(d: usize) -> usize {
     4 * (2 * BWD_BQ * (d + 1) + 2 * BWD_BK * (d + 1) + 2 * BWD_BQ * (BWD_BK + 1) + 2 * BWD_BQ)
+}
+
+/// As `forward_smem` for the tensor-core backward (attn::BwdTcLayout): K and V (BK, D + 8),
+/// two stages of Q and dO (BQ, D + 8), dS^T (BK, BQ + 8) in bf16; two stages of lse and
+/// delta (BQ) in f32.
+fn backward_tc_smem(d: usize) -> usize {
+    2 * (2 * BTC_BK * (d + 8) + 4 * BTC_BQ * (d + 8) + BTC_BK * (BTC_BQ + 8)) + 4 * 4 * BTC_BQ
+}
+
+/// Whether the bf16 kernels on tensor cores serve storage T at head dim d.
+fn tensor_cores<T: Storage>(d: usize) -> bool {
+    T::SUFFIX == "bf16" && TC_HEAD_DIMS.contains(&d)
 }
 
 /// The grid of a tile kernel: (tiles of `tile` rows covering the longest sequence) x
@@ -206,7 +222,7 @@ impl Gpu {
         }
         let d = dims.head_dim;
         // bf16 at the common head dims goes on tensor cores; the scalar kernel is the rest.
-        let (name, smem) = if T::SUFFIX == "bf16" && TC_HEAD_DIMS.contains(&d) {
+        let (name, smem) = if tensor_cores::<T>(d) {
             ("attention_forward_tc", forward_tc_smem(d))
         } else {
             ("attention_forward", forward_smem(d))
@@ -297,9 +313,15 @@ impl Gpu {
         unsafe { launch.launch(Self::elementwise(delta_len * 32)) }
             .context("attention_backward: delta")?;
 
-        let smem = backward_smem(d);
-        let f = self.attention_kernel::<T>("attention_backward", d, smem)?;
-        let (cfg, _) = tile_launch(seqs.max_len, BWD_BK, n_seqs, n_kv_head, smem)?;
+        // bf16 at the common head dims goes on tensor cores (key tiles of 64); the scalar
+        // kernel (key tiles of 32) is the rest. Same arguments.
+        let (name, smem, key_tile) = if tensor_cores::<T>(d) {
+            ("attention_backward_tc", backward_tc_smem(d), BTC_BK)
+        } else {
+            ("attention_backward", backward_smem(d), BWD_BK)
+        };
+        let f = self.attention_kernel::<T>(name, d, smem)?;
+        let (cfg, _) = tile_launch(seqs.max_len, key_tile, n_seqs, n_kv_head, smem)?;
         let (dk_p, dv_p) = (self.ptr_mut(dk), self.ptr_mut(dv));
         let (qp, kp, vp) = (self.ptr(q), self.ptr(k), self.ptr(v));
         let (lse_p, sp) = (self.ptr(lse), self.ptr(seqs.starts));
@@ -325,7 +347,7 @@ impl Gpu {
         // SAFETY: the arguments match the kernel's signature; the buffers hold N rows of the
         // checked widths, the scratch views N x H and N x H x D floats, and the kernel clamps
         // the sequence offsets to 0..=N.
-        unsafe { launch.launch(cfg) }.context("attention_backward")?;
+        unsafe { launch.launch(cfg) }.context(name)?;
 
         let f = self.function("attention", &format!("attention_dq_store_{}", T::SUFFIX))?;
         let dq_p = self.ptr_mut(dq);
@@ -354,6 +376,49 @@ mod tests {
     }
 
     #[test]
+    fn tensor_cores_serve_bf16_at_head_dims_64_and_128_only() {
+        for d in HEAD_DIMS {
+            assert_eq!(tensor_cores::<half::bf16>(d), d == 64 || d == 128, "d {d}");
+            assert!(!tensor_cores::<f32>(d), "f32 d {d}");
+        }
+    }
+
+    /// Every attention kernel the launchers name (built by format!, so the launcher-name
+    /// test in backend::kernels does not see them) is in the attention module's PTX.
+    #[test]
+    fn attention_kernels_are_all_in_the_ptx() {
+        let Some((_, ptx)) = crate::backend::kernels::ALL
+            .iter()
+            .find(|(n, _)| *n == "attention")
+        else {
+            if crate::backend::kernels::COMPILED {
+                panic!("the build compiled kernels but no attention PTX");
+            }
+            eprintln!("skipped: built without nvcc");
+            return;
+        };
+        let have: Vec<&str> = ptx
+            .lines()
+            .filter_map(|l| l.strip_prefix(".visible .entry "))
+            .map(|l| l.trim_end_matches('('))
+            .collect();
+        let mut want = vec![];
+        for d in HEAD_DIMS {
+            for t in ["f32", "bf16"] {
+                want.push(format!("attention_forward_d{d}_{t}"));
+                want.push(format!("attention_backward_d{d}_{t}"));
+            }
+        }
+        for d in TC_HEAD_DIMS {
+            want.push(format!("attention_forward_tc_d{d}_bf16"));
+            want.push(format!("attention_backward_tc_d{d}_bf16"));
+        }
+        for name in want {
+            assert!(have.contains(&name.as_str()), "{name} not in {have:?}");
+        }
+    }
+
+    #[test]
     fn shared_memory_fits_an_sm80_block() {
         // sm_80 allows 163 KB of dynamic shared memory per block, sm_90 227 KB.
         for d in HEAD_DIMS {
@@ -366,7 +431,16 @@ mod tests {
                 forward_tc_smem(d) <= 163 * 1024,
                 "tensor-core forward d {d}"
             );
+            assert!(
+                backward_tc_smem(d) <= 163 * 1024,
+                "tensor-core backward d {d}"
+            );
         }
+        // Two blocks of the tensor-core backward fit an H100's 228 KB per SM (1 KB of it
+        // reserved per block) at D = 128: 112 KB each.
+        assert_eq!(backward_tc_smem(128), 114_688);
+        assert!(2 * (backward_tc_smem(128) + 1024) <= 228 * 1024);
+        assert_eq!(backward_tc_smem(64), 2 * (6 * 64 * 72 + 64 * 72) + 1024);
         assert_eq!(forward_tc_smem(128), 112_640);
         // The layout of kernels/attention.cu at D = 128: 74 496 and 74 752 bytes.
         assert_eq!(forward_smem(128), 4 * (64 * 129 + 64 * 129 + 64 * 33));
