@@ -99,6 +99,9 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 30, "only {checked} kernel names found in the launchers");
+        assert!(
+            checked >= 30,
+            "only {checked} kernel names found in the launchers"
+        );
     }
 }
