@@ -441,7 +441,9 @@ impl Bench {
     }
 
     /// The non-GEMM part of the log-probs alone: the row kernels over prepared f32 logits of
-    /// M = 16k rows, launched per chunk as the pass launches them, and in one launch.
+    /// M = 16k rows, launched per chunk as the pass launches them, per 128-row chunk (the
+    /// chunk of before, small enough that the forward splits its rows over several blocks
+    /// and combines them: the path of a short last chunk), and in one launch.
     fn logprob_rows(&self) -> Result<()> {
         let gpu = &*self.gpu;
         let (m, v) = (16384usize, 128_256usize);
@@ -459,7 +461,7 @@ impl Bench {
         let fwd_formula = "M·V·4 (logits read once) + M·12 (targets, logp, lse)";
         let bwd_formula =
             "M·V·(4 + 2) (f32 logits read, bf16 gradient rows written) + M·12 (targets, lse, upstream)";
-        for (suffix, rows) in [("", chunk), ("_1launch", m)] {
+        for (suffix, rows) in [("", chunk), ("_128rows", 128), ("_1launch", m)] {
             let note = if rows == m {
                 "one launch over all M rows".to_string()
             } else {

@@ -88,7 +88,8 @@ def target_of(bench, tpo, ratio, bw):
     if bench == "attn_fwd_bwd":
         text = f"≥ {ATTN_RATIO:.2f} × torch"
         return text, "?" if ratio is None else ("yes" if ratio >= ATTN_RATIO else "no")
-    if bench in ("logprob_rows", "logprob_grad_rows"):
+    if bench in ("logprob_rows", "logprob_grad_rows",
+                 "logprob_rows_128rows", "logprob_grad_rows_128rows"):
         return bw_target(ROWS_BW)
     if bench == "adamw":
         return bw_target(ADAMW_BW)

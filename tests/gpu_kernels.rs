@@ -411,16 +411,58 @@ fn matmul_matches_its_cpu_twin() {
     }
 }
 
+/// The gradient rows of `logits` into a T buffer whose view starts `doff` elements in (and
+/// ends 5 before its end), the logits view `off` elements into its buffer; returns the view's
+/// values, after checking that the poisoned elements around it were left alone.
+#[allow(clippy::too_many_arguments)]
+fn grad_rows_at<T: Convert>(
+    gpu: &Gpu,
+    logits: &cudarc::driver::CudaSlice<f32>,
+    off: usize,
+    doff: usize,
+    targets: &cudarc::driver::CudaSlice<u32>,
+    lse: &cudarc::driver::CudaSlice<f32>,
+    upstream: &cudarc::driver::CudaSlice<f32>,
+    n: usize,
+    v: usize,
+) -> Vec<f32> {
+    let mut grad = nans::<T>(gpu, doff + n + 5);
+    gpu.logprob_grad_rows(
+        &mut grad.slice_mut(doff..doff + n),
+        &logits.slice(off..off + n),
+        targets,
+        lse,
+        upstream,
+        v,
+    )
+    .unwrap();
+    let all = download(gpu, &grad);
+    let outside = all[..doff].iter().chain(&all[doff + n..]);
+    assert!(
+        outside.into_iter().all(|x| x.is_nan()),
+        "written outside the view"
+    );
+    all[doff..doff + n].to_vec()
+}
+
 #[test]
 fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
     let Some(gpu) = gpu() else { return };
-    for (r, v) in [(1, 1), (7, 1001), (33, 32003)] {
-        let logits: Vec<f32> = random(r * v, 71).iter().map(|x| 8.0 * x).collect();
-        let targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();
+    // V of no particular multiple, so rows start at every alignment: one split per row (V
+    // below 8192 logits), several (32003: 4, 100003: 13 on 132 SMs), and enough logits
+    // (40 x 100003) for the gradient pass to stride more than once over its one-wave grid.
+    for (r, v) in [(1, 1), (7, 1001), (33, 32003), (5, 100_003), (40, 100_003)] {
+        let logits: Vec<f32> = random(r * v, 71 + r as u64)
+            .iter()
+            .map(|x| 8.0 * x)
+            .collect();
+        let mut targets: Vec<u32> = (0..r).map(|i| ((i * 7919) % v) as u32).collect();
+        targets[r - 1] = v as u32 - 1; // the last logit: in the tail or the last split
         let upstream: Vec<f32> = random(r, 72);
         // The reference: log-softmax in f64, and its gradient: d logp_t / d z_j = [j = t] -
         // softmax_j, times the upstream d(loss)/d(logp).
         let mut want_logp = vec![0.0f64; r];
+        let mut want_lse = vec![0.0f64; r];
         let mut want_grad = vec![0.0f32; r * v];
         for i in 0..r {
             let row: Vec<f64> = logits[i * v..(i + 1) * v]
@@ -429,6 +471,7 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
                 .collect();
             let m = row.iter().cloned().fold(f64::MIN, f64::max);
             let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            want_lse[i] = lse;
             want_logp[i] = row[targets[i] as usize] - lse;
             for j in 0..v {
                 let onehot = if j == targets[i] as usize { 1.0 } else { 0.0 };
@@ -436,37 +479,61 @@ fn logprob_rows_match_log_softmax_and_its_gradient_in_f64() {
                     (upstream[i] as f64 * (onehot - (row[j] - lse).exp())) as f32;
             }
         }
-        let glogits = gpu.stream.clone_htod(&logits).unwrap();
         let gtargets = gpu.stream.clone_htod(&targets).unwrap();
         let gup = gpu.stream.clone_htod(&upstream).unwrap();
-        let mut logp = nans::<f32>(&gpu, r);
-        let mut lse = nans::<f32>(&gpu, r);
-        gpu.logprob_rows(&mut logp, &mut lse, &glogits, &gtargets, v)
-            .unwrap();
-        let logp: Vec<f32> = gpu.stream.clone_dtoh(&logp).unwrap();
-        for (i, (g, w)) in logp.iter().zip(&want_logp).enumerate() {
+        // The logits view `off` floats into its buffer and the gradient rows `doff` elements
+        // into theirs: aligned; both off by the same phase (the float4 path, with a scalar
+        // head); off by different phases (the scalar fallback, in f32 and in bf16).
+        for (off, doff) in [(0, 0), (1, 1), (2, 6), (1, 0)] {
+            let what = format!("{r}x{v} at +{off}/+{doff}");
+            let mut padded = vec![f32::NAN; off];
+            padded.extend(&logits);
+            let glogits = gpu.stream.clone_htod(&padded).unwrap();
+            let mut logp = nans::<f32>(&gpu, r);
+            let mut lse = nans::<f32>(&gpu, r);
+            gpu.logprob_rows(&mut logp, &mut lse, &glogits.slice(off..), &gtargets, v)
+                .unwrap();
+            let got_logp: Vec<f32> = gpu.stream.clone_dtoh(&logp).unwrap();
+            let got_lse: Vec<f32> = gpu.stream.clone_dtoh(&lse).unwrap();
+            for i in 0..r {
+                let (g, w) = (got_logp[i] as f64, want_logp[i]);
+                assert!(
+                    (g - w).abs() < 1e-4 * w.abs().max(1.0),
+                    "logp[{i}] {what}: {g} vs {w}"
+                );
+                let (g, w) = (got_lse[i] as f64, want_lse[i]);
+                assert!(
+                    (g - w).abs() < 1e-4 * w.abs().max(1.0),
+                    "lse[{i}] {what}: {g} vs {w}"
+                );
+            }
+            // Deterministic: the same inputs give the same bits.
+            let mut again = nans::<f32>(&gpu, r);
+            let mut lse2 = nans::<f32>(&gpu, r);
+            gpu.logprob_rows(&mut again, &mut lse2, &glogits.slice(off..), &gtargets, v)
+                .unwrap();
+            let again: Vec<f32> = gpu.stream.clone_dtoh(&again).unwrap();
             assert!(
-                (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
-                "logp[{i}] {r}x{v}: {g} vs {w}"
+                again
+                    .iter()
+                    .zip(&got_logp)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "logp {what}: not deterministic"
             );
-        }
-        // f32 gradient rows to a buffer of their own, and bf16 ones (what a bf16 backward
-        // feeds cuBLAS), rounded once.
-        let mut grad = nans::<f32>(&gpu, r * v);
-        gpu.logprob_grad_rows(&mut grad, &glogits, &gtargets, &lse, &gup, v)
-            .unwrap();
-        let grad = gpu.stream.clone_dtoh(&grad).unwrap();
-        for (j, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
-            assert!((g - w).abs() < 1e-5, "dlogits[{j}] {r}x{v}: {g} vs {w}");
-        }
-        let mut grad = nans::<bf16>(&gpu, r * v);
-        gpu.logprob_grad_rows(&mut grad, &glogits, &gtargets, &lse, &gup, v)
-            .unwrap();
-        for (j, (g, w)) in download(&gpu, &grad).iter().zip(&want_grad).enumerate() {
-            assert!(
-                (g - w).abs() <= 4e-3 * w.abs() + 1e-5,
-                "bf16 dlogits[{j}] {r}x{v}: {g} vs {w}"
-            );
+            // f32 gradient rows to a buffer of their own, and bf16 ones (what a bf16 backward
+            // feeds cuBLAS), rounded once.
+            let n = r * v;
+            let grad = grad_rows_at::<f32>(&gpu, &glogits, off, doff, &gtargets, &lse, &gup, n, v);
+            for (j, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
+                assert!((g - w).abs() < 1e-5, "dlogits[{j}] {what}: {g} vs {w}");
+            }
+            let grad = grad_rows_at::<bf16>(&gpu, &glogits, off, doff, &gtargets, &lse, &gup, n, v);
+            for (j, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
+                assert!(
+                    (g - w).abs() <= 4e-3 * w.abs() + 1e-5,
+                    "bf16 dlogits[{j}] {what}: {g} vs {w}"
+                );
+            }
         }
     }
 }

@@ -4,28 +4,75 @@
 //! backward are the twins of `sums_per_sequence` in `model::training`.
 //!
 //! Per chunk of rows the forward runs cuBLAS for the chunk's logits (T inputs, f32 output
-//! and accumulation) and one row kernel (log-normaliser and the target's log-prob). The
+//! and accumulation) and the row pass (log-normaliser and the target's log-prob). The
 //! backward recomputes each chunk's logits, turns them into d(logits) =
 //! dlogp * (one_hot(target) - softmax) in the storage type T (cublasGemmEx wants both inputs
 //! of one type), then d(hidden) = d(logits) @ W and d(W) += d(logits)^T @ hidden.
 //!
+//! The row passes read each logit once and are bound by memory bandwidth, which needs the
+//! whole GPU busy: the forward takes a row per block in one online pass (max and sum of exp
+//! together) and, where a chunk has too few rows to fill the GPU (a short last chunk, a small
+//! M, a vocabulary large enough for chunks of 64 rows), splits each row over several blocks
+//! (`row_splits`: rows x splits up to one wave of 4 blocks per SM) and merges the splits'
+//! (max, sum of exp) in a second, tiny kernel; the gradient pass is elementwise over the
+//! chunk (`grad_blocks`: one wave, grid-stride). Both load float4 where aligned.
+//!
 //! Device memory beyond the inputs and outputs: the `LogitsScratch`, (chunk, V) f32 for the
 //! logits plus, once a bf16 backward has run, (chunk, V) bf16 for the gradient rows (f32
-//! writes them over the logits); nothing grows with M. With the default chunk that is 64 MiB
-//! (+ 32 MiB), plus cuBLAS's own workspace.
+//! writes them over the logits); nothing grows with M. With the default chunk that is 256 MiB
+//! (+ 128 MiB), plus cuBLAS's own workspace and the `Gpu`'s few KiB of row partials.
 
 use super::matmul::Gemm;
-use super::{check_lens, check_rows, Gpu, Storage};
+use super::{check_lens, check_rows, Gpu, Storage, ROW_THREADS};
 use anyhow::{Context, Result};
 use cudarc::cublas::sys::cudaDataType;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use std::any::TypeId;
 use std::mem::size_of;
+use std::sync::PoisonError;
 
-/// Rows per chunk so that a chunk's f32 logits take at most 64 MiB: a multiple of 64 in
-/// [64, 8192] (V = 128 256 gives 128 rows, V = 32 000 gives 512).
+/// Rows per chunk so that a chunk's f32 logits take at most 256 MiB: a multiple of 64 in
+/// [64, 8192] (V = 128 256 gives 512 rows, V = 32 000 gives 2048). Larger chunks mean fewer,
+/// larger products: each chunk's products read all of W (V x C) and the d(W) product reads
+/// and writes all of the f32 d(W), so per row that traffic falls with the chunk (at 128
+/// rows, V = 128 256, C = 2048, the d(W) product moved 2 GiB for 67 GFLOP: memory-bound).
 pub fn default_chunk_rows(vocab: usize) -> usize {
-    ((16 << 20) / vocab.max(1) / 64 * 64).clamp(64, 8192)
+    ((64 << 20) / vocab.max(1) / 64 * 64).clamp(64, 8192)
+}
+
+/// Blocks per SM of the log-prob row passes: what their kernels' launch bounds (256 threads,
+/// at least 4 blocks per SM) guarantee to be resident at once, so that a grid of this many
+/// per SM runs as one wave, every block streaming at the same rate.
+const ROW_BLOCKS_PER_SM: usize = 4;
+
+/// The fewest logits a split of the forward row pass takes: one full round of its loads
+/// (256 threads x 8 float4).
+const MIN_SPLIT: usize = ROW_THREADS as usize * 8 * 4;
+
+/// Blocks of one wave of a row pass on `sm_count` SMs.
+fn row_wave(sm_count: usize) -> usize {
+    ROW_BLOCKS_PER_SM * sm_count.max(1)
+}
+
+/// Floats of the `Gpu`'s row partials: a (max, sum) pair per block of one wave, what
+/// `row_splits` launches at most when it splits at all.
+pub(super) fn partials_len(sm_count: usize) -> usize {
+    2 * row_wave(sm_count)
+}
+
+/// Blocks per row of the forward row pass over `rows` rows of `v` logits, `wave` blocks
+/// fitting at once: as many as keep rows x splits within the wave (more would leave a tail
+/// wave), each split at least `MIN_SPLIT` logits; 1 (no partials, no combine kernel) when
+/// the rows alone fill more than half the wave.
+fn row_splits(rows: usize, v: usize, wave: usize) -> usize {
+    (wave / rows.max(1)).min(v.div_ceil(MIN_SPLIT)).max(1)
+}
+
+/// Blocks of the elementwise gradient pass over `n` logits: one float4 per thread when that
+/// is fewer, else one wave (each thread then strides over the rest).
+fn grad_blocks(n: usize, sm_count: usize) -> usize {
+    n.div_ceil(4 * ROW_THREADS as usize)
+        .clamp(1, row_wave(sm_count))
 }
 
 /// The reused device buffers of the chunked log-probs: one chunk's logits and gradient rows.
@@ -246,7 +293,8 @@ impl Gpu {
         self.logprob_rows_raw(out, self.ptr(logits), self.ptr(targets), r, v)
     }
 
-    /// `logprob_rows` at device addresses.
+    /// `logprob_rows` at device addresses: `logprob_row_partials` over rows x splits blocks,
+    /// then, when a row has several splits, `logprob_row_combine`.
     fn logprob_rows_raw(
         &self,
         (logp, lse): (u64, u64),
@@ -258,18 +306,50 @@ impl Gpu {
         if r == 0 {
             return Ok(());
         }
-        let f = self.function("logprobs", "logprob_rows")?;
-        let v32 = v as i32;
+        let splits = row_splits(r, v, row_wave(self.sm_count));
+        // Held until both kernels are enqueued; the stream runs them in that order.
+        let partials = self
+            .row_partials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let partials = if splits > 1 {
+            if 2 * r * splits > partials.len() {
+                anyhow::bail!("logprob_rows: {r} rows x {splits} splits overflow the partials");
+            }
+            self.ptr(&*partials)
+        } else {
+            0 // unread: one split finishes its row
+        };
+        let (v32, r32, s32) = (v as i32, r as i32, splits as i32);
+        let f = self.function("logprobs", "logprob_row_partials")?;
         let mut launch = self.stream.launch_builder(&f);
         launch
+            .arg(&partials)
             .arg(&logp)
             .arg(&lse)
             .arg(&logits)
             .arg(&targets)
-            .arg(&v32);
+            .arg(&v32)
+            .arg(&s32);
         // SAFETY: the arguments match the kernel; the callers checked that the logits hold
-        // R rows of V and logp, lse and targets R elements, targets below V.
-        unsafe { launch.launch(Self::rows(r)) }.context("logprob_rows")?;
+        // R rows of V and logp, lse and targets R elements, targets below V; with several
+        // splits the partials hold 2 R splits floats (checked above).
+        unsafe { launch.launch(Self::rows(r * splits)) }.context("logprob_row_partials")?;
+        if splits > 1 {
+            let f = self.function("logprobs", "logprob_row_combine")?;
+            let mut launch = self.stream.launch_builder(&f);
+            launch
+                .arg(&logp)
+                .arg(&lse)
+                .arg(&partials)
+                .arg(&logits)
+                .arg(&targets)
+                .arg(&v32)
+                .arg(&r32)
+                .arg(&s32);
+            // SAFETY: as above; the partials were written by the kernel before, in order.
+            unsafe { launch.launch(Self::elementwise(r)) }.context("logprob_row_combine")?;
+        }
         Ok(())
     }
 
@@ -304,7 +384,7 @@ impl Gpu {
             return Ok(());
         }
         let f = self.function("logprobs", &format!("logprob_grad_rows_{}", T::SUFFIX))?;
-        let v32 = v as i32;
+        let (v32, n) = (v as i32, (r * v) as i64);
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&dlogits)
@@ -312,10 +392,12 @@ impl Gpu {
             .arg(&targets)
             .arg(&lse)
             .arg(&upstream)
-            .arg(&v32);
+            .arg(&v32)
+            .arg(&n);
         // SAFETY: the arguments match the kernel; the callers checked that dlogits and
-        // logits hold R rows of V and the others R elements, targets below V.
-        unsafe { launch.launch(Self::rows(r)) }.context("logprob_grad_rows")?;
+        // logits hold R rows of V (n = R V) and the others R elements, targets below V.
+        let cfg = Self::rows(grad_blocks(r * v, self.sm_count));
+        unsafe { launch.launch(cfg) }.context("logprob_grad_rows")?;
         Ok(())
     }
 
@@ -378,5 +460,71 @@ impl Gpu {
         // entries (checked above; with S = 0 the kernel reads none).
         unsafe { launch.launch(cfg) }.context("expand_per_row")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_chunks_are_multiples_of_64_rows_within_256_mib() {
+        for v in [1, 1000, 32_000, 50_257, 128_256, 151_936, 262_144] {
+            let chunk = default_chunk_rows(v);
+            assert!(chunk.is_multiple_of(64), "V {v}: {chunk}");
+            assert!((64..=8192).contains(&chunk), "V {v}: {chunk}");
+            assert!(chunk * v * 4 <= 256 << 20, "V {v}: {chunk}");
+        }
+        assert_eq!(default_chunk_rows(128_256), 512);
+        assert_eq!(default_chunk_rows(32_000), 2048);
+    }
+
+    /// The split forward pass stays within one wave and the partials, fills at least half
+    /// the wave when the row length allows, and gives each split at least MIN_SPLIT logits.
+    #[test]
+    fn row_splits_fill_one_wave_and_fit_the_partials() {
+        for sm in [1, 108, 114, 132, 144] {
+            let wave = row_wave(sm);
+            for v in [1, 3, 13, 1001, 8192, 8193, 32_003, 100_003, 128_256] {
+                for rows in (1..=3 * wave).chain([100_000, 1 << 30]) {
+                    let s = row_splits(rows, v, wave);
+                    assert!(s >= 1);
+                    if s > 1 {
+                        assert!(rows * s <= wave, "sm {sm} V {v} rows {rows}: {s}");
+                        assert!(2 * rows * s <= partials_len(sm));
+                        assert!(v.div_ceil(s) >= MIN_SPLIT / 2, "V {v}: {s} splits");
+                    }
+                    // Either the wave is at least half full or the row allows no more splits.
+                    let max_splits = v.div_ceil(MIN_SPLIT);
+                    assert!(
+                        2 * rows * s > wave || s == max_splits,
+                        "sm {sm} V {v} rows {rows}: {s}"
+                    );
+                    assert!(s <= max_splits);
+                }
+            }
+        }
+        // The default chunk at V = 128 256 on 132 SMs: 512 rows, one block each; the
+        // forward's 128-row chunk of before would get 4 splits.
+        assert_eq!(row_splits(512, 128_256, row_wave(132)), 1);
+        assert_eq!(row_splits(128, 128_256, row_wave(132)), 4);
+        assert_eq!(row_splits(1, 128_256, row_wave(132)), 16);
+    }
+
+    #[test]
+    fn grad_blocks_cover_small_passes_and_cap_at_one_wave() {
+        for sm in [1, 132] {
+            assert_eq!(grad_blocks(0, sm), 1);
+            assert_eq!(grad_blocks(1, sm), 1);
+            assert_eq!(grad_blocks(1024, sm), 1);
+            assert_eq!(grad_blocks(1025, sm), 2.min(row_wave(sm)));
+            assert_eq!(grad_blocks(512 * 128_256, sm), row_wave(sm));
+        }
+        // Never more blocks than one float4 per thread needs.
+        for n in [7, 1000, 4096, 33 * 32_003] {
+            let b = grad_blocks(n, 132);
+            assert!(b * 1024 >= n.min(row_wave(132) * 1024));
+            assert!((b - 1) * 1024 < n);
+        }
     }
 }

@@ -31,12 +31,13 @@ pub use matmul::Bias;
 
 use super::kernels;
 use anyhow::{Context, Result};
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
     DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A storage type of activations and weights on the device; arithmetic is always f32.
 pub trait Storage: DeviceRepr + ValidAsZeroBits + Copy + Default + 'static {
@@ -61,9 +62,16 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     blas: cudarc::cublas::CudaBlas,
     modules: HashMap<&'static str, Arc<CudaModule>>,
+    /// Streaming multiprocessors on the device: the grids of the log-prob row passes.
+    sm_count: usize,
+    /// (max, sum) per (row, split) of the split forward row pass (`logprobs::row_splits`
+    /// bounds its size); locked while the pass enqueues both its kernels, so that two host
+    /// threads on the one stream cannot interleave them.
+    row_partials: Mutex<CudaSlice<f32>>,
 }
 
-/// Threads per block of the row kernels (one block per row).
+/// Threads per block of the row kernels (one block per row), and of the log-prob row passes
+/// (whose kernels' launch bounds say 256).
 const ROW_THREADS: u32 = 256;
 
 impl Gpu {
@@ -111,11 +119,20 @@ impl Gpu {
         let stream = ctx.default_stream();
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| format!("cuda:{ordinal}: cuBLAS: {e}"))?;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| format!("cuda:{ordinal}: multiprocessor count: {e}"))?
+            .max(1) as usize;
+        let row_partials = stream
+            .alloc_zeros::<f32>(logprobs::partials_len(sm_count))
+            .map_err(|e| format!("cuda:{ordinal}: the log-prob row partials: {e}"))?;
         Ok(Gpu {
             stream,
             ctx,
             blas,
             modules,
+            sm_count,
+            row_partials: Mutex::new(row_partials),
         })
     }
 
