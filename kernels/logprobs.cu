@@ -229,7 +229,7 @@ __device__ void grad_rows(T* dlogits, const float* logits, const unsigned* targe
             float gs[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                if (cc == v) {  // the vector crosses into the next row (each step: at most once)
+                if (cc == v) {  // the vector crosses into the next row (more than once when V < 4)
                     cc = 0;
                     ++rr;
                     l = lse[rr];

@@ -145,7 +145,7 @@ impl Gpu {
             batch * t_max * n_kv_head * d,
         )?;
         check_lens("decode_attention lens", &[lens.len()], batch)?;
-        if batch == 0 {
+        if batch == 0 || n_head == 0 {
             return Ok(());
         }
         if t_max == 0 || t_max > i32::MAX as usize {
