@@ -2,6 +2,10 @@
 //! and AdamW state on the device, the forward reading a copy of the weights in the storage
 //! type T (bf16: the AdamW kernel writes it as it updates; f32: a device copy). The host's
 //! `Model` is brought up to date only when a checkpoint needs it.
+//!
+//! Device memory per parameter: 4 bytes of master weight, 4 of the previous weights (to
+//! roll back an update that gave a non-finite loss), 8 of AdamW moments, 4 of gradient and
+//! 2 of bf16 weights: 22 bytes, 26 GiB for a 1.2B model, before activations.
 
 use super::optimizer::Optimizer;
 use super::trainer::{accumulate_gradients, Example, NonFinite, StepOutcome, TrainConfig};
@@ -35,9 +39,8 @@ const STATE: &str = "for the weights, gradients and AdamW state";
 impl<T: ModelStorage> GpuTrainer<T> {
     pub fn new(gpu: Arc<Gpu>, model: &Model, cfg: &TrainConfig) -> Result<Self> {
         let p = model.layout.len;
-        let master = gpu.stream.clone_htod(&model.params).map_err(|e| {
-            anyhow::anyhow!("cannot upload the f32 master weights ({p} parameters): {e}")
-        })?;
+        let mut master = gpu.alloc::<f32>(p, STATE)?;
+        gpu.stream.memcpy_htod(&model.params, &mut master)?;
         let gmodel = GpuModel::<T>::upload(gpu.clone(), model)?;
         let mut runs: Vec<(Range<usize>, bool)> = vec![];
         for t in model.layout.tensors(&model.config) {
