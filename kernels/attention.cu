@@ -27,10 +27,13 @@
 //   dS = P (dP - delta); dV += P^T dO, dK += dS^T Q (registers, so dk/dv are written once,
 //   without atomics, deterministically), and dQ += dS K scale by f32 atomicAdd into the
 //   accumulator, which a last pass converts to the storage type.
-// - forward in bf16 at head dims 64 and 128: the same grid on tensor cores (forward_tc,
-//   nvcuda::wmma 16x16x16, f32 accumulators), 4 warps of 16 query rows each, key tiles of
-//   64, S and O staged through shared memory in f32 because wmma's accumulator layout is
-//   opaque (see forward_tc).
+// - forward in bf16 at head dims 64 and 128 (forward_mma): the same grid on tensor cores,
+//   mma.sync m16n8k16 through inline PTX as the backward below, FlashAttention-2 style: 4
+//   warps of 16 query rows each, Q as A fragments in registers (ldmatrix, once), key tiles
+//   of 64 double-buffered in shared memory by cp.async, S = Q K^T, the online softmax
+//   (exp2, quad shuffles), P as bf16 A fragments and O += P V all in registers; O / l and
+//   lse at the end. Shared memory: two stages of K, V (64, D + 8) bf16, 68 KB at D = 128.
+//   Registers (ptxas): 168 at D = 128 (capped for 3 blocks per SM), 128 at D = 64 (4).
 // - backward in bf16 at head dims 64 and 128 (backward_tc): mma.sync m16n8k16 through inline
 //   PTX (bf16 operands, f32 accumulators; sm_80 and newer), whose fragment layouts are
 //   documented, so products stay in registers. One block of 4 warps per (key tile of 64,
@@ -52,17 +55,14 @@
 //   The scalar kernels serve f32 and the other head dims, and are the reference the
 //   tensor-core ones are read against.
 //
-// What would make it faster (the scalar paths are the reference, not the fast path): the
-// forward on mma.sync as the backward (S, P and O in registers, no shared-memory round
-// trips, cp.async double-buffered K/V; also cuts its 110 KB of shared memory at D = 128);
-// on Hopper, wgmma (sm_90a) with 64-row warpgroup tiles, operands from shared memory brought
+// What would make it faster (the scalar paths are the reference, not the fast path): on
+// Hopper, wgmma (sm_90a) with 64-row warpgroup tiles, operands from shared memory brought
 // in by TMA (cp.async.bulk.tensor) on an mbarrier pipeline, and warp-specialised producers,
 // as FlashAttention-3 does; in the backward, 8 warps and key tiles of 128 (more reuse of
 // each Q/dO tile loaded), larger warp tiles for S^T/dP^T (each ldmatrix of Q/dO feeds only
 // 16 keys now, so shared-memory bandwidth, not the tensor cores, bounds it), dQ by a
 // separate pass over query tiles instead of atomics (deterministic, and no atomic traffic),
 // and a persistent grid that balances the causal triangle.
-#include <mma.h>
 
 #include <cstdint>
 
@@ -430,159 +430,6 @@ __device__ void store_f32(T* dst, const float* src, long n) {
         dst[i] = from_f32<T>(src[i]);
 }
 
-
-// The bf16 forward on tensor cores (nvcuda::wmma 16x16x16, f32 accumulators), for head dims
-// that are multiples of 16. Same tiling of the grid as `forward` (query tiles of FWD_BQ
-// rows); keys in tiles of TC_BK. Each of the 4 warps owns 16 query rows of the tile:
-// S = Q K^T goes through shared memory (wmma's accumulator layout is opaque), the warp's
-// 32 lanes run the online softmax on its 16 rows (2 lanes a row, 32 keys each) and write P
-// in bf16; O lives in shared memory in f32, rescaled there by the lanes and updated by
-// O += P V with O loaded as the accumulator. Only __syncwarp is needed between the warp's
-// own steps; __syncthreads guards the K/V tiles that all warps share.
-constexpr int TC_BK = 64;
-constexpr int TC_WARPS = THREADS / 32;
-static_assert(FWD_BQ == 16 * TC_WARPS, "a warp per 16 query rows");
-
-// Row pitches (elements): bf16 rows padded by 8 (16 bytes), f32 rows by 4 (16 bytes), so
-// that every 16-row, 16-column fragment starts 32-byte aligned as wmma requires.
-template <int D> struct TcLayout {
-    static constexpr int QP = D + 8, SP = TC_BK + 4, PP = TC_BK + 8, OP = D + 4;
-    static constexpr int Q_BYTES = FWD_BQ * QP * 2, KV_BYTES = TC_BK * QP * 2;
-    static constexpr int S_BYTES = FWD_BQ * SP * 4, P_BYTES = FWD_BQ * PP * 2;
-    static constexpr int O_BYTES = FWD_BQ * OP * 4;
-    static constexpr int BYTES = Q_BYTES + 2 * KV_BYTES + S_BYTES + P_BYTES + O_BYTES;
-    static_assert(Q_BYTES % 32 == 0 && KV_BYTES % 32 == 0 && S_BYTES % 32 == 0 &&
-                      P_BYTES % 32 == 0,
-                  "regions start 32-byte aligned");
-};
-
-// rows (R, D) of bf16 from row0 (rows at or past len are zeros) into dst with pitch QP.
-template <int D, int R>
-__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* dst, const __nv_bfloat16* base,
-                                               size_t row_stride, int row0, int len) {
-    for (int i = threadIdx.x; i < R * D; i += THREADS) {
-        const int r = i / D, c = i % D;
-        dst[r * TcLayout<D>::QP + c] =
-            row0 + r < len ? base[(size_t)(row0 + r) * row_stride + c] : __float2bfloat16_rn(0.0f);
-    }
-}
-
-// Launch: grid (q_tiles * n_seqs, H), THREADS threads, TcLayout<D>::BYTES of dynamic shared
-// memory; q_tiles = ceil(longest sequence / FWD_BQ).
-template <int D>
-__device__ void forward_tc(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
-                           const __nv_bfloat16* k, const __nv_bfloat16* v, const int* starts,
-                           int n_seqs, int n_rows, int n_head, int n_kv_head, int q_tiles,
-                           float scale) {
-    using namespace nvcuda;
-    using L = TcLayout<D>;
-    static_assert(D % 32 == 0, "two lanes a row split D in halves of 16-column blocks");
-    constexpr int BQ = FWD_BQ, BK = TC_BK;
-    extern __shared__ __align__(128) unsigned char smem_tc[];
-    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(smem_tc);                  // (BQ, QP)
-    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(smem_tc + L::Q_BYTES);     // (BK, QP)
-    __nv_bfloat16* vs = ks + BK * L::QP;                                             // (BK, QP)
-    float* ss = reinterpret_cast<float*>(smem_tc + L::Q_BYTES + 2 * L::KV_BYTES);    // (BQ, SP)
-    __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(ss + BQ * L::SP);          // (BQ, PP)
-    float* os = reinterpret_cast<float*>(ps + BQ * L::PP);                           // (BQ, OP)
-
-    const int seq = blockIdx.x % n_seqs;
-    const int tile = q_tiles - 1 - (int)(blockIdx.x / n_seqs);
-    const int h = blockIdx.y;
-    int start, len;
-    seq_bounds(starts, seq, n_rows, start, len);
-    const int q0 = tile * BQ;
-    if (q0 >= len) return;  // the whole block leaves, before any barrier
-    const int g = h / (n_head / n_kv_head);
-    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    // The lane's row of the warp's 16, and which half of it (keys, then output columns).
-    const int rr = lane / 2, half = lane % 2;
-    const int row = warp * 16 + rr, qpos = q0 + row;
-
-    load_tile_bf16<D, BQ>(qs, q + (size_t)start * q_stride + (size_t)h * D, q_stride, q0, len);
-    for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) os[row * L::OP + c] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
-
-    const __nv_bfloat16* kb = k + (size_t)start * kv_stride + (size_t)g * D;
-    const __nv_bfloat16* vb = v + (size_t)start * kv_stride + (size_t)g * D;
-    const int k_tiles = (min(q0 + BQ, len) - 1) / BK + 1;
-    for (int kt = 0; kt < k_tiles; kt++) {
-        const int k0 = kt * BK;
-        __syncthreads();  // every warp is done with the previous ks, vs
-        load_tile_bf16<D, BK>(ks, kb, kv_stride, k0, len);
-        load_tile_bf16<D, BK>(vs, vb, kv_stride, k0, len);
-        __syncthreads();  // qs (first pass), ks, vs are in place
-
-        // S (16, BK) of the warp's rows = Q (16, D) K^T; K (BK, D) row-major is K^T col-major.
-#pragma unroll
-        for (int n = 0; n < BK / 16; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-            for (int kd = 0; kd < D / 16; kd++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
-                wmma::load_matrix_sync(a, qs + warp * 16 * L::QP + kd * 16, L::QP);
-                wmma::load_matrix_sync(b, ks + n * 16 * L::QP + kd * 16, L::QP);
-                wmma::mma_sync(acc, a, b, acc);
-            }
-            wmma::store_matrix_sync(ss + warp * 16 * L::SP + n * 16, acc, L::SP, wmma::mem_row_major);
-        }
-        __syncwarp();  // the warp's S rows are in place, and its previous O += P V stored
-
-        // Online softmax of the lane's half row: keys half * 32 .. + 32 of the tile.
-        constexpr int KH = BK / 2;
-        float mx = -INFINITY;
-        for (int j = 0; j < KH; j++) {
-            const int c = half * KH + j, kpos = k0 + c;
-            const float s = kpos <= qpos && kpos < len ? ss[row * L::SP + c] * scale : -INFINITY;
-            ss[row * L::SP + c] = s;
-            mx = fmaxf(mx, s);
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        const float m_new = fmaxf(m, mx);
-        const float base = m_new == -INFINITY ? 0.0f : m_new;  // as in `forward`
-        const float alpha = expf(m - base);
-        float rs = 0.0f;
-        for (int j = 0; j < KH; j++) {
-            const int c = half * KH + j;
-            const float p = expf(ss[row * L::SP + c] - base);
-            ps[row * L::PP + c] = __float2bfloat16_rn(p);
-            rs += p;
-        }
-        l = l * alpha + rs + __shfl_xor_sync(0xffffffffu, rs, 1);
-        m = m_new;
-        for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) os[row * L::OP + c] *= alpha;
-        __syncwarp();  // the warp's P rows and rescaled O rows are in place
-
-        // O (16, D) of the warp's rows += P (16, BK) V (BK, D).
-#pragma unroll
-        for (int n = 0; n < D / 16; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::load_matrix_sync(acc, os + warp * 16 * L::OP + n * 16, L::OP, wmma::mem_row_major);
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
-                wmma::load_matrix_sync(a, ps + warp * 16 * L::PP + kk * 16, L::PP);
-                wmma::load_matrix_sync(b, vs + kk * 16 * L::QP + n * 16, L::QP);
-                wmma::mma_sync(acc, a, b, acc);
-            }
-            wmma::store_matrix_sync(os + warp * 16 * L::OP + n * 16, acc, L::OP, wmma::mem_row_major);
-        }
-    }
-    __syncwarp();  // the warp's last O += P V is stored
-
-    if (qpos < len) {
-        const size_t at = (size_t)(start + qpos) * n_head + h;
-        const float inv = 1.0f / l;
-        for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++)
-            out[at * D + c] = __float2bfloat16_rn(os[row * L::OP + c] * inv);
-        if (half == 0) lse[at] = m + logf(l);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The bf16 backward on tensor cores: mma.sync m16n8k16 (bf16 in, f32 accumulators) through
 // inline PTX, with ldmatrix to bring fragments from shared memory. Unlike wmma, mma.sync's
@@ -929,6 +776,252 @@ __device__ void backward_tc(float* dq_acc, __nv_bfloat16* dk, __nv_bfloat16* dv,
         }
 }
 
+// ---------------------------------------------------------------------------------------
+// The bf16 forward on tensor cores, FlashAttention-2 style on mma.sync m16n8k16 (the
+// helpers, fragment layouts and load_rows_tc above). Same grid and outputs as `forward`:
+// one block of 4 warps per (query tile of FWD_BQ = 64 rows, head, sequence), the longest
+// tiles first; warp w owns query rows 16 w .. 16 w + 15 of the tile.
+//
+// Tiles and registers (per lane; D = 128, in brackets D = 64):
+// - Q_w (16 x D) as A fragments, loaded once by ldmatrix: D / 16 k-steps x 4 regs, 32 [16].
+// - Key tiles of FTC_BK = 64, walked from 0 up to the one holding the tile's last row (or
+//   the sequence's last key): the tiles above the diagonal are never visited, and only the
+//   last tile needs masks (kpos <= qpos, kpos < len; every earlier key precedes every row).
+// - S = Q_w K^T: 16 x 64 f32 in 8 n-tiles of accumulators, 32 regs. Element e of n-tile j
+//   is row gid + 8 (e / 2), key 8 j + 2 tig + e % 2 (lane = 4 gid + tig), so each row's 64
+//   keys sit in the 4 lanes of a quad: its max takes two xor-shuffles (1, 2).
+// - The online softmax in log2 units: m (per row half, raw scores), p = exp2(s scale log2e
+//   - m scale log2e), alpha = exp2((m_old - m_new) scale log2e) rescales O and l in
+//   registers. l is kept per lane (its 16 keys of each tile) and summed over the quad once,
+//   at the end (alpha is the same in the 4 lanes of a row).
+// - P to bf16 A fragments straight from the S accumulators (n-tiles 2 kk, 2 kk + 1 are the
+//   k-step kk of 16 keys), as backward_tc repacks dS^T.
+// - O += P V: 16 x D f32 in D / 8 n-tiles, 64 [32] regs; V's B fragments by ldmatrix.trans
+//   from the row-major (keys, D) tile.
+// - At the end O / l as bf16 for the rows inside the sequence, and lse = m scale + ln l
+//   (natural log of the normaliser of the scaled scores, as `forward`).
+// Shared memory: two stages of K and V (64, D + 8) bf16, 69 632 B at D = 128, 36 864 B at
+// D = 64; Q comes in through stage 1's K region before the loop (it is read into registers
+// once, and stage 1 is first filled after a barrier that follows). Pitch D + 8 (16 bytes of
+// padding): rows 16-byte aligned for cp.async and ldmatrix, and the 8 rows of an 8 x 8
+// matrix in 8 different bank groups. Pipeline, one barrier a tile: wait for tile kt's
+// copies, barrier (tile kt visible to all; every warp is done with tile kt - 1), issue tile
+// kt + 1 into the other stage by cp.async (zero-filled past len, so padded keys hold zeros:
+// P is 0 there, and 0 x V stays 0), compute tile kt.
+// Occupancy: shared memory allows 3 blocks (12 warps) per H100/H200 SM at D = 128 (2 on an
+// A100's 164 KB), 6 at D = 64. Registers: the entry points cap them through
+// __launch_bounds__ (ATTENTION_FORWARD_TC below) at 168 for 3 blocks at D = 128 (ptxas,
+// sm_90: 168, no spills; uncapped it takes 172, which allows only 2 blocks; sm_80: 168 with
+// one 4-byte spill, stored once before the key loop and reloaded once after it) and at 128
+// for 4 blocks at D = 64 (ptxas sm_80 / sm_90: 127 / 128, no spills). Per warp and key tile
+// of 64: D / 2 ldmatrix.x4 (half of K, half of V by .trans), D mma.m16n8k16 (128 at
+// D = 128) and 34 ex2.
+//
+// What would make it faster: on Hopper, wgmma (sm_90a) with a warpgroup of 4 warps per 64
+// query rows and K, V read by the tensor cores straight from shared memory (no ldmatrix,
+// which bounds this kernel: every warp reads all of K and V of each tile), brought in by
+// TMA (cp.async.bulk.tensor) on an mbarrier pipeline of 2-3 stages with a producer warp
+// (warp specialisation, setmaxnreg), 128-row query tiles for 2 consumer warpgroups, and the
+// softmax of one tile overlapped with the products of the next (FlashAttention-3). On
+// mma.sync itself: 8 warps and 128-row query tiles (K, V read once per 128 rows), O written
+// through shared memory as 16-byte rows, ex2.approx directly, the diagonal tile's fully
+// masked n-tiles skipped per warp, copy loops with compile-time trip counts (load_rows_tc's
+// loop stays rolled), and a persistent grid over the causal triangle.
+constexpr int FTC_BK = 64;
+static_assert(FWD_BQ == 16 * (THREADS / 32), "a warp per 16 query rows");
+static_assert(FTC_BK == FWD_BQ, "Q borrows a K/V stage, which holds FWD_BQ rows");
+template <int D> struct FwdTcLayout {
+    static constexpr int P = D + 8;             // K, V, Q rows (bf16)
+    static constexpr int KV = FTC_BK * P;       // one K or V tile (elements)
+    static constexpr int BYTES = 2 * 2 * KV * 2;  // two stages of K and V
+    static_assert((2 * P) % 16 == 0, "rows start 16-byte aligned");
+};
+
+// Launch: grid (q_tiles * n_seqs, H), THREADS threads, FwdTcLayout<D>::BYTES of dynamic
+// shared memory; q_tiles = ceil(longest sequence / FWD_BQ).
+template <int D>
+__device__ void forward_mma(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q,
+                            const __nv_bfloat16* k, const __nv_bfloat16* v, const int* starts,
+                            int n_seqs, int n_rows, int n_head, int n_kv_head, int q_tiles,
+                            float scale) {
+    using L = FwdTcLayout<D>;
+    constexpr int BQ = FWD_BQ, BK = FTC_BK, P = L::P;
+    constexpr int NK = BK / 8;  // 8-key n-tiles of S
+    constexpr int ND = D / 8;   // 8-column n-tiles of O
+    static_assert(D % 16 == 0, "whole k-steps of Q K^T and n-tile pairs of O");
+    constexpr float LOG2E = 1.4426950408889634f;
+    extern __shared__ __align__(128) unsigned char smem_ftc[];
+    // Stage s: K at kv0 + 2 s KV, V at + KV. Q (BQ, P) at stage 1's K before the loop.
+    __nv_bfloat16* kv0 = reinterpret_cast<__nv_bfloat16*>(smem_ftc);
+
+    const int seq = blockIdx.x % n_seqs;
+    const int tile = q_tiles - 1 - (int)(blockIdx.x / n_seqs);
+    const int h = blockIdx.y;
+    int start, len;
+    seq_bounds(starts, seq, n_rows, start, len);
+    const int q0 = tile * BQ;
+    if (q0 >= len) return;  // the whole block leaves, before any barrier
+    const int g = h / (n_head / n_kv_head);
+    const size_t q_stride = (size_t)n_head * D, kv_stride = (size_t)n_kv_head * D;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int gid = lane / 4, tig = lane % 4;
+    const float scale_log2 = scale * LOG2E;
+    const __nv_bfloat16* kb = k + (size_t)start * kv_stride + (size_t)g * D;
+    const __nv_bfloat16* vb = v + (size_t)start * kv_stride + (size_t)g * D;
+    // 16-byte copies need 16-byte aligned bases (views into larger buffers may not be).
+    const bool kv_vec = ((reinterpret_cast<uintptr_t>(k) | reinterpret_cast<uintptr_t>(v)) & 15) == 0;
+    const bool q_vec = (reinterpret_cast<uintptr_t>(q) & 15) == 0;
+
+    // Key tile kt into stage kt % 2 (zeros past len).
+    auto issue = [&](int kt) {
+        __nv_bfloat16* ks = kv0 + (kt & 1) * 2 * L::KV;
+        load_rows_tc<D, BK, P>(ks, kb, kv_stride, kt * BK, len, kv_vec);
+        load_rows_tc<D, BK, P>(ks + L::KV, vb, kv_stride, kt * BK, len, kv_vec);
+    };
+    __nv_bfloat16* qs = kv0 + 2 * L::KV;
+    load_rows_tc<D, BQ, P>(qs, q + (size_t)start * q_stride + (size_t)h * D, q_stride, q0, len,
+                           q_vec);
+    issue(0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();  // Q and key tile 0 in place
+
+    // Q_w as A fragments from the [m][k] array: k-step kd is columns 16 kd .. + 15.
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int kd = 0; kd < D / 16; kd++)
+        ldsm_x4(qa[kd], qs + (16 * warp + lane % 16) * P + kd * 16 + (lane / 16) * 8);
+
+    float o[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    // Per row half r (rows gid, gid + 8): the running max of the raw scores, and the
+    // lane's part of the normaliser.
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const int row0 = q0 + 16 * warp + gid;  // the position of the lane's row half 0
+
+    // The last key any row of the tile sees: the tile's last row, or the sequence's.
+    const int k_tiles = (min(q0 + BQ, len) - 1) / BK + 1;
+#pragma unroll 1
+    for (int kt = 0; kt < k_tiles; kt++) {
+        const int k0 = kt * BK;
+        cp_async_wait<0>();
+        __syncthreads();  // tile kt in place for every warp; every warp is done with the
+                          // other stage (tile kt - 1, or Q before the loop)
+        if (kt + 1 < k_tiles) {
+            issue(kt + 1);
+            cp_async_commit();
+        }
+        const __nv_bfloat16* ks = kv0 + (kt & 1) * 2 * L::KV;
+        const __nv_bfloat16* vs = ks + L::KV;
+
+        // S = Q_w K^T: K rows are the keys (n), columns the dims (k).
+        float s[NK][4];
+#pragma unroll
+        for (int j = 0; j < NK; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+#pragma unroll
+        for (int kd = 0; kd < D / 16; kd++)
+#pragma unroll
+            for (int np = 0; np < NK / 2; np++) {
+                uint32_t b[4];
+                ldsm_x4(b, ks + (np * 16 + (lane / 16) * 8 + lane % 8) * P + kd * 16 +
+                               (lane / 8 % 2) * 8);
+                mma_bf16(s[2 * np], qa[kd], b[0], b[1]);
+                mma_bf16(s[2 * np + 1], qa[kd], b[2], b[3]);
+            }
+
+        // Masks, on the last tile only: it alone may hold keys past a row's position (the
+        // diagonal) or past the sequence. A select, so masked scores are exactly -inf.
+        if (k0 + BK - 1 > q0 || k0 + BK > len) {
+#pragma unroll
+            for (int j = 0; j < NK; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int kpos = k0 + 8 * j + 2 * tig + e % 2, qpos = row0 + 8 * (e / 2);
+                    s[j][e] = kpos <= qpos && kpos < len ? s[j][e] : -INFINITY;
+                }
+        }
+
+        // Online softmax per row half r.
+        float alpha[2], mb[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = m[r];
+#pragma unroll
+            for (int j = 0; j < NK; j++) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // Every row sees key 0 in tile 0, so mx is finite; the guard keeps a row that saw
+            // nothing yet at exp2(-inf - 0) = 0 instead of NaN, as in `forward`.
+            mb[r] = mx == -INFINITY ? 0.0f : mx * scale_log2;
+            alpha[r] = exp2f(m[r] * scale_log2 - mb[r]);  // m[r] = -inf: 0
+            m[r] = mx;
+        }
+#pragma unroll
+        for (int j = 0; j < NK; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[j][e] = exp2f(fmaf(s[j][e], scale_log2, -mb[e / 2]));
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float rs = 0.0f;
+#pragma unroll
+            for (int j = 0; j < NK; j++) rs += s[j][2 * r] + s[j][2 * r + 1];
+            l[r] = l[r] * alpha[r] + rs;
+        }
+#pragma unroll
+        for (int n = 0; n < ND; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[n][e] *= alpha[e / 2];
+
+        // O += P V: P's A fragments from the accumulators, V's B fragments from the [k][n]
+        // array by .trans (regs 0, 1: columns 16 np .. + 7; 2, 3: + 8 .. + 15).
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                                    pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int np = 0; np < D / 16; np++) {
+                uint32_t b[4];
+                ldsm_x4_trans(b, vs + (kk * 16 + lane % 16) * P + np * 16 + (lane / 16) * 8);
+                mma_bf16(o[2 * np], pa, b[0], b[1]);
+                mma_bf16(o[2 * np + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+    // O / l and lse for the lane's rows inside the sequence: element e of n-tile n is row
+    // half e / 2, column 8 n + 2 tig + e % 2.
+    const bool out_vec = (reinterpret_cast<uintptr_t>(out) & 3) == 0;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const int qpos = row0 + 8 * r;
+        if (qpos >= len) continue;
+        const size_t at = (size_t)(start + qpos) * n_head + h;
+        const float inv = 1.0f / lr;
+        __nv_bfloat16* orow = out + at * D + 2 * tig;
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+            const float a = o[n][2 * r] * inv, b = o[n][2 * r + 1] * inv;
+            if (out_vec) {
+                *reinterpret_cast<__nv_bfloat162*>(orow + 8 * n) = __floats2bfloat162_rn(a, b);
+            } else {
+                orow[8 * n] = __float2bfloat16_rn(a);
+                orow[8 * n + 1] = __float2bfloat16_rn(b);
+            }
+        }
+        if (tig == 0) lse[at] = m[r] * scale + logf(lr);
+    }
+}
+
 }  // namespace attn
 
 // Entry points: attention_forward_d{D}_{f32,bf16}, attention_backward_d{D}_{f32,bf16} for
@@ -963,17 +1056,20 @@ ATTENTION_HEAD_DIM(96)
 ATTENTION_HEAD_DIM(128)
 
 // The bf16 forward on tensor cores: attention_forward_tc_d{D}_bf16, same arguments as
-// attention_forward_d{D}_bf16.
-#define ATTENTION_FORWARD_TC(D)                                                                  \
-    extern "C" __global__ void __launch_bounds__(attn::THREADS) attention_forward_tc_d##D##_bf16( \
+// attention_forward_d{D}_bf16. BLOCKS: the blocks per SM its registers are capped for
+// (65 536 / (128 BLOCKS) a thread, 168 at 3, 128 at 4): at D = 128 three blocks fit an
+// H100's shared memory (3 x 68 KB), at D = 64 four; ptxas keeps both without spills.
+#define ATTENTION_FORWARD_TC(D, BLOCKS)                                                          \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS, BLOCKS)                          \
+        attention_forward_tc_d##D##_bf16(                                                        \
         __nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,          \
         const __nv_bfloat16* v, const int* starts, int n_seqs, int n_rows, int n_head,           \
         int n_kv_head, int q_tiles, float scale) {                                               \
-        attn::forward_tc<D>(out, lse, q, k, v, starts, n_seqs, n_rows, n_head, n_kv_head,        \
-                            q_tiles, scale);                                                     \
+        attn::forward_mma<D>(out, lse, q, k, v, starts, n_seqs, n_rows, n_head, n_kv_head,       \
+                             q_tiles, scale);                                                     \
     }
-ATTENTION_FORWARD_TC(64)
-ATTENTION_FORWARD_TC(128)
+ATTENTION_FORWARD_TC(64, 4)
+ATTENTION_FORWARD_TC(128, 3)
 
 // The bf16 backward on tensor cores: attention_backward_tc_d{D}_bf16, same arguments as
 // attention_backward_d{D}_bf16.

@@ -64,9 +64,9 @@ const BWD_BK: usize = 32;
 /// The head dims kernels/attention.cu instantiates.
 const HEAD_DIMS: [usize; 7] = [4, 8, 16, 32, 64, 96, 128];
 /// The head dims with a bf16 forward and backward on tensor cores (attention_forward_tc,
-/// attention_backward_tc), the forward's key tile.
+/// attention_backward_tc), the forward's key tile (attn::FTC_BK).
 const TC_HEAD_DIMS: [usize; 2] = [64, 128];
-const TC_BK: usize = 64;
+const FTC_BK: usize = 64;
 /// The tensor-core backward's key and query tiles (attn::BTC_BK, BTC_BQ).
 const BTC_BK: usize = 64;
 const BTC_BQ: usize = 64;
@@ -79,11 +79,10 @@ fn forward_smem(d: usize) -> usize {
     4 * (FWD_BQ * (d + 1) + 2 * FWD_BK * (d + 1) + FWD_BQ * (FWD_BK + 1))
 }
 
-/// As `forward_smem` for the tensor-core forward (attn::TcLayout): Q (BQ, D + 8), K and V
-/// (BK, D + 8), P (BQ, BK + 8) in bf16; S (BQ, BK + 4), O (BQ, D + 4) in f32.
+/// As `forward_smem` for the tensor-core forward (attn::FwdTcLayout): two stages of K and V
+/// (BK, D + 8) in bf16 (Q borrows one before the loop; S, P and O stay in registers).
 fn forward_tc_smem(d: usize) -> usize {
-    2 * (FWD_BQ * (d + 8) + 2 * TC_BK * (d + 8) + FWD_BQ * (TC_BK + 8))
-        + 4 * (FWD_BQ * (TC_BK + 4) + FWD_BQ * (d + 4))
+    2 * (2 * 2 * FTC_BK * (d + 8))
 }
 
 /// As `forward_smem` for the backward (attn::bwd_smem_floats): Q and dO (BQ, D + 1), K and V
@@ -441,7 +440,12 @@ mod tests {
         assert_eq!(backward_tc_smem(128), 114_688);
         assert!(2 * (backward_tc_smem(128) + 1024) <= 228 * 1024);
         assert_eq!(backward_tc_smem(64), 2 * (6 * 64 * 72 + 64 * 72) + 1024);
-        assert_eq!(forward_tc_smem(128), 112_640);
+        // The tensor-core forward: 68 KB at D = 128, so three blocks fit an H100 SM (and two
+        // an A100's 164 KB); 36 KB at D = 64.
+        assert_eq!(forward_tc_smem(128), 69_632);
+        assert!(3 * (forward_tc_smem(128) + 1024) <= 228 * 1024);
+        assert!(2 * (forward_tc_smem(128) + 1024) <= 164 * 1024);
+        assert_eq!(forward_tc_smem(64), 36_864);
         // The layout of kernels/attention.cu at D = 128: 74 496 and 74 752 bytes.
         assert_eq!(forward_smem(128), 4 * (64 * 129 + 64 * 129 + 64 * 33));
         assert_eq!(backward_smem(128), 74_752);
