@@ -37,7 +37,10 @@ for line in sys.stdin:
             bench:gpu) strip -o "$BIN/gpu_bench" "$exe" ;;
         esac
     done
-    for b in gpu_kernels gpu_heads gpu_attention gpu_model gpu_bench; do
+    # The binary itself, for the built-in demonstration on the GPU (TPO end to end).
+    cargo build --release --quiet || { echo "gpu-check: the binary's build failed" >&2; exit 1; }
+    strip -o "$BIN/tpo-engine" target/release/tpo-engine
+    for b in gpu_kernels gpu_heads gpu_attention gpu_model gpu_bench tpo-engine; do
         [ -x "$BIN/$b" ] || { echo "gpu-check: $BIN/$b was not built" >&2; exit 1; }
     done
     # The tests read fixtures and kernel sources at the path they were built in.
@@ -99,7 +102,7 @@ run() {
         124 | 137) r="FAIL (timed out after $cap s)"; status=1 ;;
         *) r=FAIL; status=1 ;;
     esac
-    grep -E "skipped|panicked|test result" "$LOGS/test-$name.log" | head -20
+    grep -E "^device:|skipped|panicked|test result" "$LOGS/test-$name.log" | head -20
     results+=("| $name | $r | $((SECONDS - started)) s |")
 }
 if [ "$tests" = 1 ]; then
@@ -110,6 +113,10 @@ if [ "$tests" = 1 ]; then
     run gpu_attention "$(budget 120 "$reserve")" "$BIN/gpu_attention" --nocapture --test-threads 1
     run gpu_model "$(budget 120 "$reserve")" "$BIN/gpu_model" --nocapture --test-threads 1
     # (The PTX checks of the library's unit tests need no GPU: CI runs them.)
+    # TPO end to end on the GPU: the built-in demonstration at its quick size (sampling,
+    # judging, reference log-probs, DPO and evaluation, all with --device cuda).
+    run demo_cuda "$(budget 120 "$reserve")" "$BIN/tpo-engine" --device cuda train --quick --out "$LOGS/demo"
+    [ -f "$LOGS/demo/summary.md" ] && cat "$LOGS/demo/summary.md"
 fi
 
 bench_note=()
