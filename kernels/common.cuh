@@ -45,3 +45,17 @@ __device__ __forceinline__ float block_max(float x) {
     x = lane < warps ? partial[lane] : -INFINITY;
     return warp_max(x);
 }
+
+// Sum over the block in f64 (blockDim.x a multiple of 32, at most 1024); every thread gets
+// it. The tree is fixed, so the result does not depend on scheduling.
+__device__ __forceinline__ double block_sum_f64(double x) {
+    __shared__ double partial_f64[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    __syncthreads();  // partial_f64 may still be read from a previous call
+    if (lane == 0) partial_f64[warp] = x;
+    __syncthreads();
+    x = lane < warps ? partial_f64[lane] : 0.0;
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}

@@ -66,13 +66,14 @@ extern "C" __global__ void scatter_rows_bf16(__nv_bfloat16* dst, const __nv_bflo
     scatter(dst, src, idx, c);
 }
 
-// partial[block] = the sum of x[i]^2 over the elements this block's grid-stride loop visits
-// (the host adds the partials in f64: the gradient norm). Launch: at most 8192 blocks.
-extern "C" __global__ void sum_squares_partial(float* partial, const float* x, long n) {
-    float acc = 0.0f;
+// partial[block] = the sum of x[i]^2 over the elements this block's grid-stride loop visits,
+// in f64 (as the CPU twin sums them; the host adds the partials: the gradient norm).
+// Launch: at most 8192 blocks.
+extern "C" __global__ void sum_squares_partial(double* partial, const float* x, long n) {
+    double acc = 0.0;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        acc += x[i] * x[i];
-    acc = block_sum(acc);
+        acc += (double)x[i] * x[i];
+    acc = block_sum_f64(acc);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 

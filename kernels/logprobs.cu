@@ -256,19 +256,6 @@ extern "C" __global__ void __launch_bounds__(256, 4)
     grad_rows(dlogits, logits, targets, lse, upstream, (unsigned)v, n);
 }
 
-// Sum over the block in f64 (blockDim.x a multiple of 32, at most 1024); thread 0 gets it.
-// The tree is fixed, so the result does not depend on scheduling.
-__device__ double block_sum_f64(double x) {
-    __shared__ double partial[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-    if (lane == 0) partial[warp] = x;
-    __syncthreads();
-    x = lane < warps ? partial[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-    return x;
-}
-
 // sums: (S) = the sum of logp over rows row_starts[s]..row_starts[s+1]; row_starts: (S + 1).
 // One block per sequence, accumulated in f64 (as the CPU twin does), no atomics.
 extern "C" __global__ void sequence_sums(double* sums, const float* logp, const int* row_starts) {

@@ -771,3 +771,35 @@ fn glue_kernels_move_what_the_cpu_model_moves() {
     let want: Vec<f32> = xr.iter().zip(&yr).map(|(a, b)| a + b).collect();
     assert_close("add_inplace", &download(&gpu, &xd), &want, bf16::TOL);
 }
+
+#[test]
+fn reductions_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    // The gradient norm's sum of squares: f64 on both sides, over more elements than the
+    // grid covers in one stride.
+    let x = random(3_000_017, 51);
+    let want = tpo_engine::backend::cpu::adamw::sum_of_squares(&x);
+    let got = gpu.sum_squares(&upload::<f32>(&gpu, &x)).unwrap();
+    assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+    assert_eq!(gpu.sum_squares(&upload::<f32>(&gpu, &[])).unwrap(), 0.0);
+
+    // Column sums, added onto what the output holds: row counts around the segment size.
+    for (n, c) in [(1, 5), (63, 7), (64, 300), (65, 33), (16_385, 129)] {
+        let x = round_to::<bf16>(random(n * c, 52 + n as u64));
+        let mut want = vec![0.25f32; c];
+        for r in 0..n {
+            for j in 0..c {
+                want[j] += x[r * c + j];
+            }
+        }
+        let mut out = upload::<f32>(&gpu, &vec![0.25; c]);
+        gpu.column_sums(&mut out, &upload::<bf16>(&gpu, &x), n, c)
+            .unwrap();
+        assert_close(
+            &format!("column sums {n}x{c}"),
+            &download(&gpu, &out),
+            &want,
+            1e-5,
+        );
+    }
+}

@@ -128,14 +128,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// The sum of squares of x, in f64 over per-block f32 partials (the gradient norm).
+    /// The sum of squares of x, in f64 (the gradient norm).
     pub fn sum_squares(&self, x: &impl DevicePtr<f32>) -> Result<f64> {
         let n = x.len();
         if n == 0 {
             return Ok(0.0);
         }
         let cfg = Self::elementwise(n);
-        let mut partial = self.alloc::<f32>(cfg.grid_dim.0 as usize, "for the gradient norm")?;
+        let mut partial = self.alloc::<f64>(cfg.grid_dim.0 as usize, "for the gradient norm")?;
         let f = self.function("glue", "sum_squares_partial")?;
         let (p, xp, n64) = (self.ptr_mut(&mut partial), self.ptr(x), n as i64);
         let mut launch = self.stream.launch_builder(&f);
@@ -143,7 +143,7 @@ impl Gpu {
         // SAFETY: the arguments match the kernel; partial holds one float per block.
         unsafe { launch.launch(cfg) }.context("sum_squares_partial")?;
         let host = self.stream.clone_dtoh(&partial)?;
-        Ok(host.iter().map(|&x| x as f64).sum())
+        Ok(host.iter().sum())
     }
 
     /// out: (C) f32 += the column sums of x: (N, C), in two deterministic passes (row
