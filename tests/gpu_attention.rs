@@ -5,106 +5,24 @@
 //! the reason printed, where there is no GPU; scripts/gpu-check.sh sets TPO_REQUIRE_GPU,
 //! where a skip fails.
 
-use cudarc::driver::CudaSlice;
+mod common;
+
+use common::gpu::*;
 use half::bf16;
 use std::ops::Range;
 use tpo_engine::backend::cpu::attention::{
     attention_backward, attention_forward, AttentionDims, KvView,
 };
 use tpo_engine::backend::cuda::attention::{AttentionScratch, PackedSeqs};
-use tpo_engine::backend::cuda::{Gpu, Storage};
+use tpo_engine::backend::cuda::Gpu;
 
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(gpu) => Some(gpu),
-        Err(why) => {
-            // scripts/gpu-check.sh sets this: on the GPU machine a skip is a failure.
-            assert!(
-                std::env::var_os("TPO_REQUIRE_GPU").is_none(),
-                "TPO_REQUIRE_GPU is set, but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            None
-        }
+/// Relative tolerance of an element of type T against the f32 CPU result.
+fn tol<T: Convert>() -> f32 {
+    if T::BF16 {
+        1.6e-2
+    } else {
+        1e-4
     }
-}
-
-/// Uniform values in [-1, 1) from a seeded LCG.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-trait Convert: Storage {
-    fn from(x: f32) -> Self;
-    fn to(self) -> f32;
-    /// Relative tolerance of an element against the f32 CPU result.
-    const TOL: f32;
-}
-impl Convert for f32 {
-    fn from(x: f32) -> Self {
-        x
-    }
-    fn to(self) -> f32 {
-        self
-    }
-    // Same inputs, f32 sums in another order (tiles, atomics).
-    const TOL: f32 = 1e-4;
-}
-impl Convert for bf16 {
-    fn from(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to(self) -> f32 {
-        self.to_f32()
-    }
-    const TOL: f32 = 1.6e-2;
-}
-
-/// |got - want| <= tol (|want| + 5% of the largest |want|): NaN (an unwritten element) fails.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (w.abs() + scale * 0.05) + 1e-6,
-            "{what}[{i}]: got {g}, want {w}"
-        );
-    }
-}
-
-/// The values as T holds them.
-fn round_to<T: Convert>(v: Vec<f32>) -> Vec<f32> {
-    v.into_iter().map(|x| T::from(x).to()).collect()
-}
-
-fn upload<T: Convert>(gpu: &Gpu, v: &[f32]) -> CudaSlice<T> {
-    gpu.stream
-        .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
-        .unwrap()
-}
-
-fn download<T: Convert>(gpu: &Gpu, s: &CudaSlice<T>) -> Vec<f32> {
-    gpu.stream
-        .clone_dtoh(s)
-        .unwrap()
-        .into_iter()
-        .map(T::to)
-        .collect()
-}
-
-/// A device buffer of n NaNs: outputs that must be assigned start so.
-fn nans<T: Convert>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
-    upload::<T>(gpu, &vec![f32::NAN; n])
 }
 
 /// Sequences of these lengths packed row after row: each row's sequence and position, each
@@ -195,7 +113,7 @@ fn attention_case<T: Convert>(
         "{what}: forward wrote outside its view"
     );
     let out = out_all[pad..pad + n * qd].to_vec();
-    assert_close(&format!("{what} out"), &out, &want, T::TOL);
+    assert_close(&format!("{what} out"), &out, &want, tol::<T>());
     let lse_got = gpu.stream.clone_dtoh(&lse).unwrap();
     assert_close(&format!("{what} lse"), &lse_got, &want_lse, 1e-4);
 
@@ -236,7 +154,7 @@ fn attention_case<T: Convert>(
         dims,
     )
     .unwrap();
-    let tol = 2.0 * T::TOL;
+    let tol = 2.0 * tol::<T>();
     assert_close(&format!("{what} dq"), &download(gpu, &dq), &want_dq, tol);
     assert_close(&format!("{what} dk"), &download(gpu, &dk), &want_dk, tol);
     assert_close(&format!("{what} dv"), &download(gpu, &dv), &want_dv, tol);

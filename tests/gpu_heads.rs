@@ -4,30 +4,17 @@
 //! is no GPU (or the build has no kernels); scripts/gpu-check.sh runs them on a GPU, where a
 //! skip fails.
 
-use cudarc::driver::CudaSlice;
+mod common;
+
+use common::gpu::*;
 use half::bf16;
 use tpo_engine::backend::cpu::logprobs::{logprobs_backward, logprobs_forward};
 use tpo_engine::backend::cpu::sampling::{
     argmax, candidates, sample, Rng, SamplerScratch, SamplingParams,
 };
 use tpo_engine::backend::cuda::logprobs::{default_chunk_rows, LogitsScratch};
-use tpo_engine::backend::cuda::{Gpu, Storage};
+use tpo_engine::backend::cuda::Gpu;
 use tpo_engine::train::loss::{dpo_loss, DpoConfig, DpoLossType, DpoTotals, PairLogps};
-
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(gpu) => Some(gpu),
-        Err(why) => {
-            // scripts/gpu-check.sh sets this: on the GPU machine a skip is a failure.
-            assert!(
-                std::env::var_os("TPO_REQUIRE_GPU").is_none(),
-                "TPO_REQUIRE_GPU is set, but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
 
 /// Standard normal values from the engine's seeded generator.
 fn normals(n: usize, seed: u64) -> Vec<f32> {
@@ -35,66 +22,13 @@ fn normals(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
 }
 
-trait Convert: Storage {
-    fn from(x: f32) -> Self;
-    fn to(self) -> f32;
-    /// Relative tolerance of an output of this type against the f32 CPU result.
-    const TOL: f32;
-}
-impl Convert for f32 {
-    fn from(x: f32) -> Self {
-        x
+/// Relative tolerance of an element of type T against the f32 CPU result.
+fn tol<T: Convert>() -> f32 {
+    if T::BF16 {
+        2e-2
+    } else {
+        1e-4
     }
-    fn to(self) -> f32 {
-        self
-    }
-    const TOL: f32 = 1e-4;
-}
-impl Convert for bf16 {
-    fn from(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to(self) -> f32 {
-        self.to_f32()
-    }
-    const TOL: f32 = 2e-2;
-}
-
-/// |got - want| <= tol * (|want| + 5% of the largest |want|) + 1e-6, element-wise.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (w.abs() + scale * 0.05) + 1e-6,
-            "{what}[{i}]: got {g}, want {w}"
-        );
-    }
-}
-
-/// The values as T holds them.
-fn round_to<T: Convert>(v: Vec<f32>) -> Vec<f32> {
-    v.into_iter().map(|x| T::from(x).to()).collect()
-}
-
-fn upload<T: Convert>(gpu: &Gpu, v: &[f32]) -> CudaSlice<T> {
-    gpu.stream
-        .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
-        .unwrap()
-}
-
-fn download<T: Convert>(gpu: &Gpu, s: &CudaSlice<T>) -> Vec<f32> {
-    gpu.stream
-        .clone_dtoh(s)
-        .unwrap()
-        .into_iter()
-        .map(T::to)
-        .collect()
-}
-
-/// A device buffer of n NaNs: an output that must be assigned and is not shows.
-fn nans<T: Convert>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
-    upload::<T>(gpu, &vec![f32::NAN; n])
 }
 
 fn logprobs_case<T: Convert>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usize) {
@@ -171,10 +105,10 @@ fn logprobs_case<T: Convert>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
         &format!("{what} dhidden"),
         &download(gpu, &dh),
         &want_dh,
-        T::TOL,
+        tol::<T>(),
     );
     let dw = gpu.stream.clone_dtoh(&dw).unwrap();
-    assert_close(&format!("{what} dweight"), &dw, &want_dw, T::TOL);
+    assert_close(&format!("{what} dweight"), &dw, &want_dw, tol::<T>());
 }
 
 #[test]

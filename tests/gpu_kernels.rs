@@ -2,6 +2,9 @@
 //! with the reason printed, where there is no GPU (or the build has no kernels);
 //! scripts/gpu-check.sh runs them on a GPU, where a skip fails.
 
+mod common;
+
+use common::gpu::*;
 use half::bf16;
 use tpo_engine::backend::cpu::adamw::{adamw_update, AdamW};
 use tpo_engine::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
@@ -12,70 +15,14 @@ use tpo_engine::backend::cpu::rope::{
     inv_frequencies, rope_backward, rope_forward, RopeScaling, RopeTable,
 };
 use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
-use tpo_engine::backend::cuda::{DecodeDims, Gpu, Storage, TokenRows};
+use tpo_engine::backend::cuda::{DecodeDims, Gpu, TokenRows};
 
-fn gpu() -> Option<Gpu> {
-    match Gpu::open(0) {
-        Ok(gpu) => Some(gpu),
-        Err(why) => {
-            // scripts/gpu-check.sh sets this: on the GPU machine a skip is a failure.
-            assert!(
-                std::env::var_os("TPO_REQUIRE_GPU").is_none(),
-                "TPO_REQUIRE_GPU is set, but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
-/// Uniform values in [-1, 1) from a seeded LCG.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-trait Convert: Storage {
-    fn from(x: f32) -> Self;
-    fn to(self) -> f32;
-    /// Relative tolerance of an element against the f32 CPU result.
-    const TOL: f32;
-}
-impl Convert for f32 {
-    fn from(x: f32) -> Self {
-        x
-    }
-    fn to(self) -> f32 {
-        self
-    }
-    const TOL: f32 = 1e-5;
-}
-impl Convert for bf16 {
-    fn from(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to(self) -> f32 {
-        self.to_f32()
-    }
-    const TOL: f32 = 1.6e-2;
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (w.abs() + scale * 0.05) + 1e-6,
-            "{what}[{i}]: got {g}, want {w}"
-        );
+/// Relative tolerance of an element of type T against the f32 CPU result.
+fn tol<T: Convert>() -> f32 {
+    if T::BF16 {
+        1.6e-2
+    } else {
+        1e-5
     }
 }
 
@@ -98,7 +45,7 @@ fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
         &format!("rmsnorm forward {n}x{c}"),
         &down(&out),
         &want,
-        T::TOL,
+        tol::<T>(),
     );
 
     let mut want_dx = vec![0.0; n * c];
@@ -113,7 +60,7 @@ fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
         &format!("rmsnorm dinp {n}x{c}"),
         &down(&dx),
         &want_dx,
-        T::TOL * 2.0,
+        tol::<T>() * 2.0,
     );
     let dw = gpu.stream.clone_dtoh(&dw).unwrap();
     assert_close(&format!("rmsnorm dweight {n}x{c}"), &dw, &want_dw, 1e-4);
@@ -150,7 +97,7 @@ fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize, im: usize) {
         &format!("swiglu forward {n}x{im}"),
         &down(&out),
         &want,
-        T::TOL,
+        tol::<T>(),
     );
     let mut dgu = nans::<T>(gpu, n * 2 * im);
     gpu.swiglu_backward(&mut dgu, &d, &gu, im).unwrap();
@@ -158,7 +105,7 @@ fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize, im: usize) {
         &format!("swiglu dgate_up {n}x{im}"),
         &down(&dgu),
         &want_dgu,
-        T::TOL,
+        tol::<T>(),
     );
 }
 
@@ -232,32 +179,6 @@ fn adamw_matches_its_cpu_twin_over_three_steps() {
     );
 }
 
-/// A device buffer of n NaNs: outputs that must be assigned start so, and a kernel that
-/// skips an element or accumulates into it shows.
-fn nans<T: Convert>(gpu: &Gpu, n: usize) -> cudarc::driver::CudaSlice<T> {
-    upload::<T>(gpu, &vec![f32::NAN; n])
-}
-
-/// The values as T holds them.
-fn round_to<T: Convert>(v: Vec<f32>) -> Vec<f32> {
-    v.into_iter().map(|x| T::from(x).to()).collect()
-}
-
-fn upload<T: Convert>(gpu: &Gpu, v: &[f32]) -> cudarc::driver::CudaSlice<T> {
-    gpu.stream
-        .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
-        .unwrap()
-}
-
-fn download<T: Convert>(gpu: &Gpu, s: &cudarc::driver::CudaSlice<T>) -> Vec<f32> {
-    gpu.stream
-        .clone_dtoh(s)
-        .unwrap()
-        .into_iter()
-        .map(T::to)
-        .collect()
-}
-
 fn embedding_case<T: Convert>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
     let round = round_to::<T>;
     let table = round(random(vocab * c, 41));
@@ -327,7 +248,7 @@ fn rope_case<T: Convert>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
             &format!("rope {direction} {n}x{heads}x{d}"),
             &download(gpu, &gx),
             &want,
-            T::TOL,
+            tol::<T>(),
         );
     }
 }
@@ -361,7 +282,7 @@ fn matmul_case<T: Convert>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: 
         .unwrap();
     let what = format!("matmul {n}x{c}x{oc} bias {with_bias}");
     // f32: cuBLAS sums in its own order; bf16: the output is rounded.
-    let tol = T::TOL.max(1e-4);
+    let tol = tol::<T>().max(1e-4);
     assert_close(&format!("{what} forward"), &download(gpu, &out), &want, tol);
 
     let mut want_dx = vec![0.0; n * c];
@@ -632,7 +553,7 @@ fn decode_case<T: Convert>(
         "decode attention lens {lens:?} of {t_max} H {n_head} Hkv {n_kv_head} D {d} {}",
         T::SUFFIX
     );
-    assert_close(&what, &got, &want, T::TOL);
+    assert_close(&what, &got, &want, tol::<T>());
     let rel = relative_error(&got, &want);
     let rel_tol = if T::SUFFIX == "f32" { 1e-5 } else { 5e-3 };
     assert!(rel < rel_tol, "{what}: relative error {rel:e}");
@@ -769,7 +690,7 @@ fn glue_kernels_move_what_the_cpu_model_moves() {
     gpu.add_inplace(&mut xd, &upload::<bf16>(&gpu, &yr))
         .unwrap();
     let want: Vec<f32> = xr.iter().zip(&yr).map(|(a, b)| a + b).collect();
-    assert_close("add_inplace", &download(&gpu, &xd), &want, bf16::TOL);
+    assert_close("add_inplace", &download(&gpu, &xd), &want, tol::<bf16>());
 }
 
 #[test]

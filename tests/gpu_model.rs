@@ -5,6 +5,8 @@
 //! Skipped, with the reason printed, where there is no GPU; scripts/gpu-check.sh runs them
 //! on a GPU, where a skip fails.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tpo_engine::backend::cpu::sampling::SamplingParams;
@@ -22,17 +24,7 @@ use tpo_engine::train::{
 };
 
 fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::open(0) {
-        Ok(gpu) => Some(Arc::new(gpu)),
-        Err(why) => {
-            assert!(
-                std::env::var_os("TPO_REQUIRE_GPU").is_none(),
-                "TPO_REQUIRE_GPU is set, but: {why}"
-            );
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
+    common::gpu::gpu().map(Arc::new)
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -2,6 +2,8 @@
 //! running `tpo-engine` with a check that it never panics.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod gpu;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
