@@ -7,7 +7,7 @@
 //! keys and values at prefill.
 
 use super::{GpuModel, ModelStorage};
-use crate::backend::cuda::{Bias, Columns, DecodeDims, Gpu, PackedSeqs};
+use crate::backend::cuda::{DecodeDims, Gpu, PackedSeqs};
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 
@@ -104,10 +104,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
-        let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps;
         let lay = &self.layout;
-        let at = |stride, offset| Columns { stride, offset };
         let tokens: Vec<u32> = seqs.iter().flat_map(|p| p.iter().copied()).collect();
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             bail!("token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
@@ -150,22 +147,15 @@ impl<T: ModelStorage> GpuModel<T> {
         let mut gate_up = gpu.alloc::<T>(n * 2 * im, stage)?;
         let mut act = gpu.alloc::<T>(n * im, stage)?;
         for (l, w) in lay.layers.iter().enumerate() {
-            gpu.rmsnorm_forward(&mut h, &x, &self.w(&w.input_layernorm), eps, n, c)?;
-            let bias = w.qkv_bias().map(|r| self.w(&r));
-            gpu.matmul_forward(
+            self.attention_inputs(
+                w,
+                &x,
+                &mut h,
                 &mut qkv,
-                &h,
-                &self.w(&w.qkv_proj()),
-                bias.as_ref().map(|b| b as &dyn Bias<T>),
+                (&mut q, &mut k, &mut vv),
+                (&cos, &sin),
                 n,
-                c,
-                qkv_dim,
             )?;
-            gpu.copy_columns((&mut q, at(qd, 0)), (&qkv, at(qkv_dim, 0)), n, qd)?;
-            gpu.copy_columns((&mut k, at(kvd, 0)), (&qkv, at(qkv_dim, qd)), n, kvd)?;
-            gpu.copy_columns((&mut vv, at(kvd, 0)), (&qkv, at(qkv_dim, qd + kvd)), n, kvd)?;
-            gpu.rope(&mut q, &cos, &sin, dims.n_head, half, 1.0)?;
-            gpu.rope(&mut k, &cos, &sin, dims.n_kv_head, half, 1.0)?;
             kv(l, &k, &vv)?;
             gpu.attention_forward(&mut att, &mut lse, &q, &k, &vv, &packed, dims)?;
             gpu.matmul_forward(&mut h, &att, &self.w(&w.o_proj), None, n, qd, c)?;
@@ -250,10 +240,7 @@ impl<T: ModelStorage> GpuModel<T> {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
-        let half = cfg.head_dim / 2;
-        let eps = cfg.rms_norm_eps;
         let lay = &self.layout;
-        let at = |stride, offset| Columns { stride, offset };
         let b = caches.slots;
         if tokens.len() != b || positions.len() != b {
             bail!("decode_step: one token and position per slot");
@@ -302,22 +289,15 @@ impl<T: ModelStorage> GpuModel<T> {
         let mut gate_up = gpu.alloc::<T>(b * 2 * im, DECODE)?;
         let mut act = gpu.alloc::<T>(b * im, DECODE)?;
         for (l, w) in lay.layers.iter().enumerate() {
-            gpu.rmsnorm_forward(&mut h, &x, &self.w(&w.input_layernorm), eps, b, c)?;
-            let bias = w.qkv_bias().map(|r| self.w(&r));
-            gpu.matmul_forward(
+            self.attention_inputs(
+                w,
+                &x,
+                &mut h,
                 &mut qkv,
-                &h,
-                &self.w(&w.qkv_proj()),
-                bias.as_ref().map(|b| b as &dyn Bias<T>),
+                (&mut q, &mut k, &mut vv),
+                (&cos, &sin),
                 b,
-                c,
-                qkv_dim,
             )?;
-            gpu.copy_columns((&mut q, at(qd, 0)), (&qkv, at(qkv_dim, 0)), b, qd)?;
-            gpu.copy_columns((&mut k, at(kvd, 0)), (&qkv, at(qkv_dim, qd)), b, kvd)?;
-            gpu.copy_columns((&mut vv, at(kvd, 0)), (&qkv, at(qkv_dim, qd + kvd)), b, kvd)?;
-            gpu.rope(&mut q, &cos, &sin, dims.n_head, half, 1.0)?;
-            gpu.rope(&mut k, &cos, &sin, dims.n_kv_head, half, 1.0)?;
             gpu.scatter_rows(&mut caches.k[l], &k, &rows_dev, kvd)?;
             gpu.scatter_rows(&mut caches.v[l], &vv, &rows_dev, kvd)?;
             gpu.decode_attention(

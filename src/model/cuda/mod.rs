@@ -15,7 +15,8 @@ use super::params::ParamLayout;
 use super::Model;
 use crate::backend::cpu::attention::AttentionDims;
 use crate::backend::cpu::rope::{inv_frequencies, RopeTable};
-use crate::backend::cuda::{Gpu, Storage};
+use crate::backend::cuda::{Bias, Columns, Gpu, Storage};
+use crate::model::params::LayerParams;
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView};
 use std::ops::Range;
@@ -82,6 +83,46 @@ impl<T: ModelStorage> GpuModel<T> {
             n_kv_head: self.config.num_key_value_heads,
             head_dim: self.config.head_dim,
         }
+    }
+
+    /// The inputs of a layer's attention over n rows: h = input_layernorm(x), then q, k, v
+    /// from the fused projection of h (qkv: its (N, (H + 2 Hkv) * D) scratch), q and k
+    /// rotated by the tables cos, sin: (N, D/2).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_inputs(
+        &self,
+        w: &LayerParams,
+        x: &CudaSlice<T>,
+        h: &mut CudaSlice<T>,
+        qkv: &mut CudaSlice<T>,
+        (q, k, v): (&mut CudaSlice<T>, &mut CudaSlice<T>, &mut CudaSlice<T>),
+        (cos, sin): (&CudaSlice<f32>, &CudaSlice<f32>),
+        n: usize,
+    ) -> Result<()> {
+        let gpu: &Gpu = &self.gpu;
+        let cfg = &self.config;
+        let c = cfg.hidden_size;
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = qd + 2 * kvd;
+        let dims = self.attention_dims();
+        let at = |stride, offset| Columns { stride, offset };
+        gpu.rmsnorm_forward(h, x, &self.w(&w.input_layernorm), cfg.rms_norm_eps, n, c)?;
+        let bias = w.qkv_bias().map(|r| self.w(&r));
+        gpu.matmul_forward(
+            qkv,
+            &*h,
+            &self.w(&w.qkv_proj()),
+            bias.as_ref().map(|b| b as &dyn Bias<T>),
+            n,
+            c,
+            qkv_dim,
+        )?;
+        gpu.copy_columns((q, at(qd, 0)), (&*qkv, at(qkv_dim, 0)), n, qd)?;
+        gpu.copy_columns((k, at(kvd, 0)), (&*qkv, at(qkv_dim, qd)), n, kvd)?;
+        gpu.copy_columns((v, at(kvd, 0)), (&*qkv, at(qkv_dim, qd + kvd)), n, kvd)?;
+        let half = cfg.head_dim / 2;
+        gpu.rope(q, cos, sin, dims.n_head, half, 1.0)?;
+        gpu.rope(k, cos, sin, dims.n_kv_head, half, 1.0)
     }
 
     /// The rotary tables of `positions` on the device: cos, sin, each (N, D/2).

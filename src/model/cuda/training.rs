@@ -9,9 +9,7 @@
 //! than keeping them.
 
 use super::{GpuModel, ModelStorage};
-use crate::backend::cuda::{
-    AttentionScratch, Bias, Columns, Gpu, LogitsScratch, PackedSeqs, TokenRows,
-};
+use crate::backend::cuda::{AttentionScratch, Columns, Gpu, LogitsScratch, PackedSeqs, TokenRows};
 use crate::model::training::TrainBatch;
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
@@ -130,11 +128,9 @@ impl<T: ModelStorage> GpuModel<T> {
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let qkv_dim = qd + 2 * kvd;
         let dims = self.attention_dims();
-        let half = cfg.head_dim / 2;
         let eps = cfg.rms_norm_eps;
         let n = b.n;
         let lay = &self.layout;
-        let at = |stride, offset| Columns { stride, offset };
 
         let mut x = gpu.alloc::<T>(n * c, FORWARD)?; // (N, C)
         gpu.embedding_forward(&mut x, &b.tokens, &self.w(&lay.embed_tokens), c)?;
@@ -156,27 +152,15 @@ impl<T: ModelStorage> GpuModel<T> {
                 act: gpu.alloc::<T>(n * im, FORWARD)?,
             };
             gpu.stream.memcpy_dtod(&x, &mut st.x_in)?;
-            gpu.rmsnorm_forward(&mut st.h_attn, &x, &self.w(&w.input_layernorm), eps, n, c)?;
-            let bias = w.qkv_bias().map(|r| self.w(&r));
-            gpu.matmul_forward(
+            self.attention_inputs(
+                w,
+                &x,
+                &mut st.h_attn,
                 &mut qkv,
-                &st.h_attn,
-                &self.w(&w.qkv_proj()),
-                bias.as_ref().map(|b| b as &dyn Bias<T>),
+                (&mut st.q, &mut st.k, &mut st.v),
+                (&b.cos, &b.sin),
                 n,
-                c,
-                qkv_dim,
             )?;
-            gpu.copy_columns((&mut st.q, at(qd, 0)), (&qkv, at(qkv_dim, 0)), n, qd)?;
-            gpu.copy_columns((&mut st.k, at(kvd, 0)), (&qkv, at(qkv_dim, qd)), n, kvd)?;
-            gpu.copy_columns(
-                (&mut st.v, at(kvd, 0)),
-                (&qkv, at(qkv_dim, qd + kvd)),
-                n,
-                kvd,
-            )?;
-            gpu.rope(&mut st.q, &b.cos, &b.sin, dims.n_head, half, 1.0)?;
-            gpu.rope(&mut st.k, &b.cos, &b.sin, dims.n_kv_head, half, 1.0)?;
             gpu.attention_forward(
                 &mut st.att,
                 &mut st.lse,
