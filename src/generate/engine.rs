@@ -94,19 +94,7 @@ pub fn generate(
     let mut live: Vec<Live> = Vec::with_capacity(batch.min(total));
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
 
-    let finish = |seq: &mut Live| -> Option<FinishReason> {
-        let last = *seq.tokens.last()?;
-        if opts.eos_ids.contains(&last) {
-            seq.tokens.pop();
-            Some(FinishReason::Eos)
-        } else if is_stopped(&seq.tokens) {
-            Some(FinishReason::Stop)
-        } else if seq.tokens.len() >= seq.limit {
-            Some(FinishReason::Length)
-        } else {
-            None
-        }
-    };
+    let finish = |seq: &mut Live| finish_reason(&mut seq.tokens, seq.limit, opts, is_stopped);
 
     while next < total || !live.is_empty() {
         // Refill free slots, prefilling the prompts they need in one packed pass.
@@ -224,6 +212,27 @@ pub fn generate(
         })
         .collect();
     Ok((results, stats))
+}
+
+/// Whether a completion whose last token was just sampled is finished, and why: an EOS token
+/// (taken off the completion), a stop string, or its length limit.
+pub(crate) fn finish_reason(
+    tokens: &mut Vec<u32>,
+    limit: usize,
+    opts: &GenerateOptions,
+    is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
+) -> Option<FinishReason> {
+    let last = *tokens.last()?;
+    if opts.eos_ids.contains(&last) {
+        tokens.pop();
+        Some(FinishReason::Eos)
+    } else if is_stopped(tokens) {
+        Some(FinishReason::Stop)
+    } else if tokens.len() >= limit {
+        Some(FinishReason::Length)
+    } else {
+        None
+    }
 }
 
 fn check_finite(logits: &[f32], stage: &str) -> Result<()> {

@@ -9,7 +9,7 @@
 //! prompts of newly admitted sequences are prefilled in one packed pass (a prompt whose
 //! samples are admitted over several refills is prefilled again each time).
 
-use super::engine::{Completion, FinishReason, GenerateOptions, GenerateStats};
+use super::engine::{finish_reason, Completion, FinishReason, GenerateOptions, GenerateStats};
 use crate::backend::cpu::sampling::Rng;
 use crate::backend::cuda::Gpu;
 use crate::model::cuda::{GpuModel, ModelStorage};
@@ -70,19 +70,7 @@ pub fn generate_gpu_as<T: ModelStorage>(
     let mut next = 0;
     let greedy = opts.sampling.temperature <= 0.0;
 
-    let finish = |seq: &mut Live| -> Option<FinishReason> {
-        let last = *seq.tokens.last()?;
-        if opts.eos_ids.contains(&last) {
-            seq.tokens.pop();
-            Some(FinishReason::Eos)
-        } else if is_stopped(&seq.tokens) {
-            Some(FinishReason::Stop)
-        } else if seq.tokens.len() >= seq.limit {
-            Some(FinishReason::Length)
-        } else {
-            None
-        }
-    };
+    let finish = |seq: &mut Live| finish_reason(&mut seq.tokens, seq.limit, opts, is_stopped);
     // Samples one token for each (slot, row of logits) from the device's logits, which must
     // be finite (as the CPU engine requires).
     let sample = |logits: &cudarc::driver::CudaSlice<f32>,
