@@ -84,34 +84,12 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        check_lens("matmul out", &[out.len()], n * oc)?;
-        check_lens("matmul inp", &[inp.len()], n * c)?;
-        check_lens("matmul weight", &[weight.len()], oc * c)?;
         if let Some(bias) = bias {
             check_lens("matmul bias", &[bias.len()], oc)?;
         }
+        self.product(out, inp, weight, n, c, oc)?;
         if n == 0 || oc == 0 {
             return Ok(());
-        }
-        if c == 0 {
-            // An empty product: zeros (then the bias).
-            self.stream.memset_zeros(out).context("matmul_forward")?;
-        } else {
-            let (w, x, o) = (self.ptr(weight), self.ptr(inp), self.ptr_mut(out));
-            // out^T (OC, N) = W (OC, C) @ inp^T (C, N); W is (C, OC) column-major: transposed.
-            self.gemm(
-                Gemm {
-                    transa: true,
-                    transb: false,
-                    m: oc,
-                    n,
-                    k: c,
-                    beta: 0.0,
-                },
-                (w, T::CUDA_TYPE, c),
-                (x, T::CUDA_TYPE, c),
-                (o, T::CUDA_TYPE, oc),
-            )?;
         }
         if let Some(bias) = bias {
             let f = self.function("bias", &format!("add_bias_{}", T::SUFFIX))?;
@@ -136,6 +114,19 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
+        self.product(out, inp, weight, n, c, oc)
+    }
+
+    /// out: (N, OC) of type O = inp: (N, C) @ weight: (OC, C)^T, f32 accumulation.
+    fn product<T: Storage, O: Storage>(
+        &self,
+        out: &mut impl DevicePtrMut<O>,
+        inp: &impl DevicePtr<T>,
+        weight: &impl DevicePtr<T>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
         check_lens("matmul out", &[out.len()], n * oc)?;
         check_lens("matmul inp", &[inp.len()], n * c)?;
         check_lens("matmul weight", &[weight.len()], oc * c)?;
@@ -143,12 +134,12 @@ impl Gpu {
             return Ok(());
         }
         if c == 0 {
-            self.stream
-                .memset_zeros(out)
-                .context("matmul_forward_f32_out")?;
+            // An empty product: zeros.
+            self.stream.memset_zeros(out).context("matmul")?;
             return Ok(());
         }
         let (w, x, o) = (self.ptr(weight), self.ptr(inp), self.ptr_mut(out));
+        // out^T (OC, N) = W (OC, C) @ inp^T (C, N); W is (C, OC) column-major: transposed.
         self.gemm(
             Gemm {
                 transa: true,
@@ -160,7 +151,7 @@ impl Gpu {
             },
             (w, T::CUDA_TYPE, c),
             (x, T::CUDA_TYPE, c),
-            (o, cudaDataType::CUDA_R_32F, oc),
+            (o, O::CUDA_TYPE, oc),
         )
     }
 
