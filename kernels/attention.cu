@@ -52,8 +52,9 @@
 //   stages of Q, dO (64, D + 8), dS^T (64, 72) in bf16, two stages of lse, delta: 112 KB at
 //   D = 128 (two blocks per H100 SM), 64 KB at D = 64. Registers (ptxas, sm_80 / sm_90):
 //   245 / 250 at D = 128, 157 / 163 at D = 64, no spills.
-//   The scalar kernels serve f32 and the other head dims, and are the reference the
-//   tensor-core ones are read against.
+//   The scalar kernels serve f32 and the other head dims. Their bf16 builds at D = 64 and
+//   128 are compiled but not dispatched (the tensor-core kernels take those); the tests hold
+//   every path to the CPU twin.
 //
 // What would make it faster (the scalar paths are the reference, not the fast path): on
 // Hopper, wgmma (sm_90a) with 64-row warpgroup tiles, operands from shared memory brought
@@ -824,7 +825,7 @@ __device__ void backward_tc(float* dq_acc, __nv_bfloat16* dk, __nv_bfloat16* dv,
 // (warp specialisation, setmaxnreg), 128-row query tiles for 2 consumer warpgroups, and the
 // softmax of one tile overlapped with the products of the next (FlashAttention-3). On
 // mma.sync itself: 8 warps and 128-row query tiles (K, V read once per 128 rows), O written
-// through shared memory as 16-byte rows, ex2.approx directly, the diagonal tile's fully
+// through shared memory as 16-byte rows, the diagonal tile's fully
 // masked n-tiles skipped per warp, copy loops with compile-time trip counts (load_rows_tc's
 // loop stays rolled), and a persistent grid over the causal triangle.
 constexpr int FTC_BK = 64;
@@ -1058,7 +1059,8 @@ ATTENTION_HEAD_DIM(128)
 // The bf16 forward on tensor cores: attention_forward_tc_d{D}_bf16, same arguments as
 // attention_forward_d{D}_bf16. BLOCKS: the blocks per SM its registers are capped for
 // (65 536 / (128 BLOCKS) a thread, 168 at 3, 128 at 4): at D = 128 three blocks fit an
-// H100's shared memory (3 x 68 KB), at D = 64 four; ptxas keeps both without spills.
+// H100's shared memory (3 x 68 KB; an A100's fits 2), at D = 64 four; ptxas keeps both
+// without spills on sm_90 (sm_80: one 4-byte spill at D = 128, outside the key loop).
 #define ATTENTION_FORWARD_TC(D, BLOCKS)                                                          \
     extern "C" __global__ void __launch_bounds__(attn::THREADS, BLOCKS)                          \
         attention_forward_tc_d##D##_bf16(                                                        \
