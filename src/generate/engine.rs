@@ -203,15 +203,19 @@ pub fn generate(
             }
         }
     }
-    let results = results
+    Ok((all_finished(results), stats))
+}
+
+/// The completions of every (prompt, sample), once the loop has finished them all.
+pub(crate) fn all_finished(results: Vec<Vec<Option<Completion>>>) -> Vec<Vec<Completion>> {
+    results
         .into_iter()
         .map(|r| {
             r.into_iter()
                 .map(|c| c.expect("every sample finishes"))
                 .collect()
         })
-        .collect();
-    Ok((results, stats))
+        .collect()
 }
 
 /// Whether a completion whose last token was just sampled is finished, and why: an EOS token

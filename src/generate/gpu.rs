@@ -9,7 +9,9 @@
 //! prompts of newly admitted sequences are prefilled in one packed pass (a prompt whose
 //! samples are admitted over several refills is prefilled again each time).
 
-use super::engine::{finish_reason, Completion, FinishReason, GenerateOptions, GenerateStats};
+use super::engine::{
+    all_finished, finish_reason, Completion, FinishReason, GenerateOptions, GenerateStats,
+};
 use crate::backend::cpu::sampling::Rng;
 use crate::backend::cuda::Gpu;
 use crate::model::cuda::{GpuModel, ModelStorage};
@@ -200,13 +202,5 @@ pub fn generate_gpu_as<T: ModelStorage>(
             }
         }
     }
-    let results = results
-        .into_iter()
-        .map(|r| {
-            r.into_iter()
-                .map(|c| c.expect("every sample finishes"))
-                .collect()
-        })
-        .collect();
-    Ok((results, stats))
+    Ok((all_finished(results), stats))
 }
