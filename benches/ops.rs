@@ -8,14 +8,14 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use tpo_engine::backend::cpu::attention::{
-    attention_backward, attention_forward, AttentionDims, KvView,
-};
+use tpo_engine::backend::cpu::attention::{attention_backward, attention_forward, KvView};
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::rmsnorm_forward;
-use tpo_engine::backend::cpu::rope::{inv_frequencies, rope_forward, RopeScaling, RopeTable};
-use tpo_engine::backend::cpu::sampling::Rng;
+use tpo_engine::backend::cpu::rope::rope_forward;
 use tpo_engine::backend::cpu::swiglu::swiglu_forward;
+use tpo_engine::backend::rng::Rng;
+use tpo_engine::backend::rope_table::{inv_frequencies, RopeScaling, RopeTable};
+use tpo_engine::backend::settings::AttentionDims;
 
 const C: usize = 256;
 const N_HEAD: usize = 8;

@@ -7,7 +7,9 @@ use common::{bench_model, VOCAB};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
+use tpo_engine::backend::cpu::sampling::{sample, SamplerScratch};
+use tpo_engine::backend::rng::Rng;
+use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::model::{KvCache, LogitRows};
 
 const BATCH: usize = 32;

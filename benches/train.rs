@@ -9,7 +9,7 @@ mod common;
 use common::{bench_model, VOCAB};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
-use tpo_engine::backend::cpu::sampling::Rng;
+use tpo_engine::backend::rng::Rng;
 use tpo_engine::train::trainer::Trainer;
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,

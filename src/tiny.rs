@@ -1,7 +1,7 @@
 //! Makes a small Llama checkpoint with random weights and a byte-level BPE tokenizer trained
 //! on generated text: a normal Hugging Face checkpoint directory, made with no downloads.
 
-use crate::backend::cpu::sampling::Rng;
+use crate::backend::rng::Rng;
 use crate::checkpoint::save_safetensors;
 use crate::io::{create_dir_atomic, write_atomic};
 use crate::model::weights::StorageDtype;

@@ -2,7 +2,9 @@
 //! against full recomputation, and how completions end.
 
 use std::path::Path;
-use tpo_engine::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
+use tpo_engine::backend::cpu::sampling::{sample, SamplerScratch};
+use tpo_engine::backend::rng::Rng;
+use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::generate::{generate, Completion, FinishReason, GenerateOptions};
 use tpo_engine::model::weights::StorageDtype;
 use tpo_engine::model::{LogitRows, Model, ModelConfig, ParamLayout};

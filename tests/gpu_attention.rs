@@ -10,15 +10,14 @@ mod common;
 use common::gpu::*;
 use half::bf16;
 use std::ops::Range;
-use tpo_engine::backend::cpu::attention::{
-    attention_backward, attention_forward, AttentionDims, KvView,
-};
+use tpo_engine::backend::cpu::attention::{attention_backward, attention_forward, KvView};
 use tpo_engine::backend::cuda::attention::{AttentionScratch, PackedSeqs};
 use tpo_engine::backend::cuda::Gpu;
+use tpo_engine::backend::settings::AttentionDims;
 
 /// Relative tolerance of an element of type T against the f32 CPU result.
-fn tol<T: Convert>() -> f32 {
-    if T::BF16 {
+fn tol<T: Storage>() -> f32 {
+    if T::SUFFIX == "bf16" {
         1.6e-2
     } else {
         1e-4
@@ -41,7 +40,7 @@ fn pack(lens: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<Range<usize>>) {
 /// larger buffer, as the model passes it: pad 5 leaves it unaligned (the tensor-core
 /// backward then loads Q element by element), pad 8 keeps bf16 rows 16-byte aligned (its
 /// cp.async path).
-fn attention_case<T: Convert>(
+fn attention_case<T: Storage>(
     gpu: &Gpu,
     lens: &[usize],
     dims: AttentionDims,

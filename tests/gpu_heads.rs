@@ -9,11 +9,11 @@ mod common;
 use common::gpu::*;
 use half::bf16;
 use tpo_engine::backend::cpu::logprobs::{logprobs_backward, logprobs_forward};
-use tpo_engine::backend::cpu::sampling::{
-    argmax, candidates, sample, Rng, SamplerScratch, SamplingParams,
-};
+use tpo_engine::backend::cpu::sampling::{argmax, candidates, sample, SamplerScratch};
 use tpo_engine::backend::cuda::logprobs::{default_chunk_rows, LogitsScratch};
 use tpo_engine::backend::cuda::Gpu;
+use tpo_engine::backend::rng::Rng;
+use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::train::loss::{dpo_loss, DpoConfig, DpoLossType, DpoTotals, PairLogps};
 
 /// Standard normal values from the engine's seeded generator.
@@ -23,15 +23,15 @@ fn normals(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Relative tolerance of an element of type T against the f32 CPU result.
-fn tol<T: Convert>() -> f32 {
-    if T::BF16 {
+fn tol<T: Storage>() -> f32 {
+    if T::SUFFIX == "bf16" {
         2e-2
     } else {
         1e-4
     }
 }
 
-fn logprobs_case<T: Convert>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usize) {
+fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usize) {
     let round = round_to::<T>;
     let hidden = round(normals(m * c, 1 + m as u64));
     let weight = round(normals(v * c, 2).iter().map(|w| w * 0.3).collect());

@@ -6,27 +6,28 @@ mod common;
 
 use common::gpu::*;
 use half::bf16;
-use tpo_engine::backend::cpu::adamw::{adamw_update, AdamW};
-use tpo_engine::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
+use tpo_engine::backend::cpu::adamw::adamw_update;
+use tpo_engine::backend::cpu::attention::{attention_forward, KvView};
 use tpo_engine::backend::cpu::embedding::{embedding_backward, embedding_forward};
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-use tpo_engine::backend::cpu::rope::{
-    inv_frequencies, rope_backward, rope_forward, RopeScaling, RopeTable,
-};
+use tpo_engine::backend::cpu::rope::{rope_backward, rope_forward};
 use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
 use tpo_engine::backend::cuda::{DecodeDims, Gpu, TokenRows};
+use tpo_engine::backend::rope_table::{inv_frequencies, RopeScaling, RopeTable};
+use tpo_engine::backend::settings::AdamW;
+use tpo_engine::backend::settings::AttentionDims;
 
 /// Relative tolerance of an element of type T against the f32 CPU result.
-fn tol<T: Convert>() -> f32 {
-    if T::BF16 {
+fn tol<T: Storage>() -> f32 {
+    if T::SUFFIX == "bf16" {
         1.6e-2
     } else {
         1e-5
     }
 }
 
-fn rmsnorm_case<T: Convert>(gpu: &Gpu, n: usize, c: usize) {
+fn rmsnorm_case<T: Storage>(gpu: &Gpu, n: usize, c: usize) {
     let eps = 1e-5;
     let round = round_to::<T>;
     // Inputs rounded to T first, so both sides see the same values.
@@ -77,7 +78,7 @@ fn rmsnorm_matches_its_cpu_twin() {
 
 /// n rows of im: the GPU reads the fused (N, 2I) gate/up rows, the CPU twin each row's
 /// halves.
-fn swiglu_case<T: Convert>(gpu: &Gpu, n: usize, im: usize) {
+fn swiglu_case<T: Storage>(gpu: &Gpu, n: usize, im: usize) {
     let round = round_to::<T>;
     let gate_up = round(random(n * 2 * im, 11).iter().map(|x| 6.0 * x).collect());
     let dout = round(random(n * im, 13));
@@ -179,7 +180,7 @@ fn adamw_matches_its_cpu_twin_over_three_steps() {
     );
 }
 
-fn embedding_case<T: Convert>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
+fn embedding_case<T: Storage>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
     let round = round_to::<T>;
     let table = round(random(vocab * c, 41));
     // Repeated ids, so the backward's sums are exercised.
@@ -219,7 +220,7 @@ fn embedding_matches_its_cpu_twin() {
     }
 }
 
-fn rope_case<T: Convert>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
+fn rope_case<T: Storage>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
     let round = round_to::<T>;
     let scaling = RopeScaling::Llama3 {
         factor: 8.0,
@@ -262,7 +263,7 @@ fn rope_matches_its_cpu_twin() {
     }
 }
 
-fn matmul_case<T: Convert>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: bool) {
+fn matmul_case<T: Storage>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: bool) {
     let round = round_to::<T>;
     let x = round(random(n * c, 61));
     let w = round(random(oc * c, 62));
@@ -336,7 +337,7 @@ fn matmul_matches_its_cpu_twin() {
 /// ends 5 before its end), the logits view `off` elements into its buffer; returns the view's
 /// values, after checking that the poisoned elements around it were left alone.
 #[allow(clippy::too_many_arguments)]
-fn grad_rows_at<T: Convert>(
+fn grad_rows_at<T: Storage>(
     gpu: &Gpu,
     logits: &cudarc::driver::CudaSlice<f32>,
     off: usize,
@@ -473,7 +474,7 @@ fn relative_error(got: &[f32], want: &[f32]) -> f64 {
 /// sequence s holding `lens[s]`, against the CPU twin; twice, to check that every element
 /// is written (outputs and scratch start as NaN) and that the result is bit for bit the
 /// same.
-fn decode_case<T: Convert>(
+fn decode_case<T: Storage>(
     gpu: &Gpu,
     lens: &[usize],
     t_max: usize,

@@ -9,11 +9,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tpo_engine::backend::cpu::sampling::SamplingParams;
 use tpo_engine::backend::cuda::{Gpu, LogitsScratch};
+use tpo_engine::backend::settings::SamplingParams;
+use tpo_engine::backend::storage::Storage;
 use tpo_engine::generate::gpu::generate_gpu_as;
 use tpo_engine::generate::{generate, GenerateOptions};
-use tpo_engine::model::cuda::{GpuModel, ModelStorage};
+use tpo_engine::model::cuda::GpuModel;
 use tpo_engine::model::training::{Activations, ScoredSequence, TrainBatch};
 use tpo_engine::model::Model;
 use tpo_engine::train::gpu::GpuTrainer;
@@ -79,7 +80,7 @@ fn dpo() -> DpoConfig {
 type SumsAndGrads = (Vec<f64>, Vec<f32>);
 
 /// CPU and GPU (storage T) forward + backward of one DPO micro-batch: (sums, grads) each.
-fn both<T: ModelStorage>(
+fn both<T: Storage>(
     gpu: &Arc<Gpu>,
     model: &Model,
     examples: &[Example],
@@ -226,7 +227,7 @@ fn random_model(head_dim: usize) -> Model {
         "max_position_embeddings": 256,
     }))
     .unwrap();
-    let mut rng = tpo_engine::backend::cpu::sampling::Rng::new(head_dim as u64);
+    let mut rng = tpo_engine::backend::rng::Rng::new(head_dim as u64);
     let n = tpo_engine::model::ParamLayout::new(&config).len;
     let params = (0..n).map(|_| 0.05 * rng.normal()).collect();
     Model::from_params(

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use tpo_engine::backend::cpu::sampling::SamplingParams;
+use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::generate::{generate, GenerateOptions};
 use tpo_engine::model::{LogitRows, Model};
 use tpo_engine::tokenizer::Tokenizer;

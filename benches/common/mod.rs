@@ -1,7 +1,7 @@
 //! What the criterion benches share: the benchmark model.
 
 use serde_json::json;
-use tpo_engine::backend::cpu::sampling::Rng;
+use tpo_engine::backend::rng::Rng;
 use tpo_engine::model::weights::StorageDtype;
 use tpo_engine::model::{Model, ModelConfig, ParamLayout};
 

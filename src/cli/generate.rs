@@ -1,7 +1,7 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
-use crate::backend::cpu::sampling::SamplingParams;
 use crate::backend::device::DeviceChoice;
+use crate::backend::settings::SamplingParams;
 use crate::generate::{eos_ids, generate_on, read_prompts, GenerateOptions, PromptMode};
 use crate::io::write_atomic;
 use crate::model::Model;

@@ -3,7 +3,9 @@
 //! Every (prompt, sample) pair gets its own RNG stream, derived from (seed, prompt, sample),
 //! so a seeded run gives the same tokens whatever the batch size or scheduling order.
 
-use crate::backend::cpu::sampling::{sample, Rng, SamplerScratch, SamplingParams};
+use crate::backend::cpu::sampling::{sample, SamplerScratch};
+use crate::backend::rng::Rng;
+use crate::backend::settings::SamplingParams;
 use crate::model::{KvCache, LogitRows, Model};
 use anyhow::{bail, Result};
 use rayon::prelude::*;

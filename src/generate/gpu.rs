@@ -12,9 +12,10 @@
 use super::engine::{
     all_finished, finish_reason, Completion, FinishReason, GenerateOptions, GenerateStats,
 };
-use crate::backend::cpu::sampling::Rng;
 use crate::backend::cuda::Gpu;
-use crate::model::cuda::{GpuModel, ModelStorage};
+use crate::backend::rng::Rng;
+use crate::backend::storage::Storage;
+use crate::model::cuda::GpuModel;
 use crate::model::Model;
 use anyhow::{bail, Result};
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub fn generate_gpu(
 }
 
 /// `generate_gpu` with weights and activations stored as T (f32 for the parity tests).
-pub fn generate_gpu_as<T: ModelStorage>(
+pub fn generate_gpu_as<T: Storage>(
     gpu: &Arc<Gpu>,
     model: &Model,
     prompts: &[Vec<u32>],

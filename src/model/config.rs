@@ -1,7 +1,7 @@
 //! config.json of LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM, and of the
 //! reward models LlamaForSequenceClassification and Qwen2ForSequenceClassification.
 
-use crate::backend::cpu::rope::RopeScaling;
+use crate::backend::rope_table::RopeScaling;
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 use std::path::Path;

@@ -6,13 +6,15 @@ use super::config::{Head, ModelConfig};
 use super::kv_cache::KvCache;
 use super::params::ParamLayout;
 use super::weights::{load_weights, StorageDtype};
-use crate::backend::cpu::attention::{attention_forward, AttentionDims, KvView};
+use crate::backend::cpu::attention::{attention_forward, KvView};
 use crate::backend::cpu::embedding::embedding_forward;
 use crate::backend::cpu::matmul::matmul_forward;
 use crate::backend::cpu::residual::residual_forward;
 use crate::backend::cpu::rmsnorm::rmsnorm_forward;
-use crate::backend::cpu::rope::{inv_frequencies, rope_forward, RopeTable};
+use crate::backend::cpu::rope::rope_forward;
 use crate::backend::cpu::swiglu::swiglu_forward;
+use crate::backend::rope_table::{inv_frequencies, RopeTable};
+use crate::backend::settings::AttentionDims;
 use anyhow::{bail, Result};
 use std::path::Path;
 

@@ -7,9 +7,7 @@
 //! (lm_head and embed_tokens sharing a range) accumulate both uses without extra code.
 
 use super::forward::Model;
-use crate::backend::cpu::attention::{
-    attention_backward, attention_forward, AttentionDims, KvView,
-};
+use crate::backend::cpu::attention::{attention_backward, attention_forward, KvView};
 use crate::backend::cpu::embedding::{embedding_backward, embedding_forward};
 use crate::backend::cpu::logprobs::{
     default_chunk_rows, logprobs_backward, logprobs_forward, logprobs_fused,
@@ -17,8 +15,10 @@ use crate::backend::cpu::logprobs::{
 use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use crate::backend::cpu::residual::residual_forward;
 use crate::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-use crate::backend::cpu::rope::{rope_backward, rope_forward, RopeTable};
+use crate::backend::cpu::rope::{rope_backward, rope_forward};
 use crate::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
+use crate::backend::rope_table::RopeTable;
+use crate::backend::settings::AttentionDims;
 use rayon::prelude::*;
 use std::ops::Range;
 

@@ -2,7 +2,7 @@
 //! back, so a resumed run is the run that was started.
 
 use super::thought::ThoughtPrompt;
-use crate::backend::cpu::sampling::SamplingParams;
+use crate::backend::settings::SamplingParams;
 use crate::train::{DpoConfig, Objective, OptimizerConfig, TrainConfig};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

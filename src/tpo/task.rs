@@ -18,7 +18,7 @@
 
 use super::judge::{Judge, JudgeGroup};
 use super::thought::ThoughtPrompt;
-use crate::backend::cpu::sampling::Rng;
+use crate::backend::rng::Rng;
 use crate::io::{create_dir_atomic, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};

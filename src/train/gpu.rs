@@ -9,9 +9,10 @@
 
 use super::optimizer::Optimizer;
 use super::trainer::{accumulate_gradients, Example, NonFinite, StepOutcome, TrainConfig};
-use crate::backend::cpu::adamw::AdamW;
 use crate::backend::cuda::{Gpu, LogitsScratch};
-use crate::model::cuda::{GpuModel, ModelStorage};
+use crate::backend::settings::AdamW;
+use crate::backend::storage::Storage;
+use crate::model::cuda::GpuModel;
 use crate::model::Model;
 use anyhow::{Context, Result};
 use cudarc::driver::CudaSlice;
@@ -19,7 +20,7 @@ use std::any::Any;
 use std::ops::Range;
 use std::sync::Arc;
 
-pub struct GpuTrainer<T: ModelStorage> {
+pub struct GpuTrainer<T: Storage> {
     cfg: TrainConfig,
     pub model: GpuModel<T>,
     master: CudaSlice<f32>,   // (P)
@@ -36,7 +37,7 @@ pub struct GpuTrainer<T: ModelStorage> {
 
 const STATE: &str = "for the weights, gradients and AdamW state";
 
-impl<T: ModelStorage> GpuTrainer<T> {
+impl<T: Storage> GpuTrainer<T> {
     pub fn new(gpu: Arc<Gpu>, model: &Model, cfg: &TrainConfig) -> Result<Self> {
         let p = model.layout.len;
         let mut master = gpu.alloc::<f32>(p, STATE)?;

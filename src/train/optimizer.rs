@@ -2,7 +2,8 @@
 //! Hugging Face Trainer's decay groups, gradient-norm clipping and the learning-rate
 //! schedule.
 
-use crate::backend::cpu::adamw::{adamw_update, sum_of_squares, AdamW};
+use crate::backend::cpu::adamw::{adamw_update, sum_of_squares};
+use crate::backend::settings::AdamW;
 use crate::model::{ModelConfig, ParamLayout};
 use std::ops::Range;
 

@@ -8,9 +8,9 @@ use super::gpu::GpuTrainer;
 use super::loss::{dpo_loss, sft_loss, DpoConfig, DpoTotals, PairLogps};
 use super::optimizer::{Optimizer, OptimizerConfig};
 use crate::backend::cpu::logprobs::default_chunk_rows;
-use crate::backend::cpu::sampling::Rng;
 use crate::backend::device::Device;
-use crate::model::cuda::ModelStorage;
+use crate::backend::rng::Rng;
+use crate::backend::storage::Storage;
 use crate::model::training::{Activations, ScoredSequence, TrainBatch};
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
@@ -227,7 +227,7 @@ impl Stepper for Trainer {
     }
 }
 
-impl<T: ModelStorage> Stepper for GpuTrainer<T> {
+impl<T: Storage> Stepper for GpuTrainer<T> {
     fn step(
         &mut self,
         _model: &mut Model,

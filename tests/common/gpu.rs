@@ -2,8 +2,8 @@
 //! none), seeded inputs, the storage types' conversions, and buffers to and from the device.
 
 use cudarc::driver::CudaSlice;
-use half::bf16;
-use tpo_engine::backend::cuda::{Gpu, Storage};
+use tpo_engine::backend::cuda::Gpu;
+pub use tpo_engine::backend::storage::Storage;
 
 /// Device 0, or None with the reason printed. scripts/gpu-check.sh sets TPO_REQUIRE_GPU: on
 /// the GPU machine a skip is a failure.
@@ -36,31 +36,6 @@ pub fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// A storage type, converted from and to the host's f32.
-pub trait Convert: Storage {
-    const BF16: bool;
-    fn from(x: f32) -> Self;
-    fn to(self) -> f32;
-}
-impl Convert for f32 {
-    const BF16: bool = false;
-    fn from(x: f32) -> Self {
-        x
-    }
-    fn to(self) -> f32 {
-        self
-    }
-}
-impl Convert for bf16 {
-    const BF16: bool = true;
-    fn from(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to(self) -> f32 {
-        self.to_f32()
-    }
-}
-
 /// |got - want| <= tol (|want| + 5% of the largest |want|) + 1e-6, element-wise: NaN (an
 /// unwritten element) fails.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
@@ -75,26 +50,26 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 /// The values as T holds them.
-pub fn round_to<T: Convert>(v: Vec<f32>) -> Vec<f32> {
-    v.into_iter().map(|x| T::from(x).to()).collect()
+pub fn round_to<T: Storage>(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|x| T::from_f32(x).to_f32()).collect()
 }
 
-pub fn upload<T: Convert>(gpu: &Gpu, v: &[f32]) -> CudaSlice<T> {
+pub fn upload<T: Storage>(gpu: &Gpu, v: &[f32]) -> CudaSlice<T> {
     gpu.stream
-        .clone_htod(&v.iter().map(|&x| T::from(x)).collect::<Vec<T>>())
+        .clone_htod(&v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>())
         .unwrap()
 }
 
-pub fn download<T: Convert>(gpu: &Gpu, s: &CudaSlice<T>) -> Vec<f32> {
+pub fn download<T: Storage>(gpu: &Gpu, s: &CudaSlice<T>) -> Vec<f32> {
     gpu.stream
         .clone_dtoh(s)
         .unwrap()
         .into_iter()
-        .map(T::to)
+        .map(T::to_f32)
         .collect()
 }
 
 /// A device buffer of n NaNs: an output that must be assigned and is not shows.
-pub fn nans<T: Convert>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
+pub fn nans<T: Storage>(gpu: &Gpu, n: usize) -> CudaSlice<T> {
     upload::<T>(gpu, &vec![f32::NAN; n])
 }

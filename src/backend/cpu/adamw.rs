@@ -1,21 +1,8 @@
 //! AdamW (decoupled weight decay, as torch.optim.AdamW) fused over a flat parameter slice,
 //! with the gradient-clipping scale applied on the fly, and the global gradient norm.
 
+use crate::backend::settings::AdamW;
 use rayon::prelude::*;
-
-/// Hyperparameters of one AdamW update.
-#[derive(Clone, Copy, Debug)]
-pub struct AdamW {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1-based count of updates including this one (for bias correction).
-    pub step: u32,
-    /// Multiplies every gradient first (the clipping coefficient; 1 when not clipping).
-    pub grad_scale: f32,
-}
 
 /// Elements per parallel task.
 const BLOCK: usize = 1 << 14;

@@ -13,6 +13,7 @@ use super::attention_tiled::{
     backward_task, forward_tile, tile_positions, BackwardTask, ForwardScratch,
 };
 use super::math::{dot, exp};
+use crate::backend::settings::AttentionDims;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -21,14 +22,6 @@ use std::ops::Range;
 pub struct KvView<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
-}
-
-/// Head counts and size of an attention layer.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionDims {
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
 }
 
 /// A run of rows goes in tiles when its rows see at least this many keys in all; below, a

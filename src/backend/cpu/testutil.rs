@@ -1,7 +1,7 @@
 //! Helpers shared by the op tests: deterministic random inputs, tolerant comparison and
 //! finite-difference gradients.
 
-use super::sampling::Rng;
+use crate::backend::rng::Rng;
 use std::ops::Range;
 
 pub fn randn(n: usize, seed: u64) -> Vec<f32> {

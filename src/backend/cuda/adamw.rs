@@ -2,7 +2,7 @@
 //! twin: `cpu::adamw::adamw_update`.
 
 use super::{check_lens, Dest, Gpu};
-use crate::backend::cpu::adamw::AdamW;
+use crate::backend::settings::AdamW;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 

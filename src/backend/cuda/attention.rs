@@ -6,7 +6,7 @@
 //! natural log of each row's softmax normaliser. N is the sum of the sequence lengths.
 
 use super::{check_lens, check_rows, Gpu, Storage};
-use crate::backend::cpu::attention::AttentionDims;
+use crate::backend::settings::AttentionDims;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{

@@ -30,6 +30,7 @@ pub use logprobs::LogitsScratch;
 pub use matmul::Bias;
 
 use super::kernels;
+pub use crate::backend::storage::Storage;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
@@ -38,24 +39,6 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// A storage type of activations and weights on the device; arithmetic is always f32.
-pub trait Storage: DeviceRepr + ValidAsZeroBits + Copy + Default + 'static {
-    /// The suffix of the kernels' entry points for this type.
-    const SUFFIX: &'static str;
-    /// The type as cuBLAS names it.
-    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
-}
-impl Storage for f32 {
-    const SUFFIX: &'static str = "f32";
-    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
-        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
-}
-impl Storage for half::bf16 {
-    const SUFFIX: &'static str = "bf16";
-    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
-        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
-}
 
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,

@@ -5,7 +5,7 @@
 //! device sums masses exactly, in fixed point, so its draws repeat run after run).
 
 use super::{check_lens, check_rows, Gpu};
-use crate::backend::cpu::sampling::SamplingParams;
+use crate::backend::settings::SamplingParams;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 

@@ -1,12 +1,12 @@
 //! A sequence classifier (a reward model) on the device, twin of `Model::classify`.
 
-use super::{GpuModel, ModelStorage};
+use super::{GpuModel, Storage};
 use crate::model::config::Head;
 use anyhow::{bail, Context, Result};
 
 const CLASSIFY: &str = "in a reward model's forward (scoring responses)";
 
-impl<T: ModelStorage> GpuModel<T> {
+impl<T: Storage> GpuModel<T> {
     /// The classifier's logits, (S, L), for fresh whole sequences packed into one pass, read
     /// at the last token that is not pad_token_id (the first token when every one is), or
     /// at the last token when the config has no pad_token_id, as transformers reads them.

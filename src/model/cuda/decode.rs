@@ -6,7 +6,7 @@
 //! one (prompt, sample) sequence; the K samples of a prompt get copies of its prompt's
 //! keys and values at prefill.
 
-use super::{GpuModel, ModelStorage};
+use super::{GpuModel, Storage};
 use crate::backend::cuda::{DecodeDims, Gpu, PackedSeqs};
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
@@ -18,14 +18,14 @@ const DECODE: &str = "in a decode step";
 pub(crate) type KvSink<'a, T> = dyn FnMut(usize, &CudaSlice<T>, &CudaSlice<T>) -> Result<()> + 'a;
 
 /// The KV caches of B slots of Tmax positions, one (B, Tmax, Hkv*D) pair per layer.
-pub struct SlotCaches<T: ModelStorage> {
+pub struct SlotCaches<T: Storage> {
     k: Vec<CudaSlice<T>>,
     v: Vec<CudaSlice<T>>,
     pub slots: usize,
     pub t_max: usize,
 }
 
-impl<T: ModelStorage> GpuModel<T> {
+impl<T: Storage> GpuModel<T> {
     pub fn slot_caches(&self, slots: usize, t_max: usize) -> Result<SlotCaches<T>> {
         let n = slots * t_max * self.config.kv_dim();
         let stage = "for the KV caches of generation";

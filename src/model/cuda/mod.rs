@@ -13,38 +13,16 @@ pub mod training;
 use super::config::ModelConfig;
 use super::params::ParamLayout;
 use super::Model;
-use crate::backend::cpu::attention::AttentionDims;
-use crate::backend::cpu::rope::{inv_frequencies, RopeTable};
 use crate::backend::cuda::{Bias, Columns, Gpu, Storage};
+use crate::backend::rope_table::{inv_frequencies, RopeTable};
+use crate::backend::settings::AttentionDims;
 use crate::model::params::LayerParams;
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// A storage type the model can run in: converts to and from the host's f32.
-pub trait ModelStorage: Storage {
-    fn from_f32(x: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-impl ModelStorage for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-impl ModelStorage for half::bf16 {
-    fn from_f32(x: f32) -> Self {
-        half::bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        half::bf16::to_f32(self)
-    }
-}
-
-pub struct GpuModel<T: ModelStorage> {
+pub struct GpuModel<T: Storage> {
     pub gpu: Arc<Gpu>,
     pub config: ModelConfig,
     pub layout: ParamLayout,
@@ -53,7 +31,7 @@ pub struct GpuModel<T: ModelStorage> {
     inv_freq: Vec<f64>,
 }
 
-impl<T: ModelStorage> GpuModel<T> {
+impl<T: Storage> GpuModel<T> {
     /// Uploads `model`'s weights, converted to T.
     pub fn upload(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
         let host: Vec<T> = model.params.iter().map(|&x| T::from_f32(x)).collect();

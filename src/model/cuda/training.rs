@@ -8,7 +8,7 @@
 //! out. The gradient pass recomputes each chunk's logits (one more LM-head product) rather
 //! than keeping them.
 
-use super::{GpuModel, ModelStorage};
+use super::{GpuModel, Storage};
 use crate::backend::cuda::{AttentionScratch, Columns, Gpu, LogitsScratch, PackedSeqs, TokenRows};
 use crate::model::training::TrainBatch;
 use anyhow::{bail, Result};
@@ -36,7 +36,7 @@ pub struct GpuBatch {
 }
 
 impl GpuBatch {
-    pub fn upload<T: ModelStorage>(model: &GpuModel<T>, batch: &TrainBatch) -> Result<GpuBatch> {
+    pub fn upload<T: Storage>(model: &GpuModel<T>, batch: &TrainBatch) -> Result<GpuBatch> {
         let cfg = &model.config;
         if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             bail!("token id {t} is beyond the vocabulary ({})", cfg.vocab_size);
@@ -89,7 +89,7 @@ impl GpuBatch {
 }
 
 /// What one layer's forward keeps for its backward.
-struct LayerState<T: ModelStorage> {
+struct LayerState<T: Storage> {
     x_in: CudaSlice<T>,    // (N, C) residual stream entering the layer
     h_attn: CudaSlice<T>,  // (N, C) input_layernorm output
     q: CudaSlice<T>,       // (N, H*D) after rope
@@ -104,7 +104,7 @@ struct LayerState<T: ModelStorage> {
 }
 
 /// The saved activations of one forward.
-pub struct GpuActivations<T: ModelStorage> {
+pub struct GpuActivations<T: Storage> {
     layers: Vec<LayerState<T>>,
     x_scored: CudaSlice<T>, // (M, C) the residual stream leaving the last layer, scored rows
     hidden: CudaSlice<T>,   // (M, C) final-norm output of the scored rows
@@ -115,7 +115,7 @@ pub struct GpuActivations<T: ModelStorage> {
 const FORWARD: &str = "in the forward of a micro-batch";
 const BACKWARD: &str = "in the backward of a micro-batch";
 
-impl<T: ModelStorage> GpuModel<T> {
+impl<T: Storage> GpuModel<T> {
     /// Forward through the layers, the final norm and the log-probs of the scored rows.
     fn forward_logprobs(
         &self,
