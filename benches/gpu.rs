@@ -22,6 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 use tpo_engine::backend::cuda::logprobs::default_chunk_rows;
+use tpo_engine::backend::cuda::CudaOps;
 use tpo_engine::backend::cuda::{AttentionScratch, Gpu, LogitsScratch, PackedSeqs};
 use tpo_engine::backend::rng::splitmix64;
 use tpo_engine::backend::settings::AdamW;
@@ -29,8 +30,8 @@ use tpo_engine::backend::settings::AttentionDims;
 use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::model::weights::StorageDtype;
 use tpo_engine::model::{Model, ModelConfig, ParamLayout};
-use tpo_engine::train::gpu::GpuTrainer;
 use tpo_engine::train::loss::PAIR_STATS;
+use tpo_engine::train::trainer::Trainer;
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
@@ -620,7 +621,7 @@ impl Bench {
     }
 
     /// One whole DPO update (forward, log-probs, loss, backward, gradient norm, AdamW) of a
-    /// Llama-3.2-1B-shaped model with random weights through `GpuTrainer<bf16>`.
+    /// Llama-3.2-1B-shaped model with random weights through `Trainer<CudaOps<bf16>>`.
     fn train_step(&self) -> Result<()> {
         let (pairs, seq, prompt, micro) = (16usize, 512usize, 128usize, 8192usize);
         let config = ModelConfig::from_json(&json!({
@@ -674,7 +675,9 @@ impl Bench {
             micro_batch_tokens: micro,
             seed: 0,
         };
-        let mut trainer = GpuTrainer::<bf16>::new(self.gpu.clone(), &model, &cfg)?;
+        let mut model = model;
+        let ops = CudaOps::<bf16>::new(self.gpu.clone());
+        let mut trainer = Trainer::new(ops, &mut model, &cfg, micro)?;
         drop(model);
         let setup_s = started.elapsed().as_secs_f64();
         let examples: Vec<Example> = (0..pairs)

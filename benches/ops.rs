@@ -8,11 +8,11 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
-use tpo_engine::backend::cpu::attention::{attention_backward, attention_forward, KvView};
+use tpo_engine::backend::cpu::attention::{attention_backward, attention_over_caches, KvView};
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::rmsnorm_forward;
 use tpo_engine::backend::cpu::rope::rope_forward;
-use tpo_engine::backend::cpu::swiglu::swiglu_forward;
+use tpo_engine::backend::cpu::swiglu::swiglu_row_forward;
 use tpo_engine::backend::rng::Rng;
 use tpo_engine::backend::rope_table::{inv_frequencies, RopeScaling, RopeTable};
 use tpo_engine::backend::settings::AttentionDims;
@@ -156,7 +156,7 @@ fn swiglu(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(F32 * (3 * n * INTERMEDIATE) as u64));
     group.bench_function(
         BenchmarkId::from_parameter(format!("{n}x{INTERMEDIATE}")),
-        |b| b.iter(|| swiglu_forward(black_box(&mut out), black_box(&gate), black_box(&up))),
+        |b| b.iter(|| swiglu_row_forward(black_box(&mut out), black_box(&gate), black_box(&up))),
     );
     group.finish();
 }
@@ -204,7 +204,7 @@ impl AttentionCase {
 }
 
 fn attention(c: &mut Criterion) {
-    let mut group = c.benchmark_group("attention_forward");
+    let mut group = c.benchmark_group("attention_over_caches");
     let dims = AttentionDims {
         n_head: N_HEAD,
         n_kv_head: N_KV_HEAD,
@@ -226,7 +226,7 @@ fn attention(c: &mut Criterion) {
         group.throughput(Throughput::Elements(case.flops()));
         group.bench_function(BenchmarkId::new(*name, param), |b| {
             b.iter(|| {
-                attention_forward(
+                attention_over_caches(
                     black_box(&mut out),
                     black_box(&mut lse),
                     black_box(&case.q),
@@ -277,7 +277,7 @@ fn attention_train(c: &mut Criterion) {
     group.throughput(Throughput::Elements(forward_flops));
     group.bench_function(BenchmarkId::new("forward", &param), |b| {
         b.iter(|| {
-            attention_forward(
+            attention_over_caches(
                 black_box(&mut out),
                 black_box(&mut lse),
                 black_box(&q),
@@ -289,7 +289,7 @@ fn attention_train(c: &mut Criterion) {
         })
     });
     // The backward's saved state, whether or not the forward's benchmark ran.
-    attention_forward(&mut out, &mut lse, &q, &kv, &row_seq, &row_pos, dims);
+    attention_over_caches(&mut out, &mut lse, &q, &kv, &row_seq, &row_pos, dims);
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
     // Five products of the forward's size: the scores again, dP, dQ, dK and dV.
     group.throughput(Throughput::Elements(forward_flops * 5 / 2));

@@ -7,10 +7,11 @@ use common::{bench_model, VOCAB};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
+use tpo_engine::backend::cpu::kv_cache::KvCache;
 use tpo_engine::backend::cpu::sampling::{sample, SamplerScratch};
 use tpo_engine::backend::rng::Rng;
 use tpo_engine::backend::settings::SamplingParams;
-use tpo_engine::model::{KvCache, LogitRows};
+use tpo_engine::model::LogitRows;
 
 const BATCH: usize = 32;
 const PROMPT_LEN: usize = 32;
@@ -53,7 +54,7 @@ fn decode_step(c: &mut Criterion) {
     let mut caches: Vec<KvCache> = (0..BATCH).map(|_| model.new_cache()).collect();
     let seqs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
     let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-    model.forward(&seqs, &mut refs, LogitRows::Last);
+    model.forward(&seqs, &mut refs, LogitRows::Last).unwrap();
 
     let seqs: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
     let mut group = c.benchmark_group("model_forward");
@@ -73,7 +74,9 @@ fn decode_step(c: &mut Criterion) {
                 },
                 |mut fresh| {
                     let mut refs: Vec<&mut KvCache> = fresh.iter_mut().collect();
-                    let logits = model.forward(black_box(&seqs), &mut refs, LogitRows::Last);
+                    let logits = model
+                        .forward(black_box(&seqs), &mut refs, LogitRows::Last)
+                        .unwrap();
                     // Returned, so that freeing them falls outside the timing.
                     (fresh, logits)
                 },

@@ -9,8 +9,9 @@ mod common;
 use common::{bench_model, VOCAB};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
+use tpo_engine::backend::cpu::Cpu;
 use tpo_engine::backend::rng::Rng;
-use tpo_engine::train::trainer::Trainer;
+use tpo_engine::train::trainer::{micro_batch_rows, Trainer};
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
@@ -63,7 +64,8 @@ fn dpo_train_step(c: &mut Criterion) {
         micro_batch_tokens: 2 * PAIRS * SEQ_LEN,
         seed: 0,
     };
-    let mut trainer = Trainer::new(&model, &cfg);
+    let rows = micro_batch_rows(&examples, &cfg);
+    let mut trainer = Trainer::new(Cpu, &mut model, &cfg, rows).expect("a trainer");
     let batch: Vec<usize> = (0..PAIRS).collect();
     let mut group = c.benchmark_group("dpo_train_step");
     group.throughput(Throughput::Elements((2 * PAIRS * SEQ_LEN) as u64));
@@ -72,7 +74,8 @@ fn dpo_train_step(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 trainer
-                    .step(&mut model, &examples, &batch, 0, 1_000_000)
+                    .step(&examples, &batch, 0, 1_000_000)
+                    .expect("a step")
                     .expect("a finite step")
             })
         },

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod engine;
 pub mod generate;
 pub mod io;
 pub mod model;

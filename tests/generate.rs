@@ -94,10 +94,10 @@ fn logits_of_a_sequence_are_bitwise_the_same_alone_or_batched_on_any_thread_coun
             let seqs: Vec<&[u32]> = which.iter().map(|&i| prompts[i].as_slice()).collect();
             let mut caches: Vec<_> = which.iter().map(|_| m.new_cache()).collect();
             let mut refs: Vec<_> = caches.iter_mut().collect();
-            let first = m.forward(&seqs, &mut refs, LogitRows::Last);
+            let first = m.forward(&seqs, &mut refs, LogitRows::Last).unwrap();
             let next: Vec<[u32; 1]> = which.iter().map(|&i| [i as u32 * 7 + 1]).collect();
             let next_refs: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
-            let second = m.forward(&next_refs, &mut refs, LogitRows::Last);
+            let second = m.forward(&next_refs, &mut refs, LogitRows::Last).unwrap();
             let v = m.config.vocab_size;
             (0..which.len())
                 .map(|j| [&first[j * v..(j + 1) * v], &second[j * v..(j + 1) * v]].concat())
@@ -161,7 +161,9 @@ fn cached_decoding_matches_full_recomputation_with_the_same_rng_stream() {
             let mut tokens = vec![];
             for _ in 0..opts.max_new_tokens {
                 let mut cache = m.new_cache();
-                let logits = m.forward(&[&seq], &mut [&mut cache], LogitRows::Last);
+                let logits = m
+                    .forward(&[&seq], &mut [&mut cache], LogitRows::Last)
+                    .unwrap();
                 let t = sample(&logits, &opts.sampling, &mut rng, &mut scratch);
                 tokens.push(t);
                 seq.push(t);

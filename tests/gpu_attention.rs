@@ -10,7 +10,7 @@ mod common;
 use common::gpu::*;
 use half::bf16;
 use std::ops::Range;
-use tpo_engine::backend::cpu::attention::{attention_backward, attention_forward, KvView};
+use tpo_engine::backend::cpu::attention::{attention_backward, attention_over_caches, KvView};
 use tpo_engine::backend::cuda::attention::{AttentionScratch, PackedSeqs};
 use tpo_engine::backend::cuda::Gpu;
 use tpo_engine::backend::settings::AttentionDims;
@@ -74,7 +74,7 @@ fn attention_case<T: Storage>(
         })
         .collect();
     let (mut want, mut want_lse) = (vec![0.0; n * qd], vec![0.0; n * h]);
-    attention_forward(&mut want, &mut want_lse, &q, &kv, &row_seq, &row_pos, dims);
+    attention_over_caches(&mut want, &mut want_lse, &q, &kv, &row_seq, &row_pos, dims);
 
     let starts: Vec<i32> = std::iter::once(0)
         .chain(seqs.iter().map(|r| r.end as i32))

@@ -7,12 +7,12 @@ mod common;
 use common::gpu::*;
 use half::bf16;
 use tpo_engine::backend::cpu::adamw::adamw_update;
-use tpo_engine::backend::cpu::attention::{attention_forward, KvView};
+use tpo_engine::backend::cpu::attention::{attention_over_caches, KvView};
 use tpo_engine::backend::cpu::embedding::{embedding_backward, embedding_forward};
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use tpo_engine::backend::cpu::rope::{rope_backward, rope_forward};
-use tpo_engine::backend::cpu::swiglu::{swiglu_backward, swiglu_forward};
+use tpo_engine::backend::cpu::swiglu::{swiglu_row_backward, swiglu_row_forward};
 use tpo_engine::backend::cuda::{DecodeDims, Gpu, TokenRows};
 use tpo_engine::backend::rope_table::{inv_frequencies, RopeScaling, RopeTable};
 use tpo_engine::backend::settings::AdamW;
@@ -88,9 +88,9 @@ fn swiglu_case<T: Storage>(gpu: &Gpu, n: usize, im: usize) {
     for r in 0..n {
         let row = &gate_up[r * 2 * im..(r + 1) * 2 * im];
         let (g, u) = row.split_at(im);
-        swiglu_forward(&mut want[r * im..(r + 1) * im], g, u);
+        swiglu_row_forward(&mut want[r * im..(r + 1) * im], g, u);
         let (dg, du) = want_dgu[r * 2 * im..(r + 1) * 2 * im].split_at_mut(im);
-        swiglu_backward(dg, du, &dout[r * im..(r + 1) * im], g, u);
+        swiglu_row_backward(dg, du, &dout[r * im..(r + 1) * im], g, u);
     }
     let mut out = nans::<T>(gpu, n * im);
     gpu.swiglu_forward(&mut out, &gu, im).unwrap();
@@ -507,7 +507,7 @@ fn decode_case<T: Storage>(
         n_kv_head,
         head_dim: d,
     };
-    attention_forward(
+    attention_over_caches(
         &mut want,
         &mut want_lse,
         &q,

@@ -9,17 +9,19 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tpo_engine::backend::cpu::Cpu;
+use tpo_engine::backend::cuda::CudaOps;
 use tpo_engine::backend::cuda::{Gpu, LogitsScratch};
+use tpo_engine::backend::ops::Ops;
 use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::backend::storage::Storage;
-use tpo_engine::generate::gpu::generate_gpu_as;
+use tpo_engine::generate::gpu::generate_gpu;
 use tpo_engine::generate::{generate, GenerateOptions};
 use tpo_engine::model::cuda::GpuModel;
-use tpo_engine::model::training::{Activations, ScoredSequence, TrainBatch};
+use tpo_engine::model::graph::{Activations, ScoredSequence, TrainBatch};
 use tpo_engine::model::Model;
-use tpo_engine::train::gpu::GpuTrainer;
 use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
-use tpo_engine::train::trainer::Trainer;
+use tpo_engine::train::trainer::{micro_batch_rows, Trainer};
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
@@ -102,7 +104,7 @@ fn both<T: Storage>(
         .iter()
         .map(|e| e.seqs[0].len() - e.prompt_len)
         .sum();
-    let loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+    let loss = |g: usize, logps: &[f64]| -> anyhow::Result<Vec<f64>> {
         let e = &examples[g];
         let pair = PairLogps {
             chosen: logps[0],
@@ -119,27 +121,34 @@ fn both<T: Storage>(
             chosen_tokens,
             &mut DpoTotals::default(),
         );
-        vec![d[0].0, d[0].1]
+        Ok(vec![d[0].0, d[0].1])
     };
+    let net = model.net();
+    let mut cpu_acts = Activations::new(&net, 0, true).unwrap();
+    cpu_acts.logits.chunk_rows = chunk;
     let mut cpu_grads = vec![0.0f32; model.layout.len];
-    let cpu_sums = model.sequence_logprobs_with_grad(
-        &tb,
-        &mut Activations::default(),
-        &groups,
-        &mut loss.clone(),
-        &mut cpu_grads,
-        chunk,
-    );
+    let cpu_sums = net
+        .sequence_logprobs_with_grad(
+            &tb,
+            &mut cpu_acts,
+            &groups,
+            &mut loss.clone(),
+            &mut cpu_grads,
+        )
+        .unwrap();
     let gm = GpuModel::<T>::upload(gpu.clone(), model).unwrap();
     let v = model.config.vocab_size;
-    let mut scratch = LogitsScratch::new(gpu, chunk, v).unwrap();
-    let mut grads = gpu.stream.alloc_zeros::<f32>(model.layout.len).unwrap();
-    let gpu_sums = gm
-        .sequence_logprobs_with_grad(&tb, &groups, &mut loss.clone(), &mut grads, &mut scratch)
+    let gnet = gm.net();
+    let mut acts = Activations::new(&gnet, tb.len(), true).unwrap();
+    acts.logits = LogitsScratch::new(gpu, chunk, v).unwrap();
+    let mut grads = gm.ops.alloc::<f32>(model.layout.len, "test").unwrap();
+    let gpu_sums = gnet
+        .sequence_logprobs_with_grad(&tb, &mut acts, &groups, &mut loss.clone(), &mut grads)
         .unwrap();
-    let gpu_grads = gpu.stream.clone_dtoh(&grads).unwrap();
+    let gpu_grads = gm.ops.download(&grads).unwrap();
     // The no-gradient path gives the same sums.
-    let again = gm.sequence_logprobs(&tb, &mut scratch).unwrap();
+    let mut fwd = Activations::new(&gnet, tb.len(), false).unwrap();
+    let again = gnet.sequence_logprobs(&tb, &mut fwd).unwrap();
     for (a, b) in again.iter().zip(&gpu_sums) {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
     }
@@ -263,8 +272,11 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
     let examples = examples();
     let cfg = train_config();
     let mut cpu_model = Model::load(&fixture("qwen2")).unwrap();
-    let mut cpu = Trainer::new(&cpu_model, &cfg);
-    let mut dev = GpuTrainer::<f32>::new(gpu.clone(), &cpu_model, &cfg).unwrap();
+    let mut dev_model = Model::load(&fixture("qwen2")).unwrap();
+    let rows = micro_batch_rows(&examples, &cfg);
+    let mut cpu = Trainer::new(Cpu, &mut cpu_model, &cfg, rows).unwrap();
+    let ops = CudaOps::<f32>::new(gpu.clone());
+    let mut dev = Trainer::new(ops, &mut dev_model, &cfg, rows).unwrap();
     // One pair per update: three updates, each at the full learning rate.
     let batches: Vec<Vec<usize>> = (0..examples.len()).map(|i| vec![i]).collect();
     assert_eq!(batches.len(), 3);
@@ -272,10 +284,13 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
     let mut before_last = vec![];
     for (step, b) in batches.iter().enumerate() {
         if step + 1 == total {
+            cpu.lend_weights(&mut cpu_model).unwrap();
             before_last = cpu_model.params.clone();
+            cpu.take_back_weights(&mut cpu_model).unwrap();
         }
         let want = cpu
-            .step(&mut cpu_model, &examples, b, step, total)
+            .step(&examples, b, step, total)
+            .unwrap()
             .unwrap_or_else(|e| panic!("CPU step {step}: {e:?}"));
         let got = dev
             .step(&examples, b, step, total)
@@ -297,13 +312,13 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
         );
         assert_eq!(got.tokens, want.tokens);
     }
-    let mut on_gpu = Model::load(&fixture("qwen2")).unwrap();
-    dev.download(&mut on_gpu).unwrap();
-    assert_params_close(&on_gpu.params, &cpu_model.params);
+    cpu.lend_weights(&mut cpu_model).unwrap();
+    dev.lend_weights(&mut dev_model).unwrap();
+    assert_params_close(&dev_model.params, &cpu_model.params);
     // Rolling back restores the weights from before the last update: the CPU's after two.
     dev.roll_back().unwrap();
-    dev.download(&mut on_gpu).unwrap();
-    assert_params_close(&on_gpu.params, &before_last);
+    dev.lend_weights(&mut dev_model).unwrap();
+    assert_params_close(&dev_model.params, &before_last);
 }
 
 /// Adam divides by the gradient's root mean square, so an element whose gradient is near
@@ -353,13 +368,25 @@ fn greedy_generation_on_the_gpu_gives_the_cpu_tokens() {
         // 4 slots for 15 sequences: slots are refilled, prompts prefilled several times.
         let opts = options(SamplingParams::GREEDY, 4);
         let (want, _) = generate(&model, &ps, &opts, &|_| false, &|_| {}).unwrap();
-        let (got, stats) =
-            generate_gpu_as::<f32>(&gpu, &model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+        let (got, stats) = generate_gpu(
+            &GpuModel::<f32>::upload(gpu.clone(), &model).unwrap(),
+            &ps,
+            &opts,
+            &|_| false,
+            &|_| {},
+        )
+        .unwrap();
         assert_eq!(got, want, "{name}: greedy tokens");
         assert_eq!(stats.decode_tokens, 15 * 11);
         // bf16 runs the same loop: whole, well-formed completions.
-        let (got, _) =
-            generate_gpu_as::<half::bf16>(&gpu, &model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+        let (got, _) = generate_gpu(
+            &GpuModel::<half::bf16>::upload(gpu.clone(), &model).unwrap(),
+            &ps,
+            &opts,
+            &|_| false,
+            &|_| {},
+        )
+        .unwrap();
         for c in got.iter().flatten() {
             assert_eq!(c.token_ids.len(), 12);
             assert!(c
@@ -382,7 +409,14 @@ fn seeded_sampling_on_the_gpu_follows_the_cpu_streams() {
     };
     let opts = options(sampling, 16);
     let (want, _) = generate(&model, &ps, &opts, &|_| false, &|_| {}).unwrap();
-    let (got, _) = generate_gpu_as::<f32>(&gpu, &model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+    let (got, _) = generate_gpu(
+        &GpuModel::<f32>::upload(gpu.clone(), &model).unwrap(),
+        &ps,
+        &opts,
+        &|_| false,
+        &|_| {},
+    )
+    .unwrap();
     // The same uniform draws; only a draw within float rounding of a boundary between two
     // tokens may go the other way (and change the rest of that completion).
     let same = got
@@ -412,11 +446,8 @@ fn a_reward_model_scores_on_the_gpu_as_on_the_cpu() {
             seqs[2].extend([p, p]);
         }
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let want = model.classify(&refs);
-        let got = GpuModel::<f32>::upload(gpu.clone(), &model)
-            .unwrap()
-            .classify(&refs)
-            .unwrap();
+        let want = model.classify(&refs).unwrap();
+        let got = classify_on::<f32>(&gpu, &model, &refs);
         assert_eq!(got.len(), want.len());
         for (a, b) in got.iter().zip(&want) {
             assert!(
@@ -424,10 +455,7 @@ fn a_reward_model_scores_on_the_gpu_as_on_the_cpu() {
                 "{name}: {a} vs {b}"
             );
         }
-        let got = GpuModel::<half::bf16>::upload(gpu.clone(), &model)
-            .unwrap()
-            .classify(&refs)
-            .unwrap();
+        let got = classify_on::<half::bf16>(&gpu, &model, &refs);
         for (a, b) in got.iter().zip(&want) {
             assert!(
                 (a - b).abs() <= 0.05 * b.abs().max(1.0),
@@ -435,4 +463,13 @@ fn a_reward_model_scores_on_the_gpu_as_on_the_cpu() {
             );
         }
     }
+}
+
+/// A classifier's logits through the graph on the GPU, stored as T.
+fn classify_on<T: Storage>(gpu: &Arc<Gpu>, model: &Model, seqs: &[&[u32]]) -> Vec<f32> {
+    let gm = GpuModel::<T>::upload(gpu.clone(), model).unwrap();
+    let net = gm.net();
+    let n = seqs.iter().map(|s| s.len()).sum();
+    let mut acts = Activations::new(&net, n, false).unwrap();
+    net.classify(seqs, &mut acts).unwrap()
 }

@@ -75,7 +75,7 @@ fn check_padded_batch_logits(name: &str) {
     let seqs: Vec<&[u32]> = rows.iter().zip(&lengths).map(|(r, &n)| &r[..n]).collect();
     let mut caches: Vec<_> = seqs.iter().map(|_| model.new_cache()).collect();
     let mut refs: Vec<_> = caches.iter_mut().collect();
-    let got = model.forward(&seqs, &mut refs, LogitRows::All);
+    let got = model.forward(&seqs, &mut refs, LogitRows::All).unwrap();
 
     let mut row = 0;
     for (b, &n) in lengths.iter().enumerate() {
@@ -168,6 +168,8 @@ fn checkpoints_written_by_init_model_load_in_transformers_with_equal_logits() {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
     let mut cache = model.new_cache();
-    let got = model.forward(&[&input], &mut [&mut cache], LogitRows::Last);
+    let got = model
+        .forward(&[&input], &mut [&mut cache], LogitRows::Last)
+        .unwrap();
     assert_logits_close(&got, &want, "init-model checkpoint");
 }

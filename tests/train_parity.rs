@@ -18,12 +18,13 @@ use anyhow::Result;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use tpo_engine::backend::device::Device;
-use tpo_engine::model::training::{Activations, ScoredSequence, TrainBatch};
+use tpo_engine::engine::train;
+use tpo_engine::model::graph::{Activations, ScoredSequence, TrainBatch};
 use tpo_engine::model::Model;
 use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
 use tpo_engine::train::trainer::RunSink;
 use tpo_engine::train::{
-    train, DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
+    DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
 
 fn fixtures() -> PathBuf {
@@ -108,7 +109,7 @@ fn loss_and_grads(
     let n = |e: &Example, i: usize| e.seqs[i].len() - e.prompt_len;
     let chosen_tokens: usize = examples.iter().map(|e| n(e, 0)).sum();
     let mut totals = DpoTotals::default();
-    let mut loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+    let mut loss = |g: usize, logps: &[f64]| -> anyhow::Result<Vec<f64>> {
         let e = &examples[g];
         let pair = PairLogps {
             chosen: logps[0],
@@ -119,12 +120,15 @@ fn loss_and_grads(
             n_rejected: n(e, 1),
         };
         let d = dpo_loss(&[pair], cfg, examples.len(), chosen_tokens, &mut totals);
-        vec![d[0].0, d[0].1]
+        Ok(vec![d[0].0, d[0].1])
     };
     let mut grads = vec![0.0f32; model.layout.len];
     let groups = vec![2; examples.len()];
-    let mut acts = Activations::default();
-    model.sequence_logprobs_with_grad(&batch, &mut acts, &groups, &mut loss, &mut grads, chunk);
+    let net = model.net();
+    let mut acts = Activations::new(&net, batch.len(), true).unwrap();
+    acts.logits.chunk_rows = chunk;
+    net.sequence_logprobs_with_grad(&batch, &mut acts, &groups, &mut loss, &mut grads)
+        .unwrap();
     (totals.metrics(cfg), grads)
 }
 

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod kernels;
+pub mod ops;
 pub mod rng;
 pub mod rope_table;
 pub mod settings;

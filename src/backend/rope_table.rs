@@ -53,6 +53,7 @@ pub fn inv_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Ve
 
 /// cos/sin of the rotation angles of a batch's rows: each (N, D/2). Built per forward pass
 /// for just the positions it needs (no table over the whole context).
+#[derive(Clone, Debug)]
 pub struct RopeTable {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,

@@ -2,7 +2,8 @@
 
 use crate::backend::device::DeviceChoice;
 use crate::backend::settings::SamplingParams;
-use crate::generate::{eos_ids, generate_on, read_prompts, GenerateOptions, PromptMode};
+use crate::engine::Engine;
+use crate::generate::{eos_ids, read_prompts, GenerateOptions, PromptMode};
 use crate::io::write_atomic;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -138,9 +139,8 @@ pub fn run_generate(args: GenerateArgs, device: DeviceChoice) -> Result<()> {
                 .is_ok_and(|text| stops.iter().any(|s| text.contains(s.as_str())))
     };
     let gen_started = Instant::now();
-    let (completions, stats) = generate_on(&device, &model, &ids, &opts, &is_stopped, &|n| {
-        bar.inc(n as u64)
-    })?;
+    let engine = Engine::new(&model, &device)?;
+    let (completions, stats) = engine.generate(&ids, &opts, &is_stopped, &|n| bar.inc(n as u64))?;
     let gen_secs = gen_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 

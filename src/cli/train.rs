@@ -1,17 +1,17 @@
 //! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the CPU backend.
 
 use crate::backend::device::{Device, DeviceChoice};
+use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
 use crate::io::write_atomic;
-use crate::model::training::ScoredSequence;
+use crate::model::graph::ScoredSequence;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::batching::{score_examples, score_sequences};
 use crate::train::data::{read_completions, read_pairs, TextEncoder, REF_CHOSEN, REF_REJECTED};
 use crate::train::run::RunDir;
 use crate::train::trainer::total_steps;
 use crate::train::{
-    train, DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
+    DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -299,12 +299,10 @@ pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
         .collect();
     if pairs[0].reference.is_none() {
         let bar = progress_bar(2 * examples.len(), "reference log-probs");
-        let logps = score_examples(
-            &loaded.model,
+        let logps = Engine::new(&loaded.model, &device)?.score_examples(
             &examples,
             cfg.micro_batch_tokens,
             &|n| bar.inc(n as u64),
-            &device,
         )?;
         bar.finish_and_clear();
         if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
@@ -423,13 +421,9 @@ pub fn run_logprobs(args: LogprobsArgs, device: DeviceChoice) -> Result<()> {
         .collect();
     let started = Instant::now();
     let bar = progress_bar(scored.len(), "sequences");
-    let logps = score_sequences(
-        &loaded.model,
-        &scored,
-        args.micro_batch_tokens,
-        &|n| bar.inc(n as u64),
-        &device,
-    )?;
+    let logps =
+        Engine::new(&loaded.model, &device)?
+            .score(&scored, args.micro_batch_tokens, &|n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut text = String::new();
     for ((e, lp), tokens) in data.iter().zip(&logps).zip(&seqs) {

@@ -3,10 +3,12 @@
 //! Every (prompt, sample) pair gets its own RNG stream, derived from (seed, prompt, sample),
 //! so a seeded run gives the same tokens whatever the batch size or scheduling order.
 
+use crate::backend::cpu::kv_cache::{KvCache, SeqCaches};
 use crate::backend::cpu::sampling::{sample, SamplerScratch};
 use crate::backend::rng::Rng;
 use crate::backend::settings::SamplingParams;
-use crate::model::{KvCache, LogitRows, Model};
+use crate::model::graph::Activations;
+use crate::model::Model;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -97,6 +99,8 @@ pub fn generate(
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
 
     let finish = |seq: &mut Live| finish_reason(&mut seq.tokens, seq.limit, opts, is_stopped);
+    let net = model.net();
+    let mut acts = Activations::new(&net, batch, false)?;
 
     while next < total || !live.is_empty() {
         // Refill free slots, prefilling the prompts they need in one packed pass.
@@ -114,9 +118,10 @@ pub fn generate(
                 let started = Instant::now();
                 let seqs: Vec<&[u32]> = need.iter().map(|&p| prompts[p].as_slice()).collect();
                 let mut caches: Vec<KvCache> = need.iter().map(|_| model.new_cache()).collect();
-                let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-                let logits = model.forward(&seqs, &mut refs, LogitRows::Last);
-                check_finite(&logits, "prefill")?;
+                let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+                let mut pass = SeqCaches::new(caches.iter_mut().collect(), &lens);
+                let logits = net.prefill(&seqs, &mut pass, &mut acts)?;
+                check_finite(logits, "prefill")?;
                 let v = model.config.vocab_size;
                 for ((p, cache), row) in need.iter().zip(caches).zip(logits.chunks_exact(v)) {
                     prefilled.insert(*p, (cache, row.to_vec()));
@@ -172,14 +177,17 @@ pub fn generate(
 
         // One decode step for every live sequence.
         let started = Instant::now();
-        let last: Vec<[u32; 1]> = live
+        let last: Vec<u32> = live
             .iter()
-            .map(|s| [*s.tokens.last().expect("live sequences have a token")])
+            .map(|s| *s.tokens.last().expect("live sequences have a token"))
             .collect();
-        let seqs: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
-        let mut caches: Vec<&mut KvCache> = live.iter_mut().map(|s| &mut s.cache).collect();
-        let logits = model.forward(&seqs, &mut caches, LogitRows::Last);
-        check_finite(&logits, "decoding")?;
+        let mut pass = SeqCaches::new(
+            live.iter_mut().map(|s| &mut s.cache).collect(),
+            &vec![1; last.len()],
+        );
+        let positions = pass.positions().to_vec();
+        let logits = net.decode(&last, &positions, &mut pass, &mut acts)?;
+        check_finite(logits, "decoding")?;
         let v = model.config.vocab_size;
         let sampling = opts.sampling;
         let done: Vec<Option<FinishReason>> = live

@@ -12,11 +12,11 @@
 use super::engine::{
     all_finished, finish_reason, Completion, FinishReason, GenerateOptions, GenerateStats,
 };
-use crate::backend::cuda::Gpu;
+use crate::backend::cuda::{DecodeDims, Gpu, SlotCaches, SlotPass};
 use crate::backend::rng::Rng;
 use crate::backend::storage::Storage;
 use crate::model::cuda::GpuModel;
-use crate::model::Model;
+use crate::model::graph::Activations;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,27 +31,17 @@ struct Live {
     len: usize,
 }
 
-/// `engine::generate` on the GPU `gpu` (bf16 weights and activations).
-pub fn generate_gpu(
-    gpu: &Arc<Gpu>,
-    model: &Model,
+/// `engine::generate` with `gm`'s weights and activations (stored as T: bf16, or f32 for
+/// the parity tests) on its GPU.
+pub fn generate_gpu<T: Storage>(
+    gm: &GpuModel<T>,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
     on_tokens: &dyn Fn(usize),
 ) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
-    generate_gpu_as::<half::bf16>(gpu, model, prompts, opts, is_stopped, on_tokens)
-}
-
-/// `generate_gpu` with weights and activations stored as T (f32 for the parity tests).
-pub fn generate_gpu_as<T: Storage>(
-    gpu: &Arc<Gpu>,
-    model: &Model,
-    prompts: &[Vec<u32>],
-    opts: &GenerateOptions,
-    is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
-    on_tokens: &dyn Fn(usize),
-) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
+    let gpu: &Arc<Gpu> = &gm.gpu;
+    let model = gm;
     let ctx = model.config.max_context;
     if prompts.iter().any(|p| p.is_empty() || p.len() >= ctx) {
         bail!("prompts must be non-empty and shorter than the context");
@@ -59,13 +49,23 @@ pub fn generate_gpu_as<T: Storage>(
     if opts.batch_size == 0 {
         bail!("batch_size must be positive");
     }
-    let gm = GpuModel::<T>::upload(gpu.clone(), model)?;
+    let net = gm.net();
     let k = opts.samples;
     let total = prompts.len() * k;
     let slots = opts.batch_size.min(total.max(1));
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
     let t_max = longest.saturating_add(opts.max_new_tokens).min(ctx);
-    let mut caches = gm.slot_caches(slots, t_max)?;
+    let dims = DecodeDims {
+        batch: slots,
+        n_head: model.config.num_attention_heads,
+        n_kv_head: model.config.num_key_value_heads,
+        head_dim: model.config.head_dim,
+        t_max,
+    };
+    let layers = model.layout.layers.len();
+    let mut caches = SlotCaches::<T>::new(gpu, layers, slots, t_max, dims)?;
+    let longest_batch = longest.saturating_mul(slots).max(slots);
+    let mut acts = Activations::new(&net, longest_batch, false)?;
     let v = model.config.vocab_size;
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
     let mut stats = GenerateStats::default();
@@ -115,7 +115,9 @@ pub fn generate_gpu_as<T: Storage>(
                 slot_of.push((free[i], at));
             }
             let seqs: Vec<&[u32]> = need.iter().map(|&p| prompts[p].as_slice()).collect();
-            let logits = gm.prefill(&seqs, &targets, &mut caches)?; // (P, V)
+            let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+            let mut pass = SlotPass::prefill(gpu, &mut caches, &lens, &targets)?;
+            let logits = net.prefill(&seqs, &mut pass, &mut acts)?; // (P, V)
             stats.prefill_tokens += seqs.iter().map(|s| s.len()).sum::<usize>();
             // One first token per admitted pair, from its prompt's logits row.
             let mut admitted: Vec<Live> = pairs
@@ -132,7 +134,7 @@ pub fn generate_gpu_as<T: Storage>(
             let rows: Vec<i32> = slot_of.iter().map(|&(_, at)| at as i32).collect();
             let rows_dev = gpu.stream.clone_htod(&rows)?;
             let mut per_pair = gpu.alloc::<f32>(rows.len() * v, "for the prefill logits")?;
-            gpu.gather_rows(&mut per_pair, &logits, &rows_dev, v)?;
+            gpu.gather_rows(&mut per_pair, logits, &rows_dev, v)?;
             let mut refs: Vec<&mut Live> = admitted.iter_mut().collect();
             let firsts = sample(&per_pair, rows.len(), &mut refs, "prefill")?;
             stats.prefill_secs += started.elapsed().as_secs_f64();
@@ -176,15 +178,16 @@ pub fn generate_gpu_as<T: Storage>(
             .iter()
             .map(|s| s.as_ref().map_or(0, |s| s.len))
             .collect();
-        let logits = gm.decode_step(&tokens, &positions, &mut caches)?; // (B, V)
-                                                                        // Idle slots draw nothing: their rows take a dummy uniform after the live ones, so
-                                                                        // order the live rows first.
+        let mut pass = SlotPass::decode(gpu, &mut caches, &positions)?;
+        let logits = net.decode(&tokens, &positions, &mut pass, &mut acts)?; // (B, V)
+                                                                             // Idle slots draw nothing: their rows take a dummy uniform after the live ones, so
+                                                                             // order the live rows first.
         let order: Vec<usize> = (0..slots).filter(|&s| live[s].is_some()).collect();
         let idle: Vec<usize> = (0..slots).filter(|&s| live[s].is_none()).collect();
         let perm: Vec<i32> = order.iter().chain(&idle).map(|&s| s as i32).collect();
         let perm_dev = gpu.stream.clone_htod(&perm)?;
         let mut ordered = gpu.alloc::<f32>(slots * v, "for the decode logits")?;
-        gpu.gather_rows(&mut ordered, &logits, &perm_dev, v)?;
+        gpu.gather_rows(&mut ordered, logits, &perm_dev, v)?;
         let mut refs: Vec<&mut Live> = live.iter_mut().flatten().collect();
         let chosen = sample(&ordered, slots, &mut refs, "decoding")?;
         stats.decode_tokens += running;

@@ -5,12 +5,10 @@
 pub mod config;
 pub mod cuda;
 pub mod forward;
-pub mod kv_cache;
+pub mod graph;
 pub mod params;
-pub mod training;
 pub mod weights;
 
 pub use config::{Architecture, Head, ModelConfig};
 pub use forward::{LogitRows, Model};
-pub use kv_cache::KvCache;
 pub use params::ParamLayout;

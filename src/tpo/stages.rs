@@ -8,10 +8,10 @@ use super::pairing::{choose_pair, Judged, Pairing};
 use super::prompts::{instruction, render, wrap};
 use crate::backend::device::Device;
 use crate::backend::settings::SamplingParams;
-use crate::generate::{generate_on, FinishReason, GenerateOptions, PromptMode};
+use crate::engine::Engine;
+use crate::generate::{FinishReason, GenerateOptions, PromptMode};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::batching::score_examples;
 use crate::train::Example;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,10 +132,9 @@ impl Runtime {
             eos_ids: self.eos_ids.clone(),
         };
         let progress = bar(prompts.len() * samples * max_new_tokens, what);
+        let engine = Engine::new(model, &self.device)?;
         let (completions, _) =
-            generate_on(&self.device, model, prompts, &opts, &|_| false, &|n| {
-                progress.inc(n as u64)
-            })?;
+            engine.generate(prompts, &opts, &|_| false, &|n| progress.inc(n as u64))?;
         progress.finish_and_clear();
         Ok(completions
             .into_iter()
@@ -332,13 +331,8 @@ pub fn reference_logps(
     device: &Device,
 ) -> Result<()> {
     let progress = bar(2 * examples.len(), "reference log-probs");
-    let logps = score_examples(
-        model,
-        examples,
-        micro_batch_tokens,
-        &|n| progress.inc(n as u64),
-        device,
-    )?;
+    let logps = Engine::new(model, device)?
+        .score_examples(examples, micro_batch_tokens, &|n| progress.inc(n as u64))?;
     progress.finish_and_clear();
     if let Some(x) = logps.iter().find(|x| !x.is_finite()) {
         bail!("a reference log-prob is {x}: the reference model produces non-finite values");

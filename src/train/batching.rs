@@ -1,12 +1,8 @@
 //! Micro-batches packed by a token budget, and scoring (log-probs without gradients) of many
 //! sequences that way.
 
-use super::trainer::Example;
-use crate::backend::cuda::LogitsScratch;
-use crate::backend::device::Device;
-use crate::model::cuda::GpuModel;
-use crate::model::training::{Activations, ScoredSequence, TrainBatch};
-use crate::model::Model;
+use crate::backend::ops::Ops;
+use crate::model::graph::{Activations, Net, ScoredSequence, TrainBatch};
 use anyhow::Result;
 
 /// Splits `units` (in order) into runs whose token counts add up to at most `budget`; a
@@ -34,65 +30,29 @@ pub fn micro_batches(
     out
 }
 
-/// Summed completion log-prob of every sequence, computed `budget` tokens at a time on
-/// `device` (CUDA: bf16 weights and activations); `on_done(sequences)` reports progress.
-pub fn score_sequences(
-    model: &Model,
+/// Summed completion log-prob of every sequence through the graph `net`, `budget` tokens
+/// at a time; `on_done(sequences)` reports progress.
+pub(crate) fn score_on<O: Ops>(
+    net: &Net<O>,
     seqs: &[ScoredSequence],
     budget: usize,
     on_done: &dyn Fn(usize),
-    device: &Device,
 ) -> Result<Vec<f64>> {
     let order: Vec<usize> = (0..seqs.len()).collect();
     let mut out = vec![0.0; seqs.len()];
-    let mut acts = Activations::default();
-    let on_gpu = match device {
-        Device::Cpu => None,
-        Device::Cuda(gpu) => {
-            let v = model.config.vocab_size;
-            let scratch = LogitsScratch::new(
-                gpu,
-                crate::backend::cuda::logprobs::default_chunk_rows(v),
-                v,
-            )?;
-            Some((GpuModel::<half::bf16>::upload(gpu.clone(), model)?, scratch))
-        }
-    };
-    let mut on_gpu = on_gpu;
+    let total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+    let longest = seqs.iter().map(|s| s.tokens.len()).max().unwrap_or(0);
+    let mut acts = Activations::new(net, budget.min(total).max(longest), false)?;
     for micro in micro_batches(&order, |i| seqs[i].tokens.len(), budget) {
         let batch_seqs: Vec<ScoredSequence> = micro.iter().map(|&i| seqs[i]).collect();
         let batch = TrainBatch::new(&batch_seqs);
-        let sums = match on_gpu.as_mut() {
-            None => model.sequence_logprobs(&batch, &mut acts),
-            Some((gm, scratch)) => gm.sequence_logprobs(&batch, scratch)?,
-        };
+        let sums = net.sequence_logprobs(&batch, &mut acts)?;
         for (&i, s) in micro.iter().zip(sums) {
             out[i] = s;
         }
         on_done(micro.len());
     }
     Ok(out)
-}
-
-/// Summed completion log-prob of every sequence of every example, in order (example-major):
-/// what a reference model gives a DPO pair.
-pub fn score_examples(
-    model: &Model,
-    examples: &[Example],
-    budget: usize,
-    on_done: &dyn Fn(usize),
-    device: &Device,
-) -> Result<Vec<f64>> {
-    let scored: Vec<ScoredSequence> = examples
-        .iter()
-        .flat_map(|e| {
-            e.seqs.iter().map(|tokens| ScoredSequence {
-                tokens,
-                prompt_len: e.prompt_len,
-            })
-        })
-        .collect();
-    score_sequences(model, &scored, budget, on_done, device)
 }
 
 #[cfg(test)]

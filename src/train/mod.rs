@@ -4,7 +4,7 @@
 
 pub mod batching;
 pub mod data;
-pub mod gpu;
+
 pub mod loss;
 pub mod optimizer;
 pub mod run;
@@ -12,4 +12,4 @@ pub mod trainer;
 
 pub use loss::{DpoConfig, DpoLossType};
 pub use optimizer::{LrSchedule, OptimizerConfig};
-pub use trainer::{train, Example, Objective, TrainConfig};
+pub use trainer::{Example, Objective, TrainConfig};

@@ -4,17 +4,17 @@
 //! non-finite loss or gradient that keeps the last good weights.
 
 use super::batching::micro_batches;
-use super::gpu::GpuTrainer;
 use super::loss::{dpo_loss, sft_loss, DpoConfig, DpoTotals, PairLogps};
 use super::optimizer::{Optimizer, OptimizerConfig};
-use crate::backend::cpu::logprobs::default_chunk_rows;
-use crate::backend::device::Device;
+use crate::backend::ops::Ops;
 use crate::backend::rng::Rng;
-use crate::backend::storage::Storage;
-use crate::model::training::{Activations, ScoredSequence, TrainBatch};
-use crate::model::Model;
+use crate::backend::settings::AdamW;
+use crate::model::graph::logprobs::GroupLoss;
+use crate::model::graph::{Activations, Net, ScoredSequence, TrainBatch};
+use crate::model::{Model, ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
+use std::ops::Range;
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug)]
@@ -89,16 +89,27 @@ pub fn total_steps(examples: usize, cfg: &TrainConfig) -> usize {
     cfg.epochs * examples.div_ceil(cfg.batch_size)
 }
 
-/// The state that lives across updates: AdamW moments, the gradient buffer and the saved
-/// activations, all reused from step to step.
-pub struct Trainer {
+/// The trainer of one device, written once over the op set: the f32 master weights (and
+/// the storage-type copy the forward reads, where the device keeps one), AdamW moments,
+/// the gradient buffer, the weights before the last update (to roll back to) and the
+/// activations, all allocated once and reused from step to step.
+pub struct Trainer<O: Ops> {
     cfg: TrainConfig,
-    optimizer: Optimizer,
-    grads: Vec<f32>,
-    acts: Activations,
-    /// (P) the weights before the last update, to roll back to when the weights it
-    /// produced give a non-finite loss; valid once an update has been applied.
-    previous: Vec<f32>,
+    ops: O,
+    config: ModelConfig,
+    layout: ParamLayout,
+    inv_freq: Vec<f64>,
+    master: O::Buf<f32>,           // (P)
+    weights: Option<O::Buf<O::S>>, // (P) the forward's copy (none on the CPU)
+    previous: O::Buf<f32>,         // (P) valid once an update has been applied
+    m: O::Buf<f32>,                // (P)
+    v: O::Buf<f32>,                // (P)
+    grads: O::Buf<f32>,            // (P)
+    acts: Activations<O>,
+    /// Runs of consecutive tensors that share a weight-decay rule: matrices decay; norm
+    /// weights and biases do not (transformers' Trainer rule).
+    runs: Vec<(Range<usize>, bool)>,
+    steps: u32,
     updated: bool,
 }
 
@@ -111,77 +122,160 @@ pub struct StepOutcome {
     pub tokens: usize,
 }
 
-impl Trainer {
-    pub fn new(model: &Model, cfg: &TrainConfig) -> Trainer {
-        assert!(cfg.batch_size > 0 && cfg.micro_batch_tokens > 0);
-        Trainer {
-            cfg: *cfg,
-            optimizer: Optimizer::new(cfg.optimizer, &model.config, &model.layout),
-            grads: vec![0.0f32; model.layout.len],
-            acts: Activations::default(),
-            previous: vec![0.0f32; model.layout.len],
-            updated: false,
+const STATE: &str = "for the weights, gradients and AdamW state";
+
+impl<O: Ops> Trainer<O> {
+    /// Takes `model`'s weights (the CPU moves them: `model.params` is empty until
+    /// `lend_weights`) and makes room for micro-batches of up to `rows` tokens.
+    pub fn new(ops: O, model: &mut Model, cfg: &TrainConfig, rows: usize) -> Result<Self> {
+        if cfg.batch_size == 0 || cfg.micro_batch_tokens == 0 {
+            bail!("the batch size and the tokens per micro-batch must be positive");
         }
+        let p = model.layout.len;
+        let master = ops.master_from_host(&mut model.params)?;
+        let mut weights = None;
+        ops.refresh_weights(&mut weights, &master)?;
+        let mut runs: Vec<(Range<usize>, bool)> = vec![];
+        for t in model.layout.tensors(&model.config) {
+            let decays = t.shape.len() >= 2;
+            match runs.last_mut() {
+                Some((r, d)) if *d == decays && r.end == t.range.start => r.end = t.range.end,
+                _ => runs.push((t.range, decays)),
+            }
+        }
+        let acts = {
+            let net = Net {
+                ops: &ops,
+                config: &model.config,
+                layout: &model.layout,
+                weights: O::forward_weights(&master, &weights)?,
+                inv_freq: &model.inv_freq,
+            };
+            Activations::new(&net, rows, true)?
+        };
+        Ok(Trainer {
+            cfg: *cfg,
+            config: model.config.clone(),
+            layout: model.layout.clone(),
+            inv_freq: model.inv_freq.clone(),
+            previous: ops.alloc(p, STATE)?,
+            m: ops.alloc(p, STATE)?,
+            v: ops.alloc(p, STATE)?,
+            grads: ops.alloc(p, STATE)?,
+            ops,
+            master,
+            weights,
+            acts,
+            runs,
+            steps: 0,
+            updated: false,
+        })
+    }
+
+    /// Puts the trainer's weights in `model.params` (see `Ops::lend_to_host`).
+    pub fn lend_weights(&mut self, model: &mut Model) -> Result<()> {
+        self.ops.lend_to_host(&mut self.master, &mut model.params)
+    }
+
+    /// Takes them back before the next update.
+    pub fn take_back_weights(&mut self, model: &mut Model) -> Result<()> {
+        self.ops
+            .return_from_host(&mut self.master, &mut model.params)
     }
 
     /// Restores the weights from before the last update (a no-op when there was none).
-    pub fn roll_back(&mut self, model: &mut Model) {
+    pub fn roll_back(&mut self) -> Result<()> {
         if self.updated {
-            std::mem::swap(&mut model.params, &mut self.previous);
+            std::mem::swap(&mut self.master, &mut self.previous);
+            self.ops.refresh_weights(&mut self.weights, &self.master)?;
             self.updated = false;
         }
+        Ok(())
     }
 
     /// One update on the examples `batch`, the `step`-th (0-based) of `total`. On a
-    /// non-finite loss or gradient nothing is applied and the error says which.
+    /// non-finite loss or gradient nothing is applied and the inner error says which; the
+    /// outer one is a failure of the device or of the data.
     pub fn step(
         &mut self,
-        model: &mut Model,
         examples: &[Example],
         batch: &[usize],
         step: usize,
         total: usize,
-    ) -> Result<StepOutcome, NonFinite> {
+    ) -> Result<Result<StepOutcome, NonFinite>> {
         let lr = self.cfg.optimizer.lr_at(step, total);
-        self.grads.fill(0.0);
-        let chunk = default_chunk_rows(model.config.vocab_size);
-        let (metrics, tokens) = {
-            let (acts, grads) = (&mut self.acts, &mut self.grads);
-            let m: &Model = model;
-            accumulate_gradients(examples, batch, &self.cfg, &mut |tb, groups, loss| {
-                m.sequence_logprobs_with_grad(tb, acts, groups, loss, grads, chunk);
-                Ok(())
-            })
-            .expect("the CPU pass cannot fail")
+        let ops = &self.ops;
+        ops.zero(&mut self.grads)?;
+        let net = Net {
+            ops,
+            config: &self.config,
+            layout: &self.layout,
+            weights: O::forward_weights(&self.master, &self.weights)?,
+            inv_freq: &self.inv_freq,
         };
+        let (acts, grads) = (&mut self.acts, &mut self.grads);
+        let (metrics, tokens) =
+            accumulate_gradients(examples, batch, &self.cfg, &mut |tb, groups, loss| {
+                net.sequence_logprobs_with_grad(tb, acts, groups, loss, grads)
+                    .map(|_| ())
+            })?;
         let loss = metrics["loss"].as_f64().unwrap_or(f64::NAN);
         if !loss.is_finite() {
-            return Err(NonFinite {
+            return Ok(Err(NonFinite {
                 what: "loss",
                 value: loss,
-            });
+            }));
         }
-        let grad_norm = Optimizer::grad_norm(&self.grads);
+        let grad_norm = ops.sum_squares(&self.grads)?.sqrt();
         if !grad_norm.is_finite() {
-            return Err(NonFinite {
+            return Ok(Err(NonFinite {
                 what: "gradient norm",
                 value: grad_norm,
-            });
+            }));
         }
-        self.optimizer.step(
-            &mut model.params,
-            &mut self.previous,
-            &self.grads,
-            grad_norm,
-            lr,
-        );
+        self.apply(lr, grad_norm)?;
         self.updated = true;
-        Ok(StepOutcome {
+        Ok(Ok(StepOutcome {
             metrics,
             grad_norm,
             learning_rate: lr,
             tokens,
-        })
+        }))
+    }
+
+    /// AdamW over every parameter: one pass when no tensor decays differently from the
+    /// others (weight decay 0), else one per run of tensors that share the rule.
+    fn apply(&mut self, lr: f64, grad_norm: f64) -> Result<()> {
+        self.steps += 1;
+        let o = &self.cfg.optimizer;
+        let scale = Optimizer::clip_scale(o.max_grad_norm, grad_norm);
+        let h = |decays: bool| AdamW {
+            lr: lr as f32,
+            beta1: o.beta1 as f32,
+            beta2: o.beta2 as f32,
+            eps: o.eps as f32,
+            weight_decay: if decays { o.weight_decay as f32 } else { 0.0 },
+            step: self.steps,
+            grad_scale: scale as f32,
+        };
+        let runs = if o.weight_decay == 0.0 {
+            vec![(0..self.layout.len, false)]
+        } else {
+            self.runs.clone()
+        };
+        for (r, decays) in runs {
+            self.ops.adamw_update(
+                &mut self.master,
+                &mut self.previous,
+                &mut self.m,
+                &mut self.v,
+                &self.grads,
+                self.weights.as_mut(),
+                r,
+                h(decays),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -192,90 +286,42 @@ pub struct NonFinite {
     pub value: f64,
 }
 
-/// The trainer of one device: updates, roll-back, and the host model kept in step.
-trait Stepper {
-    fn step(
-        &mut self,
-        model: &mut Model,
-        examples: &[Example],
-        batch: &[usize],
-        step: usize,
-        total: usize,
-    ) -> Result<Result<StepOutcome, NonFinite>>;
-    fn roll_back(&mut self, model: &mut Model) -> Result<()>;
-    /// Brings `model.params` up to the trainer's weights.
-    fn sync(&mut self, model: &mut Model) -> Result<()>;
+/// The most tokens one micro-batch of a run can hold: the budget, or a single example
+/// larger than it, and never more than the largest optimizer batch holds in all.
+pub fn micro_batch_rows(examples: &[Example], cfg: &TrainConfig) -> usize {
+    let mut sizes: Vec<usize> = examples.iter().map(Example::tokens).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let largest = sizes.first().copied().unwrap_or(0);
+    let batch: usize = sizes.iter().take(cfg.batch_size).sum();
+    cfg.micro_batch_tokens.min(batch).max(largest)
 }
 
-impl Stepper for Trainer {
-    fn step(
-        &mut self,
-        model: &mut Model,
-        examples: &[Example],
-        batch: &[usize],
-        step: usize,
-        total: usize,
-    ) -> Result<Result<StepOutcome, NonFinite>> {
-        Ok(Trainer::step(self, model, examples, batch, step, total))
-    }
-    fn roll_back(&mut self, model: &mut Model) -> Result<()> {
-        Trainer::roll_back(self, model);
-        Ok(())
-    }
-    fn sync(&mut self, _model: &mut Model) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl<T: Storage> Stepper for GpuTrainer<T> {
-    fn step(
-        &mut self,
-        _model: &mut Model,
-        examples: &[Example],
-        batch: &[usize],
-        step: usize,
-        total: usize,
-    ) -> Result<Result<StepOutcome, NonFinite>> {
-        GpuTrainer::step(self, examples, batch, step, total)
-    }
-    fn roll_back(&mut self, model: &mut Model) -> Result<()> {
-        GpuTrainer::roll_back(self)?;
-        self.download(model)
-    }
-    fn sync(&mut self, model: &mut Model) -> Result<()> {
-        self.download(model)
-    }
-}
-
-/// Trains `model` on `examples` on `device` (CUDA: bf16 weights and activations, f32
-/// master weights and AdamW state); `model` holds the trained weights at the end.
-pub fn train(
+/// Trains `model` with `ops` (see `engine::train`).
+pub(crate) fn train_on<O: Ops>(
+    ops: O,
     model: &mut Model,
     examples: &[Example],
     cfg: &TrainConfig,
     sink: &mut dyn RunSink,
-    device: &Device,
+    rows: usize,
 ) -> Result<TrainSummary> {
-    match device {
-        Device::Cpu => {
-            let mut trainer = Trainer::new(model, cfg);
-            train_with(&mut trainer, model, examples, cfg, sink)
-        }
-        Device::Cuda(gpu) => {
-            let mut trainer = GpuTrainer::<half::bf16>::new(gpu.clone(), model, cfg)?;
-            train_with(&mut trainer, model, examples, cfg, sink)
-        }
+    let mut trainer = Trainer::new(ops, model, cfg, rows)?;
+    let result = train_with(&mut trainer, model, examples, cfg, sink);
+    // Whatever happened, the model holds the trainer's last weights (the CPU's are moved
+    // back into it).
+    if model.params.is_empty() {
+        trainer.lend_weights(model)?;
     }
+    result
 }
 
-fn train_with(
-    trainer: &mut dyn Stepper,
+fn train_with<O: Ops>(
+    trainer: &mut Trainer<O>,
     model: &mut Model,
     examples: &[Example],
     cfg: &TrainConfig,
     sink: &mut dyn RunSink,
 ) -> Result<TrainSummary> {
-    assert!(!examples.is_empty());
     let total = total_steps(examples.len(), cfg);
     let steps_per_epoch = examples.len().div_ceil(cfg.batch_size);
     let started = Instant::now();
@@ -286,7 +332,7 @@ fn train_with(
         let order = shuffled(examples.len(), cfg.seed, epoch as u64);
         for batch in order.chunks(cfg.batch_size) {
             let step_started = Instant::now();
-            let mut outcome = match trainer.step(model, examples, batch, step, total)? {
+            let mut outcome = match trainer.step(examples, batch, step, total)? {
                 Ok(outcome) => outcome,
                 Err(bad) => {
                     let stopped = format!(
@@ -302,7 +348,8 @@ fn train_with(
                     }
                     // These weights gave the bad value: the last good ones are those before
                     // the update that made them.
-                    trainer.roll_back(model)?;
+                    trainer.roll_back()?;
+                    trainer.lend_weights(model)?;
                     let kept = sink
                         .keep_last_good(model, step - 1)
                         .with_context(|| stopped.clone())?;
@@ -329,9 +376,12 @@ fn train_with(
             );
             let last = step == total;
             if last || sink.wants_model(step, last) {
-                trainer.sync(model)?;
+                trainer.lend_weights(model)?;
+                sink.after_step(model, step, last)?;
+                if !last {
+                    trainer.take_back_weights(model)?;
+                }
             }
-            sink.after_step(model, step, last)?;
             last_metrics = line;
         }
     }
@@ -346,8 +396,7 @@ fn train_with(
 /// A forward and backward over one micro-batch: (batch, loss groups, loss) as
 /// `Model::sequence_logprobs_with_grad` takes them, gradients accumulated wherever the pass
 /// keeps them.
-pub(crate) type Pass<'a> =
-    dyn FnMut(&TrainBatch, &[usize], &mut dyn FnMut(usize, &[f64]) -> Vec<f64>) -> Result<()> + 'a;
+pub(crate) type Pass<'a> = dyn FnMut(&TrainBatch, &[usize], &mut GroupLoss) -> Result<()> + 'a;
 
 /// Forward and backward of one optimizer batch, micro-batch by micro-batch, each through
 /// `pass`. Returns the batch's loss metrics and the tokens processed.
@@ -388,7 +437,7 @@ pub(crate) fn accumulate_gradients(
         tokens += tb.len();
         // One loss group per example: its gradient depends on its own log-probs only.
         let groups: Vec<usize> = micro.iter().map(|&i| examples[i].seqs.len()).collect();
-        let mut loss = |g: usize, logps: &[f64]| -> Vec<f64> {
+        let mut loss = |g: usize, logps: &[f64]| -> Result<Vec<f64>> {
             let ex = &examples[micro[g]];
             match cfg.objective {
                 Objective::Dpo(dpo) => {
@@ -407,9 +456,9 @@ pub(crate) fn accumulate_gradients(
                         first_completion_tokens,
                         &mut dpo_totals,
                     );
-                    vec![d[0].0, d[0].1]
+                    Ok(vec![d[0].0, d[0].1])
                 }
-                Objective::Sft => sft_loss(logps, all_completion_tokens, &mut sft_loss_total),
+                Objective::Sft => Ok(sft_loss(logps, all_completion_tokens, &mut sft_loss_total)),
             }
         };
         pass(&tb, &groups, &mut loss)?;
@@ -451,6 +500,7 @@ mod tests {
         assert_ne!(a, shuffled(50, 1, 1));
     }
 
+    use crate::backend::device::Device;
     use crate::model::weights::StorageDtype;
     use crate::model::{ModelConfig, ParamLayout};
     use crate::train::loss::{DpoConfig, DpoLossType};
@@ -521,11 +571,11 @@ mod tests {
         let grads = |budget: usize| {
             let mut grads = vec![0.0f32; model.layout.len];
             let cfg = config(6, budget);
-            let mut acts = Activations::default();
+            let net = model.net();
+            let mut acts = Activations::new(&net, 0, true).unwrap();
             let (metrics, _) = accumulate_gradients(&examples, &batch, &cfg, &mut |tb, g, loss| {
-                let chunk = default_chunk_rows(model.config.vocab_size);
-                model.sequence_logprobs_with_grad(tb, &mut acts, g, loss, &mut grads, chunk);
-                Ok(())
+                net.sequence_logprobs_with_grad(tb, &mut acts, g, loss, &mut grads)
+                    .map(|_| ())
             })
             .unwrap();
             (metrics["loss"].as_f64().unwrap(), grads)
@@ -572,7 +622,8 @@ mod tests {
         let third = shuffled(examples.len(), cfg.seed, 0)[2];
         examples[third].reference[0] = f64::NAN;
         let mut rec = Recorder::default();
-        let err = train(&mut model, &examples, &cfg, &mut rec, &Device::Cpu).unwrap_err();
+        let err =
+            crate::engine::train(&mut model, &examples, &cfg, &mut rec, &Device::Cpu).unwrap_err();
         assert!(
             err.to_string()
                 .contains("training stopped at step 3: the loss is NaN"),

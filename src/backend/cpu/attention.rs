@@ -39,7 +39,7 @@ const TILED_MIN_KEYS: usize = 32;
 /// (attention_tiled), a small one row by row. Either way a row's result depends only on its
 /// own sequence's run, so it is the same whatever else shares the batch and whatever the
 /// thread count.
-pub fn attention_forward(
+pub fn attention_over_caches(
     out: &mut [f32],
     lse: &mut [f32],
     q: &[f32],
@@ -224,10 +224,63 @@ pub(super) fn scale(d: usize) -> f32 {
     1.0 / (d as f32).sqrt()
 }
 
+/// Where each sequence of a packed batch of whole sequences lies: its rows, and each row's
+/// sequence and position (the row-level view `attention_over_caches` takes).
+pub struct PackedSeqs {
+    pub seqs: Vec<Range<usize>>,
+    pub row_seq: Vec<usize>, // (N)
+    pub row_pos: Vec<usize>, // (N)
+}
+
+impl PackedSeqs {
+    /// seqs: ranges that tile 0..N in order.
+    pub fn new(seqs: &[Range<usize>]) -> PackedSeqs {
+        let mut p = PackedSeqs {
+            seqs: seqs.to_vec(),
+            row_seq: vec![],
+            row_pos: vec![],
+        };
+        for (s, r) in seqs.iter().enumerate() {
+            p.row_seq.extend(std::iter::repeat_n(s, r.len()));
+            p.row_pos.extend(0..r.len());
+        }
+        p
+    }
+}
+
+/// Causal self-attention of packed whole sequences over their own keys (training, a
+/// prefill, a classifier): out: (N, H, D), lse: (N, H); q: (N, H, D); k, v: (N, Hkv, D).
+/// The same computation as `attention_over_caches` with each sequence's keys as its cache.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &PackedSeqs,
+    dims: AttentionDims,
+) {
+    let kvd = dims.n_kv_head * dims.head_dim;
+    assert!(
+        k.len() == seqs.row_seq.len() * kvd && v.len() == k.len(),
+        "attention k/v shapes"
+    );
+    let views: Vec<KvView> = seqs
+        .seqs
+        .iter()
+        .map(|s| KvView {
+            k: &k[s.start * kvd..s.end * kvd],
+            v: &v[s.start * kvd..s.end * kvd],
+        })
+        .collect();
+    attention_over_caches(out, lse, q, &views, &seqs.row_seq, &seqs.row_pos, dims);
+}
+
 /// Backward of causal self-attention over packed whole sequences (training, no cache): the
 /// rows `seqs[s]` (ranges that tile 0..N in order) hold sequence s at positions 0, 1, ...
 /// dq: (N, H, D), dk, dv: (N, Hkv, D) assigned; dout, q, out: (N, H, D); k, v: (N, Hkv, D);
-/// lse: (N, H) from attention_forward.
+/// lse: (N, H) from attention_over_caches.
 ///
 /// One task per (sequence, kv head), run in tiles of GEMMs (attention_tiled), owns that
 /// head's dk/dv rows in the sequence and the dq of its query heads: no two tasks write the
@@ -333,7 +386,7 @@ mod tests {
             let (row_seq, row_pos, _) = pack(&lens);
             let mut out = vec![f32::NAN; q.len()];
             let mut lse = vec![f32::NAN; row_seq.len() * h];
-            attention_forward(
+            attention_over_caches(
                 &mut out,
                 &mut lse,
                 &q,
@@ -363,7 +416,7 @@ mod tests {
         let last_q = &q[(t - 1) * h * d..];
         let mut out = vec![0.0; h * d];
         let mut lse = vec![0.0; h];
-        attention_forward(
+        attention_over_caches(
             &mut out,
             &mut lse,
             last_q,
@@ -400,7 +453,7 @@ mod tests {
                 })
                 .collect();
             let (mut out, mut lse) = (vec![0.0; n * qd], vec![0.0; n * h]);
-            attention_forward(
+            attention_over_caches(
                 &mut out,
                 &mut lse,
                 &q,

@@ -295,7 +295,7 @@ fn gemm(
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention::{attend_row, attention_backward, attention_forward};
+    use super::super::attention::{attend_row, attention_backward, attention_over_caches};
     use super::*;
     use crate::backend::cpu::testutil::{
         assert_close, naive_attention, naive_attention_backward, pack, randn, to_f64, GRAD_TOL,
@@ -368,7 +368,7 @@ mod tests {
                 })
                 .collect();
             let (mut out, mut lse) = (vec![f32::NAN; n * qd], vec![f32::NAN; n * qd / D]);
-            attention_forward(
+            attention_over_caches(
                 &mut out,
                 &mut lse,
                 &self.q,
@@ -441,12 +441,12 @@ mod tests {
             let (mut out, mut lse) = (vec![0.0; rows * qd], vec![0.0; rows * h]);
             let positions: Vec<usize> = (first..t).collect();
             let row_seq = vec![0; rows];
-            attention_forward(&mut out, &mut lse, &q, &[cache], &row_seq, &positions, dims);
+            attention_over_caches(&mut out, &mut lse, &q, &[cache], &row_seq, &positions, dims);
             let mut scores = Vec::new();
             for (i, pos) in positions.into_iter().enumerate() {
                 let qi = &q[i * qd..(i + 1) * qd];
                 let (mut alone, mut alone_lse) = (vec![0.0; qd], vec![0.0; h]);
-                attention_forward(&mut alone, &mut alone_lse, qi, &[cache], &[0], &[pos], dims);
+                attention_over_caches(&mut alone, &mut alone_lse, qi, &[cache], &[0], &[pos], dims);
                 let (mut by_row, mut by_row_lse) = (vec![0.0; qd], vec![0.0; h]);
                 let group = h / hkv;
                 let blocks = by_row

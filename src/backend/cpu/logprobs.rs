@@ -19,6 +19,7 @@
 use super::math::{self, exp};
 use super::matmul::{matmul_backward, matmul_forward};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Rows per chunk so that a chunk's logits take at most 32 MiB, within [8, 1024] rows.
 pub fn default_chunk_rows(vocab: usize) -> usize {
@@ -175,6 +176,146 @@ pub fn logprobs_fused(
             row[t as usize] += g;
         });
     matmul_backward(dhidden, dweight, None, logits, hidden, weight, m, c, v);
+}
+
+/// The reused logits of the log-prob ops: up to `chunk_rows` rows of V at once.
+pub struct LogitsScratch {
+    pub chunk_rows: usize,
+    pub logits: Vec<f32>,
+}
+
+impl LogitsScratch {
+    pub fn new(chunk_rows: usize) -> LogitsScratch {
+        LogitsScratch {
+            chunk_rows,
+            logits: vec![],
+        }
+    }
+}
+
+/// Forward and backward over loss groups: `groups` are consecutive row ranges covering
+/// 0..M; `grad(g, logp)` turns group g's row log-probs into d(loss)/d(logp) of its rows.
+/// Consecutive groups share one fused pass while their rows fit in a chunk; a group larger
+/// than that takes the two-pass path (logits recomputed). logp: (M) written; dhidden:
+/// (M, C) assigned; dweight: (V, C) accumulated; hidden: (M, C); weight: (V, C);
+/// targets: (M).
+#[allow(clippy::too_many_arguments)]
+pub fn logprobs_with_grad(
+    logp: &mut [f32],
+    dhidden: &mut [f32],
+    dweight: &mut [f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    c: usize,
+    v: usize,
+    scratch: &mut LogitsScratch,
+    groups: &[Range<usize>],
+    grad: &mut crate::backend::ops::RowGrad,
+) -> anyhow::Result<()> {
+    let m = targets.len();
+    if logp.len() != m || hidden.len() != m * c || dhidden.len() != m * c {
+        anyhow::bail!("logprobs_with_grad: buffers do not hold {m} rows of {c}");
+    }
+    if groups.first().is_some_and(|g| g.start != 0)
+        || groups.windows(2).any(|w| w[0].end != w[1].start)
+        || groups.last().map_or(0, |g| g.end) != m
+    {
+        anyhow::bail!("logprobs_with_grad: the groups do not tile the {m} rows");
+    }
+    let chunk = scratch.chunk_rows.max(1);
+    // The group gradients of one pass, in row order, or the first error.
+    let mut failed: Option<anyhow::Error> = None;
+    let mut g0 = 0;
+    while g0 < groups.len() {
+        // Whole groups share one pass while their rows fit in a chunk.
+        let start = groups[g0].start;
+        let mut g1 = g0 + 1;
+        while g1 < groups.len() && groups[g1].end - start <= chunk {
+            g1 += 1;
+        }
+        let rows = start..groups[g1 - 1].end;
+        let (h, t) = (
+            &hidden[rows.start * c..rows.end * c],
+            &targets[rows.clone()],
+        );
+        let dh = &mut dhidden[rows.start * c..rows.end * c];
+        if rows.len() <= chunk {
+            logprobs_fused(
+                &mut logp[rows.clone()],
+                dh,
+                dweight,
+                h,
+                weight,
+                t,
+                c,
+                v,
+                &mut scratch.logits,
+                &mut |lp| {
+                    let mut out = Vec::with_capacity(lp.len());
+                    for (g, r) in groups.iter().enumerate().take(g1).skip(g0) {
+                        match grad(g, &lp[r.start - start..r.end - start]) {
+                            Ok(d) if d.len() == r.len() => out.extend(d),
+                            Ok(d) => {
+                                failed.get_or_insert(anyhow::anyhow!(
+                                    "the loss gave {} gradients for {} rows",
+                                    d.len(),
+                                    r.len()
+                                ));
+                                out.resize(out.len() + r.len(), 0.0);
+                            }
+                            Err(e) => {
+                                failed.get_or_insert(e);
+                                out.resize(out.len() + r.len(), 0.0);
+                            }
+                        }
+                    }
+                    out
+                },
+            );
+        } else {
+            // One group larger than a chunk: log-probs first, then the gradient with the
+            // logits recomputed.
+            let mut lse = vec![0.0f32; rows.len()];
+            logprobs_forward(
+                &mut logp[rows.clone()],
+                &mut lse,
+                h,
+                weight,
+                t,
+                c,
+                v,
+                chunk,
+                &mut scratch.logits,
+            );
+            let dlogp = grad(g0, &logp[rows.clone()])?;
+            if dlogp.len() != rows.len() {
+                anyhow::bail!(
+                    "the loss gave {} gradients for {} rows",
+                    dlogp.len(),
+                    rows.len()
+                );
+            }
+            logprobs_backward(
+                dh,
+                dweight,
+                &dlogp,
+                h,
+                weight,
+                t,
+                &lse,
+                c,
+                v,
+                chunk,
+                &mut scratch.logits,
+            );
+        }
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+        g0 = g1;
+    }
+    Ok(())
 }
 
 /// Turns a row of logits into d(loss)/d(logits) = g * (one_hot(t) - softmax), in place.

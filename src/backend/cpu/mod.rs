@@ -5,9 +5,12 @@ pub mod adamw;
 pub mod attention;
 mod attention_tiled;
 pub mod embedding;
+pub mod glue;
+pub mod kv_cache;
 pub mod logprobs;
 pub mod math;
 pub mod matmul;
+mod ops;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
@@ -16,3 +19,5 @@ pub mod swiglu;
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+pub use ops::Cpu;

@@ -1,9 +1,39 @@
 //! The gated MLP activation, out = silu(gate) * up, and its backward.
 
 use super::math::exp;
+use rayon::prelude::*;
 
-/// out: (N, I), gate: (N, I), up: (N, I).
-pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
+/// out: (N, I); gate_up: (N, 2I), each row gate then up (the fused projection's output).
+pub fn swiglu_forward(out: &mut [f32], gate_up: &[f32], im: usize) {
+    assert!(
+        im > 0 && out.len() * 2 == gate_up.len() && out.len().is_multiple_of(im),
+        "swiglu shapes"
+    );
+    out.par_chunks_mut(im)
+        .zip(gate_up.par_chunks(2 * im))
+        .with_min_len(16)
+        .for_each(|(a, gu)| swiglu_row_forward(a, &gu[..im], &gu[im..]));
+}
+
+/// dgate_up: (N, 2I) assigned; dout: (N, I); gate_up: (N, 2I).
+pub fn swiglu_backward(dgate_up: &mut [f32], dout: &[f32], gate_up: &[f32], im: usize) {
+    assert!(
+        im > 0 && dout.len() * 2 == gate_up.len() && dgate_up.len() == gate_up.len(),
+        "swiglu backward shapes"
+    );
+    dgate_up
+        .par_chunks_mut(2 * im)
+        .zip(dout.par_chunks(im))
+        .zip(gate_up.par_chunks(2 * im))
+        .with_min_len(16)
+        .for_each(|((dgu, da), gu)| {
+            let (dg, du) = dgu.split_at_mut(im);
+            swiglu_row_backward(dg, du, da, &gu[..im], &gu[im..]);
+        });
+}
+
+/// One row's gate and up halves: out, gate, up: (I).
+pub fn swiglu_row_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert!(
         out.len() == gate.len() && gate.len() == up.len(),
         "swiglu shapes"
@@ -13,10 +43,16 @@ pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     }
 }
 
-/// dgate, dup: (N, I) assigned; dout, gate, up: (N, I).
+/// dgate, dup: (I) assigned; dout, gate, up: (I).
 ///
 /// With s = sigmoid(g): d silu(g) / dg = s + g s (1 - s) = s (1 + g (1 - s)).
-pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+pub fn swiglu_row_backward(
+    dgate: &mut [f32],
+    dup: &mut [f32],
+    dout: &[f32],
+    gate: &[f32],
+    up: &[f32],
+) {
     let len = dout.len();
     assert!(
         dgate.len() == len && dup.len() == len && gate.len() == len && up.len() == len,
@@ -54,7 +90,7 @@ mod tests {
         let g = randn(101, 9);
         let u = randn(101, 10);
         let mut out = vec![0.0; 101];
-        swiglu_forward(&mut out, &g, &u);
+        swiglu_row_forward(&mut out, &g, &u);
         assert_close(&out, &naive(&to_f64(&g), &to_f64(&u)), 1e-6, 1e-5);
     }
 
@@ -66,7 +102,7 @@ mod tests {
         let up = randn(n, 61);
         let dout = randn(n, 62);
         let (mut dgate, mut dup) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-        swiglu_backward(&mut dgate, &mut dup, &dout, &gate, &up);
+        swiglu_row_backward(&mut dgate, &mut dup, &dout, &gate, &up);
         let (gate64, up64) = (to_f64(&gate), to_f64(&up));
         let want_dgate = numeric_grad(&gate64, |g| weighted_sum(&dout, &naive(g, &up64)));
         let want_dup = numeric_grad(&up64, |u| weighted_sum(&dout, &naive(&gate64, u)));

@@ -1,28 +1,29 @@
 //! Launcher of kernels/adamw.cu: one AdamW step over every parameter in one launch. CPU
 //! twin: `cpu::adamw::adamw_update`.
 
-use super::{check_lens, Dest, Gpu};
+use super::{check_lens, Dest, Gpu, Storage};
 use crate::backend::settings::AdamW;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 impl Gpu {
     /// params, previous (the weights before the step), m, v: (P) f32 updated; grads: (P)
-    /// f32; `shadow` receives the new weights in bf16 (the copy the forward reads).
+    /// f32; `weights` receives the new weights in the storage type (the copy the forward
+    /// reads).
     #[allow(clippy::too_many_arguments)]
-    pub fn adamw_update(
+    pub fn adamw_update<T: Storage>(
         &self,
         params: &mut impl DevicePtrMut<f32>,
         previous: &mut impl DevicePtrMut<f32>,
         m: &mut impl DevicePtrMut<f32>,
         v: &mut impl DevicePtrMut<f32>,
         grads: &impl DevicePtr<f32>,
-        shadow: Option<&mut dyn Dest<half::bf16>>,
+        weights: Option<&mut dyn Dest<T>>,
         h: AdamW,
     ) -> Result<()> {
         let n = params.len();
         let mut lens = vec![previous.len(), m.len(), v.len(), grads.len()];
-        lens.extend(shadow.as_ref().map(|s| s.len()));
+        lens.extend(weights.as_ref().map(|s| s.len()));
         check_lens("adamw_update", &lens, n)?;
         if n == 0 {
             return Ok(());
@@ -41,9 +42,9 @@ impl Gpu {
             self.ptr_mut(v),
         );
         let g = self.ptr(grads);
-        // A null pointer where there is no shadow.
-        let s = shadow.map_or(0u64, |s| s.address(self));
-        let f = self.function("adamw", "adamw_update")?;
+        // A null pointer where no copy is kept.
+        let s = weights.map_or(0u64, |s| s.address(self));
+        let f = self.function("adamw", &format!("adamw_update_{}", T::SUFFIX))?;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&p)

@@ -11,23 +11,29 @@
 
 mod adamw;
 pub mod attention;
+pub mod buffer;
 mod decode_attention;
 mod dpo;
 mod embedding;
 mod glue;
+pub mod kv_cache;
 pub mod logprobs;
 pub(crate) mod matmul;
+mod ops;
 mod rmsnorm;
 mod rope;
 mod sampling;
 mod swiglu;
 
 pub use attention::{AttentionScratch, PackedSeqs};
+pub use buffer::DevBuf;
 pub use decode_attention::DecodeDims;
 pub use embedding::TokenRows;
 pub use glue::Columns;
+pub use kv_cache::{SlotCaches, SlotPass};
 pub use logprobs::LogitsScratch;
 pub use matmul::Bias;
+pub use ops::CudaOps;
 
 use super::kernels;
 pub use crate::backend::storage::Storage;

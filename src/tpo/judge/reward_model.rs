@@ -15,7 +15,7 @@
 
 use super::{Judge, JudgeGroup, JudgeOptions};
 use crate::backend::device::Device;
-use crate::model::cuda::GpuModel;
+use crate::engine::Engine;
 use crate::model::{Head, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::batching::micro_batches;
@@ -27,7 +27,8 @@ pub struct RewardModelJudge {
     dir: PathBuf,
     model: Model,
     /// The model on the GPU, when the run's device is one (bf16).
-    on_gpu: Option<GpuModel<half::bf16>>,
+    /// The model's copy on the run's device, where it needs one (a GPU).
+    on_device: Option<Engine<'static>>,
     tokenizer: Tokenizer,
     micro_batch_tokens: usize,
 }
@@ -65,7 +66,7 @@ impl RewardModelJudge {
         Ok(RewardModelJudge {
             dir: dir.to_path_buf(),
             model,
-            on_gpu: None,
+            on_device: None,
             tokenizer,
             micro_batch_tokens: opts.micro_batch_tokens,
         })
@@ -102,13 +103,8 @@ impl RewardModelJudge {
 
 impl Judge for RewardModelJudge {
     fn set_device(&mut self, device: &Device) -> Result<()> {
-        self.on_gpu = match device {
-            Device::Cpu => None,
-            Device::Cuda(gpu) => Some(
-                GpuModel::upload(gpu.clone(), &self.model)
-                    .with_context(|| format!("reward model {}", self.dir.display()))?,
-            ),
-        };
+        self.on_device = Engine::copy_for(&self.model, device)
+            .with_context(|| format!("reward model {}", self.dir.display()))?;
         Ok(())
     }
 
@@ -141,14 +137,13 @@ impl Judge for RewardModelJudge {
             .iter()
             .map(|g| vec![0.0; g.responses.len()])
             .collect();
+        let on_cpu = Engine::Cpu(&self.model);
+        let engine = self.on_device.as_ref().unwrap_or(&on_cpu);
         for micro in micro_batches(&order, |i| seqs[i].len(), self.micro_batch_tokens) {
             let batch: Vec<&[u32]> = micro.iter().map(|&i| seqs[i].as_slice()).collect();
-            let logits = match &self.on_gpu {
-                Some(gm) => gm
-                    .classify(&batch)
-                    .with_context(|| format!("reward model {}", self.dir.display()))?,
-                None => self.model.classify(&batch),
-            };
+            let logits = engine
+                .classify(&batch)
+                .with_context(|| format!("reward model {}", self.dir.display()))?;
             for (&i, &score) in micro.iter().zip(&logits) {
                 let (g, r) = owners[i];
                 if !score.is_finite() {

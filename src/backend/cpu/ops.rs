@@ -1,0 +1,438 @@
+//! The CPU's instantiation of the op set: f32 buffers in host memory, each op the free
+//! function of its file here.
+
+use super::attention::{self, KvView, PackedSeqs};
+use super::kv_cache::SeqCaches;
+use super::logprobs::{self, default_chunk_rows, LogitsScratch};
+use super::{adamw, embedding, glue, matmul, residual, rmsnorm, rope, swiglu};
+use crate::backend::ops::{Ops, RowGrad};
+use crate::backend::rope_table::RopeTable;
+use crate::backend::settings::{AdamW, AttentionDims};
+use crate::backend::storage::Elem;
+use anyhow::{bail, Result};
+use std::ops::Range;
+
+/// The CPU: f32 throughout, parallel with rayon.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Ops for Cpu {
+    type S = f32;
+    type Buf<E: Elem> = Vec<E>;
+    type W<'a> = &'a [f32];
+    type G<'a> = &'a mut [f32];
+    type Tokens = Vec<u32>;
+    type Seqs = PackedSeqs;
+    type Rope = RopeTable;
+    type LogitsScratch = LogitsScratch;
+    type Caches<'c> = SeqCaches<'c>;
+
+    fn alloc<E: Elem>(&self, n: usize, _stage: &str) -> Result<Vec<E>> {
+        Ok(vec![E::default(); n])
+    }
+    fn set_len<E: Elem>(&self, buf: &mut Vec<E>, n: usize) -> Result<()> {
+        buf.resize(n, E::default());
+        Ok(())
+    }
+    fn len<E: Elem>(buf: &Vec<E>) -> usize {
+        buf.len()
+    }
+    fn reserve<E: Elem>(&self, buf: &mut Vec<E>, n: usize, _stage: &str) -> Result<()> {
+        buf.resize(n, E::default());
+        Ok(())
+    }
+    fn upload<E: Elem>(&self, host: &[E], _stage: &str) -> Result<Vec<E>> {
+        Ok(host.to_vec())
+    }
+    fn download<E: Elem>(&self, buf: &Vec<E>) -> Result<Vec<E>> {
+        Ok(buf.clone())
+    }
+    fn zero<E: Elem>(&self, buf: &mut Vec<E>) -> Result<()> {
+        buf.fill(E::default());
+        Ok(())
+    }
+    fn copy<E: Elem>(&self, dst: &mut Vec<E>, src: &Vec<E>) -> Result<()> {
+        dst.clone_from(src);
+        Ok(())
+    }
+    fn weights(buf: &Vec<f32>, r: Range<usize>) -> &[f32] {
+        &buf[r]
+    }
+    fn grads(buf: &mut Vec<f32>, r: Range<usize>) -> &mut [f32] {
+        &mut buf[r]
+    }
+    fn grads_pair(
+        buf: &mut Vec<f32>,
+        a: Range<usize>,
+        b: Range<usize>,
+    ) -> Result<(&mut [f32], &mut [f32])> {
+        if a.end != b.start {
+            bail!("grads_pair: {b:?} does not follow {a:?}");
+        }
+        Ok(buf[a.start..b.end].split_at_mut(a.len()))
+    }
+    fn tokens(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        Ok(ids.to_vec())
+    }
+    fn seqs(&self, seqs: &[Range<usize>]) -> Result<PackedSeqs> {
+        Ok(PackedSeqs::new(seqs))
+    }
+    fn rope(&self, table: &RopeTable) -> Result<RopeTable> {
+        Ok(table.clone())
+    }
+    fn logits_scratch(&self, v: usize) -> Result<LogitsScratch> {
+        Ok(LogitsScratch::new(default_chunk_rows(v)))
+    }
+
+    fn embedding_forward(
+        &self,
+        out: &mut Vec<f32>,
+        tokens: &Vec<u32>,
+        table: &[f32],
+        c: usize,
+    ) -> Result<()> {
+        embedding::embedding_forward(out, tokens, table, c);
+        Ok(())
+    }
+    fn embedding_backward(
+        &self,
+        dtable: &mut [f32],
+        dout: &Vec<f32>,
+        tokens: &Vec<u32>,
+        c: usize,
+    ) -> Result<()> {
+        embedding::embedding_backward(dtable, dout, tokens, c);
+        Ok(())
+    }
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        eps: f32,
+        c: usize,
+    ) -> Result<()> {
+        rmsnorm::rmsnorm_forward(out, inp, weight, eps, c);
+        Ok(())
+    }
+    fn rmsnorm_backward(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut [f32],
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        eps: f32,
+        c: usize,
+    ) -> Result<()> {
+        rmsnorm::rmsnorm_backward(dinp, dweight, dout, inp, weight, eps, c);
+        Ok(())
+    }
+    fn matmul_forward(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        matmul::matmul_forward(out, inp, weight, bias, n, c, oc);
+        Ok(())
+    }
+    fn matmul_backward(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        matmul::matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc);
+        Ok(())
+    }
+    fn residual_forward(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
+        residual::residual_forward(x, y);
+        Ok(())
+    }
+    fn rope_forward(&self, x: &mut Vec<f32>, rope: &RopeTable, heads: usize) -> Result<()> {
+        rope::rope_forward(x, rope, heads);
+        Ok(())
+    }
+    fn rope_backward(&self, dx: &mut Vec<f32>, rope: &RopeTable, heads: usize) -> Result<()> {
+        rope::rope_backward(dx, rope, heads);
+        Ok(())
+    }
+    fn swiglu_forward(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, im: usize) -> Result<()> {
+        swiglu::swiglu_forward(out, gate_up, im);
+        Ok(())
+    }
+    fn swiglu_backward(
+        &self,
+        dgate_up: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate_up: &Vec<f32>,
+        im: usize,
+    ) -> Result<()> {
+        swiglu::swiglu_backward(dgate_up, dout, gate_up, im);
+        Ok(())
+    }
+    fn attention_forward(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        seqs: &PackedSeqs,
+        dims: AttentionDims,
+    ) -> Result<()> {
+        attention::attention_forward(out, lse, q, k, v, seqs, dims);
+        Ok(())
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        seqs: &PackedSeqs,
+        dims: AttentionDims,
+    ) -> Result<()> {
+        attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, &seqs.seqs, dims);
+        Ok(())
+    }
+    fn cache_fill(
+        &self,
+        caches: &mut SeqCaches<'_>,
+        layer: usize,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+    ) -> Result<()> {
+        let n = caches.row_seq.len();
+        if n == 0 || k.len() != v.len() || !k.len().is_multiple_of(n) {
+            bail!("cache_fill: k, v of {} elements for {n} rows", k.len());
+        }
+        caches.append(layer, k, v, k.len() / n);
+        Ok(())
+    }
+    fn cached_attention(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        caches: &mut SeqCaches<'_>,
+        layer: usize,
+        dims: AttentionDims,
+    ) -> Result<()> {
+        self.cache_fill(caches, layer, k, v)?;
+        let views: Vec<KvView> = caches.caches.iter().map(|c| c.view(layer)).collect();
+        attention::attention_over_caches(
+            out,
+            lse,
+            q,
+            &views,
+            &caches.row_seq,
+            &caches.row_pos,
+            dims,
+        );
+        Ok(())
+    }
+    fn matmul_forward_f32(
+        &self,
+        out: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        matmul::matmul_forward(out, inp, weight, None, n, c, oc);
+        Ok(())
+    }
+    fn qkv_split(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        qd: usize,
+        kvd: usize,
+    ) -> Result<()> {
+        glue::qkv_split(q, k, v, qkv, qd, kvd);
+        Ok(())
+    }
+    fn qkv_join(
+        &self,
+        qkv: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        qd: usize,
+        kvd: usize,
+    ) -> Result<()> {
+        glue::qkv_join(qkv, q, k, v, qd, kvd);
+        Ok(())
+    }
+    fn gather_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: &Vec<i32>,
+        c: usize,
+    ) -> Result<()> {
+        glue::gather_rows(dst, src, rows, c);
+        Ok(())
+    }
+    fn scatter_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: &Vec<i32>,
+        c: usize,
+    ) -> Result<()> {
+        glue::scatter_rows(dst, src, rows, c);
+        Ok(())
+    }
+    fn logprobs_forward(
+        &self,
+        logp: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        hidden: &Vec<f32>,
+        weight: &[f32],
+        targets: &Vec<u32>,
+        c: usize,
+        v: usize,
+        scratch: &mut LogitsScratch,
+    ) -> Result<()> {
+        let chunk = scratch.chunk_rows;
+        logprobs::logprobs_forward(
+            logp,
+            lse,
+            hidden,
+            weight,
+            targets,
+            c,
+            v,
+            chunk,
+            &mut scratch.logits,
+        );
+        Ok(())
+    }
+    fn logprobs_backward(
+        &self,
+        dhidden: &mut Vec<f32>,
+        dweight: &mut [f32],
+        dlogp: &Vec<f32>,
+        hidden: &Vec<f32>,
+        weight: &[f32],
+        targets: &Vec<u32>,
+        lse: &Vec<f32>,
+        c: usize,
+        v: usize,
+        scratch: &mut LogitsScratch,
+    ) -> Result<()> {
+        let chunk = scratch.chunk_rows;
+        logprobs::logprobs_backward(
+            dhidden,
+            dweight,
+            dlogp,
+            hidden,
+            weight,
+            targets,
+            lse,
+            c,
+            v,
+            chunk,
+            &mut scratch.logits,
+        );
+        Ok(())
+    }
+    fn logprobs_with_grad(
+        &self,
+        logp: &mut Vec<f32>,
+        dhidden: &mut Vec<f32>,
+        dweight: &mut [f32],
+        hidden: &Vec<f32>,
+        weight: &[f32],
+        targets: &Vec<u32>,
+        c: usize,
+        v: usize,
+        scratch: &mut LogitsScratch,
+        groups: &[Range<usize>],
+        grad: &mut RowGrad,
+    ) -> Result<()> {
+        logprobs::logprobs_with_grad(
+            logp, dhidden, dweight, hidden, weight, targets, c, v, scratch, groups, grad,
+        )
+    }
+
+    fn master_from_host(&self, host: &mut Vec<f32>) -> Result<Vec<f32>> {
+        Ok(std::mem::take(host))
+    }
+    fn lend_to_host(&self, master: &mut Vec<f32>, host: &mut Vec<f32>) -> Result<()> {
+        std::mem::swap(master, host);
+        master.clear();
+        Ok(())
+    }
+    fn return_from_host(&self, master: &mut Vec<f32>, host: &mut Vec<f32>) -> Result<()> {
+        *master = std::mem::take(host);
+        Ok(())
+    }
+    fn refresh_weights(&self, _copy: &mut Option<Vec<f32>>, _master: &Vec<f32>) -> Result<()> {
+        Ok(())
+    }
+    fn forward_weights<'a>(
+        master: &'a Vec<f32>,
+        _copy: &'a Option<Vec<f32>>,
+    ) -> Result<&'a Vec<f32>> {
+        Ok(master)
+    }
+    fn adamw_update(
+        &self,
+        params: &mut Vec<f32>,
+        previous: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        copy: Option<&mut Vec<f32>>,
+        r: Range<usize>,
+        h: AdamW,
+    ) -> Result<()> {
+        if copy.is_some() {
+            bail!("adamw_update: the CPU keeps no copy of its weights");
+        }
+        let p = params.len();
+        if [previous.len(), m.len(), v.len(), grads.len()]
+            .iter()
+            .any(|&l| l != p)
+            || r.end > p
+        {
+            bail!("adamw_update: buffers of unequal lengths, or {r:?} beyond {p}");
+        }
+        adamw::adamw_update(
+            &mut params[r.clone()],
+            &mut previous[r.clone()],
+            &mut m[r.clone()],
+            &mut v[r.clone()],
+            &grads[r],
+            h,
+        );
+        Ok(())
+    }
+    fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
+        Ok(adamw::sum_of_squares(x))
+    }
+}

@@ -1,0 +1,133 @@
+//! The one place that dispatches on the device: an `Engine` is a model ready on the device
+//! a command runs on (the CPU's weights as they are, or a bf16 copy on a GPU), and scores,
+//! generates and classifies through the one graph; `train` trains on that device. Nothing
+//! else in the crate matches on `Device`.
+
+use crate::backend::cpu::Cpu;
+use crate::backend::cuda::CudaOps;
+use crate::backend::device::Device;
+use crate::generate::{self, Completion, GenerateOptions, GenerateStats};
+use crate::model::cuda::GpuModel;
+use crate::model::graph::{Activations, ScoredSequence};
+use crate::model::Model;
+use crate::train::batching::score_on;
+use crate::train::trainer::{micro_batch_rows, train_on, RunSink, TrainSummary};
+use crate::train::{Example, TrainConfig};
+use anyhow::{bail, Result};
+
+/// A model on the device it runs on.
+pub enum Engine<'m> {
+    Cpu(&'m Model),
+    /// bf16 weights and activations on a GPU.
+    Cuda(Box<GpuModel<half::bf16>>),
+}
+
+impl Engine<'static> {
+    /// A copy of `model` on `device` where it runs from one (a GPU: bf16 weights), or None
+    /// where the model serves as it is (the CPU): for owners of a model that keep it on
+    /// their device across calls.
+    pub fn copy_for(model: &Model, device: &Device) -> Result<Option<Engine<'static>>> {
+        Ok(match device {
+            Device::Cpu => None,
+            Device::Cuda(gpu) => Some(Engine::Cuda(Box::new(GpuModel::upload(
+                gpu.clone(),
+                model,
+            )?))),
+        })
+    }
+}
+
+impl<'m> Engine<'m> {
+    /// `model` on `device` (a GPU gets a bf16 copy of its weights).
+    pub fn new(model: &'m Model, device: &Device) -> Result<Engine<'m>> {
+        Ok(Engine::copy_for(model, device)?.unwrap_or(Engine::Cpu(model)))
+    }
+
+    /// Summed completion log-prob of every sequence, `budget` tokens at a time;
+    /// `on_done(sequences)` reports progress.
+    pub fn score(
+        &self,
+        seqs: &[ScoredSequence],
+        budget: usize,
+        on_done: &dyn Fn(usize),
+    ) -> Result<Vec<f64>> {
+        match self {
+            Engine::Cpu(model) => score_on(&model.net(), seqs, budget, on_done),
+            Engine::Cuda(gm) => score_on(&gm.net(), seqs, budget, on_done),
+        }
+    }
+
+    /// Summed completion log-prob of every sequence of every example, in order
+    /// (example-major): what a reference model gives a DPO pair.
+    pub fn score_examples(
+        &self,
+        examples: &[Example],
+        budget: usize,
+        on_done: &dyn Fn(usize),
+    ) -> Result<Vec<f64>> {
+        let scored: Vec<ScoredSequence> = examples
+            .iter()
+            .flat_map(|e| {
+                e.seqs.iter().map(|tokens| ScoredSequence {
+                    tokens,
+                    prompt_len: e.prompt_len,
+                })
+            })
+            .collect();
+        self.score(&scored, budget, on_done)
+    }
+
+    /// `opts.samples` completions of each prompt (see `generate::generate`).
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+        is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
+        on_tokens: &dyn Fn(usize),
+    ) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
+        match self {
+            Engine::Cpu(model) => generate::generate(model, prompts, opts, is_stopped, on_tokens),
+            Engine::Cuda(gm) => {
+                generate::gpu::generate_gpu(gm, prompts, opts, is_stopped, on_tokens)
+            }
+        }
+    }
+
+    /// A sequence classifier's logits, (S, L), for fresh whole sequences packed into one
+    /// pass (see `Net::classify`).
+    pub fn classify(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        let n = seqs.iter().map(|s| s.len()).sum();
+        match self {
+            Engine::Cpu(model) => {
+                let net = model.net();
+                net.classify(seqs, &mut Activations::new(&net, n, false)?)
+            }
+            Engine::Cuda(gm) => {
+                let net = gm.net();
+                net.classify(seqs, &mut Activations::new(&net, n, false)?)
+            }
+        }
+    }
+}
+
+/// Trains `model` on `examples` on `device` (CUDA: bf16 weights and activations, f32
+/// master weights and AdamW state); `model` holds the trained weights at the end.
+pub fn train(
+    model: &mut Model,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    sink: &mut dyn RunSink,
+    device: &Device,
+) -> Result<TrainSummary> {
+    if examples.is_empty() {
+        bail!("no examples to train on");
+    }
+    let rows = micro_batch_rows(examples, cfg);
+    match device {
+        Device::Cpu => train_on(Cpu, model, examples, cfg, sink, rows),
+        Device::Cuda(gpu) => {
+            let ops = CudaOps::<half::bf16>::new(gpu.clone());
+            train_on(ops, model, examples, cfg, sink, rows)
+        }
+    }
+}

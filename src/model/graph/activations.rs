@@ -1,0 +1,192 @@
+//! The graph's working memory: what each layer's forward keeps for its backward, the
+//! activation gradients, and the logits scratch of the LM head. It lives as long as the
+//! trainer or scorer that owns it and is sized for the largest micro-batch up front
+//! (`Activations::new`), so a pass allocates nothing; a larger batch grows it once.
+
+use super::Net;
+use crate::backend::ops::Ops;
+use crate::model::config::ModelConfig;
+use anyhow::Result;
+
+/// What one layer's forward keeps for its backward. Shapes per the `backend` legend.
+pub(crate) struct LayerState<O: Ops> {
+    pub x_in: O::Buf<O::S>,    // (N, C) residual stream entering the layer
+    pub h_attn: O::Buf<O::S>,  // (N, C) input_layernorm output
+    pub q: O::Buf<O::S>,       // (N, H*D) after rope
+    pub k: O::Buf<O::S>,       // (N, Hkv*D) after rope
+    pub v: O::Buf<O::S>,       // (N, Hkv*D)
+    pub att: O::Buf<O::S>,     // (N, H*D) attention output
+    pub lse: O::Buf<f32>,      // (N, H)
+    pub x_mid: O::Buf<O::S>,   // (N, C) residual stream after attention
+    pub h_mlp: O::Buf<O::S>,   // (N, C) post_attention_layernorm output
+    pub gate_up: O::Buf<O::S>, // (N, 2I) each row gate, then up
+    pub act: O::Buf<O::S>,     // (N, I)
+}
+
+/// Activation gradients of one layer's backward, reused from layer to layer.
+pub(crate) struct GradScratch<O: Ops> {
+    pub dx: O::Buf<O::S>,        // (N, C) gradient of the residual stream
+    pub dh: O::Buf<O::S>,        // (N, C)
+    pub dnorm_in: O::Buf<O::S>,  // (N, C)
+    pub dact: O::Buf<O::S>,      // (N, I)
+    pub dgate_up: O::Buf<O::S>,  // (N, 2I)
+    pub datt: O::Buf<O::S>,      // (N, H*D)
+    pub dq: O::Buf<O::S>,        // (N, H*D)
+    pub dk: O::Buf<O::S>,        // (N, Hkv*D)
+    pub dv: O::Buf<O::S>,        // (N, Hkv*D)
+    pub dqkv: O::Buf<O::S>,      // (N, (H + 2 Hkv) * D)
+    pub dx_scored: O::Buf<O::S>, // (M, C)
+    pub dhidden: O::Buf<O::S>,   // (M, C)
+}
+
+/// The saved activations of the last forward and the scratch of the backward.
+pub struct Activations<O: Ops> {
+    /// Rows the buffers were allocated for.
+    rows: usize,
+    pub(crate) layers: Vec<LayerState<O>>,
+    pub(crate) x: O::Buf<O::S>,        // (N, C) the residual stream
+    pub(crate) h: O::Buf<O::S>,        // (N, C)
+    pub(crate) qkv: O::Buf<O::S>,      // (N, (H + 2 Hkv) * D)
+    pub(crate) x_scored: O::Buf<O::S>, // (M, C) the residual stream leaving the last layer
+    pub(crate) hidden: O::Buf<O::S>,   // (M, C) final-norm output of the scored rows
+    pub(crate) logp: O::Buf<f32>,      // (M)
+    pub(crate) lse: O::Buf<f32>,       // (M)
+    pub(crate) grads: Option<GradScratch<O>>,
+    pub logits: O::LogitsScratch,
+    /// A head's rows, their final norm and its output: (R, C), (R, C), (R, out) f32.
+    pub(crate) head_in: O::Buf<O::S>,
+    pub(crate) head_norm: O::Buf<O::S>,
+    pub(crate) head_out: O::Buf<f32>,
+}
+
+/// The widths of the per-row buffers: (C, QD, KVD, I, H).
+fn widths(cfg: &ModelConfig) -> (usize, usize, usize, usize, usize) {
+    (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+    )
+}
+
+const STAGE: &str = "for the activations of a micro-batch (sized by --micro-batch-tokens)";
+
+impl<O: Ops> Activations<O> {
+    /// Working memory for batches of up to `rows` rows, with room for the backward (every
+    /// layer's state kept) or for a forward alone (one layer's state, reused).
+    pub fn new(net: &Net<O>, rows: usize, backward: bool) -> Result<Self> {
+        let ops = net.ops;
+        let layers = if backward { net.layout.layers.len() } else { 1 };
+        let (c, qd, kvd, im, h) = widths(net.config);
+        let a = |w: usize| ops.alloc::<O::S>(rows * w, STAGE);
+        let mut states = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            states.push(LayerState {
+                x_in: a(c)?,
+                h_attn: a(c)?,
+                q: a(qd)?,
+                k: a(kvd)?,
+                v: a(kvd)?,
+                att: a(qd)?,
+                lse: ops.alloc::<f32>(rows * h, STAGE)?,
+                x_mid: a(c)?,
+                h_mlp: a(c)?,
+                gate_up: a(2 * im)?,
+                act: a(im)?,
+            });
+        }
+        let grads = if backward {
+            Some(GradScratch {
+                dx: a(c)?,
+                dh: a(c)?,
+                dnorm_in: a(c)?,
+                dact: a(im)?,
+                dgate_up: a(2 * im)?,
+                datt: a(qd)?,
+                dq: a(qd)?,
+                dk: a(kvd)?,
+                dv: a(kvd)?,
+                dqkv: a(qd + 2 * kvd)?,
+                dx_scored: a(c)?,
+                dhidden: a(c)?,
+            })
+        } else {
+            None
+        };
+        Ok(Activations {
+            rows,
+            layers: states,
+            x: a(c)?,
+            h: a(c)?,
+            qkv: a(qd + 2 * kvd)?,
+            x_scored: a(c)?,
+            hidden: a(c)?,
+            logp: ops.alloc::<f32>(rows, STAGE)?,
+            lse: ops.alloc::<f32>(rows, STAGE)?,
+            grads,
+            logits: ops.logits_scratch(net.config.vocab_size)?,
+            head_in: a(0)?,
+            head_norm: a(0)?,
+            head_out: ops.alloc::<f32>(0, STAGE)?,
+        })
+    }
+
+    /// Sets every buffer to n rows (m scored), growing the memory first when n is more than
+    /// it holds.
+    pub(crate) fn fit(&mut self, net: &Net<O>, n: usize, m: usize) -> Result<()> {
+        if n > self.rows {
+            let grown = Self::new(net, n, self.grads.is_some())?;
+            self.logits = std::mem::replace(self, grown).logits;
+        }
+        let ops = net.ops;
+        let (c, qd, kvd, im, h) = widths(net.config);
+        for st in &mut self.layers {
+            for (buf, w) in [
+                (&mut st.x_in, c),
+                (&mut st.h_attn, c),
+                (&mut st.q, qd),
+                (&mut st.k, kvd),
+                (&mut st.v, kvd),
+                (&mut st.att, qd),
+                (&mut st.x_mid, c),
+                (&mut st.h_mlp, c),
+                (&mut st.gate_up, 2 * im),
+                (&mut st.act, im),
+            ] {
+                ops.set_len(buf, n * w)?;
+            }
+            ops.set_len(&mut st.lse, n * h)?;
+        }
+        for (buf, len) in [
+            (&mut self.x, n * c),
+            (&mut self.h, n * c),
+            (&mut self.qkv, n * (qd + 2 * kvd)),
+            (&mut self.x_scored, m * c),
+            (&mut self.hidden, m * c),
+        ] {
+            ops.set_len(buf, len)?;
+        }
+        ops.set_len(&mut self.logp, m)?;
+        ops.set_len(&mut self.lse, m)?;
+        if let Some(g) = &mut self.grads {
+            for (buf, len) in [
+                (&mut g.dx, n * c),
+                (&mut g.dh, n * c),
+                (&mut g.dnorm_in, n * c),
+                (&mut g.dact, n * im),
+                (&mut g.dgate_up, n * 2 * im),
+                (&mut g.datt, n * qd),
+                (&mut g.dq, n * qd),
+                (&mut g.dk, n * kvd),
+                (&mut g.dv, n * kvd),
+                (&mut g.dqkv, n * (qd + 2 * kvd)),
+                (&mut g.dx_scored, m * c),
+                (&mut g.dhidden, m * c),
+            ] {
+                ops.set_len(buf, len)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! One decoder layer, forward and backward:
+//! x_mid = x_in + o(attention(rope(q), rope(k), v)) with q, k, v from qkv(norm(x_in)), then
+//! x_out = x_mid + down(swiglu(gate_up(norm(x_mid)))).
+
+use super::activations::{GradScratch, LayerState};
+use super::Net;
+use crate::backend::ops::Ops;
+use crate::model::params::LayerParams;
+use anyhow::{bail, Result};
+
+/// What a layer's attention reads its keys and values from.
+pub enum Attend<'p, 'c, O: Ops> {
+    /// Fresh whole sequences over their own keys (training, a prefill, a classifier); where
+    /// caches are given, each layer's keys and values are also written there (a prefill).
+    Packed(&'p O::Seqs, Option<&'p mut O::Caches<'c>>),
+    /// New rows continuing the caches, which they extend (a decode step).
+    Cached(&'p mut O::Caches<'c>),
+}
+
+/// The forward of layer l (weights `w`) over the packed rows of x: (N, C), in place. `st`
+/// receives what the backward needs; `h`: (N, C) and `qkv`: (N, QD + 2 KVD) are scratch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_forward<O: Ops>(
+    net: &Net<O>,
+    l: usize,
+    w: &LayerParams,
+    st: &mut LayerState<O>,
+    x: &mut O::Buf<O::S>,
+    h: &mut O::Buf<O::S>,
+    qkv: &mut O::Buf<O::S>,
+    attend: &mut Attend<O>,
+    rope: &O::Rope,
+    n: usize,
+) -> Result<()> {
+    let ops = net.ops;
+    let cfg = net.config;
+    let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let dims = net.attention_dims();
+    let eps = cfg.rms_norm_eps;
+
+    ops.copy(&mut st.x_in, x)?;
+    ops.rmsnorm_forward(&mut st.h_attn, x, net.w(&w.input_layernorm), eps, c)?;
+    // q, k and v are adjacent in the layout: one product, then split per row.
+    let bias = w.qkv_bias().map(|r| net.w(&r));
+    ops.matmul_forward(
+        qkv,
+        &st.h_attn,
+        net.w(&w.qkv_proj()),
+        bias,
+        n,
+        c,
+        qd + 2 * kvd,
+    )?;
+    ops.qkv_split(&mut st.q, &mut st.k, &mut st.v, qkv, qd, kvd)?;
+    ops.rope_forward(&mut st.q, rope, dims.n_head)?;
+    ops.rope_forward(&mut st.k, rope, dims.n_kv_head)?;
+    match attend {
+        Attend::Packed(seqs, caches) => {
+            if let Some(caches) = caches {
+                ops.cache_fill(caches, l, &st.k, &st.v)?;
+            }
+            ops.attention_forward(&mut st.att, &mut st.lse, &st.q, &st.k, &st.v, seqs, dims)?;
+        }
+        Attend::Cached(caches) => {
+            let (out, lse) = (&mut st.att, &mut st.lse);
+            ops.cached_attention(out, lse, &st.q, &st.k, &st.v, caches, l, dims)?;
+        }
+    }
+    ops.matmul_forward(h, &st.att, net.w(&w.o_proj), None, n, qd, c)?;
+    ops.residual_forward(x, h)?;
+
+    ops.copy(&mut st.x_mid, x)?;
+    let post_norm = net.w(&w.post_attention_layernorm);
+    ops.rmsnorm_forward(&mut st.h_mlp, x, post_norm, eps, c)?;
+    ops.matmul_forward(
+        &mut st.gate_up,
+        &st.h_mlp,
+        net.w(&w.gate_up_proj()),
+        None,
+        n,
+        c,
+        2 * im,
+    )?;
+    ops.swiglu_forward(&mut st.act, &st.gate_up, im)?;
+    ops.matmul_forward(h, &st.act, net.w(&w.down_proj), None, n, im, c)?;
+    ops.residual_forward(x, h)
+}
+
+/// The backward of layer `w`: g.dx: (N, C) the gradient of the layer's output becomes that
+/// of its input; parameter gradients accumulate into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_backward<O: Ops>(
+    net: &Net<O>,
+    w: &LayerParams,
+    st: &LayerState<O>,
+    g: &mut GradScratch<O>,
+    grads: &mut O::Buf<f32>,
+    seqs: &O::Seqs,
+    rope: &O::Rope,
+    n: usize,
+) -> Result<()> {
+    let ops = net.ops;
+    let cfg = net.config;
+    let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let dims = net.attention_dims();
+    let eps = cfg.rms_norm_eps;
+    // Activation gradients are assigned by every op, so the reused buffers need no
+    // clearing.
+
+    // MLP: x_out = x_mid + down(swiglu(gate_up(norm(x_mid)))).
+    let down = O::grads(grads, w.down_proj.clone());
+    ops.matmul_backward(
+        &mut g.dact,
+        down,
+        None,
+        &g.dx,
+        &st.act,
+        net.w(&w.down_proj),
+        n,
+        im,
+        c,
+    )?;
+    ops.swiglu_backward(&mut g.dgate_up, &g.dact, &st.gate_up, im)?;
+    let gate_up = w.gate_up_proj();
+    let dgate_up = O::grads(grads, gate_up.clone());
+    let wgu = net.w(&gate_up);
+    ops.matmul_backward(
+        &mut g.dh,
+        dgate_up,
+        None,
+        &g.dgate_up,
+        &st.h_mlp,
+        wgu,
+        n,
+        c,
+        2 * im,
+    )?;
+    let post = &w.post_attention_layernorm;
+    let dpost = O::grads(grads, post.clone());
+    ops.rmsnorm_backward(
+        &mut g.dnorm_in,
+        dpost,
+        &g.dh,
+        &st.x_mid,
+        net.w(post),
+        eps,
+        c,
+    )?;
+    // The residual's two branches meet: their gradients add.
+    ops.residual_forward(&mut g.dx, &g.dnorm_in)?;
+
+    // Attention: x_mid = x_in + o(attention(rope(q), rope(k), v)).
+    let o = O::grads(grads, w.o_proj.clone());
+    ops.matmul_backward(
+        &mut g.datt,
+        o,
+        None,
+        &g.dx,
+        &st.att,
+        net.w(&w.o_proj),
+        n,
+        qd,
+        c,
+    )?;
+    ops.attention_backward(
+        &mut g.dq, &mut g.dk, &mut g.dv, &g.datt, &st.q, &st.k, &st.v, &st.att, &st.lse, seqs, dims,
+    )?;
+    ops.rope_backward(&mut g.dq, rope, dims.n_head)?;
+    ops.rope_backward(&mut g.dk, rope, dims.n_kv_head)?;
+    ops.qkv_join(&mut g.dqkv, &g.dq, &g.dk, &g.dv, qd, kvd)?;
+    // The fused qkv weight and its bias are contiguous in the gradient buffer too.
+    let wr = w.qkv_proj();
+    let wqkv = net.w(&wr);
+    let qkv_dim = qd + 2 * kvd;
+    match w.qkv_bias() {
+        Some(b) => {
+            if wr.end != b.start {
+                bail!("the qkv bias does not follow the qkv weights");
+            }
+            let (dw, db) = O::grads_pair(grads, wr, b)?;
+            ops.matmul_backward(
+                &mut g.dh,
+                dw,
+                Some(db),
+                &g.dqkv,
+                &st.h_attn,
+                wqkv,
+                n,
+                c,
+                qkv_dim,
+            )?;
+        }
+        None => {
+            let dw = O::grads(grads, wr);
+            ops.matmul_backward(
+                &mut g.dh, dw, None, &g.dqkv, &st.h_attn, wqkv, n, c, qkv_dim,
+            )?;
+        }
+    }
+    let pre = &w.input_layernorm;
+    let dpre = O::grads(grads, pre.clone());
+    ops.rmsnorm_backward(&mut g.dnorm_in, dpre, &g.dh, &st.x_in, net.w(pre), eps, c)?;
+    ops.residual_forward(&mut g.dx, &g.dnorm_in)
+}

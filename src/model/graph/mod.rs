@@ -1,0 +1,54 @@
+//! The model's graph, written once over the op set (`backend::ops::Ops`) and run on either
+//! device: the decoder layer's forward and backward, the final norm and the LM head's fused
+//! log-probs, the packed forward of fresh sequences (prefill, classifier). `Model` runs it
+//! with `Cpu`, `GpuModel` with `CudaOps`; every CPU test of the model exercises the same
+//! orchestration the GPU runs.
+//!
+//! Shape letters as in `backend`: N rows, C width, H/Hkv heads, D head dim, I MLP width,
+//! V vocabulary, M scored rows, S sequences.
+
+pub mod activations;
+pub mod batch;
+pub mod infer;
+pub mod layer;
+pub mod logprobs;
+
+pub use activations::Activations;
+pub use batch::{DeviceBatch, ScoredSequence, TrainBatch};
+
+use super::config::ModelConfig;
+use super::params::ParamLayout;
+use crate::backend::ops::Ops;
+use crate::backend::settings::AttentionDims;
+use std::ops::Range;
+
+/// A model's weights on one device, with what the graph needs to run them.
+pub struct Net<'a, O: Ops> {
+    pub ops: &'a O,
+    pub config: &'a ModelConfig,
+    pub layout: &'a ParamLayout,
+    /// (P) the weights the forward reads, in the layout's ranges.
+    pub weights: &'a O::Buf<O::S>,
+    /// Rotary inverse frequencies: (D/2).
+    pub inv_freq: &'a [f64],
+}
+
+impl<'a, O: Ops> Net<'a, O> {
+    /// The weights of one tensor.
+    pub fn w(&self, range: &Range<usize>) -> O::W<'a> {
+        O::weights(self.weights, range.clone())
+    }
+
+    pub fn attention_dims(&self) -> AttentionDims {
+        attention_dims(self.config)
+    }
+}
+
+/// The attention layer's head counts and size.
+pub fn attention_dims(cfg: &ModelConfig) -> AttentionDims {
+    AttentionDims {
+        n_head: cfg.num_attention_heads,
+        n_kv_head: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+    }
+}
