@@ -18,8 +18,9 @@
 //! --out; one that finished prints its table again.
 
 use super::config::{Reference, Sampling, TpoConfig};
-use super::run::{EvalLine, TpoRun};
-use super::stages::read_jsonl;
+use super::json_files::{read_json, read_jsonl};
+use super::run::TpoRun;
+use super::stages::EvalLine;
 use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
@@ -107,7 +108,7 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
 
 /// Continues the demonstration in `out` at the size it was started with.
 pub fn resume_demo(out: &Path, device: DeviceChoice) -> Result<()> {
-    let saved: DemoPlan = super::run::read_json(&out.join("demo.json"))?;
+    let saved: DemoPlan = read_json(&out.join("demo.json"))?;
     run_demo(out, saved == DemoPlan::new(true), device)
 }
 
@@ -119,7 +120,7 @@ pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
     let marker = out.join("demo.json");
     let resumed = marker.exists();
     if resumed {
-        let saved: DemoPlan = super::run::read_json(&marker)?;
+        let saved: DemoPlan = read_json(&marker)?;
         if saved != plan {
             bail!(
                 "{} holds a demonstration of another size ({}); choose another --out",
