@@ -19,6 +19,7 @@
 
 use super::config::{Reference, Sampling, TpoConfig};
 use super::json_files::{read_json, read_jsonl};
+use super::judge::builtin::JUDGE_NAME;
 use super::run::TpoRun;
 use super::stages::EvalLine;
 use super::summary::IterationSummary;
@@ -58,7 +59,7 @@ const HELDOUT_PROMPTS_SEED: u64 = 2;
 fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig> {
     Ok(TpoConfig {
         model: seed_dir.canonicalize()?,
-        judge: format!("builtin:{}", task::JUDGE_NAME),
+        judge: format!("builtin:{}", JUDGE_NAME),
         judge_timeout_secs: 60.0,
         judge_retries: 0,
         judge_batch_size: 256,
@@ -144,7 +145,7 @@ pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
         })?;
         eprintln!(
             "the built-in demonstration: TPO against the direct-response baseline on the task \"{}\", {} iterations, in {}",
-            task::JUDGE_NAME,
+            JUDGE_NAME,
             plan.iterations,
             out.display()
         );
