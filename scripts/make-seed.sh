@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes the built-in demo's seed model (assets/seed/) with the engine's own commands:
 # init-model (tokenizer trained on the task's text, digits split), then sft in two stages on
-# the task's seed data (see src/tpo/task.rs): first working-only examples (thought prompt,
+# the task's seed data (see src/tpo/task/seed_data.rs): first working-only examples (thought prompt,
 # the running-digit working, the answer), which teach the working's copy-and-add steps;
 # then the full mix (direct answers, and thought-prompt answers with the working or one of
 # two useless thoughts), which teaches the formats and the style mix and keeps the working.

@@ -18,8 +18,10 @@
 //! --out; one that finished prints its table again.
 
 use super::config::{Reference, Sampling, TpoConfig};
-use super::run::{EvalLine, TpoRun};
-use super::stages::read_jsonl;
+use super::json_files::{read_json, read_jsonl};
+use super::judge::builtin::JUDGE_NAME;
+use super::run::TpoRun;
+use super::stages::EvalLine;
 use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
@@ -57,7 +59,7 @@ const HELDOUT_PROMPTS_SEED: u64 = 2;
 fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig> {
     Ok(TpoConfig {
         model: seed_dir.canonicalize()?,
-        judge: format!("builtin:{}", task::JUDGE_NAME),
+        judge: format!("builtin:{}", JUDGE_NAME),
         judge_timeout_secs: 60.0,
         judge_retries: 0,
         judge_batch_size: 256,
@@ -107,7 +109,7 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
 
 /// Continues the demonstration in `out` at the size it was started with.
 pub fn resume_demo(out: &Path, device: DeviceChoice) -> Result<()> {
-    let saved: DemoPlan = super::run::read_json(&out.join("demo.json"))?;
+    let saved: DemoPlan = read_json(&out.join("demo.json"))?;
     run_demo(out, saved == DemoPlan::new(true), device)
 }
 
@@ -119,7 +121,7 @@ pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
     let marker = out.join("demo.json");
     let resumed = marker.exists();
     if resumed {
-        let saved: DemoPlan = super::run::read_json(&marker)?;
+        let saved: DemoPlan = read_json(&marker)?;
         if saved != plan {
             bail!(
                 "{} holds a demonstration of another size ({}); choose another --out",
@@ -143,7 +145,7 @@ pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
         })?;
         eprintln!(
             "the built-in demonstration: TPO against the direct-response baseline on the task \"{}\", {} iterations, in {}",
-            task::JUDGE_NAME,
+            JUDGE_NAME,
             plan.iterations,
             out.display()
         );

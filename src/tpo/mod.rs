@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod json_files;
 pub mod judge;
 pub mod pairing;
 pub mod prompts;

@@ -20,6 +20,7 @@
 //! a resumed run gives the same files as one that was never stopped.
 
 use super::config::TpoConfig;
+use super::json_files::{read_json, read_jsonl, write_jsonl};
 use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
 use super::prompts::read_prompt_file;
 use super::stages::*;
@@ -34,30 +35,9 @@ use crate::tokenizer::Tokenizer;
 use crate::train::run::RunDir;
 use crate::train::Example;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// A held-out answer, judged beside the seed's direct answer to the same prompt.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EvalLine {
-    pub index: usize,
-    pub instruction: String,
-    pub text: String,
-    pub thought: Option<String>,
-    /// What the judge saw: the response, or the whole text when it could not be parsed (a
-    /// user would see all of it).
-    pub response: String,
-    pub malformed: Option<String>,
-    pub thought_tokens: usize,
-    pub response_tokens: usize,
-    pub score: f64,
-    pub seed_response: String,
-    pub seed_score: f64,
-    /// 1 win, 0.5 tie, 0 loss against the seed.
-    pub outcome: f64,
-}
 
 pub struct TpoRun {
     pub dir: PathBuf,
@@ -249,7 +229,7 @@ impl TpoRun {
             self.timed(&self.dir.clone(), "seed_eval", |r| r.seed_eval_stage())?;
             self.timed(&dir, "eval", |r| r.eval_stage(t))?;
         }
-        let row = summary::summarize(self, t, &read_times(&dir))?;
+        let row = summary::summarize(&self.dir, t, &read_times(&dir))?;
         crate::io::write_atomic(
             &done,
             (serde_json::to_string_pretty(&row)? + "\n").as_bytes(),
@@ -642,12 +622,6 @@ pub fn replace_empty_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> 
         std::fs::remove_dir(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
     }
     crate::io::create_dir_atomic(dir, fill)
-}
-
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: unexpected content", path.display()))
 }
 
 fn read_times(dir: &Path) -> Map<String, Value> {

@@ -13,7 +13,7 @@ use crate::generate::{FinishReason, GenerateOptions, PromptMode};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::Example;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -72,6 +72,26 @@ pub struct PromptCandidates {
     pub prompt: Map<String, Value>,
     pub instruction: String,
     pub candidates: Vec<Candidate>,
+}
+
+/// A held-out answer, judged beside the seed's direct answer to the same prompt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalLine {
+    pub index: usize,
+    pub instruction: String,
+    pub text: String,
+    pub thought: Option<String>,
+    /// What the judge saw: the response, or the whole text when it could not be parsed (a
+    /// user would see all of it).
+    pub response: String,
+    pub malformed: Option<String>,
+    pub thought_tokens: usize,
+    pub response_tokens: usize,
+    pub score: f64,
+    pub seed_response: String,
+    pub seed_score: f64,
+    /// 1 win, 0.5 tie, 0 loss against the seed.
+    pub outcome: f64,
 }
 
 pub fn bar(len: usize, what: &str) -> ProgressBar {
@@ -341,29 +361,6 @@ pub fn reference_logps(
         e.reference = lp.to_vec();
     }
     Ok(())
-}
-
-/// Reads a JSONL file of `T` lines.
-pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
-        })
-        .collect()
-}
-
-/// Writes `items` as JSONL, atomically.
-pub fn write_jsonl<T: Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {
-    let mut text = String::new();
-    for item in items {
-        text.push_str(&serde_json::to_string(item)?);
-        text.push('\n');
-    }
-    crate::io::write_atomic(path, text.as_bytes())
 }
 
 /// The instruction of each prompt (checked when the prompts were read).

@@ -1,8 +1,8 @@
 //! The per-iteration summary: held-out judge score and win rate against the seed, thought
 //! and response lengths, pairs made, malformed rate, DPO metrics and the time of each stage.
 
-use super::run::{read_json, EvalLine, TpoRun};
-use super::stages::{read_jsonl, PairCounts, PromptCandidates};
+use super::json_files::{read_json, read_jsonl};
+use super::stages::{EvalLine, PairCounts, PromptCandidates};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -47,8 +47,8 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-pub fn summarize(run: &TpoRun, t: usize, secs: &Map<String, Value>) -> Result<IterationSummary> {
-    let dir = run.dir.join(format!("iter-{t}"));
+pub fn summarize(run_dir: &Path, t: usize, secs: &Map<String, Value>) -> Result<IterationSummary> {
+    let dir = run_dir.join(format!("iter-{t}"));
     let mut row = IterationSummary {
         iteration: t,
         secs: secs.clone(),

@@ -5,6 +5,7 @@
 //! [`elo::EloJudge`], which judges every pair in both orders and fits ELO scores by maximum
 //! likelihood, as the paper does.
 
+pub mod builtin;
 pub mod command;
 pub mod elo;
 pub mod reward_model;
@@ -107,7 +108,7 @@ pub fn open_judge(spec: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
         "pairwise-cmd" => Box::new(elo::EloJudge::new(command::PairwiseCommand::new(
             arg, opts,
         )?)),
-        "builtin" => super::task::builtin_judge(arg)?,
+        "builtin" => builtin::builtin_judge(arg)?,
         _ => bail!(
             "--judge {spec}: unknown kind \"{kind}\" (expected rm, cmd, pairwise-cmd or builtin)"
         ),
