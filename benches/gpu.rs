@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tpo_engine::backend::cuda::logprobs::default_chunk_rows;
 use tpo_engine::backend::cuda::CudaOps;
-use tpo_engine::backend::cuda::{AttentionScratch, Gpu, LogitsScratch, PackedSeqs};
+use tpo_engine::backend::cuda::{Gpu, LogitsScratch, PackedSeqs};
 use tpo_engine::backend::rng::splitmix64;
 use tpo_engine::backend::settings::AdamW;
 use tpo_engine::backend::settings::AttentionDims;
@@ -312,7 +312,6 @@ impl Bench {
                 let mut dq = gpu.alloc::<bf16>(n * h * d, STAGE)?;
                 let mut dk = gpu.alloc::<bf16>(n * hkv * d, STAGE)?;
                 let mut dv = gpu.alloc::<bf16>(n * hkv * d, STAGE)?;
-                let mut scratch = AttentionScratch::new(gpu, n, dims)?;
                 let fwd_flops = 4.0 * (b * t * t * h * d) as f64 / 2.0;
                 self.measure(
                     "attn_fwd",
@@ -328,18 +327,7 @@ impl Bench {
                     || {
                         gpu.attention_forward(&mut out, &mut lse, &q, &k, &v, &seqs, dims)?;
                         gpu.attention_backward(
-                            &mut dq,
-                            &mut dk,
-                            &mut dv,
-                            &mut scratch,
-                            &dout,
-                            &q,
-                            &k,
-                            &v,
-                            &out,
-                            &lse,
-                            &seqs,
-                            dims,
+                            &mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &out, &lse, &seqs, dims,
                         )
                     },
                     |ms| json!({"tflops": 3.5 * fwd_flops / ms / 1e9, "flops": ATTN_FORMULA}),

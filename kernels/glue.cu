@@ -1,7 +1,7 @@
 // The data movement around the math kernels: residual adds, column slices of row-major
 // buffers (the fused q/k/v projection split into q, k and v, and joined back), and rows
 // gathered or scattered by index (the scored rows of a batch, new rows of a KV cache).
-// CPU twins: the slice copies and residual_forward of src/model/training.rs.
+// CPU twins: src/backend/cpu/glue.rs and src/backend/cpu/residual.rs.
 #include "common.cuh"
 
 // x += y over n elements.
@@ -10,8 +10,8 @@ __device__ void add(T* x, const T* y, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
 }
-extern "C" __global__ void add_inplace_f32(float* x, const float* y, long n) { add(x, y, n); }
-extern "C" __global__ void add_inplace_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, long n) {
+extern "C" __global__ void residual_forward_f32(float* x, const float* y, long n) { add(x, y, n); }
+extern "C" __global__ void residual_forward_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, long n) {
     add(x, y, n);
 }
 

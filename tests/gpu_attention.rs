@@ -11,7 +11,7 @@ use common::gpu::*;
 use half::bf16;
 use std::ops::Range;
 use tpo_engine::backend::cpu::attention::{attention_backward, attention_over_caches, KvView};
-use tpo_engine::backend::cuda::attention::{AttentionScratch, PackedSeqs};
+use tpo_engine::backend::cuda::attention::PackedSeqs;
 use tpo_engine::backend::cuda::Gpu;
 use tpo_engine::backend::settings::AttentionDims;
 
@@ -136,13 +136,10 @@ fn attention_case<T: Storage>(
     let gout = upload::<T>(gpu, &out);
     let mut dq = nans::<T>(gpu, n * qd);
     let (mut dk, mut dv) = (nans::<T>(gpu, n * kvd), nans::<T>(gpu, n * kvd));
-    // Scratch for fewer rows than the batch: the backward grows it.
-    let mut scratch = AttentionScratch::new(gpu, n / 2, dims).unwrap();
     gpu.attention_backward(
         &mut dq,
         &mut dk,
         &mut dv,
-        &mut scratch,
         &upload::<T>(gpu, &dout),
         &gq,
         &gk,

@@ -13,7 +13,7 @@ use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use tpo_engine::backend::cpu::rope::{rope_backward, rope_forward};
 use tpo_engine::backend::cpu::swiglu::{swiglu_row_backward, swiglu_row_forward};
-use tpo_engine::backend::cuda::{DecodeDims, Gpu, TokenRows};
+use tpo_engine::backend::cuda::{DecodeDims, DeviceRope, DeviceTokens, Gpu};
 use tpo_engine::backend::rope_table::{inv_frequencies, RopeScaling, RopeTable};
 use tpo_engine::backend::settings::AdamW;
 use tpo_engine::backend::settings::AttentionDims;
@@ -41,7 +41,7 @@ fn rmsnorm_case<T: Storage>(gpu: &Gpu, n: usize, c: usize) {
     let mut want = vec![0.0; n * c];
     rmsnorm_forward(&mut want, &x, &w, eps, c);
     let mut out = nans::<T>(gpu, n * c);
-    gpu.rmsnorm_forward(&mut out, &gx, &gw, eps, n, c).unwrap();
+    gpu.rmsnorm_forward(&mut out, &gx, &gw, eps, c).unwrap();
     assert_close(
         &format!("rmsnorm forward {n}x{c}"),
         &down(&out),
@@ -54,8 +54,7 @@ fn rmsnorm_case<T: Storage>(gpu: &Gpu, n: usize, c: usize) {
     rmsnorm_backward(&mut want_dx, &mut want_dw, &dy, &x, &w, eps, c);
     let mut dx = nans::<T>(gpu, n * c);
     let mut dw = gpu.stream.clone_htod(&vec![0.25f32; c]).unwrap();
-    let mut scratch = gpu.stream.alloc_zeros::<f32>(n * c).unwrap();
-    gpu.rmsnorm_backward(&mut dx, &mut dw, &mut scratch, &gdy, &gx, &gw, eps, n, c)
+    gpu.rmsnorm_backward(&mut dx, &mut dw, &gdy, &gx, &gw, eps, c)
         .unwrap();
     assert_close(
         &format!("rmsnorm dinp {n}x{c}"),
@@ -188,7 +187,7 @@ fn embedding_case<T: Storage>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
     let dout = round(random(n * c, 42));
     let mut want = vec![0.0; n * c];
     embedding_forward(&mut want, &tokens, &table, c);
-    let dtokens = gpu.stream.clone_htod(&tokens).unwrap();
+    let dtokens = DeviceTokens::new(gpu, &tokens).unwrap();
     let mut out = nans::<T>(gpu, n * c);
     gpu.embedding_forward(&mut out, &dtokens, &upload::<T>(gpu, &table), c)
         .unwrap();
@@ -200,8 +199,7 @@ fn embedding_case<T: Storage>(gpu: &Gpu, vocab: usize, n: usize, c: usize) {
     let mut want_dt = vec![0.5; vocab * c];
     embedding_backward(&mut want_dt, &dout, &tokens, c);
     let mut dt = gpu.stream.clone_htod(&vec![0.5f32; vocab * c]).unwrap();
-    let rows = TokenRows::new(gpu, &tokens).unwrap();
-    gpu.embedding_backward(&mut dt, &upload::<T>(gpu, &dout), &rows, c)
+    gpu.embedding_backward(&mut dt, &upload::<T>(gpu, &dout), &dtokens, c)
         .unwrap();
     // Same additions in the same order: exact.
     assert_eq!(
@@ -231,10 +229,7 @@ fn rope_case<T: Storage>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
     let positions: Vec<usize> = (0..n).map(|i| (i * 37) % 1000).collect();
     let table = RopeTable::for_positions(&inv_frequencies(d, 10000.0, &scaling), &positions);
     let x = round(random(n * heads * d, 51));
-    let (cos, sin) = (
-        gpu.stream.clone_htod(&table.cos).unwrap(),
-        gpu.stream.clone_htod(&table.sin).unwrap(),
-    );
+    let rope = DeviceRope::new(gpu, &table).unwrap();
     for direction in [1.0f32, -1.0] {
         let mut want = x.clone();
         if direction > 0.0 {
@@ -243,8 +238,11 @@ fn rope_case<T: Storage>(gpu: &Gpu, n: usize, heads: usize, d: usize) {
             rope_backward(&mut want, &table, heads);
         }
         let mut gx = upload::<T>(gpu, &x);
-        gpu.rope(&mut gx, &cos, &sin, heads, d / 2, direction)
-            .unwrap();
+        if direction > 0.0 {
+            gpu.rope_forward(&mut gx, &rope, heads).unwrap();
+        } else {
+            gpu.rope_backward(&mut gx, &rope, heads).unwrap();
+        }
         assert_close(
             &format!("rope {direction} {n}x{heads}x{d}"),
             &download(gpu, &gx),
@@ -310,7 +308,9 @@ fn matmul_case<T: Storage>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: 
         &gdy,
         &gx,
         &gw,
-        (n, c, oc),
+        n,
+        c,
+        oc,
     )
     .unwrap();
     assert_close(&format!("{what} dinp"), &download(gpu, &dx), &want_dx, tol);
@@ -688,10 +688,15 @@ fn glue_kernels_move_what_the_cpu_model_moves() {
     let xr = round_to::<bf16>(x.clone());
     let yr = round_to::<bf16>(y.clone());
     let mut xd = upload::<bf16>(&gpu, &xr);
-    gpu.add_inplace(&mut xd, &upload::<bf16>(&gpu, &yr))
+    gpu.residual_forward(&mut xd, &upload::<bf16>(&gpu, &yr))
         .unwrap();
     let want: Vec<f32> = xr.iter().zip(&yr).map(|(a, b)| a + b).collect();
-    assert_close("add_inplace", &download(&gpu, &xd), &want, tol::<bf16>());
+    assert_close(
+        "residual_forward",
+        &download(&gpu, &xd),
+        &want,
+        tol::<bf16>(),
+    );
 }
 
 #[test]

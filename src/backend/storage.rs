@@ -2,6 +2,7 @@
 //! tests) and bf16 (CUDA in production). Arithmetic is always f32; a storage type only says
 //! how values are kept, and converts to and from f32.
 
+use super::kernels::{Kernel, Typed};
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 
 /// Any element a buffer of either device holds: storage types, f32 reductions, f64 sums and
@@ -17,6 +18,8 @@ pub trait Storage: Elem {
     const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
+    /// This type's version of a kernel.
+    fn kernel(t: Typed) -> Kernel;
 }
 
 impl Storage for f32 {
@@ -29,6 +32,9 @@ impl Storage for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn kernel(t: Typed) -> Kernel {
+        t.f32
+    }
 }
 
 impl Storage for half::bf16 {
@@ -40,5 +46,8 @@ impl Storage for half::bf16 {
     }
     fn to_f32(self) -> f32 {
         half::bf16::to_f32(self)
+    }
+    fn kernel(t: Typed) -> Kernel {
+        t.bf16
     }
 }

@@ -2,6 +2,7 @@
 //! twin: `cpu::adamw::adamw_update`.
 
 use super::{check_lens, Dest, Gpu, Storage};
+use crate::backend::kernels;
 use crate::backend::settings::AdamW;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
@@ -44,7 +45,7 @@ impl Gpu {
         let g = self.ptr(grads);
         // A null pointer where no copy is kept.
         let s = weights.map_or(0u64, |s| s.address(self));
-        let f = self.function("adamw", &format!("adamw_update_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::adamw::ADAMW_UPDATE))?;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&p)

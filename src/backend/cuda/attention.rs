@@ -6,6 +6,7 @@
 //! natural log of each row's softmax normaliser. N is the sum of the sequence lengths.
 
 use super::{check_lens, check_rows, Gpu, Storage};
+use crate::backend::kernels;
 use crate::backend::settings::AttentionDims;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUfunction_attribute;
@@ -23,15 +24,15 @@ pub struct PackedSeqs<'a> {
 }
 
 /// The f32 buffers the backward needs beyond its outputs: delta (N, H) = rowsum(dout * out)
-/// and dq's accumulator (N, H, D). Grown on demand by `attention_backward`.
-pub struct AttentionScratch {
+/// and dq's accumulator (N, H, D). Kept by `Gpu`, grown on demand by `attention_backward`.
+pub(crate) struct AttentionScratch {
     delta: CudaSlice<f32>,
     dq: CudaSlice<f32>,
 }
 
 impl AttentionScratch {
     /// Scratch for batches of up to `n` rows.
-    pub fn new(gpu: &Gpu, n: usize, dims: AttentionDims) -> Result<AttentionScratch> {
+    pub(crate) fn new(gpu: &Gpu, n: usize, dims: AttentionDims) -> Result<AttentionScratch> {
         let (delta, dq) = scratch_lens(n, dims);
         let alloc =
             |len: usize| gpu.alloc::<f32>(len.max(1), "for the attention backward's scratch");
@@ -183,7 +184,12 @@ impl Gpu {
         d: usize,
         smem: usize,
     ) -> Result<CudaFunction> {
-        let f = self.function("attention", &format!("{name}_d{d}_{}", T::SUFFIX))?;
+        let pair = kernels::find_typed(
+            kernels::attention::TYPED,
+            "attention",
+            &format!("{name}_d{d}"),
+        )?;
+        let f = self.function(T::kernel(pair))?;
         if smem > DEFAULT_SMEM {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -262,7 +268,6 @@ impl Gpu {
         dq: &mut impl DevicePtrMut<T>,
         dk: &mut impl DevicePtrMut<T>,
         dv: &mut impl DevicePtrMut<T>,
-        scratch: &mut AttentionScratch,
         dout: &impl DevicePtr<T>,
         q: &impl DevicePtr<T>,
         k: &impl DevicePtr<T>,
@@ -288,6 +293,11 @@ impl Gpu {
             n_kv_head,
             head_dim: d,
         } = dims;
+        let mut workspace = self.attention_scratch.lock().map_err(super::poisoned)?;
+        if workspace.is_none() {
+            *workspace = Some(AttentionScratch::new(self, n, dims)?);
+        }
+        let scratch = workspace.as_mut().context("the attention workspace")?;
         scratch.reserve(self, n, dims)?;
         let (delta_len, dq_len) = scratch_lens(n, dims);
         let mut delta = scratch.delta.slice_mut(0..delta_len);
@@ -299,7 +309,7 @@ impl Gpu {
         let (dout_p, out_p) = (self.ptr(dout), self.ptr(out));
 
         // delta = rowsum(dout * out): one warp per (row, head).
-        let f = self.function("attention", &format!("attention_delta_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::attention::ATTENTION_DELTA))?;
         let (rows, d32) = (delta_len as i64, d as i32);
         let mut launch = self.stream.launch_builder(&f);
         launch
@@ -348,7 +358,7 @@ impl Gpu {
         // the sequence offsets to 0..=N.
         unsafe { launch.launch(cfg) }.context(name)?;
 
-        let f = self.function("attention", &format!("attention_dq_store_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::attention::ATTENTION_DQ_STORE))?;
         let dq_p = self.ptr_mut(dq);
         let n64 = dq_len as i64;
         let mut launch = self.stream.launch_builder(&f);

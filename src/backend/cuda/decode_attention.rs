@@ -4,6 +4,7 @@
 //! position len - 1.
 
 use super::{check_lens, Gpu, Storage};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -173,10 +174,10 @@ impl Gpu {
             kp % 16 == 0 && vp % 16 == 0 && (d * std::mem::size_of::<T>()).is_multiple_of(16);
         let load = if aligned { "vec" } else { "scalar" };
         // The same names as the test `every_decode_split_kernel_is_in_the_kernels` checks.
-        let f = self.function(
-            "decode_attention",
-            &format!("decode_attention_split_g{}_{load}_{}", plan.gm, T::SUFFIX),
-        )?;
+        let name = format!("decode_attention_split_g{}_{load}", plan.gm);
+        let pair =
+            kernels::find_typed(kernels::decode_attention::TYPED, "decode_attention", &name)?;
+        let f = self.function(T::kernel(pair))?;
         let ints = [batch, n_head, n_kv_head, d, t_max].map(|x| x as i32);
         let (split_len, splits) = (plan.split_len as i32, plan.splits as i32);
         let scale = 1.0 / (d as f32).sqrt();
@@ -209,10 +210,9 @@ impl Gpu {
         if plan.splits == 1 {
             return Ok(());
         }
-        let f = self.function(
-            "decode_attention",
-            &format!("decode_attention_combine_{}", T::SUFFIX),
-        )?;
+        let f = self.function(T::kernel(
+            kernels::decode_attention::DECODE_ATTENTION_COMBINE,
+        ))?;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&o)

@@ -3,6 +3,7 @@
 //! (`DpoTotals::add_pair`) and so the same metrics as the CPU path.
 
 use super::{check_lens, Gpu};
+use crate::backend::kernels;
 use crate::train::loss::{DpoConfig, DpoLossType, PAIR_STATS};
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
@@ -54,7 +55,7 @@ impl Gpu {
         let pairs32 = pairs as i32;
         let (out, st) = (self.ptr_mut(dseq), self.ptr_mut(stats));
         let (pol, re, nt) = (self.ptr(policy), self.ptr(reference), self.ptr(n_tokens));
-        let f = self.function("dpo", "dpo_loss")?;
+        let f = self.function(kernels::dpo::DPO_LOSS)?;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&out)

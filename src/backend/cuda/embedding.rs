@@ -1,6 +1,7 @@
 //! Launchers of kernels/embedding.cu. CPU twin: `cpu::embedding`.
 
 use super::{check_rows, Gpu, Storage};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -9,10 +10,11 @@ impl Gpu {
     pub fn embedding_forward<T: Storage>(
         &self,
         out: &mut impl DevicePtrMut<T>,
-        tokens: &impl DevicePtr<u32>,
+        tokens: &DeviceTokens,
         table: &impl DevicePtr<T>,
         c: usize,
     ) -> Result<()> {
+        let tokens = &tokens.ids;
         let n = tokens.len();
         check_rows("embedding_forward", &[out.len()], n, c)?;
         if !table.len().is_multiple_of(c) {
@@ -24,7 +26,7 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("embedding", &format!("embedding_forward_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::embedding::EMBEDDING_FORWARD))?;
         let (o, t, w) = (self.ptr_mut(out), self.ptr(tokens), self.ptr(table));
         let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
@@ -34,15 +36,16 @@ impl Gpu {
         Ok(())
     }
 
-    /// dtable: (V, C) f32 accumulated; dout: (N, C) the gradient of the rows whose tokens
-    /// `rows` groups (ids below V, checked by the caller).
+    /// dtable: (V, C) f32 accumulated; dout: (N, C) the gradient of the rows of `tokens`
+    /// (ids below V, checked by the caller).
     pub fn embedding_backward<T: Storage>(
         &self,
         dtable: &mut impl DevicePtrMut<f32>,
         dout: &impl DevicePtr<T>,
-        rows: &TokenRows,
+        tokens: &DeviceTokens,
         c: usize,
     ) -> Result<()> {
+        let rows = tokens;
         let n = rows.order.len();
         check_rows("embedding_backward", &[dout.len()], n, c)?;
         if !dtable.len().is_multiple_of(c) {
@@ -51,16 +54,16 @@ impl Gpu {
                 dtable.len()
             );
         }
-        let distinct = rows.ids.len();
+        let distinct = rows.distinct.len();
         if distinct == 0 {
             return Ok(());
         }
-        let f = self.function("embedding", &format!("embedding_backward_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::embedding::EMBEDDING_BACKWARD))?;
         let (dt, dy) = (self.ptr_mut(dtable), self.ptr(dout));
         let (o, st, ids) = (
             self.ptr(&rows.order),
             self.ptr(&rows.starts),
-            self.ptr(&rows.ids),
+            self.ptr(&rows.distinct),
         );
         let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
@@ -78,23 +81,26 @@ impl Gpu {
     }
 }
 
-/// The rows of a batch grouped by token, for the embedding's backward: `order` (N) lists
-/// the rows of each distinct token together (in row order within a token), `starts` (U+1)
-/// where each token's rows begin, `ids` (U) the tokens.
-pub struct TokenRows {
+/// A batch's token ids on the device, `tokens` (N), and its rows grouped by token for the
+/// embedding's backward: `order` (N) lists the rows of each distinct token together (in row
+/// order within a token), `starts` (U+1) where each token's rows begin, `ids` (U) the
+/// distinct tokens. The CPU twin takes the ids as they are.
+pub struct DeviceTokens {
+    pub(crate) ids: CudaSlice<u32>,
     order: CudaSlice<i32>,
     starts: CudaSlice<i32>,
-    ids: CudaSlice<u32>,
+    distinct: CudaSlice<u32>,
 }
 
-impl TokenRows {
-    pub fn new(gpu: &Gpu, tokens: &[u32]) -> Result<TokenRows> {
-        let (order, starts, ids) = group_by_token(tokens);
+impl DeviceTokens {
+    pub fn new(gpu: &Gpu, tokens: &[u32]) -> Result<DeviceTokens> {
+        let (order, starts, distinct) = group_by_token(tokens);
         let s = &gpu.stream;
-        Ok(TokenRows {
+        Ok(DeviceTokens {
+            ids: s.clone_htod(tokens)?,
             order: s.clone_htod(&order)?,
             starts: s.clone_htod(&starts)?,
-            ids: s.clone_htod(&ids)?,
+            distinct: s.clone_htod(&distinct)?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Launchers of kernels/glue.cu: residual adds, column slices and row gathers/scatters.
 
 use super::{check_lens, check_rows, Dest, Gpu, Storage};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -13,24 +14,62 @@ pub struct Columns {
 }
 
 impl Gpu {
-    /// x += y, elementwise (the residual stream, or two gradient branches meeting).
-    pub fn add_inplace<T: Storage>(
+    /// x += y, elementwise (the residual stream, or two gradient branches meeting). Twin of
+    /// `cpu::residual::residual_forward`.
+    pub fn residual_forward<T: Storage>(
         &self,
         x: &mut impl DevicePtrMut<T>,
         y: &impl DevicePtr<T>,
     ) -> Result<()> {
         let n = x.len();
-        check_lens("add_inplace", &[y.len()], n)?;
+        check_lens("residual_forward", &[y.len()], n)?;
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("glue", &format!("add_inplace_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::glue::RESIDUAL_FORWARD))?;
         let (xp, yp, n64) = (self.ptr_mut(x), self.ptr(y), n as i64);
         let mut launch = self.stream.launch_builder(&f);
         launch.arg(&xp).arg(&yp).arg(&n64);
         // SAFETY: the arguments match the kernel; both buffers hold n elements.
-        unsafe { launch.launch(Self::elementwise(n)) }.context("add_inplace")?;
+        unsafe { launch.launch(Self::elementwise(n)) }.context("residual_forward")?;
         Ok(())
+    }
+
+    /// Splits the rows of qkv: (N, QD + 2 KVD) into q: (N, QD), k and v: (N, KVD). Twin of
+    /// `cpu::glue::qkv_split`.
+    pub fn qkv_split<T: Storage>(
+        &self,
+        q: &mut impl DevicePtrMut<T>,
+        k: &mut impl DevicePtrMut<T>,
+        v: &mut impl DevicePtrMut<T>,
+        qkv: &impl DevicePtr<T>,
+        qd: usize,
+        kvd: usize,
+    ) -> Result<()> {
+        let width = qd + 2 * kvd;
+        let n = qkv.len() / width.max(1);
+        let at = |stride, offset| Columns { stride, offset };
+        self.copy_columns((q, at(qd, 0)), (qkv, at(width, 0)), n, qd)?;
+        self.copy_columns((k, at(kvd, 0)), (qkv, at(width, qd)), n, kvd)?;
+        self.copy_columns((v, at(kvd, 0)), (qkv, at(width, qd + kvd)), n, kvd)
+    }
+
+    /// The inverse of `qkv_split`. Twin of `cpu::glue::qkv_join`.
+    pub fn qkv_join<T: Storage>(
+        &self,
+        qkv: &mut impl DevicePtrMut<T>,
+        q: &impl DevicePtr<T>,
+        k: &impl DevicePtr<T>,
+        v: &impl DevicePtr<T>,
+        qd: usize,
+        kvd: usize,
+    ) -> Result<()> {
+        let width = qd + 2 * kvd;
+        let n = qkv.len() / width.max(1);
+        let at = |stride, offset| Columns { stride, offset };
+        self.copy_columns((qkv, at(width, 0)), (q, at(qd, 0)), n, qd)?;
+        self.copy_columns((qkv, at(width, qd)), (k, at(kvd, 0)), n, kvd)?;
+        self.copy_columns((qkv, at(width, qd + kvd)), (v, at(kvd, 0)), n, kvd)
     }
 
     /// Copies `width` columns of each of `rows` rows from src to dst.
@@ -53,7 +92,7 @@ impl Gpu {
         if rows * width == 0 {
             return Ok(());
         }
-        let f = self.function("glue", &format!("copy_columns_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::glue::COPY_COLUMNS))?;
         let (d, s) = (self.ptr_mut(dst), self.ptr(src));
         let ints = [to.stride, to.offset, from.stride, from.offset, rows, width].map(|x| x as i64);
         let mut launch = self.stream.launch_builder(&f);
@@ -117,7 +156,11 @@ impl Gpu {
         if m == 0 {
             return Ok(());
         }
-        let f = self.function("glue", &format!("{op}_{}", T::SUFFIX))?;
+        let pair = match op {
+            "gather_rows" => kernels::glue::GATHER_ROWS,
+            _ => kernels::glue::SCATTER_ROWS,
+        };
+        let f = self.function(T::kernel(pair))?;
         let (d, s, i) = (self.ptr_mut(dst), self.ptr(src), self.ptr(idx));
         let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
@@ -136,7 +179,7 @@ impl Gpu {
         }
         let cfg = Self::elementwise(n);
         let mut partial = self.alloc::<f64>(cfg.grid_dim.0 as usize, "for the gradient norm")?;
-        let f = self.function("glue", "sum_squares_partial")?;
+        let f = self.function(kernels::glue::SUM_SQUARES_PARTIAL)?;
         let (p, xp, n64) = (self.ptr_mut(&mut partial), self.ptr(x), n as i64);
         let mut launch = self.stream.launch_builder(&f);
         launch.arg(&p).arg(&xp).arg(&n64);
@@ -162,7 +205,7 @@ impl Gpu {
         }
         let (segs, seg) = column_segments(n);
         let mut partial = self.alloc::<f32>(segs * c, "for column sums")?;
-        let f = self.function("glue", &format!("column_sums_partial_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::glue::COLUMN_SUMS_PARTIAL))?;
         let (p, xp) = (self.ptr_mut(&mut partial), self.ptr(x));
         let ints = [n, c, seg].map(|v| v as i32);
         let mut launch = self.stream.launch_builder(&f);
@@ -177,7 +220,7 @@ impl Gpu {
         // SAFETY: the arguments match the kernel; partial holds segs x C, x holds N x C and
         // every segment's rows are below N.
         unsafe { launch.launch(cfg) }.context("column_sums_partial")?;
-        let f = self.function("glue", "column_sums_finish")?;
+        let f = self.function(kernels::glue::COLUMN_SUMS_FINISH)?;
         let (o, segs32) = (out.address(self), segs as i32);
         let mut launch = self.stream.launch_builder(&f);
         launch.arg(&o).arg(&p).arg(&segs32).arg(&ints[1]);

@@ -3,7 +3,7 @@
 //! sequence; the K samples of a prompt get copies of its prompt's keys and values at
 //! prefill. `SlotPass` says where one pass's rows go.
 
-use super::{DecodeDims, Gpu, Storage};
+use super::{DecodeDims, DevBuf, Gpu, Storage};
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 
@@ -120,6 +120,19 @@ impl<'c, T: Storage> SlotPass<'c, T> {
             .collect();
         let lens: Vec<i32> = positions.iter().map(|&p| p as i32 + 1).collect();
         Self::with_rows(gpu, caches, &src, &dst, Some(&lens))
+    }
+
+    /// Writes the pass's keys and values k, v: (N, Hkv*D) into `layer` of the caches.
+    pub fn fill(&mut self, gpu: &Gpu, layer: usize, k: &DevBuf<T>, v: &DevBuf<T>) -> Result<()> {
+        let kvd = self.caches.kv_dim;
+        if layer >= self.caches.k.len() {
+            bail!("cache fill: layer {layer} of {}", self.caches.k.len());
+        }
+        let c = &mut *self.caches;
+        gpu.gather_rows(&mut self.copies, k, &self.src, kvd)?;
+        gpu.scatter_rows(&mut c.k[layer], &self.copies, &self.dst, kvd)?;
+        gpu.gather_rows(&mut self.copies, v, &self.src, kvd)?;
+        gpu.scatter_rows(&mut c.v[layer], &self.copies, &self.dst, kvd)
     }
 
     fn with_rows(

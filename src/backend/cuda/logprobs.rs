@@ -24,6 +24,7 @@
 
 use super::matmul::Gemm;
 use super::{check_lens, check_rows, Gpu, Storage, ROW_THREADS};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::cublas::sys::cudaDataType;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
@@ -321,7 +322,7 @@ impl Gpu {
             0 // unread: one split finishes its row
         };
         let (v32, r32, s32) = (v as i32, r as i32, splits as i32);
-        let f = self.function("logprobs", "logprob_row_partials")?;
+        let f = self.function(kernels::logprobs::LOGPROB_ROW_PARTIALS)?;
         let mut launch = self.stream.launch_builder(&f);
         launch
             .arg(&partials)
@@ -336,7 +337,7 @@ impl Gpu {
         // splits the partials hold 2 R splits floats (checked above).
         unsafe { launch.launch(Self::rows(r * splits)) }.context("logprob_row_partials")?;
         if splits > 1 {
-            let f = self.function("logprobs", "logprob_row_combine")?;
+            let f = self.function(kernels::logprobs::LOGPROB_ROW_COMBINE)?;
             let mut launch = self.stream.launch_builder(&f);
             launch
                 .arg(&logp)
@@ -383,7 +384,7 @@ impl Gpu {
         if r == 0 {
             return Ok(());
         }
-        let f = self.function("logprobs", &format!("logprob_grad_rows_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::logprobs::LOGPROB_GRAD_ROWS))?;
         let (v32, n) = (v as i32, (r * v) as i64);
         let mut launch = self.stream.launch_builder(&f);
         launch
@@ -422,7 +423,7 @@ impl Gpu {
         if s == 0 {
             return Ok(());
         }
-        let f = self.function("logprobs", "sequence_sums")?;
+        let f = self.function(kernels::logprobs::SEQUENCE_SUMS)?;
         let (out, lp, starts) = (self.ptr_mut(sums), self.ptr(logp), self.ptr(row_starts));
         let mut launch = self.stream.launch_builder(&f);
         launch.arg(&out).arg(&lp).arg(&starts);
@@ -450,7 +451,7 @@ impl Gpu {
         if m == 0 {
             return Ok(());
         }
-        let f = self.function("logprobs", "expand_per_row")?;
+        let f = self.function(kernels::logprobs::EXPAND_PER_ROW)?;
         let (out, ds, starts) = (self.ptr_mut(dlogp), self.ptr(dseq), self.ptr(row_starts));
         let (s32, m32) = (s as i32, m as i32);
         let mut launch = self.stream.launch_builder(&f);

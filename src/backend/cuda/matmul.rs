@@ -4,6 +4,7 @@
 //! transposed, as llm.c does.
 
 use super::{check_lens, Dest, Gpu, Storage};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, PushKernelArg};
@@ -92,7 +93,7 @@ impl Gpu {
             return Ok(());
         }
         if let Some(bias) = bias {
-            let f = self.function("bias", &format!("add_bias_{}", T::SUFFIX))?;
+            let f = self.function(T::kernel(kernels::bias::ADD_BIAS))?;
             let (total, oc32) = ((n * oc) as i64, oc as i32);
             let (o, b) = (self.ptr_mut(out), bias.address(self));
             let mut launch = self.stream.launch_builder(&f);
@@ -166,7 +167,9 @@ impl Gpu {
         dout: &impl DevicePtr<T>,
         inp: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
-        (n, c, oc): (usize, usize, usize),
+        n: usize,
+        c: usize,
+        oc: usize,
     ) -> Result<()> {
         check_lens("matmul dinp", &[dinp.len(), inp.len()], n * c)?;
         check_lens("matmul dweight", &[dweight.len(), weight.len()], oc * c)?;

@@ -21,21 +21,22 @@ pub mod logprobs;
 pub(crate) mod matmul;
 mod ops;
 mod rmsnorm;
-mod rope;
+pub mod rope;
 mod sampling;
 mod swiglu;
 
-pub use attention::{AttentionScratch, PackedSeqs};
+pub use attention::PackedSeqs;
 pub use buffer::DevBuf;
 pub use decode_attention::DecodeDims;
-pub use embedding::TokenRows;
+pub use embedding::DeviceTokens;
 pub use glue::Columns;
 pub use kv_cache::{SlotCaches, SlotPass};
 pub use logprobs::LogitsScratch;
 pub use matmul::Bias;
 pub use ops::CudaOps;
+pub use rope::DeviceRope;
 
-use super::kernels;
+use super::kernels::{self, Kernel};
 pub use crate::backend::storage::Storage;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUdevice_attribute;
@@ -57,6 +58,11 @@ pub struct Gpu {
     /// bounds its size); locked while the pass enqueues both its kernels, so that two host
     /// threads on the one stream cannot interleave them.
     row_partials: Mutex<CudaSlice<f32>>,
+    /// The workspace of the backward kernels beyond their outputs, grown on demand and kept
+    /// (so launchers take the same arguments as their CPU twins): the RMSNorm backward's
+    /// per-row terms, (N, C) f32, and the attention backward's delta and dq accumulator.
+    pub(crate) rms_scratch: Mutex<Option<CudaSlice<f32>>>,
+    pub(crate) attention_scratch: Mutex<Option<attention::AttentionScratch>>,
 }
 
 /// Threads per block of the row kernels (one block per row), and of the log-prob row passes
@@ -122,6 +128,8 @@ impl Gpu {
             modules,
             sm_count,
             row_partials: Mutex::new(row_partials),
+            rms_scratch: Mutex::new(None),
+            attention_scratch: Mutex::new(None),
         })
     }
 
@@ -184,12 +192,13 @@ impl Gpu {
         x.device_ptr_mut(&self.stream).0
     }
 
-    pub(crate) fn function(&self, module: &str, entry: &str) -> Result<CudaFunction> {
+    /// A kernel of the build (`backend::kernels`), loaded from its module.
+    pub(crate) fn function(&self, k: Kernel) -> Result<CudaFunction> {
         self.modules
-            .get(module)
-            .with_context(|| format!("no {module} kernels in this build"))?
-            .load_function(entry)
-            .with_context(|| format!("no kernel {entry} in {module}"))
+            .get(k.module)
+            .with_context(|| format!("no {} kernels in this build", k.module))?
+            .load_function(k.entry)
+            .with_context(|| format!("no kernel {} in {}", k.entry, k.module))
     }
 
     /// One thread per column of C.
@@ -235,6 +244,11 @@ impl<T, X: DevicePtrMut<T>> Dest<T> for X {
     fn address(&mut self, gpu: &Gpu) -> u64 {
         gpu.ptr_mut(self)
     }
+}
+
+/// A workspace lock poisoned by a panic in another thread.
+pub(crate) fn poisoned<X>(_: X) -> anyhow::Error {
+    anyhow::anyhow!("a GPU workspace lock was poisoned by an earlier failure")
 }
 
 fn gib(bytes: usize) -> String {

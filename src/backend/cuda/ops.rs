@@ -1,14 +1,14 @@
 //! The CUDA instantiation of the op set: weights and activations in the storage type T on
-//! one GPU, each op a launcher of this folder. The workspace some kernels need beyond their
-//! outputs (the RMSNorm and attention backwards') is kept here and grown on demand, so the
-//! graph passes the same arguments as on the CPU.
+//! one GPU, each op the launcher of the same name in this folder (the workspace some
+//! kernels need beyond their outputs is the `Gpu`'s own).
 
-use super::attention::{AttentionScratch, PackedSeqs};
+use super::attention::PackedSeqs;
 use super::buffer::{DevBuf, View, ViewMut};
-use super::embedding::TokenRows;
+use super::embedding::DeviceTokens;
 use super::kv_cache::SlotPass;
 use super::logprobs::{default_chunk_rows, LogitsScratch};
-use super::{Bias, DecodeDims, Gpu, Storage};
+use super::rope::DeviceRope;
+use super::{Bias, DecodeDims, Dest, Gpu, Storage};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
 use crate::backend::settings::{AdamW, AttentionDims};
@@ -17,14 +17,11 @@ use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, DeviceSlice};
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The op set on `gpu`, with weights and activations stored as T.
 pub struct CudaOps<T: Storage> {
     pub gpu: Arc<Gpu>,
-    /// (N, C) f32 per-row terms of the RMSNorm backward.
-    rms_scratch: Mutex<Option<CudaSlice<f32>>>,
-    attention_scratch: Mutex<Option<AttentionScratch>>,
     storage: PhantomData<T>,
 }
 
@@ -32,17 +29,9 @@ impl<T: Storage> CudaOps<T> {
     pub fn new(gpu: Arc<Gpu>) -> CudaOps<T> {
         CudaOps {
             gpu,
-            rms_scratch: Mutex::new(None),
-            attention_scratch: Mutex::new(None),
             storage: PhantomData,
         }
     }
-}
-
-/// A batch's token ids, and its rows grouped by token for the embedding's backward.
-pub struct DeviceTokens {
-    ids: CudaSlice<u32>, // (N)
-    rows: TokenRows,
 }
 
 /// Row offsets of a packed batch's sequences: (S + 1), and the longest.
@@ -51,18 +40,16 @@ pub struct DeviceSeqs {
     max_len: usize,
 }
 
-/// The rotary tables of a batch's rows: cos, sin (N, D/2).
-pub struct DeviceRope {
-    cos: CudaSlice<f32>,
-    sin: CudaSlice<f32>,
-    half: usize,
+impl DeviceSeqs {
+    fn packed(&self) -> PackedSeqs<'_> {
+        PackedSeqs {
+            starts: &self.starts,
+            max_len: self.max_len,
+        }
+    }
 }
 
 const GRAPH: &str = "in the model's forward or backward";
-
-fn poisoned<X>(_: X) -> anyhow::Error {
-    anyhow::anyhow!("a GPU workspace lock was poisoned by an earlier failure")
-}
 
 impl<T: Storage> Ops for CudaOps<T> {
     type S = T;
@@ -130,27 +117,24 @@ impl<T: Storage> Ops for CudaOps<T> {
         }
         Ok(())
     }
-    fn weights<'a>(buf: &'a DevBuf<T>, r: Range<usize>) -> View<'a, T> {
+    fn weights(buf: &DevBuf<T>, r: Range<usize>) -> View<'_, T> {
         View::of(&buf.data, r)
     }
-    fn grads<'a>(buf: &'a mut DevBuf<f32>, r: Range<usize>) -> ViewMut<'a, f32> {
+    fn grads(buf: &mut DevBuf<f32>, r: Range<usize>) -> ViewMut<'_, f32> {
         ViewMut::of(&mut buf.data, r)
     }
-    fn grads_pair<'a>(
-        buf: &'a mut DevBuf<f32>,
+    fn grads_pair(
+        buf: &mut DevBuf<f32>,
         a: Range<usize>,
         b: Range<usize>,
-    ) -> Result<(ViewMut<'a, f32>, ViewMut<'a, f32>)> {
+    ) -> Result<(ViewMut<'_, f32>, ViewMut<'_, f32>)> {
         if a.end != b.start {
             bail!("grads_pair: {b:?} does not follow {a:?}");
         }
         Ok(ViewMut::two(&mut buf.data, a, b))
     }
     fn tokens(&self, ids: &[u32]) -> Result<DeviceTokens> {
-        Ok(DeviceTokens {
-            ids: self.gpu.stream.clone_htod(ids)?,
-            rows: TokenRows::new(&self.gpu, ids)?,
-        })
+        DeviceTokens::new(&self.gpu, ids)
     }
     fn seqs(&self, seqs: &[Range<usize>]) -> Result<DeviceSeqs> {
         let mut starts = vec![0i32];
@@ -161,12 +145,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         })
     }
     fn rope(&self, table: &RopeTable) -> Result<DeviceRope> {
-        let s = &self.gpu.stream;
-        Ok(DeviceRope {
-            cos: s.clone_htod(&table.cos)?,
-            sin: s.clone_htod(&table.sin)?,
-            half: table.half,
-        })
+        DeviceRope::new(&self.gpu, table)
     }
     fn logits_scratch(&self, v: usize) -> Result<LogitsScratch> {
         LogitsScratch::new(&self.gpu, default_chunk_rows(v), v)
@@ -179,7 +158,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         table: View<'_, T>,
         c: usize,
     ) -> Result<()> {
-        self.gpu.embedding_forward(out, &tokens.ids, &table, c)
+        self.gpu.embedding_forward(out, tokens, &table, c)
     }
     fn embedding_backward(
         &self,
@@ -188,8 +167,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         tokens: &DeviceTokens,
         c: usize,
     ) -> Result<()> {
-        self.gpu
-            .embedding_backward(&mut dtable, dout, &tokens.rows, c)
+        self.gpu.embedding_backward(&mut dtable, dout, tokens, c)
     }
     fn rmsnorm_forward(
         &self,
@@ -199,8 +177,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         eps: f32,
         c: usize,
     ) -> Result<()> {
-        let n = DeviceSlice::len(inp) / c.max(1);
-        self.gpu.rmsnorm_forward(out, inp, &weight, eps, n, c)
+        self.gpu.rmsnorm_forward(out, inp, &weight, eps, c)
     }
     fn rmsnorm_backward(
         &self,
@@ -212,15 +189,8 @@ impl<T: Storage> Ops for CudaOps<T> {
         eps: f32,
         c: usize,
     ) -> Result<()> {
-        let len = DeviceSlice::len(inp);
-        let n = len / c.max(1);
-        let mut scratch = self.rms_scratch.lock().map_err(poisoned)?;
-        if scratch.as_ref().is_none_or(|s| s.len() < len) {
-            *scratch = Some(self.gpu.alloc::<f32>(len.max(1), GRAPH)?);
-        }
-        let scratch = scratch.as_mut().context("the RMSNorm scratch")?;
         self.gpu
-            .rmsnorm_backward(dinp, &mut dweight, scratch, dout, inp, &weight, eps, n, c)
+            .rmsnorm_backward(dinp, &mut dweight, dout, inp, &weight, eps, c)
     }
     fn matmul_forward(
         &self,
@@ -239,7 +209,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         &self,
         dinp: &mut DevBuf<T>,
         mut dweight: ViewMut<'_, f32>,
-        dbias: Option<ViewMut<'_, f32>>,
+        mut dbias: Option<ViewMut<'_, f32>>,
         dout: &DevBuf<T>,
         inp: &DevBuf<T>,
         weight: View<'_, T>,
@@ -247,32 +217,18 @@ impl<T: Storage> Ops for CudaOps<T> {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        match dbias {
-            Some(mut db) => self.gpu.matmul_backward(
-                dinp,
-                &mut dweight,
-                Some(&mut db),
-                dout,
-                inp,
-                &weight,
-                (n, c, oc),
-            ),
-            None => {
-                self.gpu
-                    .matmul_backward(dinp, &mut dweight, None, dout, inp, &weight, (n, c, oc))
-            }
-        }
+        let dbias = dbias.as_mut().map(|d| d as &mut dyn Dest<f32>);
+        self.gpu
+            .matmul_backward(dinp, &mut dweight, dbias, dout, inp, &weight, n, c, oc)
     }
     fn residual_forward(&self, x: &mut DevBuf<T>, y: &DevBuf<T>) -> Result<()> {
-        self.gpu.add_inplace(x, y)
+        self.gpu.residual_forward(x, y)
     }
     fn rope_forward(&self, x: &mut DevBuf<T>, rope: &DeviceRope, heads: usize) -> Result<()> {
-        self.gpu
-            .rope(x, &rope.cos, &rope.sin, heads, rope.half, 1.0)
+        self.gpu.rope_forward(x, rope, heads)
     }
     fn rope_backward(&self, dx: &mut DevBuf<T>, rope: &DeviceRope, heads: usize) -> Result<()> {
-        self.gpu
-            .rope(dx, &rope.cos, &rope.sin, heads, rope.half, -1.0)
+        self.gpu.rope_backward(dx, rope, heads)
     }
     fn swiglu_forward(&self, out: &mut DevBuf<T>, gate_up: &DevBuf<T>, im: usize) -> Result<()> {
         self.gpu.swiglu_forward(out, gate_up, im)
@@ -296,11 +252,8 @@ impl<T: Storage> Ops for CudaOps<T> {
         seqs: &DeviceSeqs,
         dims: AttentionDims,
     ) -> Result<()> {
-        let packed = PackedSeqs {
-            starts: &seqs.starts,
-            max_len: seqs.max_len,
-        };
-        self.gpu.attention_forward(out, lse, q, k, v, &packed, dims)
+        self.gpu
+            .attention_forward(out, lse, q, k, v, &seqs.packed(), dims)
     }
     fn attention_backward(
         &self,
@@ -316,18 +269,9 @@ impl<T: Storage> Ops for CudaOps<T> {
         seqs: &DeviceSeqs,
         dims: AttentionDims,
     ) -> Result<()> {
-        let packed = PackedSeqs {
-            starts: &seqs.starts,
-            max_len: seqs.max_len,
-        };
-        let n = DeviceSlice::len(q) / (dims.n_head * dims.head_dim).max(1);
-        let mut scratch = self.attention_scratch.lock().map_err(poisoned)?;
-        if scratch.is_none() {
-            *scratch = Some(AttentionScratch::new(&self.gpu, n, dims)?);
-        }
-        let scratch = scratch.as_mut().context("the attention scratch")?;
+        let packed = seqs.packed();
         self.gpu
-            .attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, &packed, dims)
+            .attention_backward(dq, dk, dv, dout, q, k, v, out, lse, &packed, dims)
     }
     fn cache_fill(
         &self,
@@ -336,16 +280,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         k: &DevBuf<T>,
         v: &DevBuf<T>,
     ) -> Result<()> {
-        let kvd = caches.caches.kv_dim;
-        if layer >= caches.caches.k.len() {
-            bail!("cache_fill: layer {layer} of {}", caches.caches.k.len());
-        }
-        let gpu = &self.gpu;
-        let c = &mut *caches.caches;
-        gpu.gather_rows(&mut caches.copies, k, &caches.src, kvd)?;
-        gpu.scatter_rows(&mut c.k[layer], &caches.copies, &caches.dst, kvd)?;
-        gpu.gather_rows(&mut caches.copies, v, &caches.src, kvd)?;
-        gpu.scatter_rows(&mut c.v[layer], &caches.copies, &caches.dst, kvd)
+        caches.fill(&self.gpu, layer, k, v)
     }
     fn cached_attention(
         &self,
@@ -358,7 +293,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         layer: usize,
         dims: AttentionDims,
     ) -> Result<()> {
-        self.cache_fill(caches, layer, k, v)?;
+        caches.fill(&self.gpu, layer, k, v)?;
         let Some(lens) = &caches.lens else {
             bail!("cached_attention: these caches were laid out for a prefill, not a decode step");
         };
@@ -400,13 +335,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         qd: usize,
         kvd: usize,
     ) -> Result<()> {
-        let width = qd + 2 * kvd;
-        let n = DeviceSlice::len(qkv) / width.max(1);
-        let at = |stride, offset| super::Columns { stride, offset };
-        let gpu = &self.gpu;
-        gpu.copy_columns((q, at(qd, 0)), (qkv, at(width, 0)), n, qd)?;
-        gpu.copy_columns((k, at(kvd, 0)), (qkv, at(width, qd)), n, kvd)?;
-        gpu.copy_columns((v, at(kvd, 0)), (qkv, at(width, qd + kvd)), n, kvd)
+        self.gpu.qkv_split(q, k, v, qkv, qd, kvd)
     }
     fn qkv_join(
         &self,
@@ -417,13 +346,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         qd: usize,
         kvd: usize,
     ) -> Result<()> {
-        let width = qd + 2 * kvd;
-        let n = DeviceSlice::len(qkv) / width.max(1);
-        let at = |stride, offset| super::Columns { stride, offset };
-        let gpu = &self.gpu;
-        gpu.copy_columns((qkv, at(width, 0)), (q, at(qd, 0)), n, qd)?;
-        gpu.copy_columns((qkv, at(width, qd)), (k, at(kvd, 0)), n, kvd)?;
-        gpu.copy_columns((qkv, at(width, qd + kvd)), (v, at(kvd, 0)), n, kvd)
+        self.gpu.qkv_join(qkv, q, k, v, qd, kvd)
     }
     fn gather_rows(
         &self,

@@ -1,27 +1,27 @@
 //! Launchers of kernels/rmsnorm.cu. CPU twin: `cpu::rmsnorm`.
 
 use super::{check_lens, check_rows, Gpu, Storage};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 impl Gpu {
     /// out, inp: (N, C); weight: (C). Twin of `cpu::rmsnorm::rmsnorm_forward`.
-    #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_forward<T: Storage>(
         &self,
         out: &mut impl DevicePtrMut<T>,
         inp: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
         eps: f32,
-        n: usize,
         c: usize,
     ) -> Result<()> {
+        let n = inp.len() / c.max(1);
         check_rows("rmsnorm_forward", &[out.len(), inp.len()], n, c)?;
         check_lens("rmsnorm_forward weight", &[weight.len()], c)?;
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("rmsnorm", &format!("rmsnorm_forward_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::rmsnorm::RMSNORM_FORWARD))?;
         let (o, x, w) = (self.ptr_mut(out), self.ptr(inp), self.ptr(weight));
         let c32 = c as i32;
         let mut launch = self.stream.launch_builder(&f);
@@ -32,21 +32,20 @@ impl Gpu {
         Ok(())
     }
 
-    /// dinp (N, C) assigned; dweight (C) accumulated (f32); dout, inp: (N, C); weight: (C);
-    /// scratch: at least (N, C) f32. Twin of `cpu::rmsnorm::rmsnorm_backward`.
+    /// dinp (N, C) assigned; dweight (C) accumulated (f32); dout, inp: (N, C); weight: (C).
+    /// Twin of `cpu::rmsnorm::rmsnorm_backward`.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm_backward<T: Storage>(
         &self,
         dinp: &mut impl DevicePtrMut<T>,
         dweight: &mut impl DevicePtrMut<f32>,
-        scratch: &mut cudarc::driver::CudaSlice<f32>,
         dout: &impl DevicePtr<T>,
         inp: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
         eps: f32,
-        n: usize,
         c: usize,
     ) -> Result<()> {
+        let n = inp.len() / c.max(1);
         check_rows(
             "rmsnorm_backward",
             &[dinp.len(), dout.len(), inp.len()],
@@ -54,16 +53,15 @@ impl Gpu {
             c,
         )?;
         check_lens("rmsnorm_backward weight", &[weight.len(), dweight.len()], c)?;
-        if scratch.len() < n * c {
-            anyhow::bail!(
-                "rmsnorm_backward: a scratch of {} floats, expected {n} x {c}",
-                scratch.len()
-            );
-        }
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("rmsnorm", &format!("rmsnorm_backward_{}", T::SUFFIX))?;
+        let mut workspace = self.rms_scratch.lock().map_err(super::poisoned)?;
+        if workspace.as_ref().is_none_or(|s| s.len() < n * c) {
+            *workspace = Some(self.alloc::<f32>(n * c, "for the RMSNorm backward's workspace")?);
+        }
+        let scratch = workspace.as_mut().context("the RMSNorm workspace")?;
+        let f = self.function(T::kernel(kernels::rmsnorm::RMSNORM_BACKWARD))?;
         let (dx, s) = (self.ptr_mut(dinp), self.ptr_mut(scratch));
         let (dy, x, w) = (self.ptr(dout), self.ptr(inp), self.ptr(weight));
         let c32 = c as i32;

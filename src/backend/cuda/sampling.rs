@@ -5,6 +5,7 @@
 //! device sums masses exactly, in fixed point, so its draws repeat run after run).
 
 use super::{check_lens, check_rows, Gpu};
+use crate::backend::kernels;
 use crate::backend::settings::SamplingParams;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -64,7 +65,7 @@ impl Gpu {
         if b == 0 {
             return Ok(());
         }
-        let f = self.function("sampling", "sample_rows")?;
+        let f = self.function(kernels::sampling::SAMPLE_ROWS)?;
         let (out, lg, un) = (self.ptr_mut(tokens), self.ptr(logits), self.ptr(uniforms));
         // top_k >= V keeps every token, as on the CPU.
         let top_k = params.top_k.min(v) as i32;

@@ -2,6 +2,7 @@
 //! `cpu::swiglu`, applied to each row's halves as the CPU model does.
 
 use super::{check_lens, Gpu, Storage};
+use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -21,7 +22,7 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("swiglu", &format!("swiglu_forward_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::swiglu::SWIGLU_FORWARD))?;
         let (o, gu) = (self.ptr_mut(out), self.ptr(gate_up));
         let (n64, im64) = (n as i64, im as i64);
         let mut launch = self.stream.launch_builder(&f);
@@ -51,7 +52,7 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("swiglu", &format!("swiglu_backward_{}", T::SUFFIX))?;
+        let f = self.function(T::kernel(kernels::swiglu::SWIGLU_BACKWARD))?;
         let (dgu, dy, gu) = (self.ptr_mut(dgate_up), self.ptr(dout), self.ptr(gate_up));
         let (n64, im64) = (n as i64, im as i64);
         let mut launch = self.stream.launch_builder(&f);
