@@ -1,24 +1,25 @@
-//! The whole model on the GPU against the CPU on the tiny fixtures: the training graph's
-//! log-probs and every parameter gradient, AdamW updates through both trainers, and greedy
-//! and sampled generation. In f32 storage the two differ only by summation order, so the
-//! tolerances are tight; bf16 storage (what runs in production) is checked loosely.
-//! Skipped, with the reason printed, where there is no GPU; scripts/gpu-check.sh runs them
-//! on a GPU, where a skip fails.
+//! The whole model on every device against the CPU on the tiny fixtures: the training
+//! graph's log-probs and every parameter gradient, AdamW updates through the one trainer
+//! and its roll-back, a reward model's scores (each one test body run on the CPU, CUDA f32
+//! and CUDA bf16 by `on_every_device!`), and greedy and sampled generation by the GPU
+//! engine. In f32 storage the results differ only by summation order, so the tolerances are
+//! tight; bf16 storage (what runs in production) is checked loosely. The CUDA tests skip,
+//! with the reason printed, where there is no GPU; scripts/gpu-check.sh runs them on a GPU,
+//! where a skip fails.
 
 mod common;
 
+use common::devices::Tolerance;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tpo_engine::backend::cpu::Cpu;
-use tpo_engine::backend::cuda::CudaOps;
-use tpo_engine::backend::cuda::{Gpu, LogitsScratch};
+use tpo_engine::backend::cuda::Gpu;
 use tpo_engine::backend::ops::Ops;
 use tpo_engine::backend::settings::SamplingParams;
-use tpo_engine::backend::storage::Storage;
 use tpo_engine::generate::gpu::generate_gpu;
 use tpo_engine::generate::{generate, GenerateOptions};
 use tpo_engine::model::cuda::GpuModel;
-use tpo_engine::model::graph::{Activations, ScoredSequence, TrainBatch};
+use tpo_engine::model::graph::{Activations, ModelOn, ScoredSequence, TrainBatch};
 use tpo_engine::model::Model;
 use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
 use tpo_engine::train::trainer::{micro_batch_rows, Trainer};
@@ -81,13 +82,9 @@ fn dpo() -> DpoConfig {
 /// Each sequence's summed log-prob, and the gradient of every parameter.
 type SumsAndGrads = (Vec<f64>, Vec<f32>);
 
-/// CPU and GPU (storage T) forward + backward of one DPO micro-batch: (sums, grads) each.
-fn both<T: Storage>(
-    gpu: &Arc<Gpu>,
-    model: &Model,
-    examples: &[Example],
-    chunk: usize,
-) -> (SumsAndGrads, SumsAndGrads) {
+/// Forward + backward of one DPO micro-batch through the graph on `m`'s device, the LM head
+/// `chunk` rows at a time; also checks that the forward alone gives the same sums.
+fn sums_and_grads<O: Ops>(m: &ModelOn<O>, examples: &[Example], chunk: usize) -> SumsAndGrads {
     let scored: Vec<ScoredSequence> = examples
         .iter()
         .flat_map(|e| {
@@ -104,7 +101,7 @@ fn both<T: Storage>(
         .iter()
         .map(|e| e.seqs[0].len() - e.prompt_len)
         .sum();
-    let loss = |g: usize, logps: &[f64]| -> anyhow::Result<Vec<f64>> {
+    let mut loss = |g: usize, logps: &[f64]| -> anyhow::Result<Vec<f64>> {
         let e = &examples[g];
         let pair = PairLogps {
             chosen: logps[0],
@@ -123,36 +120,19 @@ fn both<T: Storage>(
         );
         Ok(vec![d[0].0, d[0].1])
     };
-    let net = model.net();
-    let mut cpu_acts = Activations::new(&net, 0, true).unwrap();
-    cpu_acts.logits.chunk_rows = chunk;
-    let mut cpu_grads = vec![0.0f32; model.layout.len];
-    let cpu_sums = net
-        .sequence_logprobs_with_grad(
-            &tb,
-            &mut cpu_acts,
-            &groups,
-            &mut loss.clone(),
-            &mut cpu_grads,
-        )
+    let net = m.net();
+    let mut acts = Activations::new(&net, tb.len(), true).unwrap();
+    acts.set_chunk_rows(&net, chunk).unwrap();
+    let mut grads = m.ops.alloc::<f32>(m.layout.len, "test").unwrap();
+    let sums = net
+        .sequence_logprobs_with_grad(&tb, &mut acts, &groups, &mut loss, &mut grads)
         .unwrap();
-    let gm = GpuModel::<T>::upload(gpu.clone(), model).unwrap();
-    let v = model.config.vocab_size;
-    let gnet = gm.net();
-    let mut acts = Activations::new(&gnet, tb.len(), true).unwrap();
-    acts.logits = LogitsScratch::new(gpu, chunk, v).unwrap();
-    let mut grads = gm.ops.alloc::<f32>(model.layout.len, "test").unwrap();
-    let gpu_sums = gnet
-        .sequence_logprobs_with_grad(&tb, &mut acts, &groups, &mut loss.clone(), &mut grads)
-        .unwrap();
-    let gpu_grads = gm.ops.download(&grads).unwrap();
-    // The no-gradient path gives the same sums.
-    let mut fwd = Activations::new(&gnet, tb.len(), false).unwrap();
-    let again = gnet.sequence_logprobs(&tb, &mut fwd).unwrap();
-    for (a, b) in again.iter().zip(&gpu_sums) {
+    let mut fwd = Activations::new(&net, tb.len(), false).unwrap();
+    let again = net.sequence_logprobs(&tb, &mut fwd).unwrap();
+    for (a, b) in again.iter().zip(&sums) {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
     }
-    ((cpu_sums, cpu_grads), (gpu_sums, gpu_grads))
+    (sums, m.ops.download(&grads).unwrap())
 }
 
 /// Per tensor: every element within `tol` of the tensor's largest |gradient|.
@@ -177,52 +157,38 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-30)
 }
 
-#[test]
-fn the_training_graph_matches_the_cpu_in_f32_and_tracks_it_in_bf16() {
-    let Some(gpu) = gpu() else { return };
-    let examples = examples();
-    for name in ["llama", "qwen2"] {
-        let model = Model::load(&fixture(name)).unwrap();
-        // A chunk of 5 rows: the LM head runs over several chunks, one split mid-sequence.
-        let ((cs, cg), (gs, gg)) = both::<f32>(&gpu, &model, &examples, 5);
-        for (a, b) in gs.iter().zip(&cs) {
-            assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                "{name}: sum {a} vs {b}"
-            );
-        }
-        assert_grads_close(&model, &gg, &cg, 1e-3);
+on_every_device!(the_training_graph_follows_the_cpu, training_graph_case);
 
-        let ((cs, cg), (gs, gg)) = both::<half::bf16>(&gpu, &model, &examples, 64);
+/// The training graph's sums and gradients on `ops` against the CPU's: within summation
+/// order in f32, loosely in bf16. On the CPU itself the two runs must agree exactly.
+fn training_graph_case<O: Ops + Clone>(ops: O, tol: Tolerance) {
+    let examples = examples();
+    let models = [
+        ("llama", Model::load(&fixture("llama")).unwrap()),
+        ("qwen2", Model::load(&fixture("qwen2")).unwrap()),
+        // Head dims 64 and 128, where bf16 attention runs on tensor cores.
+        ("D=64", random_model(64)),
+        ("D=128", random_model(128)),
+    ];
+    for (name, model) in &models {
+        // A chunk of 5 rows: the LM head runs over several chunks, one split mid-sequence.
+        let chunk = if tol == Tolerance::F32 { 5 } else { 64 };
+        let (cs, cg) = sums_and_grads(&ModelOn::new(Cpu, model).unwrap(), &examples, chunk);
+        let on_device = ModelOn::new(ops.clone(), model).unwrap();
+        let (gs, gg) = sums_and_grads(&on_device, &examples, chunk);
         for (a, b) in gs.iter().zip(&cs) {
             assert!(
-                (a - b).abs() <= 0.03 * b.abs().max(1.0),
-                "{name} bf16: sum {a} vs {b}"
+                (a - b).abs() <= tol.value() * b.abs().max(1.0),
+                "{name} {tol:?}: sum {a} vs {b}"
             );
         }
-        let c = cosine(&gg, &cg);
-        assert!(c > 0.99, "{name} bf16: gradient cosine {c}");
-    }
-    // Head dims 64 and 128, where bf16 attention runs on tensor cores.
-    for head_dim in [64, 128] {
-        let model = random_model(head_dim);
-        let ((cs, cg), (gs, gg)) = both::<f32>(&gpu, &model, &examples, 64);
-        for (a, b) in gs.iter().zip(&cs) {
-            assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                "D={head_dim}: sum {a} vs {b}"
-            );
+        match tol {
+            Tolerance::F32 => assert_grads_close(model, &gg, &cg, 1e-3),
+            Tolerance::Bf16 => {
+                let c = cosine(&gg, &cg);
+                assert!(c > 0.99, "{name} bf16: gradient cosine {c}");
+            }
         }
-        assert_grads_close(&model, &gg, &cg, 1e-3);
-        let ((cs, cg), (gs, gg)) = both::<half::bf16>(&gpu, &model, &examples, 64);
-        for (a, b) in gs.iter().zip(&cs) {
-            assert!(
-                (a - b).abs() <= 0.03 * b.abs().max(1.0),
-                "D={head_dim} bf16: sum {a} vs {b}"
-            );
-        }
-        let c = cosine(&gg, &cg);
-        assert!(c > 0.99, "D={head_dim} bf16: gradient cosine {c}");
     }
 }
 
@@ -266,16 +232,17 @@ fn train_config() -> TrainConfig {
     }
 }
 
-#[test]
-fn three_updates_on_the_gpu_track_the_cpu_trainer() {
-    let Some(gpu) = gpu() else { return };
+on_every_device!(three_updates_track_the_cpu_trainer, trainer_case);
+
+/// Three AdamW updates by the one trainer on `ops` against the same on the CPU, then a
+/// roll-back, which restores exactly the weights from before the last update.
+fn trainer_case<O: Ops>(ops: O, tol: Tolerance) {
     let examples = examples();
     let cfg = train_config();
     let mut cpu_model = Model::load(&fixture("qwen2")).unwrap();
     let mut dev_model = Model::load(&fixture("qwen2")).unwrap();
     let rows = micro_batch_rows(&examples, &cfg);
     let mut cpu = Trainer::new(Cpu, &mut cpu_model, &cfg, rows).unwrap();
-    let ops = CudaOps::<f32>::new(gpu.clone());
     let mut dev = Trainer::new(ops, &mut dev_model, &cfg, rows).unwrap();
     // One pair per update: three updates, each at the full learning rate.
     let batches: Vec<Vec<usize>> = (0..examples.len()).map(|i| vec![i]).collect();
@@ -284,9 +251,9 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
     let mut before_last = vec![];
     for (step, b) in batches.iter().enumerate() {
         if step + 1 == total {
-            cpu.lend_weights(&mut cpu_model).unwrap();
-            before_last = cpu_model.params.clone();
-            cpu.take_back_weights(&mut cpu_model).unwrap();
+            dev.lend_weights(&mut dev_model).unwrap();
+            before_last = dev_model.params.clone();
+            dev.take_back_weights(&mut dev_model).unwrap();
         }
         let want = cpu
             .step(&examples, b, step, total)
@@ -295,18 +262,18 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
         let got = dev
             .step(&examples, b, step, total)
             .unwrap()
-            .unwrap_or_else(|e| panic!("GPU step {step}: {e:?}"));
+            .unwrap_or_else(|e| panic!("{tol:?} step {step}: {e:?}"));
         let (gl, wl) = (
             got.metrics["loss"].as_f64().unwrap(),
             want.metrics["loss"].as_f64().unwrap(),
         );
         assert!(
-            (gl - wl).abs() <= 1e-4 * wl.abs().max(1.0),
-            "step {step}: loss {gl} vs {wl}"
+            (gl - wl).abs() <= tol.value() * wl.abs().max(1.0),
+            "{tol:?} step {step}: loss {gl} vs {wl}"
         );
         assert!(
-            (got.grad_norm - want.grad_norm).abs() <= 1e-3 * want.grad_norm,
-            "step {step}: grad norm {} vs {}",
+            (got.grad_norm - want.grad_norm).abs() <= 10.0 * tol.value() * want.grad_norm,
+            "{tol:?} step {step}: grad norm {} vs {}",
             got.grad_norm,
             want.grad_norm
         );
@@ -314,11 +281,14 @@ fn three_updates_on_the_gpu_track_the_cpu_trainer() {
     }
     cpu.lend_weights(&mut cpu_model).unwrap();
     dev.lend_weights(&mut dev_model).unwrap();
-    assert_params_close(&dev_model.params, &cpu_model.params);
-    // Rolling back restores the weights from before the last update: the CPU's after two.
+    if tol == Tolerance::F32 {
+        assert_params_close(&dev_model.params, &cpu_model.params);
+    }
+    // Rolling back restores the weights from before the last update, exactly.
+    dev.take_back_weights(&mut dev_model).unwrap();
     dev.roll_back().unwrap();
     dev.lend_weights(&mut dev_model).unwrap();
-    assert_params_close(&dev_model.params, &before_last);
+    assert!(dev_model.params == before_last, "{tol:?}: roll-back");
 }
 
 /// Adam divides by the gradient's root mean square, so an element whose gradient is near
@@ -428,9 +398,9 @@ fn seeded_sampling_on_the_gpu_follows_the_cpu_streams() {
     assert!(same >= 13, "{same} of 15 completions are the CPU's");
 }
 
-#[test]
-fn a_reward_model_scores_on_the_gpu_as_on_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+on_every_device!(a_reward_model_scores_as_on_the_cpu, reward_model_case);
+
+fn reward_model_case<O: Ops + Clone>(ops: O, tol: Tolerance) {
     for name in ["rm-llama", "rm-qwen2"] {
         let dir = fixture(name);
         let config = tpo_engine::model::ModelConfig::load(&dir.join("config.json")).unwrap();
@@ -447,29 +417,19 @@ fn a_reward_model_scores_on_the_gpu_as_on_the_cpu() {
         }
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let want = model.classify(&refs).unwrap();
-        let got = classify_on::<f32>(&gpu, &model, &refs);
+        let on_device = ModelOn::new(ops.clone(), &model).unwrap();
+        let net = on_device.net();
+        let n = refs.iter().map(|s| s.len()).sum();
+        let mut acts = Activations::new(&net, n, false).unwrap();
+        let got = net.classify(&refs, &mut acts).unwrap();
         assert_eq!(got.len(), want.len());
+        // A bf16 score is a dot product of rounded activations: a few percent.
+        let rel = if tol == Tolerance::F32 { 1e-4 } else { 0.05 };
         for (a, b) in got.iter().zip(&want) {
             assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                "{name}: {a} vs {b}"
-            );
-        }
-        let got = classify_on::<half::bf16>(&gpu, &model, &refs);
-        for (a, b) in got.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 0.05 * b.abs().max(1.0),
-                "{name} bf16: {a} vs {b}"
+                (a - b).abs() as f64 <= rel * b.abs().max(1.0) as f64,
+                "{name} {tol:?}: {a} vs {b}"
             );
         }
     }
-}
-
-/// A classifier's logits through the graph on the GPU, stored as T.
-fn classify_on<T: Storage>(gpu: &Arc<Gpu>, model: &Model, seqs: &[&[u32]]) -> Vec<f32> {
-    let gm = GpuModel::<T>::upload(gpu.clone(), model).unwrap();
-    let net = gm.net();
-    let n = seqs.iter().map(|s| s.len()).sum();
-    let mut acts = Activations::new(&net, n, false).unwrap();
-    net.classify(seqs, &mut acts).unwrap()
 }

@@ -71,8 +71,9 @@ pub trait Ops {
     /// seqs: the rows of each sequence, consecutive from row 0.
     fn seqs(&self, seqs: &[Range<usize>]) -> Result<Self::Seqs>;
     fn rope(&self, table: &RopeTable) -> Result<Self::Rope>;
-    /// Working memory for the log-probs over a vocabulary of v.
-    fn logits_scratch(&self, v: usize) -> Result<Self::LogitsScratch>;
+    /// Working memory for the log-probs over a vocabulary of v, `chunk_rows` rows of logits
+    /// at a time (None: the device's default, about what fits its memory well).
+    fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<Self::LogitsScratch>;
 
     // The ops.
 

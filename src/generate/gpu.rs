@@ -40,7 +40,7 @@ pub fn generate_gpu<T: Storage>(
     is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
     on_tokens: &dyn Fn(usize),
 ) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
-    let gpu: &Arc<Gpu> = &gm.gpu;
+    let gpu: &Arc<Gpu> = gm.gpu();
     let model = gm;
     let ctx = model.config.max_context;
     if prompts.iter().any(|p| p.is_empty() || p.len() >= ctx) {

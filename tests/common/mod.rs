@@ -2,6 +2,7 @@
 //! running `tpo-engine` with a check that it never panics.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod devices;
 pub mod gpu;
 
 use std::ffi::OsStr;

@@ -80,8 +80,10 @@ impl Ops for Cpu {
     fn rope(&self, table: &RopeTable) -> Result<RopeTable> {
         Ok(table.clone())
     }
-    fn logits_scratch(&self, v: usize) -> Result<LogitsScratch> {
-        Ok(LogitsScratch::new(default_chunk_rows(v)))
+    fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<LogitsScratch> {
+        Ok(LogitsScratch::new(
+            chunk_rows.unwrap_or_else(|| default_chunk_rows(v)),
+        ))
     }
 
     fn embedding_forward(

@@ -25,6 +25,12 @@ pub struct CudaOps<T: Storage> {
     storage: PhantomData<T>,
 }
 
+impl<T: Storage> Clone for CudaOps<T> {
+    fn clone(&self) -> Self {
+        CudaOps::new(self.gpu.clone())
+    }
+}
+
 impl<T: Storage> CudaOps<T> {
     pub fn new(gpu: Arc<Gpu>) -> CudaOps<T> {
         CudaOps {
@@ -147,8 +153,9 @@ impl<T: Storage> Ops for CudaOps<T> {
     fn rope(&self, table: &RopeTable) -> Result<DeviceRope> {
         DeviceRope::new(&self.gpu, table)
     }
-    fn logits_scratch(&self, v: usize) -> Result<LogitsScratch> {
-        LogitsScratch::new(&self.gpu, default_chunk_rows(v), v)
+    fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<LogitsScratch> {
+        let rows = chunk_rows.unwrap_or_else(|| default_chunk_rows(v));
+        LogitsScratch::new(&self.gpu, rows, v)
     }
 
     fn embedding_forward(

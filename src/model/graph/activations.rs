@@ -125,11 +125,18 @@ impl<O: Ops> Activations<O> {
             logp: ops.alloc::<f32>(rows, STAGE)?,
             lse: ops.alloc::<f32>(rows, STAGE)?,
             grads,
-            logits: ops.logits_scratch(net.config.vocab_size)?,
+            logits: ops.logits_scratch(net.config.vocab_size, None)?,
             head_in: a(0)?,
             head_norm: a(0)?,
             head_out: ops.alloc::<f32>(0, STAGE)?,
         })
+    }
+
+    /// Makes the LM head hold `rows` rows of logits at a time (tests use a few, so that a
+    /// batch spans several chunks).
+    pub fn set_chunk_rows(&mut self, net: &Net<O>, rows: usize) -> Result<()> {
+        self.logits = net.ops.logits_scratch(net.config.vocab_size, Some(rows))?;
+        Ok(())
     }
 
     /// Sets every buffer to n rows (m scored), growing the memory first when n is more than

@@ -1,8 +1,9 @@
 //! The model's graph, written once over the op set (`backend::ops::Ops`) and run on either
 //! device: the decoder layer's forward and backward, the final norm and the LM head's fused
-//! log-probs, the packed forward of fresh sequences (prefill, classifier). `Model` runs it
-//! with `Cpu`, `GpuModel` with `CudaOps`; every CPU test of the model exercises the same
-//! orchestration the GPU runs.
+//! log-probs, the packed forward of fresh sequences, prefill and decode steps over KV caches,
+//! and the classifier head. `Model` runs it with `Cpu` on its own f32 weights, `ModelOn<O>`
+//! on any op set (`GpuModel<T>` is `ModelOn<CudaOps<T>>`); every CPU test of the model
+//! exercises the same orchestration the GPU runs.
 //!
 //! Shape letters as in `backend`: N rows, C width, H/Hkv heads, D head dim, I MLP width,
 //! V vocabulary, M scored rows, S sequences.
@@ -12,9 +13,11 @@ pub mod batch;
 pub mod infer;
 pub mod layer;
 pub mod logprobs;
+pub mod model_on;
 
 pub use activations::Activations;
 pub use batch::{DeviceBatch, ScoredSequence, TrainBatch};
+pub use model_on::ModelOn;
 
 use super::config::ModelConfig;
 use super::params::ParamLayout;
