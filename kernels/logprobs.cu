@@ -1,9 +1,9 @@
 // The row passes of the fused LM-head log-probs, on a chunk of logits that cuBLAS computed
 // (hidden @ W^T for the rows that predict a completion token): log-softmax and gather in one
 // pass over each row, and, for training, the gradient rows in the storage type the next two
-// products read. Only one chunk of logits ever exists. Also the per-sequence sums of the
-// log-probs and their backward (a sequence's upstream copied to each of its rows).
-// CPU twins: src/backend/cpu/logprobs.rs and sums_per_sequence in src/model/training.rs.
+// products read. Only one chunk of logits ever exists. The per-sequence sums of the
+// log-probs are the host's (src/model/graph/logprobs.rs), from the M row log-probs.
+// CPU twin: src/backend/cpu/logprobs.rs.
 #include "common.cuh"
 
 // The row passes stream the chunk's logits once, so they are bound by memory bandwidth only
@@ -254,33 +254,4 @@ extern "C" __global__ void __launch_bounds__(256, 4)
     logprob_grad_rows_bf16(__nv_bfloat16* dlogits, const float* logits, const unsigned* targets,
                            const float* lse, const float* upstream, int v, long long n) {
     grad_rows(dlogits, logits, targets, lse, upstream, (unsigned)v, n);
-}
-
-// sums: (S) = the sum of logp over rows row_starts[s]..row_starts[s+1]; row_starts: (S + 1).
-// One block per sequence, accumulated in f64 (as the CPU twin does), no atomics.
-extern "C" __global__ void sequence_sums(double* sums, const float* logp, const int* row_starts) {
-    const int s = blockIdx.x, begin = row_starts[s], end = row_starts[s + 1];
-    double acc = 0.0;
-    for (int r = begin + threadIdx.x; r < end; r += blockDim.x) acc += (double)logp[r];
-    acc = block_sum_f64(acc);
-    if (threadIdx.x == 0) sums[s] = acc;
-}
-
-// dlogp: (M) = dseq[s] for the rows of sequence s (row_starts: (S + 1), nondecreasing), 0 for
-// a row outside every sequence. One thread per row, grid-stride; s by binary search.
-extern "C" __global__ void expand_per_row(float* dlogp, const float* dseq, const int* row_starts,
-                                          int s_count, int m) {
-    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < m; r += gridDim.x * blockDim.x) {
-        float d = 0.0f;
-        if (s_count > 0 && r >= row_starts[0] && r < row_starts[s_count]) {
-            // The last s with row_starts[s] <= r: then r < row_starts[s + 1].
-            int lo = 0, hi = s_count;  // row_starts[lo] <= r < row_starts[hi]
-            while (hi - lo > 1) {
-                const int mid = (lo + hi) / 2;
-                if (row_starts[mid] <= r) lo = mid; else hi = mid;
-            }
-            d = dseq[lo];
-        }
-        dlogp[r] = d;
-    }
 }

@@ -137,50 +137,6 @@ fn chunked_logprobs_match_their_cpu_twin() {
     }
 }
 
-#[test]
-fn sequence_sums_and_their_backward_match_the_row_to_sequence_map() {
-    let Some(gpu) = gpu() else { return };
-    // Sequence lengths, an empty one included, and one longer than a block.
-    let lens = [3usize, 0, 17, 1, 300, 2001];
-    let mut starts = vec![0i32];
-    for l in lens {
-        starts.push(starts.last().unwrap() + l as i32);
-    }
-    let m = *starts.last().unwrap() as usize;
-    let logp: Vec<f32> = normals(m, 5).iter().map(|x| -x.abs() * 3.0).collect();
-    let dseq = normals(lens.len(), 6);
-    let gstarts = gpu.stream.clone_htod(&starts).unwrap();
-    let mut sums = gpu.stream.clone_htod(&vec![f64::NAN; lens.len()]).unwrap();
-    gpu.sequence_sums(&mut sums, &gpu.stream.clone_htod(&logp).unwrap(), &gstarts)
-        .unwrap();
-    let sums = gpu.stream.clone_dtoh(&sums).unwrap();
-    for s in 0..lens.len() {
-        let rows = starts[s] as usize..starts[s + 1] as usize;
-        // The CPU's sums: f64 over the f32 log-probs.
-        let want: f64 = logp[rows].iter().map(|&x| x as f64).sum();
-        assert!(
-            (sums[s] - want).abs() <= 1e-9 * want.abs().max(1.0),
-            "sequence {s}: {} vs {want}",
-            sums[s]
-        );
-    }
-    let mut dlogp = nans::<f32>(&gpu, m);
-    gpu.expand_per_row(
-        &mut dlogp,
-        &gpu.stream.clone_htod(&dseq).unwrap(),
-        &gstarts,
-        m,
-    )
-    .unwrap();
-    let dlogp = gpu.stream.clone_dtoh(&dlogp).unwrap();
-    let want: Vec<f32> = lens
-        .iter()
-        .zip(&dseq)
-        .flat_map(|(&l, &d)| std::iter::repeat_n(d, l))
-        .collect();
-    assert_eq!(dlogp, want);
-}
-
 fn dpo_case(gpu: &Gpu, cfg: &DpoConfig, p: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut uniform = |lo: f32, hi: f32| lo + (hi - lo) * rng.uniform();

@@ -85,7 +85,7 @@ mod tests {
         assert_eq!(pair.f32.entry, "rmsnorm_forward_f32");
         assert_eq!(pair.bf16.entry, "rmsnorm_forward_bf16");
         assert_eq!(pair.bf16.module, "rmsnorm");
-        assert_eq!(logprobs::SEQUENCE_SUMS.entry, "sequence_sums");
+        assert_eq!(logprobs::LOGPROB_ROW_COMBINE.entry, "logprob_row_combine");
         let found = find_typed(attention::TYPED, "attention", "attention_forward_d64").unwrap();
         assert_eq!(found.bf16.entry, "attention_forward_d64_bf16");
         let err = find_typed(attention::TYPED, "attention", "attention_forward_d65");

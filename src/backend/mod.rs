@@ -2,12 +2,14 @@
 //! `op_backward(dinp.., dweights.., dout, inputs.., saved.., dims)` side by side; parameter
 //! gradients accumulate (`+=`), activation gradients are assigned.
 //!
-//! The CPU backend is f32 throughout and is the oracle every CUDA kernel is checked
-//! against; the CUDA backend keeps bf16 weights and activations with f32 accumulation, f32
-//! master weights and AdamW state. `device` picks one at run time. Rather than one `Backend`
-//! trait over both, each backend has the same op names and shapes (the CUDA ones on device
-//! buffers), and the model has one graph per backend (`model::training`, `model::cuda`):
-//! the device code needs buffers, streams and scratch the CPU code has no use for.
+//! Each op lives three times under one name: `kernels/<op>.cu`, its launcher in
+//! `cuda/<op>.rs` (a method of `Gpu`: the stream is all it adds) and its CPU twin in
+//! `cpu/<op>.rs`, the oracle every kernel is checked against, with the same argument order
+//! and shapes, and errors returned rather than asserted. `ops::Ops` is the op set as one
+//! interface, instantiated by `cpu::Cpu` (f32) and `cuda::CudaOps<T>` (bf16 or f32 storage,
+//! f32 accumulation); the model's graph (`model::graph`) is written once over it. The
+//! device-neutral types the ops take are here: `settings` (attention dims, AdamW, sampling),
+//! `rng`, `rope_table` and `storage`. `device` picks a device at run time.
 //!
 //! Shape letters used in comments: N rows (tokens of a packed batch), C model width,
 //! H query heads, Hkv key/value heads, D head dim, I MLP width, V vocabulary, T positions.

@@ -1,4 +1,4 @@
-//! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the CPU backend.
+//! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the run's device.
 
 use crate::backend::device::{Device, DeviceChoice};
 use crate::engine::{train, Engine};

@@ -1,6 +1,7 @@
 //! Llama-family causal language models (Llama, Mistral, Qwen2), and Llama and Qwen2
-//! sequence classifiers (reward models), loaded from Hugging Face checkpoint directories and
-//! run on the CPU backend.
+//! sequence classifiers (reward models), loaded from Hugging Face checkpoint directories:
+//! config, weights and parameter layout, and the one graph (`graph`) that runs them on the
+//! CPU (`Model`) or on a GPU (`cuda::GpuModel`).
 
 pub mod config;
 pub mod cuda;

@@ -105,7 +105,7 @@ impl DeviceTokens {
     }
 }
 
-/// (order, starts, ids) of `TokenRows`, on the host.
+/// (order, starts, distinct ids) of `DeviceTokens`, on the host.
 pub(crate) fn group_by_token(tokens: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<u32>) {
     let mut order: Vec<i32> = (0..tokens.len() as i32).collect();
     order.sort_by_key(|&r| tokens[r as usize]); // stable: row order within a token

@@ -1,7 +1,7 @@
 //! The fused LM-head log-probs on the device, chunked over rows: log p(target) of each scored
 //! row and its backward, without ever holding the (M, V) logits. Twin of
-//! `cpu::logprobs::{logprobs_forward, logprobs_backward}`; the per-sequence sums and their
-//! backward are the twins of `sums_per_sequence` in `model::training`.
+//! `cpu::logprobs::{logprobs_forward, logprobs_backward}`. The per-sequence sums are the
+//! host's (`model::graph::logprobs`), from the M row log-probs.
 //!
 //! Per chunk of rows the forward runs cuBLAS for the chunk's logits (T inputs, f32 output
 //! and accumulation) and the row pass (log-normaliser and the target's log-prob). The
@@ -399,67 +399,6 @@ impl Gpu {
         // logits hold R rows of V (n = R V) and the others R elements, targets below V.
         let cfg = Self::rows(grad_blocks(r * v, self.sm_count));
         unsafe { launch.launch(cfg) }.context("logprob_grad_rows")?;
-        Ok(())
-    }
-
-    /// logp: (M) log-probs; row_starts: (S + 1) i32 on the device, nondecreasing, the
-    /// first row of each sequence and M at the end (the caller's); sums: (S) assigned, the
-    /// sum over rows row_starts[s]..row_starts[s + 1], in f64 (as the CPU sums them): one block
-    /// per sequence, a fixed reduction tree, no atomics (deterministic).
-    pub fn sequence_sums(
-        &self,
-        sums: &mut impl DevicePtrMut<f64>,
-        logp: &impl DevicePtr<f32>,
-        row_starts: &impl DevicePtr<i32>,
-    ) -> Result<()> {
-        let s = row_starts.len().saturating_sub(1);
-        check_lens("sequence_sums", &[sums.len()], s)?;
-        if logp.len() > i32::MAX as usize || s > i32::MAX as usize {
-            anyhow::bail!(
-                "sequence_sums: {} rows do not fit i32 row starts",
-                logp.len()
-            );
-        }
-        if s == 0 {
-            return Ok(());
-        }
-        let f = self.function(kernels::logprobs::SEQUENCE_SUMS)?;
-        let (out, lp, starts) = (self.ptr_mut(sums), self.ptr(logp), self.ptr(row_starts));
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&out).arg(&lp).arg(&starts);
-        // SAFETY: the arguments match the kernel; sums holds S, row_starts S + 1 entries,
-        // whose values index logp (the caller's contract above).
-        unsafe { launch.launch(Self::rows(s)) }.context("sequence_sums")?;
-        Ok(())
-    }
-
-    /// dlogp: (M) assigned, dlogp[r] = dseq[s] for the rows of sequence s under the same
-    /// row_starts as `sequence_sums` (0 for a row outside every sequence); dseq: (S).
-    pub fn expand_per_row(
-        &self,
-        dlogp: &mut impl DevicePtrMut<f32>,
-        dseq: &impl DevicePtr<f32>,
-        row_starts: &impl DevicePtr<i32>,
-        m: usize,
-    ) -> Result<()> {
-        let s = row_starts.len().saturating_sub(1);
-        check_lens("expand_per_row dlogp", &[dlogp.len()], m)?;
-        check_lens("expand_per_row dseq", &[dseq.len()], s)?;
-        if m > i32::MAX as usize || s > i32::MAX as usize {
-            anyhow::bail!("expand_per_row: {m} rows do not fit i32 row starts");
-        }
-        if m == 0 {
-            return Ok(());
-        }
-        let f = self.function(kernels::logprobs::EXPAND_PER_ROW)?;
-        let (out, ds, starts) = (self.ptr_mut(dlogp), self.ptr(dseq), self.ptr(row_starts));
-        let (s32, m32) = (s as i32, m as i32);
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&out).arg(&ds).arg(&starts).arg(&s32).arg(&m32);
-        let cfg = Self::elementwise(m);
-        // SAFETY: the arguments match the kernel; dlogp holds M, dseq S and row_starts S + 1
-        // entries (checked above; with S = 0 the kernel reads none).
-        unsafe { launch.launch(cfg) }.context("expand_per_row")?;
         Ok(())
     }
 }
