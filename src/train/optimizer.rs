@@ -2,7 +2,7 @@
 //! Hugging Face Trainer's decay groups, gradient-norm clipping and the learning-rate
 //! schedule.
 
-use crate::backend::cpu::adamw::{adamw_update, sum_of_squares};
+use crate::backend::cpu::adamw::{adamw_update, sum_squares};
 use crate::backend::settings::AdamW;
 use crate::model::{ModelConfig, ParamLayout};
 use std::ops::Range;
@@ -90,7 +90,7 @@ impl Optimizer {
     }
 
     pub fn grad_norm(grads: &[f32]) -> f64 {
-        sum_of_squares(grads).sqrt()
+        sum_squares(grads).sqrt()
     }
 
     /// Applies one update with the learning rate `lr` and the gradient whose norm is
@@ -103,7 +103,7 @@ impl Optimizer {
         grads: &[f32],
         grad_norm: f64,
         lr: f64,
-    ) {
+    ) -> anyhow::Result<()> {
         self.steps += 1;
         let scale = Optimizer::clip_scale(self.cfg.max_grad_norm, grad_norm);
         for (range, decays) in &self.groups {
@@ -114,6 +114,7 @@ impl Optimizer {
                 &mut self.m[r.clone()],
                 &mut self.v[r.clone()],
                 &grads[r],
+                None,
                 AdamW {
                     lr: lr as f32,
                     beta1: self.cfg.beta1 as f32,
@@ -127,8 +128,9 @@ impl Optimizer {
                     step: self.steps,
                     grad_scale: scale as f32,
                 },
-            );
+            )?;
         }
+        Ok(())
     }
 }
 
