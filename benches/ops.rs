@@ -66,6 +66,7 @@ fn matmul(c: &mut Criterion) {
                     ic,
                     oc,
                 )
+                .unwrap()
             })
         });
     }
@@ -105,6 +106,7 @@ fn matmul_train_backward(c: &mut Criterion) {
                     ic,
                     oc,
                 )
+                .unwrap()
             })
         });
     }
@@ -120,7 +122,9 @@ fn rmsnorm(c: &mut Criterion) {
         // Reads the rows and the weight, writes the rows.
         group.throughput(Throughput::Bytes(F32 * (2 * n * C + C) as u64));
         group.bench_function(BenchmarkId::from_parameter(format!("{n}x{C}")), |b| {
-            b.iter(|| rmsnorm_forward(black_box(&mut out), black_box(&inp), &weight, 1e-5, C))
+            b.iter(|| {
+                rmsnorm_forward(black_box(&mut out), black_box(&inp), &weight, 1e-5, C).unwrap()
+            })
         });
     }
     group.finish();
@@ -141,7 +145,7 @@ fn rope(c: &mut Criterion) {
     ));
     group.bench_function(
         BenchmarkId::from_parameter(format!("{n}x{N_HEAD}x{HEAD_DIM}")),
-        |b| b.iter(|| rope_forward(black_box(&mut x), &table, N_HEAD)),
+        |b| b.iter(|| rope_forward(black_box(&mut x), &table, N_HEAD).unwrap()),
     );
     group.finish();
 }
@@ -156,7 +160,11 @@ fn swiglu(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(F32 * (3 * n * INTERMEDIATE) as u64));
     group.bench_function(
         BenchmarkId::from_parameter(format!("{n}x{INTERMEDIATE}")),
-        |b| b.iter(|| swiglu_row_forward(black_box(&mut out), black_box(&gate), black_box(&up))),
+        |b| {
+            b.iter(|| {
+                swiglu_row_forward(black_box(&mut out), black_box(&gate), black_box(&up)).unwrap()
+            })
+        },
     );
     group.finish();
 }
@@ -235,6 +243,7 @@ fn attention(c: &mut Criterion) {
                     &case.row_pos,
                     dims,
                 )
+                .unwrap()
             })
         });
     }
@@ -286,10 +295,11 @@ fn attention_train(c: &mut Criterion) {
                 &row_pos,
                 dims,
             )
+            .unwrap()
         })
     });
     // The backward's saved state, whether or not the forward's benchmark ran.
-    attention_over_caches(&mut out, &mut lse, &q, &kv, &row_seq, &row_pos, dims);
+    attention_over_caches(&mut out, &mut lse, &q, &kv, &row_seq, &row_pos, dims).unwrap();
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
     // Five products of the forward's size: the scores again, dP, dQ, dK and dV.
     group.throughput(Throughput::Elements(forward_flops * 5 / 2));
@@ -308,6 +318,7 @@ fn attention_train(c: &mut Criterion) {
                 &seqs,
                 dims,
             )
+            .unwrap()
         })
     });
     group.finish();

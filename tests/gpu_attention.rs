@@ -74,7 +74,7 @@ fn attention_case<T: Storage>(
         })
         .collect();
     let (mut want, mut want_lse) = (vec![0.0; n * qd], vec![0.0; n * h]);
-    attention_over_caches(&mut want, &mut want_lse, &q, &kv, &row_seq, &row_pos, dims);
+    attention_over_caches(&mut want, &mut want_lse, &q, &kv, &row_seq, &row_pos, dims).unwrap();
 
     let starts: Vec<i32> = std::iter::once(0)
         .chain(seqs.iter().map(|r| r.end as i32))
@@ -132,7 +132,8 @@ fn attention_case<T: Storage>(
         &lse_got,
         &seqs,
         dims,
-    );
+    )
+    .unwrap();
     let gout = upload::<T>(gpu, &out);
     let mut dq = nans::<T>(gpu, n * qd);
     let (mut dk, mut dv) = (nans::<T>(gpu, n * kvd), nans::<T>(gpu, n * kvd));

@@ -8,7 +8,9 @@ mod common;
 
 use common::gpu::*;
 use half::bf16;
-use tpo_engine::backend::cpu::logprobs::{logprobs_backward, logprobs_forward};
+use tpo_engine::backend::cpu::logprobs::{
+    logprobs_backward, logprobs_forward, LogitsScratch as CpuScratch,
+};
 use tpo_engine::backend::cpu::sampling::{argmax, candidates, sample, SamplerScratch};
 use tpo_engine::backend::cuda::logprobs::{default_chunk_rows, LogitsScratch};
 use tpo_engine::backend::cuda::Gpu;
@@ -41,7 +43,7 @@ fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
 
     // The CPU twin on the same (rounded) inputs, with its own chunking.
     let (mut want_logp, mut want_lse) = (vec![0.0; m], vec![0.0; m]);
-    let mut cpu_logits = vec![];
+    let mut cpu_scratch = CpuScratch::new(7);
     logprobs_forward(
         &mut want_logp,
         &mut want_lse,
@@ -50,9 +52,9 @@ fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
         &targets,
         c,
         v,
-        7,
-        &mut cpu_logits,
-    );
+        &mut cpu_scratch,
+    )
+    .unwrap();
     let mut want_dh = vec![0.0; m * c];
     let mut want_dw = dw0.clone();
     logprobs_backward(
@@ -65,9 +67,9 @@ fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
         &want_lse,
         c,
         v,
-        7,
-        &mut cpu_logits,
-    );
+        &mut cpu_scratch,
+    )
+    .unwrap();
 
     let (gh, gw) = (upload::<T>(gpu, &hidden), upload::<T>(gpu, &weight));
     let gt = gpu.stream.clone_htod(&targets).unwrap();

@@ -6,7 +6,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tpo_engine::backend::cpu::logprobs::{logprobs_backward, logprobs_forward, logprobs_fused};
+use tpo_engine::backend::cpu::logprobs::{
+    logprobs_backward, logprobs_forward, logprobs_fused, LogitsScratch,
+};
 
 struct Counting;
 
@@ -64,7 +66,7 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
     let mut dweight = vec![0.0f32; v * c];
     // Each pass grows its own scratch inside the measurement.
     let mut forward = || {
-        let mut scratch = vec![];
+        let mut scratch = LogitsScratch::new(chunk);
         logprobs_forward(
             &mut logp,
             &mut lse,
@@ -73,9 +75,9 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
             &targets,
             c,
             v,
-            chunk,
             &mut scratch,
         )
+        .unwrap()
     };
     forward(); // starts the thread pool outside the measurement
     let fwd = peak_extra(forward);
@@ -90,9 +92,9 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
             &lse,
             c,
             v,
-            chunk,
-            &mut vec![],
+            &mut LogitsScratch::new(chunk),
         )
+        .unwrap()
     };
     let bwd = peak_extra(backward);
     assert!(logp.iter().all(|x| x.is_finite() && *x < 0.0));
@@ -107,9 +109,10 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
             &targets[..chunk],
             c,
             v,
-            &mut vec![],
+            &mut LogitsScratch::new(chunk),
             &mut |lp| lp.iter().map(|x| -x).collect(),
         )
+        .unwrap()
     });
     (fwd, bwd.max(fused))
 }

@@ -1,9 +1,7 @@
-//! The optimizer over a whole model: AdamW state in flat buffers with the model's layout,
-//! Hugging Face Trainer's decay groups, gradient-norm clipping and the learning-rate
-//! schedule.
+//! The optimizer's settings and rules over a whole model: Hugging Face Trainer's decay
+//! groups, gradient-norm clipping and the learning-rate schedule. The AdamW state itself is
+//! the trainer's (`trainer::Trainer`), on the run's device.
 
-use crate::backend::cpu::adamw::{adamw_update, sum_of_squares};
-use crate::backend::settings::AdamW;
 use crate::model::{ModelConfig, ParamLayout};
 use std::ops::Range;
 
@@ -52,84 +50,28 @@ impl OptimizerConfig {
     }
 }
 
-pub struct Optimizer {
-    cfg: OptimizerConfig,
-    m: Vec<f32>, // (P) first moments
-    v: Vec<f32>, // (P) second moments
-    /// Parameter ranges and whether weight decay applies: matrices decay; norm weights and
-    /// biases do not (transformers' Trainer rule).
-    groups: Vec<(Range<usize>, bool)>,
-    steps: u32,
+/// The factor that clips a gradient of norm `grad_norm` to `max` (0: no clipping):
+/// torch.nn.utils.clip_grad_norm_'s coefficient.
+pub fn clip_scale(max: f64, grad_norm: f64) -> f64 {
+    if max > 0.0 {
+        (max / (grad_norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
 }
 
-impl Optimizer {
-    pub fn new(cfg: OptimizerConfig, model_cfg: &ModelConfig, layout: &ParamLayout) -> Self {
-        let groups = layout
-            .tensors(model_cfg)
-            .into_iter()
-            .map(|t| (t.range, t.shape.len() >= 2))
-            .collect();
-        Optimizer {
-            cfg,
-            m: vec![0.0; layout.len],
-            v: vec![0.0; layout.len],
-            groups,
-            steps: 0,
+/// Runs of consecutive parameters that share a weight-decay rule, and whether they decay:
+/// matrices decay; norm weights and biases do not (transformers' Trainer rule).
+pub fn decay_runs(model_cfg: &ModelConfig, layout: &ParamLayout) -> Vec<(Range<usize>, bool)> {
+    let mut runs: Vec<(Range<usize>, bool)> = vec![];
+    for t in layout.tensors(model_cfg) {
+        let decays = t.shape.len() >= 2;
+        match runs.last_mut() {
+            Some((r, d)) if *d == decays && r.end == t.range.start => r.end = t.range.end,
+            _ => runs.push((t.range, decays)),
         }
     }
-
-    /// Global L2 norm of a gradient buffer.
-    /// The factor that clips a gradient of norm `grad_norm` to `max` (0: no clipping):
-    /// torch.nn.utils.clip_grad_norm_'s coefficient.
-    pub fn clip_scale(max: f64, grad_norm: f64) -> f64 {
-        if max > 0.0 {
-            (max / (grad_norm + 1e-6)).min(1.0)
-        } else {
-            1.0
-        }
-    }
-
-    pub fn grad_norm(grads: &[f32]) -> f64 {
-        sum_of_squares(grads).sqrt()
-    }
-
-    /// Applies one update with the learning rate `lr` and the gradient whose norm is
-    /// `grad_norm` (from `grad_norm`, checked finite by the caller); `previous` receives the
-    /// parameters from before it.
-    pub fn step(
-        &mut self,
-        params: &mut [f32],
-        previous: &mut [f32],
-        grads: &[f32],
-        grad_norm: f64,
-        lr: f64,
-    ) {
-        self.steps += 1;
-        let scale = Optimizer::clip_scale(self.cfg.max_grad_norm, grad_norm);
-        for (range, decays) in &self.groups {
-            let r = range.clone();
-            adamw_update(
-                &mut params[r.clone()],
-                &mut previous[r.clone()],
-                &mut self.m[r.clone()],
-                &mut self.v[r.clone()],
-                &grads[r],
-                AdamW {
-                    lr: lr as f32,
-                    beta1: self.cfg.beta1 as f32,
-                    beta2: self.cfg.beta2 as f32,
-                    eps: self.cfg.eps as f32,
-                    weight_decay: if *decays {
-                        self.cfg.weight_decay as f32
-                    } else {
-                        0.0
-                    },
-                    step: self.steps,
-                    grad_scale: scale as f32,
-                },
-            );
-        }
-    }
+    runs
 }
 
 #[cfg(test)]
@@ -161,5 +103,33 @@ mod tests {
         let constant = cfg(LrSchedule::Constant, 4);
         assert_eq!(constant.lr_at(1, 10), 0.25);
         assert_eq!(constant.lr_at(9, 10), 1.0);
+    }
+
+    #[test]
+    fn matrices_decay_and_norms_do_not_in_runs_that_tile_the_parameters() {
+        let config = ModelConfig::from_json(&serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "hidden_size": 8, "intermediate_size": 12,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "vocab_size": 16, "max_position_embeddings": 32,
+        }))
+        .unwrap();
+        let layout = ParamLayout::new(&config);
+        let runs = decay_runs(&config, &layout);
+        assert_eq!(runs.first().unwrap().0.start, 0);
+        assert_eq!(runs.last().unwrap().0.end, layout.len);
+        for w in runs.windows(2) {
+            assert_eq!(w[0].0.end, w[1].0.start, "runs tile the parameters");
+            assert_ne!(w[0].1, w[1].1, "neighbouring runs differ in their rule");
+        }
+        for t in layout.tensors(&config) {
+            let (_, decays) = runs
+                .iter()
+                .find(|(r, _)| r.contains(&t.range.start))
+                .unwrap();
+            assert_eq!(*decays, t.shape.len() >= 2, "{}", t.name);
+        }
+        assert_eq!(clip_scale(1.0, 3.0), 1.0 / (3.0 + 1e-6));
+        assert_eq!(clip_scale(1.0, 0.5), 1.0);
+        assert_eq!(clip_scale(0.0, 100.0), 1.0);
     }
 }

@@ -5,7 +5,7 @@
 
 use super::batching::micro_batches;
 use super::loss::{dpo_loss, sft_loss, DpoConfig, DpoTotals, PairLogps};
-use super::optimizer::{Optimizer, OptimizerConfig};
+use super::optimizer::{clip_scale, decay_runs, OptimizerConfig};
 use crate::backend::ops::Ops;
 use crate::backend::rng::Rng;
 use crate::backend::settings::AdamW;
@@ -135,14 +135,7 @@ impl<O: Ops> Trainer<O> {
         let master = ops.master_from_host(&mut model.params)?;
         let mut weights = None;
         ops.refresh_weights(&mut weights, &master)?;
-        let mut runs: Vec<(Range<usize>, bool)> = vec![];
-        for t in model.layout.tensors(&model.config) {
-            let decays = t.shape.len() >= 2;
-            match runs.last_mut() {
-                Some((r, d)) if *d == decays && r.end == t.range.start => r.end = t.range.end,
-                _ => runs.push((t.range, decays)),
-            }
-        }
+        let runs = decay_runs(&model.config, &model.layout);
         let acts = {
             let net = Net {
                 ops: &ops,
@@ -248,7 +241,7 @@ impl<O: Ops> Trainer<O> {
     fn apply(&mut self, lr: f64, grad_norm: f64) -> Result<()> {
         self.steps += 1;
         let o = &self.cfg.optimizer;
-        let scale = Optimizer::clip_scale(o.max_grad_norm, grad_norm);
+        let scale = clip_scale(o.max_grad_norm, grad_norm);
         let h = |decays: bool| AdamW {
             lr: lr as f32,
             beta1: o.beta1 as f32,

@@ -13,7 +13,9 @@ use super::attention_tiled::{
     backward_task, forward_tile, tile_positions, BackwardTask, ForwardScratch,
 };
 use super::math::{dot, exp};
+use super::{check_lens, check_rows};
 use crate::backend::settings::AttentionDims;
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -47,21 +49,51 @@ pub fn attention_over_caches(
     row_seq: &[usize],
     row_pos: &[usize],
     dims: AttentionDims,
-) {
+) -> Result<()> {
+    over_caches(
+        "attention_over_caches",
+        out,
+        lse,
+        q,
+        kv,
+        row_seq,
+        row_pos,
+        dims,
+    )
+}
+
+/// `attention_over_caches`, its errors naming `op`.
+#[allow(clippy::too_many_arguments)]
+fn over_caches(
+    op: &str,
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    kv: &[KvView],
+    row_seq: &[usize],
+    row_pos: &[usize],
+    dims: AttentionDims,
+) -> Result<()> {
     let AttentionDims {
         n_head,
         n_kv_head,
         head_dim: d,
     } = dims;
+    check_heads(op, dims)?;
     let n = row_seq.len();
-    assert_eq!(row_pos.len(), n, "attention row shapes");
-    assert_eq!(q.len(), n * n_head * d, "attention q shape");
-    assert_eq!(out.len(), q.len(), "attention out shape");
-    assert_eq!(lse.len(), n * n_head, "attention lse shape");
-    assert!(
-        n_kv_head > 0 && n_head % n_kv_head == 0,
-        "heads must group evenly"
-    );
+    check_lens(&format!("{op} row_pos"), &[row_pos.len()], n)?;
+    check_rows(op, &[q.len(), out.len()], n, n_head * d)?;
+    check_lens(&format!("{op} lse"), &[lse.len()], n * n_head)?;
+    let kvd = n_kv_head * d;
+    for (r, (&s, &p)) in row_seq.iter().zip(row_pos).enumerate() {
+        let Some(cache) = kv.get(s) else {
+            bail!("{op}: row {r} of sequence {s}, of {} caches", kv.len());
+        };
+        let positions = cache.k.len().min(cache.v.len()) / kvd;
+        if p >= positions {
+            bail!("{op}: row {r} at position {p} of a cache of {positions} positions");
+        }
+    }
     let group = n_head / n_kv_head;
     // (N * Hkv): row r's query heads of kv head g at r * Hkv + g, each taken by one work item.
     let mut blocks: Vec<Option<GroupOut>> = out
@@ -133,6 +165,38 @@ pub fn attention_over_caches(
                 );
             }
         });
+    Ok(())
+}
+
+/// Checks that the query heads group evenly over the kv heads, of a nonzero dimension.
+fn check_heads(op: &str, dims: AttentionDims) -> Result<()> {
+    let AttentionDims {
+        n_head,
+        n_kv_head,
+        head_dim,
+    } = dims;
+    if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+        bail!("{op}: {n_head} heads do not group over {n_kv_head}");
+    }
+    if head_dim == 0 {
+        bail!("{op}: head dim 0");
+    }
+    Ok(())
+}
+
+/// Checks that `seqs` tile the rows 0..n in order.
+fn check_tiling(op: &str, seqs: &[Range<usize>], n: usize) -> Result<()> {
+    let mut end = 0;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.start != end || s.end < s.start {
+            bail!("{op}: sequence {i} at rows {s:?} does not follow row {end}");
+        }
+        end = s.end;
+    }
+    if end != n {
+        bail!("{op}: sequences of {end} rows in a batch of {n}");
+    }
+    Ok(())
 }
 
 /// The outputs of one row's query heads that share a kv head: out (group, D), lse (group).
@@ -260,12 +324,13 @@ pub fn attention_forward(
     v: &[f32],
     seqs: &PackedSeqs,
     dims: AttentionDims,
-) {
+) -> Result<()> {
+    let op = "attention_forward";
+    check_heads(op, dims)?;
+    let n = seqs.row_seq.len();
     let kvd = dims.n_kv_head * dims.head_dim;
-    assert!(
-        k.len() == seqs.row_seq.len() * kvd && v.len() == k.len(),
-        "attention k/v shapes"
-    );
+    check_rows(&format!("{op} k, v"), &[k.len(), v.len()], n, kvd)?;
+    check_tiling(op, &seqs.seqs, n)?;
     let views: Vec<KvView> = seqs
         .seqs
         .iter()
@@ -274,7 +339,7 @@ pub fn attention_forward(
             v: &v[s.start * kvd..s.end * kvd],
         })
         .collect();
-    attention_over_caches(out, lse, q, &views, &seqs.row_seq, &seqs.row_pos, dims);
+    over_caches(op, out, lse, q, &views, &seqs.row_seq, &seqs.row_pos, dims)
 }
 
 /// Backward of causal self-attention over packed whole sequences (training, no cache): the
@@ -299,28 +364,21 @@ pub fn attention_backward(
     lse: &[f32],
     seqs: &[Range<usize>],
     dims: AttentionDims,
-) {
+) -> Result<()> {
     let AttentionDims {
         n_head,
         n_kv_head,
         head_dim: d,
     } = dims;
-    assert!(
-        n_kv_head > 0 && n_head % n_kv_head == 0,
-        "heads must group evenly"
-    );
-    let mut n = 0;
-    for rows in seqs {
-        assert_eq!(rows.start, n, "sequences must tile the rows in order");
-        n = rows.end;
-    }
-    assert_eq!(lse.len(), n * n_head, "attention lse shape");
-    for x in [&*dq, dout, q, out] {
-        assert_eq!(x.len(), n * n_head * d, "attention query-side shapes");
-    }
-    for x in [&*dk, &*dv, k, v] {
-        assert_eq!(x.len(), n * n_kv_head * d, "attention key-side shapes");
-    }
+    let op = "attention_backward";
+    check_heads(op, dims)?;
+    let n = seqs.last().map_or(0, |s| s.end);
+    check_tiling(op, seqs, n)?;
+    check_lens(&format!("{op} lse"), &[lse.len()], n * n_head)?;
+    let q_lens = [dq.len(), dout.len(), q.len(), out.len()];
+    check_rows(op, &q_lens, n, n_head * d)?;
+    let kv_lens = [dk.len(), dv.len(), k.len(), v.len()];
+    check_rows(&format!("{op} k, v"), &kv_lens, n, n_kv_head * d)?;
     let group = n_head / n_kv_head;
     // Row r's blocks come in kv head order, (group, D) of dq and (D) of dk and dv each.
     let mut dq_blocks = dq.chunks_exact_mut(group * d);
@@ -347,6 +405,7 @@ pub fn attention_backward(
     tasks
         .into_par_iter()
         .for_each(|task| backward_task(task, dout, q, k, v, out, lse, dims));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -394,7 +453,8 @@ mod tests {
                 &row_seq,
                 &row_pos,
                 dims(h, hkv, d),
-            );
+            )
+            .unwrap();
             let (mut want_out, mut want_lse) = (vec![], vec![]);
             for (s, &t) in seqs.iter().zip(&lens) {
                 let (o, l) = naive(&to_f64(&s.0), &to_f64(&s.1), &to_f64(&s.2), t, h, hkv, d);
@@ -424,7 +484,8 @@ mod tests {
             &[0],
             &[t - 1],
             dims(h, hkv, d),
-        );
+        )
+        .unwrap();
         assert_close(&out, &full[(t - 1) * h * d..], 1e-5, 1e-5);
         assert_close(&lse, &full_lse[(t - 1) * h..], 1e-5, 1e-5);
     }
@@ -461,7 +522,8 @@ mod tests {
                 &row_seq,
                 &row_pos,
                 dims(h, hkv, d),
-            );
+            )
+            .unwrap();
             let mut dq = vec![f32::NAN; n * qd];
             let (mut dk, mut dv) = (vec![f32::NAN; n * kvd], vec![f32::NAN; n * kvd]);
             attention_backward(
@@ -476,7 +538,8 @@ mod tests {
                 &lse,
                 &seqs,
                 dims(h, hkv, d),
-            );
+            )
+            .unwrap();
             let loss = |q: &[f64], k: &[f64], v: &[f64]| {
                 let out: Vec<f64> = seqs
                     .iter()
@@ -495,5 +558,72 @@ mod tests {
             assert_close(&dk, &want_dk, GRAD_TOL, GRAD_TOL);
             assert_close(&dv, &want_dv, GRAD_TOL, GRAD_TOL);
         }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_naming_the_op() {
+        let err = |r: Result<()>| r.unwrap_err().to_string();
+        let (h, hkv, d, t) = (4, 2, 8, 3);
+        let (q, k, v) = (
+            randn(t * h * d, 23),
+            randn(t * hkv * d, 24),
+            randn(t * hkv * d, 25),
+        );
+        let (mut out, mut lse) = (vec![0.0; t * h * d], vec![0.0; t * h]);
+        let seqs = PackedSeqs::new(&[0..1, 1..t]);
+        assert_eq!(
+            err(attention_forward(
+                &mut out,
+                &mut lse,
+                &q,
+                &k,
+                &v,
+                &seqs,
+                dims(3, 2, d)
+            )),
+            "attention_forward: 3 heads do not group over 2"
+        );
+        assert_eq!(
+            err(attention_forward(
+                &mut out,
+                &mut lse[1..],
+                &q,
+                &k,
+                &v,
+                &seqs,
+                dims(h, hkv, d)
+            )),
+            "attention_forward lse: a buffer of 11 elements, expected 12"
+        );
+        let cache = KvView { k: &k, v: &v };
+        assert_eq!(
+            err(attention_over_caches(
+                &mut out[..h * d],
+                &mut lse[..h],
+                &q[..h * d],
+                &[cache],
+                &[0],
+                &[t],
+                dims(h, hkv, d)
+            )),
+            "attention_over_caches: row 0 at position 3 of a cache of 3 positions"
+        );
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        assert_eq!(
+            err(attention_backward(
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                &out,
+                &q,
+                &k,
+                &v,
+                &out,
+                &lse,
+                &[0..1, 2..3],
+                dims(h, hkv, d)
+            )),
+            "attention_backward: sequence 1 at rows 2..3 does not follow row 1"
+        );
     }
 }

@@ -376,13 +376,15 @@ mod tests {
                 &self.row_seq,
                 &self.row_pos,
                 self.dims,
-            );
+            )
+            .unwrap();
             let mut dq = vec![f32::NAN; n * qd];
             let (mut dk, mut dv) = (vec![f32::NAN; n * kvd], vec![f32::NAN; n * kvd]);
             attention_backward(
                 &mut dq, &mut dk, &mut dv, &self.dout, &self.q, &self.k, &self.v, &out, &lse,
                 &self.seqs, self.dims,
-            );
+            )
+            .unwrap();
             Results {
                 out,
                 lse,
@@ -441,12 +443,14 @@ mod tests {
             let (mut out, mut lse) = (vec![0.0; rows * qd], vec![0.0; rows * h]);
             let positions: Vec<usize> = (first..t).collect();
             let row_seq = vec![0; rows];
-            attention_over_caches(&mut out, &mut lse, &q, &[cache], &row_seq, &positions, dims);
+            attention_over_caches(&mut out, &mut lse, &q, &[cache], &row_seq, &positions, dims)
+                .unwrap();
             let mut scores = Vec::new();
             for (i, pos) in positions.into_iter().enumerate() {
                 let qi = &q[i * qd..(i + 1) * qd];
                 let (mut alone, mut alone_lse) = (vec![0.0; qd], vec![0.0; h]);
-                attention_over_caches(&mut alone, &mut alone_lse, qi, &[cache], &[0], &[pos], dims);
+                attention_over_caches(&mut alone, &mut alone_lse, qi, &[cache], &[0], &[pos], dims)
+                    .unwrap();
                 let (mut by_row, mut by_row_lse) = (vec![0.0; qd], vec![0.0; h]);
                 let group = h / hkv;
                 let blocks = by_row

@@ -18,6 +18,8 @@
 
 use super::math::{self, exp};
 use super::matmul::{matmul_backward, matmul_forward};
+use super::{check_lens, check_rows};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -27,8 +29,8 @@ pub fn default_chunk_rows(vocab: usize) -> usize {
 }
 
 /// logp, lse: (M) written; hidden: (M, C) final-norm outputs of the scored rows;
-/// weight: (V, C) the LM head; targets: (M) token ids below V; `logits` a reused scratch
-/// buffer that grows to (chunk, V).
+/// weight: (V, C) the LM head; targets: (M) token ids below V; `scratch` the reused logits,
+/// which grow to (chunk, V).
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs_forward(
     logp: &mut [f32],
@@ -38,15 +40,14 @@ pub fn logprobs_forward(
     targets: &[u32],
     c: usize,
     v: usize,
-    chunk: usize,
-    logits: &mut Vec<f32>,
-) {
+    scratch: &mut LogitsScratch,
+) -> Result<()> {
+    let op = "logprobs_forward";
     let m = targets.len();
-    assert!(
-        logp.len() == m && lse.len() == m && hidden.len() == m * c,
-        "logprobs shapes"
-    );
-    assert!(chunk > 0, "logprobs chunk");
+    check_lens(&format!("{op} logp, lse"), &[logp.len(), lse.len()], m)?;
+    check_head(op, &[hidden.len()], &[weight.len()], targets, c, v)?;
+    let chunk = scratch.chunk(op)?;
+    let logits = &mut scratch.logits;
     logits.resize(chunk.min(m) * v, 0.0); // (chunk, V)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
@@ -59,7 +60,7 @@ pub fn logprobs_forward(
             rows,
             c,
             v,
-        );
+        )?;
         logits
             .par_chunks(v)
             .zip(lse[r0..r0 + rows].par_iter_mut())
@@ -70,10 +71,12 @@ pub fn logprobs_forward(
                 *logp = row[t as usize] - *lse;
             });
     }
+    Ok(())
 }
 
 /// dhidden: (M, C) assigned; dweight: (V, C) accumulated; dlogp: (M) the loss gradient of
-/// each row's log-prob; hidden, weight, targets, `logits` as in the forward; lse: (M) from it.
+/// each row's log-prob; hidden, weight, targets, `scratch` as in the forward; lse: (M) from
+/// it.
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs_backward(
     dhidden: &mut [f32],
@@ -85,21 +88,21 @@ pub fn logprobs_backward(
     lse: &[f32],
     c: usize,
     v: usize,
-    chunk: usize,
-    logits: &mut Vec<f32>,
-) {
+    scratch: &mut LogitsScratch,
+) -> Result<()> {
+    let op = "logprobs_backward";
     let m = targets.len();
-    assert!(
-        dlogp.len() == m && lse.len() == m && hidden.len() == m * c && dhidden.len() == m * c,
-        "logprobs backward shapes"
-    );
-    assert!(chunk > 0, "logprobs chunk");
+    check_lens(&format!("{op} dlogp, lse"), &[dlogp.len(), lse.len()], m)?;
+    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
+    check_head(op, &h_lens, &w_lens, targets, c, v)?;
+    let chunk = scratch.chunk(op)?;
+    let logits = &mut scratch.logits;
     logits.resize(chunk.min(m) * v, 0.0); // (chunk, V), reused as d(logits)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let dlogits = &mut logits[..rows * v];
         let h = &hidden[r0 * c..(r0 + rows) * c];
-        matmul_forward(dlogits, h, weight, None, rows, c, v);
+        matmul_forward(dlogits, h, weight, None, rows, c, v)?;
         dlogits
             .par_chunks_mut(v)
             .zip(lse[r0..r0 + rows].par_iter())
@@ -116,14 +119,15 @@ pub fn logprobs_backward(
             rows,
             c,
             v,
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// One pass over rows whose loss gradient depends on their own log-probs only.
 /// logp: (M) written; dhidden: (M, C) assigned; dweight: (V, C) accumulated; hidden: (M, C);
 /// weight: (V, C); targets: (M); `upstream(logp)` returns d(loss)/d(logp) for each row.
-/// `logits` is a reused scratch buffer that grows to (M, V): callers keep M within a chunk.
+/// M is at most the scratch's chunk, whose logits grow to (M, V).
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs_fused(
     logp: &mut [f32],
@@ -134,17 +138,22 @@ pub fn logprobs_fused(
     targets: &[u32],
     c: usize,
     v: usize,
-    logits: &mut Vec<f32>,
+    scratch: &mut LogitsScratch,
     upstream: &mut dyn FnMut(&[f32]) -> Vec<f32>,
-) {
+) -> Result<()> {
+    let op = "logprobs_fused";
     let m = targets.len();
-    assert!(
-        logp.len() == m && hidden.len() == m * c && dhidden.len() == m * c,
-        "logprobs shapes"
-    );
+    check_lens(&format!("{op} logp"), &[logp.len()], m)?;
+    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
+    check_head(op, &h_lens, &w_lens, targets, c, v)?;
+    let chunk = scratch.chunk(op)?;
+    if m > chunk {
+        bail!("{op}: {m} rows in chunks of {chunk}");
+    }
+    let logits = &mut scratch.logits;
     logits.resize(m * v, 0.0);
     let logits = &mut logits[..m * v]; // (M, V)
-    matmul_forward(logits, hidden, weight, None, m, c, v);
+    matmul_forward(logits, hidden, weight, None, m, c, v)?;
     // Each row becomes exp(z - max) in place, so the gradient pass needs no second exp.
     let mut sums = vec![0.0f32; m]; // (M) sum of exp(z - max)
     logits
@@ -162,7 +171,9 @@ pub fn logprobs_fused(
             *logp = target - (max + sum.ln());
         });
     let dlogp = upstream(logp);
-    assert_eq!(dlogp.len(), m, "one gradient per row");
+    if dlogp.len() != m {
+        bail!("{op}: the loss gave {} gradients for {m} rows", dlogp.len());
+    }
     logits
         .par_chunks_mut(v)
         .zip(sums.par_iter())
@@ -175,7 +186,7 @@ pub fn logprobs_fused(
             }
             row[t as usize] += g;
         });
-    matmul_backward(dhidden, dweight, None, logits, hidden, weight, m, c, v);
+    matmul_backward(dhidden, dweight, None, logits, hidden, weight, m, c, v)
 }
 
 /// The reused logits of the log-prob ops: up to `chunk_rows` rows of V at once.
@@ -191,6 +202,32 @@ impl LogitsScratch {
             logits: vec![],
         }
     }
+
+    /// The rows per chunk, or an error naming `op` where there are none.
+    fn chunk(&self, op: &str) -> Result<usize> {
+        if self.chunk_rows == 0 {
+            bail!("{op}: chunks of 0 rows");
+        }
+        Ok(self.chunk_rows)
+    }
+}
+
+/// Checks hidden (and dhidden): M rows of C, weight (and dweight): V rows of C, for the M
+/// targets, each below V.
+fn check_head(
+    op: &str,
+    hidden: &[usize],
+    weight: &[usize],
+    targets: &[u32],
+    c: usize,
+    v: usize,
+) -> Result<()> {
+    check_rows(&format!("{op} hidden"), hidden, targets.len(), c)?;
+    check_rows(&format!("{op} weight"), weight, v, c)?;
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
+        bail!("{op}: target {t} of a vocabulary of {v}");
+    }
+    Ok(())
 }
 
 /// Forward and backward over loss groups: `groups` are consecutive row ranges covering
@@ -212,18 +249,20 @@ pub fn logprobs_with_grad(
     scratch: &mut LogitsScratch,
     groups: &[Range<usize>],
     grad: &mut crate::backend::ops::RowGrad,
-) -> anyhow::Result<()> {
+) -> Result<()> {
+    let op = "logprobs_with_grad";
     let m = targets.len();
-    if logp.len() != m || hidden.len() != m * c || dhidden.len() != m * c {
-        anyhow::bail!("logprobs_with_grad: buffers do not hold {m} rows of {c}");
-    }
+    check_lens(&format!("{op} logp"), &[logp.len()], m)?;
+    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
+    check_head(op, &h_lens, &w_lens, targets, c, v)?;
     if groups.first().is_some_and(|g| g.start != 0)
         || groups.windows(2).any(|w| w[0].end != w[1].start)
+        || groups.iter().any(|g| g.end < g.start)
         || groups.last().map_or(0, |g| g.end) != m
     {
-        anyhow::bail!("logprobs_with_grad: the groups do not tile the {m} rows");
+        bail!("{op}: the groups do not tile the {m} rows");
     }
-    let chunk = scratch.chunk_rows.max(1);
+    let chunk = scratch.chunk(op)?;
     // The group gradients of one pass, in row order, or the first error.
     let mut failed: Option<anyhow::Error> = None;
     let mut g0 = 0;
@@ -250,7 +289,7 @@ pub fn logprobs_with_grad(
                 t,
                 c,
                 v,
-                &mut scratch.logits,
+                scratch,
                 &mut |lp| {
                     let mut out = Vec::with_capacity(lp.len());
                     for (g, r) in groups.iter().enumerate().take(g1).skip(g0) {
@@ -272,7 +311,7 @@ pub fn logprobs_with_grad(
                     }
                     out
                 },
-            );
+            )?;
         } else {
             // One group larger than a chunk: log-probs first, then the gradient with the
             // logits recomputed.
@@ -285,30 +324,17 @@ pub fn logprobs_with_grad(
                 t,
                 c,
                 v,
-                chunk,
-                &mut scratch.logits,
-            );
+                scratch,
+            )?;
             let dlogp = grad(g0, &logp[rows.clone()])?;
             if dlogp.len() != rows.len() {
-                anyhow::bail!(
+                bail!(
                     "the loss gave {} gradients for {} rows",
                     dlogp.len(),
                     rows.len()
                 );
             }
-            logprobs_backward(
-                dh,
-                dweight,
-                &dlogp,
-                h,
-                weight,
-                t,
-                &lse,
-                c,
-                v,
-                chunk,
-                &mut scratch.logits,
-            );
+            logprobs_backward(dh, dweight, &dlogp, h, weight, t, &lse, c, v, scratch)?;
         }
         if let Some(e) = failed.take() {
             return Err(e);
@@ -398,9 +424,9 @@ mod tests {
                 &targets,
                 c,
                 v,
-                chunk,
-                &mut vec![],
-            );
+                &mut LogitsScratch::new(chunk),
+            )
+            .unwrap();
             assert_close(&logp, &want_logp, 1e-5, 1e-5);
             let mut dh = vec![f32::NAN; m * c];
             let mut dw = dw0.clone();
@@ -414,9 +440,9 @@ mod tests {
                 &lse,
                 c,
                 v,
-                chunk,
-                &mut vec![],
-            );
+                &mut LogitsScratch::new(chunk),
+            )
+            .unwrap();
             assert_close(&dh, &want_dh, 1e-5, 1e-4);
             let want_dw_acc: Vec<f64> = want_dw
                 .iter()
@@ -442,7 +468,7 @@ mod tests {
         let (mut logp, mut dh) = (vec![f32::NAN; m], vec![f32::NAN; m * c]);
         let dw0 = randn(v * c, 36);
         let mut dw = dw0.clone();
-        let mut scratch = vec![];
+        let mut scratch = LogitsScratch::new(m);
         logprobs_fused(
             &mut logp,
             &mut dh,
@@ -454,7 +480,8 @@ mod tests {
             v,
             &mut scratch,
             &mut upstream,
-        );
+        )
+        .unwrap();
         assert_eq!(seen, logp);
         let (want_logp, _, _) = naive(&hidden, &weight, &targets, &vec![0.0; m], c, v);
         assert_close(&logp, &want_logp, 1e-5, 1e-5);
@@ -482,10 +509,77 @@ mod tests {
             &[1],
             c,
             v,
-            4,
-            &mut vec![],
-        );
+            &mut LogitsScratch::new(4),
+        )
+        .unwrap();
         // logits 1000, 900, -1000: log p(1) = -100 - ln(1 + e^-100 + ...) ~ -100.
         assert!((logp[0] + 100.0).abs() < 1e-3, "{}", logp[0]);
+    }
+
+    #[test]
+    fn bad_shapes_and_targets_are_errors_naming_the_op() {
+        let err = |r: Result<()>| r.unwrap_err().to_string();
+        let (m, c, v) = (3, 4, 5);
+        let (hidden, weight) = (randn(m * c, 37), randn(v * c, 38));
+        let (mut logp, mut lse) = (vec![0.0; m], vec![0.0; m]);
+        let mut scratch = LogitsScratch::new(2);
+        assert_eq!(
+            err(logprobs_forward(
+                &mut logp,
+                &mut lse,
+                &hidden[1..],
+                &weight,
+                &[0, 1, 2],
+                c,
+                v,
+                &mut scratch
+            )),
+            "logprobs_forward hidden: a buffer of 11 elements, expected 3 x 4"
+        );
+        assert_eq!(
+            err(logprobs_forward(
+                &mut logp,
+                &mut lse,
+                &hidden,
+                &weight,
+                &[0, 5, 2],
+                c,
+                v,
+                &mut scratch
+            )),
+            "logprobs_forward: target 5 of a vocabulary of 5"
+        );
+        let (mut dh, mut dw) = (vec![0.0; m * c], vec![0.0; v * c - 1]);
+        assert_eq!(
+            err(logprobs_backward(
+                &mut dh,
+                &mut dw,
+                &logp,
+                &hidden,
+                &weight,
+                &[0, 1, 2],
+                &lse,
+                c,
+                v,
+                &mut scratch
+            )),
+            "logprobs_backward weight: a buffer of 19 elements, expected 5 x 4"
+        );
+        let mut dw = vec![0.0; v * c];
+        assert_eq!(
+            err(logprobs_fused(
+                &mut logp,
+                &mut dh,
+                &mut dw,
+                &hidden,
+                &weight,
+                &[0, 1, 2],
+                c,
+                v,
+                &mut scratch,
+                &mut |lp| lp.to_vec()
+            )),
+            "logprobs_fused: 3 rows in chunks of 2"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Matrix product with a Hugging Face `Linear` weight, out = inp @ weight^T (+ bias), and its
 //! backward. Both run as a few single-threaded `gemm` calls on slabs, in parallel with rayon.
 
+use super::check_lens;
+use anyhow::Result;
 use gemm::Parallelism;
 
 /// Below this many multiply-adds a product runs on one thread: splitting it costs more
@@ -40,12 +42,15 @@ pub fn matmul_forward(
     n: usize,
     c: usize,
     oc: usize,
-) {
-    assert_eq!(out.len(), n * oc, "matmul out shape");
-    assert_eq!(inp.len(), n * c, "matmul inp shape");
-    assert_eq!(weight.len(), oc * c, "matmul weight shape");
+) -> Result<()> {
+    check_lens("matmul_forward out", &[out.len()], n * oc)?;
+    check_lens("matmul_forward inp", &[inp.len()], n * c)?;
+    check_lens("matmul_forward weight", &[weight.len()], oc * c)?;
+    if let Some(bias) = bias {
+        check_lens("matmul_forward bias", &[bias.len()], oc)?;
+    }
     if n == 0 || oc == 0 {
-        return;
+        return Ok(());
     }
     let bounds = slab_bounds(oc, slab_count(n * c * oc), SLAB_ALIGN);
     let narrowest = bounds
@@ -64,13 +69,13 @@ pub fn matmul_forward(
         gemm_slabs(out, inp, weight, n, c, oc, &bounds);
     }
     if let Some(bias) = bias {
-        assert_eq!(bias.len(), oc, "matmul bias shape");
         for row in out.chunks_exact_mut(oc) {
             for (o, b) in row.iter_mut().zip(bias) {
                 *o += b;
             }
         }
     }
+    Ok(())
 }
 
 /// out = inp @ weight^T over the column slabs `bounds`, in parallel when there are several.
@@ -87,7 +92,7 @@ fn gemm_slabs(
     run_slabs(bounds.to_vec(), |(o0, o1)| {
         // SAFETY: slab [o0, o1) writes only columns o0..o1 of out, (n, oc) with row stride
         // oc, and slabs are disjoint; it reads rows o0..o1 of weight, (o1 - o0, c) read as
-        // its transpose, and inp, (n, c). The caller's asserts bound every index.
+        // its transpose, and inp, (n, c). The caller's checks bound every index.
         unsafe {
             gemm_k_blocked(
                 dst.get().add(o0),
@@ -123,19 +128,24 @@ pub fn matmul_backward(
     n: usize,
     c: usize,
     oc: usize,
-) {
-    assert_eq!(dinp.len(), n * c, "matmul dinp shape");
-    assert_eq!(dweight.len(), oc * c, "matmul dweight shape");
-    assert_eq!(dout.len(), n * oc, "matmul dout shape");
-    assert_eq!(inp.len(), n * c, "matmul inp shape");
-    assert_eq!(weight.len(), oc * c, "matmul weight shape");
+) -> Result<()> {
+    check_lens("matmul_backward dinp", &[dinp.len(), inp.len()], n * c)?;
+    check_lens(
+        "matmul_backward dweight",
+        &[dweight.len(), weight.len()],
+        oc * c,
+    )?;
+    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    if let Some(dbias) = dbias.as_ref() {
+        check_lens("matmul_backward dbias", &[dbias.len()], oc)?;
+    }
     if oc == 0 {
         // An empty sum: nothing flows back.
         dinp.fill(0.0);
-        return;
+        return Ok(());
     }
     if n == 0 {
-        return;
+        return Ok(());
     }
     let slabs = slab_count(n * c * oc);
     // Enough rows per slab that rows x C stays above the dot-product path.
@@ -145,7 +155,6 @@ pub fn matmul_backward(
     let oc_bounds = slab_bounds(oc, slabs, SLAB_ALIGN);
     let mut dweight_slabs = grad_slabs(dweight, &oc_bounds, c);
     if let Some(dbias) = dbias {
-        assert_eq!(dbias.len(), oc, "matmul dbias shape");
         for (slab, part) in dweight_slabs
             .iter_mut()
             .zip(grad_slabs(dbias, &oc_bounds, 1))
@@ -156,7 +165,7 @@ pub fn matmul_backward(
     let dinp_slab = |slab: GradSlab| {
         let (r0, r1) = (slab.r0, slab.r1);
         // SAFETY: slab.grad is rows r0..r1 of dinp, (r1 - r0, c); it reads rows r0..r1 of
-        // dout, (r1 - r0, oc), and all of weight, (oc, c), bounded by the asserts above.
+        // dout, (r1 - r0, oc), and all of weight, (oc, c), bounded by the checks above.
         unsafe {
             gemm_k_blocked(
                 slab.grad.as_mut_ptr(),
@@ -174,7 +183,7 @@ pub fn matmul_backward(
     let dweight_slab = |slab: GradSlab| {
         let (o0, o1) = (slab.r0, slab.r1);
         // SAFETY: slab.grad is rows o0..o1 of dweight, (o1 - o0, c); it reads columns o0..o1
-        // of dout, (n, oc), as their transpose, and inp, (n, c), bounded by the asserts above.
+        // of dout, (n, oc), as their transpose, and inp, (n, c), bounded by the checks above.
         unsafe {
             gemm_k_blocked(
                 slab.grad.as_mut_ptr(),
@@ -205,6 +214,7 @@ pub fn matmul_backward(
             || run_slabs(dweight_slabs, dweight_slab),
         );
     }
+    Ok(())
 }
 
 /// How many slabs a product of `macs` multiply-adds is split into: two per thread.
@@ -402,7 +412,7 @@ mod tests {
             let b = randn(oc, 3);
             for bias in [None, Some(b.as_slice())] {
                 let mut out = vec![f32::NAN; n * oc];
-                matmul_forward(&mut out, &inp, &w, bias, n, c, oc);
+                matmul_forward(&mut out, &inp, &w, bias, n, c, oc).unwrap();
                 let want = naive(
                     &to_f64(&inp),
                     &to_f64(&w),
@@ -431,7 +441,8 @@ mod tests {
             let mut out = vec![0.0f32; (hi - lo) * oc];
             pool.install(|| {
                 matmul_forward(&mut out, &inp[lo * c..hi * c], &w, None, hi - lo, c, oc)
-            });
+            })
+            .unwrap();
             out
         };
         let reference = product(1, 0, rows);
@@ -473,7 +484,7 @@ mod tests {
         let mut dweight = dweight0.to_vec();
         let mut dbias = dbias0.map_or(vec![], |b| b.to_vec());
         let dbias_arg = dbias0.is_some().then_some(dbias.as_mut_slice());
-        matmul_backward(&mut dinp, &mut dweight, dbias_arg, dout, inp, w, n, c, oc);
+        matmul_backward(&mut dinp, &mut dweight, dbias_arg, dout, inp, w, n, c, oc).unwrap();
         Grads {
             dinp,
             dweight,
@@ -557,5 +568,43 @@ mod tests {
         assert_close(&one.dinp, &dinp, tol, tol);
         assert_close(&one.dweight, &plus(&dweight, &dweight0), tol, tol);
         assert_close(&one.dbias, &plus(&dbias, &dbias0), tol, tol);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_naming_the_op() {
+        let err = |r: Result<()>| r.unwrap_err().to_string();
+        let (n, c, oc) = (2, 3, 4);
+        let (inp, w) = (randn(n * c, 45), randn(oc * c, 46));
+        assert_eq!(
+            err(matmul_forward(&mut [0.0; 7], &inp, &w, None, n, c, oc)),
+            "matmul_forward out: a buffer of 7 elements, expected 8"
+        );
+        assert_eq!(
+            err(matmul_forward(
+                &mut [0.0; 8],
+                &inp,
+                &w,
+                Some(&[0.0; 3]),
+                n,
+                c,
+                oc
+            )),
+            "matmul_forward bias: a buffer of 3 elements, expected 4"
+        );
+        let dout = randn(n * oc, 47);
+        assert_eq!(
+            err(matmul_backward(
+                &mut [0.0; 6],
+                &mut [0.0; 11],
+                None,
+                &dout,
+                &inp,
+                &w,
+                n,
+                c,
+                oc
+            )),
+            "matmul_backward dweight: a buffer of 11 elements, expected 12"
+        );
     }
 }

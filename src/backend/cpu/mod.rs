@@ -1,5 +1,6 @@
 //! CPU implementations of the op set: f32, parallel with rayon, matrix products through the
-//! `gemm` crate. Each op file carries its tests against a naive f64 reference.
+//! `gemm` crate. Each op file carries its tests against a naive f64 reference. Ops check
+//! their shapes up front and return errors, never panic, in the words of their CUDA twins.
 
 pub mod adamw;
 pub mod attention;
@@ -21,3 +22,24 @@ pub mod swiglu;
 pub(crate) mod testutil;
 
 pub use ops::Cpu;
+
+use anyhow::{bail, Result};
+
+/// An error naming `op` unless every length in `lens` is n.
+pub(crate) fn check_lens(op: &str, lens: &[usize], n: usize) -> Result<()> {
+    if let Some(len) = lens.iter().find(|&&l| l != n) {
+        bail!("{op}: a buffer of {len} elements, expected {n}");
+    }
+    Ok(())
+}
+
+/// An error naming `op` unless every length in `lens` is n rows of c, c > 0.
+pub(crate) fn check_rows(op: &str, lens: &[usize], n: usize, c: usize) -> Result<()> {
+    if c == 0 {
+        bail!("{op}: rows of 0 elements");
+    }
+    if let Some(len) = lens.iter().find(|&&l| l != n * c) {
+        bail!("{op}: a buffer of {len} elements, expected {n} x {c}");
+    }
+    Ok(())
+}

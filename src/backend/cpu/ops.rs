@@ -4,7 +4,7 @@
 use super::attention::{self, KvView, PackedSeqs};
 use super::kv_cache::SeqCaches;
 use super::logprobs::{self, default_chunk_rows, LogitsScratch};
-use super::{adamw, embedding, glue, matmul, residual, rmsnorm, rope, swiglu};
+use super::{adamw, check_lens, embedding, glue, matmul, residual, rmsnorm, rope, swiglu};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
 use crate::backend::settings::{AdamW, AttentionDims};
@@ -93,8 +93,7 @@ impl Ops for Cpu {
         table: &[f32],
         c: usize,
     ) -> Result<()> {
-        embedding::embedding_forward(out, tokens, table, c);
-        Ok(())
+        embedding::embedding_forward(out, tokens, table, c)
     }
     fn embedding_backward(
         &self,
@@ -103,8 +102,7 @@ impl Ops for Cpu {
         tokens: &Vec<u32>,
         c: usize,
     ) -> Result<()> {
-        embedding::embedding_backward(dtable, dout, tokens, c);
-        Ok(())
+        embedding::embedding_backward(dtable, dout, tokens, c)
     }
     fn rmsnorm_forward(
         &self,
@@ -114,8 +112,7 @@ impl Ops for Cpu {
         eps: f32,
         c: usize,
     ) -> Result<()> {
-        rmsnorm::rmsnorm_forward(out, inp, weight, eps, c);
-        Ok(())
+        rmsnorm::rmsnorm_forward(out, inp, weight, eps, c)
     }
     fn rmsnorm_backward(
         &self,
@@ -127,8 +124,7 @@ impl Ops for Cpu {
         eps: f32,
         c: usize,
     ) -> Result<()> {
-        rmsnorm::rmsnorm_backward(dinp, dweight, dout, inp, weight, eps, c);
-        Ok(())
+        rmsnorm::rmsnorm_backward(dinp, dweight, dout, inp, weight, eps, c)
     }
     fn matmul_forward(
         &self,
@@ -140,8 +136,7 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        matmul::matmul_forward(out, inp, weight, bias, n, c, oc);
-        Ok(())
+        matmul::matmul_forward(out, inp, weight, bias, n, c, oc)
     }
     fn matmul_backward(
         &self,
@@ -155,24 +150,19 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        matmul::matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc);
-        Ok(())
+        matmul::matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
     }
     fn residual_forward(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
-        residual::residual_forward(x, y);
-        Ok(())
+        residual::residual_forward(x, y)
     }
     fn rope_forward(&self, x: &mut Vec<f32>, rope: &RopeTable, heads: usize) -> Result<()> {
-        rope::rope_forward(x, rope, heads);
-        Ok(())
+        rope::rope_forward(x, rope, heads)
     }
     fn rope_backward(&self, dx: &mut Vec<f32>, rope: &RopeTable, heads: usize) -> Result<()> {
-        rope::rope_backward(dx, rope, heads);
-        Ok(())
+        rope::rope_backward(dx, rope, heads)
     }
     fn swiglu_forward(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, im: usize) -> Result<()> {
-        swiglu::swiglu_forward(out, gate_up, im);
-        Ok(())
+        swiglu::swiglu_forward(out, gate_up, im)
     }
     fn swiglu_backward(
         &self,
@@ -181,8 +171,7 @@ impl Ops for Cpu {
         gate_up: &Vec<f32>,
         im: usize,
     ) -> Result<()> {
-        swiglu::swiglu_backward(dgate_up, dout, gate_up, im);
-        Ok(())
+        swiglu::swiglu_backward(dgate_up, dout, gate_up, im)
     }
     fn attention_forward(
         &self,
@@ -194,8 +183,7 @@ impl Ops for Cpu {
         seqs: &PackedSeqs,
         dims: AttentionDims,
     ) -> Result<()> {
-        attention::attention_forward(out, lse, q, k, v, seqs, dims);
-        Ok(())
+        attention::attention_forward(out, lse, q, k, v, seqs, dims)
     }
     fn attention_backward(
         &self,
@@ -211,8 +199,7 @@ impl Ops for Cpu {
         seqs: &PackedSeqs,
         dims: AttentionDims,
     ) -> Result<()> {
-        attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, &seqs.seqs, dims);
-        Ok(())
+        attention::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, &seqs.seqs, dims)
     }
     fn cache_fill(
         &self,
@@ -249,8 +236,7 @@ impl Ops for Cpu {
             &caches.row_seq,
             &caches.row_pos,
             dims,
-        );
-        Ok(())
+        )
     }
     fn matmul_forward_f32(
         &self,
@@ -261,8 +247,7 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        matmul::matmul_forward(out, inp, weight, None, n, c, oc);
-        Ok(())
+        matmul::matmul_forward(out, inp, weight, None, n, c, oc)
     }
     fn qkv_split(
         &self,
@@ -273,8 +258,7 @@ impl Ops for Cpu {
         qd: usize,
         kvd: usize,
     ) -> Result<()> {
-        glue::qkv_split(q, k, v, qkv, qd, kvd);
-        Ok(())
+        glue::qkv_split(q, k, v, qkv, qd, kvd)
     }
     fn qkv_join(
         &self,
@@ -285,8 +269,7 @@ impl Ops for Cpu {
         qd: usize,
         kvd: usize,
     ) -> Result<()> {
-        glue::qkv_join(qkv, q, k, v, qd, kvd);
-        Ok(())
+        glue::qkv_join(qkv, q, k, v, qd, kvd)
     }
     fn gather_rows(
         &self,
@@ -295,8 +278,7 @@ impl Ops for Cpu {
         rows: &Vec<i32>,
         c: usize,
     ) -> Result<()> {
-        glue::gather_rows(dst, src, rows, c);
-        Ok(())
+        glue::gather_rows(dst, src, rows, c)
     }
     fn scatter_rows(
         &self,
@@ -305,8 +287,7 @@ impl Ops for Cpu {
         rows: &Vec<i32>,
         c: usize,
     ) -> Result<()> {
-        glue::scatter_rows(dst, src, rows, c);
-        Ok(())
+        glue::scatter_rows(dst, src, rows, c)
     }
     fn logprobs_forward(
         &self,
@@ -319,19 +300,7 @@ impl Ops for Cpu {
         v: usize,
         scratch: &mut LogitsScratch,
     ) -> Result<()> {
-        let chunk = scratch.chunk_rows;
-        logprobs::logprobs_forward(
-            logp,
-            lse,
-            hidden,
-            weight,
-            targets,
-            c,
-            v,
-            chunk,
-            &mut scratch.logits,
-        );
-        Ok(())
+        logprobs::logprobs_forward(logp, lse, hidden, weight, targets, c, v, scratch)
     }
     fn logprobs_backward(
         &self,
@@ -346,21 +315,9 @@ impl Ops for Cpu {
         v: usize,
         scratch: &mut LogitsScratch,
     ) -> Result<()> {
-        let chunk = scratch.chunk_rows;
         logprobs::logprobs_backward(
-            dhidden,
-            dweight,
-            dlogp,
-            hidden,
-            weight,
-            targets,
-            lse,
-            c,
-            v,
-            chunk,
-            &mut scratch.logits,
-        );
-        Ok(())
+            dhidden, dweight, dlogp, hidden, weight, targets, lse, c, v, scratch,
+        )
     }
     fn logprobs_with_grad(
         &self,
@@ -413,28 +370,24 @@ impl Ops for Cpu {
         r: Range<usize>,
         h: AdamW,
     ) -> Result<()> {
-        if copy.is_some() {
-            bail!("adamw_update: the CPU keeps no copy of its weights");
-        }
         let p = params.len();
-        if [previous.len(), m.len(), v.len(), grads.len()]
-            .iter()
-            .any(|&l| l != p)
-            || r.end > p
-        {
-            bail!("adamw_update: buffers of unequal lengths, or {r:?} beyond {p}");
+        let mut lens = vec![previous.len(), m.len(), v.len(), grads.len()];
+        lens.extend(copy.as_ref().map(|c| c.len()));
+        check_lens("adamw_update", &lens, p)?;
+        if r.start > r.end || r.end > p {
+            bail!("adamw_update: {r:?} of {p} parameters");
         }
         adamw::adamw_update(
             &mut params[r.clone()],
             &mut previous[r.clone()],
             &mut m[r.clone()],
             &mut v[r.clone()],
-            &grads[r],
+            &grads[r.clone()],
+            copy.map(|c| &mut c[r]),
             h,
-        );
-        Ok(())
+        )
     }
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
-        Ok(adamw::sum_of_squares(x))
+        Ok(adamw::sum_squares(x))
     }
 }

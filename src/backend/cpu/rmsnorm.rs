@@ -2,6 +2,8 @@
 //! backward.
 
 use super::math::dot;
+use super::{check_lens, check_rows};
+use anyhow::Result;
 use rayon::prelude::*;
 
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
@@ -10,9 +12,16 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 const ROW_BLOCK: usize = 32;
 
 /// out: (N, C), inp: (N, C), weight: (C).
-pub fn rmsnorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], eps: f32, c: usize) {
-    assert_eq!(out.len(), inp.len(), "rmsnorm shapes");
-    assert_eq!(weight.len(), c, "rmsnorm weight shape");
+pub fn rmsnorm_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    eps: f32,
+    c: usize,
+) -> Result<()> {
+    let n = inp.len() / c.max(1);
+    check_rows("rmsnorm_forward", &[out.len(), inp.len()], n, c)?;
+    check_lens("rmsnorm_forward weight", &[weight.len()], c)?;
     let row = |(o, x): (&mut [f32], &[f32])| {
         let rstd = rstd(x, eps, c);
         for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
@@ -28,6 +37,7 @@ pub fn rmsnorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], eps: f32, c
             .with_min_len(16)
             .for_each(row);
     }
+    Ok(())
 }
 
 /// dinp: (N, C) assigned; dweight: (C) accumulated; dout, inp: (N, C); weight: (C).
@@ -44,19 +54,18 @@ pub fn rmsnorm_backward(
     weight: &[f32],
     eps: f32,
     c: usize,
-) {
-    assert!(
-        dinp.len() == inp.len() && dout.len() == inp.len(),
-        "rmsnorm backward shapes"
-    );
-    assert!(
-        weight.len() == c && dweight.len() == c,
-        "rmsnorm weight shape"
-    );
-    if inp.is_empty() {
-        return;
+) -> Result<()> {
+    let n = inp.len() / c.max(1);
+    check_rows(
+        "rmsnorm_backward",
+        &[dinp.len(), dout.len(), inp.len()],
+        n,
+        c,
+    )?;
+    check_lens("rmsnorm_backward weight", &[weight.len(), dweight.len()], c)?;
+    if n == 0 {
+        return Ok(());
     }
-    assert_eq!(inp.len() % c, 0, "rmsnorm rows");
     let block = ROW_BLOCK * c;
     let mut partials = vec![0.0f32; inp.len().div_ceil(block) * c]; // (blocks, C)
     if inp.len() < PARALLEL_MIN_ELEMENTS {
@@ -77,6 +86,7 @@ pub fn rmsnorm_backward(
             *dw += p;
         }
     }
+    Ok(())
 }
 
 /// dinp: (rows, C) assigned and partial: (C) the rows' sum of dweight, of one block of rows;
@@ -135,7 +145,7 @@ mod tests {
             let w = randn(c, 8);
             let eps = 1e-5;
             let mut out = vec![0.0; n * c];
-            rmsnorm_forward(&mut out, &x, &w, eps, c);
+            rmsnorm_forward(&mut out, &x, &w, eps, c).unwrap();
             let want = naive(&to_f64(&x), &to_f64(&w), eps as f64, c);
             assert_close(&out, &want, 1e-5, 1e-5);
         }
@@ -151,7 +161,7 @@ mod tests {
             let eps = 1e-5;
             let mut dinp = vec![f32::NAN; n * c];
             let mut dweight = dweight0.clone();
-            rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &w, eps, c);
+            rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &w, eps, c).unwrap();
             let (x64, w64, eps64) = (to_f64(&x), to_f64(&w), eps as f64);
             let want_dinp = numeric_grad(&x64, |x| weighted_sum(&dout, &naive(x, &w64, eps64, c)));
             let want_dw = numeric_grad(&w64, |w| weighted_sum(&dout, &naive(&x64, w, eps64, c)));
@@ -173,7 +183,8 @@ mod tests {
                 .unwrap();
             let mut dinp = vec![f32::NAN; n * c];
             let mut dweight = dweight0.clone();
-            pool.install(|| rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &w, 1e-5, c));
+            pool.install(|| rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &w, 1e-5, c))
+                .unwrap();
             (dinp, dweight)
         };
         let one = on_threads(1);
@@ -194,5 +205,31 @@ mod tests {
         }
         let tol = 1e-5 * (n as f64).sqrt();
         assert_close(&one.1, &want, tol, tol);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_naming_the_op() {
+        let err = |r: Result<()>| r.unwrap_err().to_string();
+        let (x, w) = (randn(15, 94), randn(5, 95));
+        assert_eq!(
+            err(rmsnorm_forward(&mut [0.0; 12], &x, &w, 1e-5, 5)),
+            "rmsnorm_forward: a buffer of 12 elements, expected 3 x 5"
+        );
+        assert_eq!(
+            err(rmsnorm_forward(&mut [0.0; 15], &x, &w[..4], 1e-5, 5)),
+            "rmsnorm_forward weight: a buffer of 4 elements, expected 5"
+        );
+        assert_eq!(
+            err(rmsnorm_backward(
+                &mut [0.0; 15],
+                &mut [0.0; 5],
+                &x,
+                &x,
+                &w,
+                1e-5,
+                0
+            )),
+            "rmsnorm_backward: rows of 0 elements"
+        );
     }
 }

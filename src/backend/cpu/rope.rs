@@ -1,29 +1,38 @@
 //! Rotary position embedding, in the "rotate half" layout of Hugging Face Llama models, and
 //! its backward; the tables come from `backend::rope_table`.
 
+use super::check_lens;
 use crate::backend::rope_table::RopeTable;
+use anyhow::{bail, Result};
 
 /// Rotates x: (N, heads, D) in place by the angles of row n of `table`.
-pub fn rope_forward(x: &mut [f32], table: &RopeTable, heads: usize) {
-    rotate(x, table, heads, 1.0);
+pub fn rope_forward(x: &mut [f32], table: &RopeTable, heads: usize) -> Result<()> {
+    rotate("rope_forward", x, table, heads, 1.0)
 }
 
 /// dx: (N, heads, D): the gradient of rope_forward's output, turned in place into the
 /// gradient of its input (the rotation by the opposite angle).
 ///
 /// A rotation is orthogonal: its transpose, the gradient's map, is its inverse.
-pub fn rope_backward(dx: &mut [f32], table: &RopeTable, heads: usize) {
-    rotate(dx, table, heads, -1.0);
+pub fn rope_backward(dx: &mut [f32], table: &RopeTable, heads: usize) -> Result<()> {
+    rotate("rope_backward", dx, table, heads, -1.0)
 }
 
 /// Rotates x: (N, heads, D) by the angles of `table` times `direction`, 1 or -1 (multiplying
 /// the sine by either is exact, so sharing this loop leaves the forward's results as they
 /// were).
-fn rotate(x: &mut [f32], table: &RopeTable, heads: usize, direction: f32) {
+fn rotate(op: &str, x: &mut [f32], table: &RopeTable, heads: usize, direction: f32) -> Result<()> {
     let half = table.half;
+    let (cos, sin) = (table.cos.len(), table.sin.len());
+    if half == 0 || cos != sin || !cos.is_multiple_of(half) {
+        bail!("{op}: tables of {cos} and {sin} are not rows of {half}");
+    }
     let d = 2 * half;
-    let n = table.cos.len() / half.max(1);
-    assert_eq!(x.len(), n * heads * d, "rope shape");
+    let n = cos / half;
+    check_lens(op, &[x.len()], n * heads * d)?;
+    if heads == 0 {
+        return Ok(());
+    }
     for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
         let cos = &table.cos[r * half..(r + 1) * half];
         let sin = &table.sin[r * half..(r + 1) * half];
@@ -36,6 +45,7 @@ fn rotate(x: &mut [f32], table: &RopeTable, heads: usize, direction: f32) {
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -72,7 +82,7 @@ mod tests {
         let table = RopeTable::for_positions(&inv_frequencies(d, 10000.0, &scaling), &positions);
         let x0 = randn(positions.len() * heads * d, 11);
         let mut x = x0.clone();
-        rope_forward(&mut x, &table, heads);
+        rope_forward(&mut x, &table, heads).unwrap();
         let want = naive(&to_f64(&x0), &positions, heads, d);
         assert_close(&x, &want, 1e-6, 1e-5);
     }
@@ -87,7 +97,7 @@ mod tests {
             let x = randn(positions.len() * heads * d, 70);
             let dout = randn(x.len(), 71);
             let mut dx = dout.clone();
-            rope_backward(&mut dx, &table, heads);
+            rope_backward(&mut dx, &table, heads).unwrap();
             let want = numeric_grad(&to_f64(&x), |x| {
                 weighted_sum(&dout, &naive(x, &positions, heads, d))
             });
@@ -117,5 +127,26 @@ mod tests {
             }
         }
         assert!(plain.iter().zip(&scaled).any(|(p, s)| p != s));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_naming_the_op() {
+        let (heads, d) = (2, 4);
+        let scaling = RopeScaling::None;
+        let table = RopeTable::for_positions(&inv_frequencies(d, 10000.0, &scaling), &[0, 1, 2]);
+        let mut x = randn(3 * heads * d - 1, 12);
+        assert_eq!(
+            rope_forward(&mut x, &table, heads).unwrap_err().to_string(),
+            "rope_forward: a buffer of 23 elements, expected 24"
+        );
+        let mut short = table.clone();
+        short.sin.pop();
+        let mut x = randn(3 * heads * d, 13);
+        assert_eq!(
+            rope_backward(&mut x, &short, heads)
+                .unwrap_err()
+                .to_string(),
+            "rope_backward: tables of 6 and 5 are not rows of 2"
+        );
     }
 }
