@@ -6,14 +6,19 @@
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::CudaOps;
 use crate::backend::device::Device;
+use crate::backend::ops::Ops;
 use crate::generate::{self, Completion, GenerateOptions, GenerateStats};
 use crate::model::cuda::GpuModel;
+use crate::model::graph::Net;
 use crate::model::graph::{Activations, ScoredSequence};
 use crate::model::Model;
-use crate::train::batching::score_on;
+use crate::train::batching::{micro_batches, score_on};
 use crate::train::trainer::{micro_batch_rows, train_on, RunSink, TrainSummary};
 use crate::train::{Example, TrainConfig};
 use anyhow::{bail, Result};
+
+/// What a classifier's pass hands on: its sequences (indices) and their logits, (S, L).
+pub type OnPass<'a> = dyn FnMut(&[usize], &[f32]) -> Result<()> + 'a;
 
 /// A model on the device it runs on.
 pub enum Engine<'m> {
@@ -93,21 +98,39 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// A sequence classifier's logits, (S, L), for fresh whole sequences packed into one
-    /// pass (see `Net::classify`).
-    pub fn classify(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
-        let n = seqs.iter().map(|s| s.len()).sum();
+    /// A sequence classifier's logits for fresh whole sequences (see `Net::classify`),
+    /// `budget` tokens per pass: `on_pass(indices, logits)` gets each pass's sequences
+    /// (indices into `seqs`) and their logits, (S, L).
+    pub fn classify(
+        &self,
+        seqs: &[&[u32]],
+        budget: usize,
+        on_pass: &mut OnPass,
+    ) -> Result<()> {
         match self {
-            Engine::Cpu(model) => {
-                let net = model.net();
-                net.classify(seqs, &mut Activations::new(&net, n, false)?)
-            }
-            Engine::Cuda(gm) => {
-                let net = gm.net();
-                net.classify(seqs, &mut Activations::new(&net, n, false)?)
-            }
+            Engine::Cpu(model) => classify_on(&model.net(), seqs, budget, on_pass),
+            Engine::Cuda(gm) => classify_on(&gm.net(), seqs, budget, on_pass),
         }
     }
+}
+
+/// `Engine::classify` through the graph `net`, with one working memory for every pass.
+fn classify_on<O: Ops>(
+    net: &Net<O>,
+    seqs: &[&[u32]],
+    budget: usize,
+    on_pass: &mut OnPass,
+) -> Result<()> {
+    let order: Vec<usize> = (0..seqs.len()).collect();
+    let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+    let total: usize = seqs.iter().map(|s| s.len()).sum();
+    let mut acts = Activations::new(net, budget.min(total).max(longest), false)?;
+    for micro in micro_batches(&order, |i| seqs[i].len(), budget) {
+        let batch: Vec<&[u32]> = micro.iter().map(|&i| seqs[i]).collect();
+        let logits = net.classify(&batch, &mut acts)?;
+        on_pass(&micro, &logits)?;
+    }
+    Ok(())
 }
 
 /// Trains `model` on `examples` on `device` (CUDA: bf16 weights and activations, f32

@@ -126,7 +126,7 @@ fn loss_and_grads(
     let groups = vec![2; examples.len()];
     let net = model.net();
     let mut acts = Activations::new(&net, batch.len(), true).unwrap();
-    acts.logits.chunk_rows = chunk;
+    acts.set_chunk_rows(&net, chunk).unwrap();
     net.sequence_logprobs_with_grad(&batch, &mut acts, &groups, &mut loss, &mut grads)
         .unwrap();
     (totals.metrics(cfg), grads)

@@ -32,6 +32,15 @@ pub fn find_typed(typed: &[(&str, Typed)], module: &str, name: &str) -> anyhow::
         .ok_or_else(|| anyhow::anyhow!("no kernel {name} in kernels/{module}.cu"))
 }
 
+/// The entry point `entry` among a module's `ENTRIES`, or an error naming what is missing.
+pub fn find(entries: &[Kernel], module: &str, entry: &str) -> anyhow::Result<Kernel> {
+    entries
+        .iter()
+        .find(|k| k.entry == entry)
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no kernel {entry} in kernels/{module}.cu"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

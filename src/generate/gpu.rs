@@ -64,8 +64,11 @@ pub fn generate_gpu<T: Storage>(
     };
     let layers = model.layout.layers.len();
     let mut caches = SlotCaches::<T>::new(gpu, layers, slots, t_max, dims)?;
-    let longest_batch = longest.saturating_mul(slots).max(slots);
-    let mut acts = Activations::new(&net, longest_batch, false)?;
+    // A prefill packs the distinct prompts of the pairs it admits: at most one more than
+    // the slots' worth of prompts of K samples each.
+    let prefill_prompts = prompts.len().min(slots.div_ceil(k.max(1)) + 1);
+    let rows = longest.saturating_mul(prefill_prompts).max(slots);
+    let mut acts = Activations::new(&net, rows, false)?;
     let v = model.config.vocab_size;
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
     let mut stats = GenerateStats::default();

@@ -300,10 +300,14 @@ pub(crate) fn train_on<O: Ops>(
 ) -> Result<TrainSummary> {
     let mut trainer = Trainer::new(ops, model, cfg, rows)?;
     let result = train_with(&mut trainer, model, examples, cfg, sink);
-    // Whatever happened, the model holds the trainer's last weights (the CPU's are moved
-    // back into it).
-    if model.params.is_empty() {
-        trainer.lend_weights(model)?;
+    // Whatever happened, the model holds the trainer's last weights: the CPU's are moved
+    // back into it where they are not there yet, a device's copied (after a failure too;
+    // a second failure then does not hide the first).
+    if model.params.is_empty() || result.is_err() {
+        let lent = trainer.lend_weights(model);
+        if result.is_ok() {
+            lent?;
+        }
     }
     result
 }

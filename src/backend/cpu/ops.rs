@@ -342,12 +342,18 @@ impl Ops for Cpu {
         Ok(std::mem::take(host))
     }
     fn lend_to_host(&self, master: &mut Vec<f32>, host: &mut Vec<f32>) -> Result<()> {
+        if master.is_empty() {
+            // Lent already: the host holds them.
+            return Ok(());
+        }
         std::mem::swap(master, host);
         master.clear();
         Ok(())
     }
     fn return_from_host(&self, master: &mut Vec<f32>, host: &mut Vec<f32>) -> Result<()> {
-        *master = std::mem::take(host);
+        if master.is_empty() {
+            *master = std::mem::take(host);
+        }
         Ok(())
     }
     fn refresh_weights(&self, _copy: &mut Option<Vec<f32>>, _master: &Vec<f32>) -> Result<()> {

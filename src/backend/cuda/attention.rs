@@ -6,7 +6,7 @@
 //! natural log of each row's softmax normaliser. N is the sum of the sequence lengths.
 
 use super::{check_lens, check_rows, Gpu, Storage};
-use crate::backend::kernels;
+use crate::backend::kernels::{self, Kernel};
 use crate::backend::settings::AttentionDims;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUfunction_attribute;
@@ -175,6 +175,13 @@ fn check_shape(
     Ok(Shape { n, n_seqs })
 }
 
+/// The entry point of tile kernel `name` (e.g. "attention_forward_tc") for head dim d and
+/// storage T.
+fn attention_entry<T: Storage>(name: &str, d: usize) -> Result<Kernel> {
+    let entry = format!("{name}_d{d}_{}", T::SUFFIX);
+    kernels::find(kernels::attention::ENTRIES, "attention", &entry)
+}
+
 impl Gpu {
     /// The tile kernel `name` for head dim d and storage T, allowed `smem` bytes of dynamic
     /// shared memory.
@@ -184,12 +191,7 @@ impl Gpu {
         d: usize,
         smem: usize,
     ) -> Result<CudaFunction> {
-        let pair = kernels::find_typed(
-            kernels::attention::TYPED,
-            "attention",
-            &format!("{name}_d{d}"),
-        )?;
-        let f = self.function(T::kernel(pair))?;
+        let f = self.function(attention_entry::<T>(name, d)?)?;
         if smem > DEFAULT_SMEM {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -392,39 +394,31 @@ mod tests {
         }
     }
 
-    /// Every attention kernel the launchers name (built by format!, so the launcher-name
-    /// test in backend::kernels does not see them) is in the attention module's PTX.
+    /// Every tile kernel the launchers can ask for, at every head dim and storage type, is
+    /// an entry point of the build (the constants come from the PTX, or from
+    /// kernels/entries.txt, which the build checks against it).
     #[test]
-    fn attention_kernels_are_all_in_the_ptx() {
-        let Some((_, ptx)) = crate::backend::kernels::ALL
-            .iter()
-            .find(|(n, _)| *n == "attention")
-        else {
-            if crate::backend::kernels::COMPILED {
-                panic!("the build compiled kernels but no attention PTX");
+    fn every_attention_kernel_the_launchers_name_exists() {
+        fn names<T: Storage>(d: usize) -> [&'static str; 2] {
+            if tensor_cores::<T>(d) {
+                ["attention_forward_tc", "attention_backward_tc"]
+            } else {
+                ["attention_forward", "attention_backward"]
             }
-            eprintln!("skipped: built without nvcc");
-            return;
-        };
-        let have: Vec<&str> = ptx
-            .lines()
-            .filter_map(|l| l.strip_prefix(".visible .entry "))
-            .map(|l| l.trim_end_matches('('))
-            .collect();
-        let mut want = vec![];
+        }
         for d in HEAD_DIMS {
-            for t in ["f32", "bf16"] {
-                want.push(format!("attention_forward_d{d}_{t}"));
-                want.push(format!("attention_backward_d{d}_{t}"));
+            for name in names::<f32>(d) {
+                attention_entry::<f32>(name, d).unwrap();
+            }
+            for name in names::<half::bf16>(d) {
+                attention_entry::<half::bf16>(name, d).unwrap();
             }
         }
-        for d in TC_HEAD_DIMS {
-            want.push(format!("attention_forward_tc_d{d}_bf16"));
-            want.push(format!("attention_backward_tc_d{d}_bf16"));
-        }
-        for name in want {
-            assert!(have.contains(&name.as_str()), "{name} not in {have:?}");
-        }
+        let err = attention_entry::<f32>("attention_forward_tc", 64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no kernel attention_forward_tc_d64_f32 in kernels/attention.cu"
+        );
     }
 
     #[test]

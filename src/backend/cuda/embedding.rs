@@ -95,12 +95,12 @@ pub struct DeviceTokens {
 impl DeviceTokens {
     pub fn new(gpu: &Gpu, tokens: &[u32]) -> Result<DeviceTokens> {
         let (order, starts, distinct) = group_by_token(tokens);
-        let s = &gpu.stream;
+        const STAGE: &str = "for a batch's token ids";
         Ok(DeviceTokens {
-            ids: s.clone_htod(tokens)?,
-            order: s.clone_htod(&order)?,
-            starts: s.clone_htod(&starts)?,
-            distinct: s.clone_htod(&distinct)?,
+            ids: gpu.upload(tokens, STAGE)?,
+            order: gpu.upload(&order, STAGE)?,
+            starts: gpu.upload(&starts, STAGE)?,
+            distinct: gpu.upload(&distinct, STAGE)?,
         })
     }
 }

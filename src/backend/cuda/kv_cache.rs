@@ -5,7 +5,7 @@
 
 use super::{DecodeDims, DevBuf, Gpu, Storage};
 use anyhow::{bail, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceSlice};
 
 const STAGE: &str = "for the KV caches of generation";
 
@@ -56,6 +56,8 @@ impl<T: Storage> SlotCaches<T> {
 /// for a decode step (one row per slot) each slot's length after it.
 pub struct SlotPass<'c, T: Storage> {
     pub(crate) caches: &'c mut SlotCaches<T>,
+    /// Rows of the pass (packed prompts, or one per slot).
+    rows: usize,
     /// Rows of the pass (M) and the cache rows (slot * Tmax + position) they go to (M).
     pub(crate) src: CudaSlice<i32>,
     pub(crate) dst: CudaSlice<i32>,
@@ -97,7 +99,7 @@ impl<'c, T: Storage> SlotPass<'c, T> {
             }
             base += len;
         }
-        Self::with_rows(gpu, caches, &src, &dst, None)
+        Self::with_rows(gpu, caches, base, &src, &dst, None)
     }
 
     /// A decode step: row b is slot b's token at position `positions[b]`.
@@ -119,12 +121,22 @@ impl<'c, T: Storage> SlotPass<'c, T> {
             .map(|(s, &p)| (s * caches.t_max + p) as i32)
             .collect();
         let lens: Vec<i32> = positions.iter().map(|&p| p as i32 + 1).collect();
-        Self::with_rows(gpu, caches, &src, &dst, Some(&lens))
+        let rows = positions.len();
+        Self::with_rows(gpu, caches, rows, &src, &dst, Some(&lens))
     }
 
     /// Writes the pass's keys and values k, v: (N, Hkv*D) into `layer` of the caches.
     pub fn fill(&mut self, gpu: &Gpu, layer: usize, k: &DevBuf<T>, v: &DevBuf<T>) -> Result<()> {
         let kvd = self.caches.kv_dim;
+        // The gather kernel trusts its indices: the pass must have the rows they index.
+        if k.len() != self.rows * kvd || v.len() != self.rows * kvd {
+            bail!(
+                "cache fill: keys of {} and values of {} elements for {} rows of {kvd}",
+                k.len(),
+                v.len(),
+                self.rows
+            );
+        }
         if layer >= self.caches.k.len() {
             bail!("cache fill: layer {layer} of {}", self.caches.k.len());
         }
@@ -138,18 +150,19 @@ impl<'c, T: Storage> SlotPass<'c, T> {
     fn with_rows(
         gpu: &Gpu,
         caches: &'c mut SlotCaches<T>,
+        rows: usize,
         src: &[i32],
         dst: &[i32],
         lens: Option<&[i32]>,
     ) -> Result<SlotPass<'c, T>> {
-        let s = &gpu.stream;
         let lens = match lens {
-            Some(l) => Some(s.clone_htod(l)?),
+            Some(l) => Some(gpu.upload(l, STAGE)?),
             None => None,
         };
         Ok(SlotPass {
-            src: s.clone_htod(src)?,
-            dst: s.clone_htod(dst)?,
+            rows,
+            src: gpu.upload(src, STAGE)?,
+            dst: gpu.upload(dst, STAGE)?,
             lens,
             copies: gpu.alloc::<T>(src.len() * caches.kv_dim, STAGE)?,
             caches,

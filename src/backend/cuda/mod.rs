@@ -181,6 +181,20 @@ impl Gpu {
         })
     }
 
+    /// A copy of `host` on the device, for `stage` (an empty slice gives an empty buffer,
+    /// which the driver's own copy refuses to allocate).
+    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        host: &[T],
+        stage: &str,
+    ) -> Result<CudaSlice<T>> {
+        let mut buf = self.alloc::<T>(host.len(), stage)?;
+        if !host.is_empty() {
+            self.stream.memcpy_htod(host, &mut buf)?;
+        }
+        Ok(buf)
+    }
+
     /// The device address of a buffer or a view into one, to pass to a kernel. Safe to
     /// keep past the borrow only because everything runs on `self.stream`, in order.
     pub(crate) fn ptr<T>(&self, x: &impl DevicePtr<T>) -> u64 {

@@ -146,7 +146,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         let mut starts = vec![0i32];
         starts.extend(seqs.iter().map(|s| s.end as i32));
         Ok(DeviceSeqs {
-            starts: self.gpu.stream.clone_htod(&starts)?,
+            starts: self.gpu.upload(&starts, GRAPH)?,
             max_len: seqs.iter().map(|s| s.len()).max().unwrap_or(0),
         })
     }
@@ -470,7 +470,16 @@ impl<T: Storage> Ops for CudaOps<T> {
             .into_iter()
             .map(T::from_f32)
             .collect();
-        *copy = Some(self.upload(&host, "for the weights the forward reads")?);
+        match copy {
+            // In place: a roll-back must not need room for a second copy.
+            Some(c) if c.capacity() >= host.len() => {
+                self.set_len(c, host.len())?;
+                if !host.is_empty() {
+                    self.gpu.stream.memcpy_htod(&host, &mut c.data)?;
+                }
+            }
+            _ => *copy = Some(self.upload(&host, "for the weights the forward reads")?),
+        }
         Ok(())
     }
     fn forward_weights<'a>(
@@ -491,6 +500,17 @@ impl<T: Storage> Ops for CudaOps<T> {
         r: Range<usize>,
         h: AdamW,
     ) -> Result<()> {
+        let p = Self::len(params);
+        let lens = [
+            Self::len(previous),
+            Self::len(m),
+            Self::len(v),
+            Self::len(grads),
+        ];
+        let copy_len = copy.as_ref().map_or(p, |c| Self::len(&**c));
+        if lens.iter().any(|&l| l != p) || copy_len != p || r.start > r.end || r.end > p {
+            bail!("adamw_update: buffers of unequal lengths, or {r:?} beyond {p}");
+        }
         let mut copy = copy.map(|c| c.data.slice_mut(r.clone()));
         self.gpu.adamw_update(
             &mut params.data.slice_mut(r.clone()),

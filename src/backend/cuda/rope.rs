@@ -16,10 +16,10 @@ pub struct DeviceRope {
 
 impl DeviceRope {
     pub fn new(gpu: &Gpu, table: &RopeTable) -> Result<DeviceRope> {
-        let s = &gpu.stream;
+        const STAGE: &str = "for a batch's rotary tables";
         Ok(DeviceRope {
-            cos: s.clone_htod(&table.cos)?,
-            sin: s.clone_htod(&table.sin)?,
+            cos: gpu.upload(&table.cos, STAGE)?,
+            sin: gpu.upload(&table.sin, STAGE)?,
             half: table.half,
         })
     }

@@ -52,7 +52,7 @@ pub struct Activations<O: Ops> {
     pub(crate) logp: O::Buf<f32>,      // (M)
     pub(crate) lse: O::Buf<f32>,       // (M)
     pub(crate) grads: Option<GradScratch<O>>,
-    pub logits: O::LogitsScratch,
+    pub(crate) logits: Option<O::LogitsScratch>,
     /// A head's rows, their final norm and its output: (R, C), (R, C), (R, out) f32.
     pub(crate) head_in: O::Buf<O::S>,
     pub(crate) head_norm: O::Buf<O::S>,
@@ -108,8 +108,8 @@ impl<O: Ops> Activations<O> {
                 dk: a(kvd)?,
                 dv: a(kvd)?,
                 dqkv: a(qd + 2 * kvd)?,
-                dx_scored: a(c)?,
-                dhidden: a(c)?,
+                dx_scored: a(0)?,
+                dhidden: a(0)?,
             })
         } else {
             None
@@ -120,12 +120,12 @@ impl<O: Ops> Activations<O> {
             x: a(c)?,
             h: a(c)?,
             qkv: a(qd + 2 * kvd)?,
-            x_scored: a(c)?,
-            hidden: a(c)?,
-            logp: ops.alloc::<f32>(rows, STAGE)?,
-            lse: ops.alloc::<f32>(rows, STAGE)?,
+            x_scored: a(0)?,
+            hidden: a(0)?,
+            logp: ops.alloc::<f32>(0, STAGE)?,
+            lse: ops.alloc::<f32>(0, STAGE)?,
             grads,
-            logits: ops.logits_scratch(net.config.vocab_size, None)?,
+            logits: None,
             head_in: a(0)?,
             head_norm: a(0)?,
             head_out: ops.alloc::<f32>(0, STAGE)?,
@@ -135,16 +135,30 @@ impl<O: Ops> Activations<O> {
     /// Makes the LM head hold `rows` rows of logits at a time (tests use a few, so that a
     /// batch spans several chunks).
     pub fn set_chunk_rows(&mut self, net: &Net<O>, rows: usize) -> Result<()> {
-        self.logits = net.ops.logits_scratch(net.config.vocab_size, Some(rows))?;
+        self.logits = Some(net.ops.logits_scratch(net.config.vocab_size, Some(rows))?);
         Ok(())
+    }
+
+    /// The LM head's logits scratch, made on first use (generation and classifiers never
+    /// need it).
+    pub(crate) fn logits_scratch(&mut self, net: &Net<O>) -> Result<&mut O::LogitsScratch> {
+        if self.logits.is_none() {
+            self.logits = Some(net.ops.logits_scratch(net.config.vocab_size, None)?);
+        }
+        Ok(self.logits.as_mut().expect("made above"))
     }
 
     /// Sets every buffer to n rows (m scored), growing the memory first when n is more than
     /// it holds.
     pub(crate) fn fit(&mut self, net: &Net<O>, n: usize, m: usize) -> Result<()> {
         if n > self.rows {
-            let grown = Self::new(net, n, self.grads.is_some())?;
-            self.logits = std::mem::replace(self, grown).logits;
+            // The old buffers go before the new ones are allocated, so growing never needs
+            // both at once.
+            let backward = self.grads.is_some();
+            let logits = self.logits.take();
+            *self = Self::new(net, 0, backward)?;
+            *self = Self::new(net, n, backward)?;
+            self.logits = logits;
         }
         let ops = net.ops;
         let (c, qd, kvd, im, h) = widths(net.config);
@@ -169,13 +183,14 @@ impl<O: Ops> Activations<O> {
             (&mut self.x, n * c),
             (&mut self.h, n * c),
             (&mut self.qkv, n * (qd + 2 * kvd)),
-            (&mut self.x_scored, m * c),
-            (&mut self.hidden, m * c),
         ] {
             ops.set_len(buf, len)?;
         }
-        ops.set_len(&mut self.logp, m)?;
-        ops.set_len(&mut self.lse, m)?;
+        // The scored rows' buffers grow when a batch scores more rows than any before.
+        ops.reserve(&mut self.x_scored, m * c, STAGE)?;
+        ops.reserve(&mut self.hidden, m * c, STAGE)?;
+        ops.reserve(&mut self.logp, m, STAGE)?;
+        ops.reserve(&mut self.lse, m, STAGE)?;
         if let Some(g) = &mut self.grads {
             for (buf, len) in [
                 (&mut g.dx, n * c),
@@ -188,11 +203,11 @@ impl<O: Ops> Activations<O> {
                 (&mut g.dk, n * kvd),
                 (&mut g.dv, n * kvd),
                 (&mut g.dqkv, n * (qd + 2 * kvd)),
-                (&mut g.dx_scored, m * c),
-                (&mut g.dhidden, m * c),
             ] {
                 ops.set_len(buf, len)?;
             }
+            ops.reserve(&mut g.dx_scored, m * c, STAGE)?;
+            ops.reserve(&mut g.dhidden, m * c, STAGE)?;
         }
         Ok(())
     }

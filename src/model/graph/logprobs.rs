@@ -30,6 +30,7 @@ impl<O: Ops> Net<'_, O> {
         self.body_forward(&b, acts)?;
         let (c, v) = (self.config.hidden_size, self.config.vocab_size);
         let head = self.w(&self.layout.lm_head);
+        acts.logits_scratch(self)?;
         let Activations {
             logp,
             lse,
@@ -37,6 +38,7 @@ impl<O: Ops> Net<'_, O> {
             logits,
             ..
         } = acts;
+        let logits = logits.as_mut().expect("made above");
         self.ops
             .logprobs_forward(logp, lse, hidden, head, &b.targets, c, v, logits)?;
         let logp = self.ops.download(logp)?;
@@ -141,6 +143,7 @@ impl<O: Ops> Net<'_, O> {
             }
             Ok(out)
         };
+        acts.logits_scratch(self)?;
         let grad_scratch = acts.grads.as_mut().expect("checked above");
         let head = self.w(&lay.lm_head);
         let dhead = O::grads(grads, lay.lm_head.clone());
@@ -153,7 +156,7 @@ impl<O: Ops> Net<'_, O> {
             &b.targets,
             c,
             v,
-            &mut acts.logits,
+            acts.logits.as_mut().expect("made above"),
             &row_ranges,
             &mut grad,
         )?;

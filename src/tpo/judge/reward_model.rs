@@ -18,7 +18,6 @@ use crate::backend::device::Device;
 use crate::engine::Engine;
 use crate::model::{Head, Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
-use crate::train::batching::micro_batches;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -132,19 +131,15 @@ impl Judge for RewardModelJudge {
                 owners.push((g, r));
             }
         }
-        let order: Vec<usize> = (0..seqs.len()).collect();
         let mut scores: Vec<Vec<f64>> = groups
             .iter()
             .map(|g| vec![0.0; g.responses.len()])
             .collect();
         let on_cpu = Engine::Cpu(&self.model);
         let engine = self.on_device.as_ref().unwrap_or(&on_cpu);
-        for micro in micro_batches(&order, |i| seqs[i].len(), self.micro_batch_tokens) {
-            let batch: Vec<&[u32]> = micro.iter().map(|&i| seqs[i].as_slice()).collect();
-            let logits = engine
-                .classify(&batch)
-                .with_context(|| format!("reward model {}", self.dir.display()))?;
-            for (&i, &score) in micro.iter().zip(&logits) {
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let mut on_pass = |micro: &[usize], logits: &[f32]| -> Result<()> {
+            for (&i, &score) in micro.iter().zip(logits) {
                 let (g, r) = owners[i];
                 if !score.is_finite() {
                     bail!(
@@ -158,7 +153,18 @@ impl Judge for RewardModelJudge {
                 scores[g][r] = score as f64;
             }
             progress(micro.len());
-        }
+            Ok(())
+        };
+        let scored = engine.classify(&refs, self.micro_batch_tokens, &mut on_pass);
+        // A score's own error names the response; an error of the pass names the model.
+        let dir = self.dir.display();
+        scored.map_err(|e| {
+            if e.to_string().starts_with("reward model ") {
+                e
+            } else {
+                e.context(format!("reward model {dir}"))
+            }
+        })?;
         Ok(scores)
     }
 }
