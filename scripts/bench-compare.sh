@@ -22,8 +22,12 @@ trap 'git worktree remove --force "$old" >/dev/null 2>&1 || true' EXIT
 # The old tree builds into its own target dir, with the same nvcc (the kernels do not
 # matter on the CPU, but build.rs wants one or warns).
 [ -d .cuda-toolchain ] && ln -s "$PWD/.cuda-toolchain" "$old/.cuda-toolchain"
+# The old tree's build is kept between runs in its own target dir.
+old_target=$PWD/$out/old-target
 for tree in "$old" .; do
-  (cd "$tree" && cargo build --release --quiet && cargo bench --bench train --no-run --quiet)
+  target=$([ "$tree" = . ] && echo "$PWD/target" || echo "$old_target")
+  (cd "$tree" && CARGO_TARGET_DIR=$target cargo build --release --quiet \
+    && CARGO_TARGET_DIR=$target cargo bench --bench train --no-run --quiet)
 done
 
 train_s() { # criterion's middle estimate of dpo_train_step/8x256, in seconds
@@ -50,11 +54,12 @@ gen_rate() { # tokens/s of one generate run with binary $1
 for round in 1 2; do
   for tree in "$old" .; do
     name=$([ "$tree" = . ] && echo new || echo old)
-    (cd "$tree" && RAYON_NUM_THREADS=$threads cargo bench --bench train -- --noplot 2>&1) \
-      > "$out/train-$name-$round.log"
+    target=$([ "$tree" = . ] && echo "$PWD/target" || echo "$old_target")
+    (cd "$tree" && CARGO_TARGET_DIR=$target RAYON_NUM_THREADS=$threads \
+      cargo bench --bench train -- --noplot 2>&1) > "$out/train-$name-$round.log"
     echo "train $name round $round: $(train_s "$out/train-$name-$round.log") s per step"
     rates=""
-    for seed in 1 2 3 4 5; do rates="$rates $(gen_rate "$tree/target/release/tpo-engine" "$seed")"; done
+    for seed in 1 2 3 4 5; do rates="$rates $(gen_rate "$target/release/tpo-engine" "$seed")"; done
     echo "generate $name round $round: tokens/s$rates"
   done
 done

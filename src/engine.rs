@@ -101,12 +101,7 @@ impl<'m> Engine<'m> {
     /// A sequence classifier's logits for fresh whole sequences (see `Net::classify`),
     /// `budget` tokens per pass: `on_pass(indices, logits)` gets each pass's sequences
     /// (indices into `seqs`) and their logits, (S, L).
-    pub fn classify(
-        &self,
-        seqs: &[&[u32]],
-        budget: usize,
-        on_pass: &mut OnPass,
-    ) -> Result<()> {
+    pub fn classify(&self, seqs: &[&[u32]], budget: usize, on_pass: &mut OnPass) -> Result<()> {
         match self {
             Engine::Cpu(model) => classify_on(&model.net(), seqs, budget, on_pass),
             Engine::Cuda(gm) => classify_on(&gm.net(), seqs, budget, on_pass),

@@ -9,6 +9,8 @@
 //! many-row work as GEMMs on tiles (attention_tiled); this file holds the entry points, the
 //! split into parallel work, and the row-by-row path of decode steps over short caches.
 
+pub use super::attention_rows::KvView;
+use super::attention_rows::{scale, GroupOut};
 use super::attention_tiled::{
     backward_task, forward_tile, tile_positions, BackwardTask, ForwardScratch,
 };
@@ -18,13 +20,6 @@ use crate::backend::settings::AttentionDims;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::ops::Range;
-
-/// The key/value cache of one sequence in one layer: each (T, Hkv, D).
-#[derive(Clone, Copy)]
-pub struct KvView<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
-}
 
 /// A run of rows goes in tiles when its rows see at least this many keys in all; below, a
 /// GEMM's packing costs more than it saves and it goes row by row. Measured on 2 cores at
@@ -199,12 +194,6 @@ fn check_tiling(op: &str, seqs: &[Range<usize>], n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The outputs of one row's query heads that share a kv head: out (group, D), lse (group).
-pub(super) struct GroupOut<'a> {
-    pub out: &'a mut [f32],
-    pub lse: &'a mut [f32],
-}
-
 /// A unit of the forward's parallel work: one row, or one tile of a run, for one kv head.
 enum Work<'a> {
     Row {
@@ -281,11 +270,6 @@ pub(super) fn attend_row(
             }
         }
     }
-}
-
-/// The scores' scale, 1/sqrt(D).
-pub(super) fn scale(d: usize) -> f32 {
-    1.0 / (d as f32).sqrt()
 }
 
 /// Where each sequence of a packed batch of whole sequences lies: its rows, and each row's

@@ -9,7 +9,7 @@
 //! Shapes: a tile holds R positions and M = R * group stacked rows, row m = position m / group,
 //! query head m % group of the kv head; its K keys are those its last position sees.
 
-use super::attention::{scale, GroupOut, KvView};
+use super::attention_rows::{scale, GroupOut, KvView};
 use super::math::{dot, exp, max, sum};
 use crate::backend::settings::AttentionDims;
 use gemm::Parallelism;

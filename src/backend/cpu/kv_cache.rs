@@ -1,7 +1,7 @@
 //! The key/value cache of one sequence: per layer, the rotated keys and the values of every
 //! position so far, each (T, Hkv, D).
 
-use super::attention::KvView;
+use super::attention_rows::KvView;
 use std::ops::Range;
 
 #[derive(Clone, Debug)]

@@ -10,14 +10,16 @@ use anyhow::Result;
 
 /// What one layer's forward keeps for its backward. Shapes per the `backend` legend.
 pub(crate) struct LayerState<O: Ops> {
-    pub x_in: O::Buf<O::S>,    // (N, C) residual stream entering the layer
-    pub h_attn: O::Buf<O::S>,  // (N, C) input_layernorm output
-    pub q: O::Buf<O::S>,       // (N, H*D) after rope
-    pub k: O::Buf<O::S>,       // (N, Hkv*D) after rope
-    pub v: O::Buf<O::S>,       // (N, Hkv*D)
-    pub att: O::Buf<O::S>,     // (N, H*D) attention output
-    pub lse: O::Buf<f32>,      // (N, H)
-    pub x_mid: O::Buf<O::S>,   // (N, C) residual stream after attention
+    /// (N, C) residual stream entering the layer, and after its attention: kept for the
+    /// backward only (empty where no backward comes).
+    pub x_in: O::Buf<O::S>,
+    pub h_attn: O::Buf<O::S>, // (N, C) input_layernorm output
+    pub q: O::Buf<O::S>,      // (N, H*D) after rope
+    pub k: O::Buf<O::S>,      // (N, Hkv*D) after rope
+    pub v: O::Buf<O::S>,      // (N, Hkv*D)
+    pub att: O::Buf<O::S>,    // (N, H*D) attention output
+    pub lse: O::Buf<f32>,     // (N, H)
+    pub x_mid: O::Buf<O::S>,
     pub h_mlp: O::Buf<O::S>,   // (N, C) post_attention_layernorm output
     pub gate_up: O::Buf<O::S>, // (N, 2I) each row gate, then up
     pub act: O::Buf<O::S>,     // (N, I)
@@ -83,14 +85,14 @@ impl<O: Ops> Activations<O> {
         let mut states = Vec::with_capacity(layers);
         for _ in 0..layers {
             states.push(LayerState {
-                x_in: a(c)?,
+                x_in: a(if backward { c } else { 0 })?,
                 h_attn: a(c)?,
                 q: a(qd)?,
                 k: a(kvd)?,
                 v: a(kvd)?,
                 att: a(qd)?,
                 lse: ops.alloc::<f32>(rows * h, STAGE)?,
-                x_mid: a(c)?,
+                x_mid: a(if backward { c } else { 0 })?,
                 h_mlp: a(c)?,
                 gate_up: a(2 * im)?,
                 act: a(im)?,
@@ -162,15 +164,16 @@ impl<O: Ops> Activations<O> {
         }
         let ops = net.ops;
         let (c, qd, kvd, im, h) = widths(net.config);
+        let saved = if self.grads.is_some() { c } else { 0 };
         for st in &mut self.layers {
             for (buf, w) in [
-                (&mut st.x_in, c),
+                (&mut st.x_in, saved),
                 (&mut st.h_attn, c),
                 (&mut st.q, qd),
                 (&mut st.k, kvd),
                 (&mut st.v, kvd),
                 (&mut st.att, qd),
-                (&mut st.x_mid, c),
+                (&mut st.x_mid, saved),
                 (&mut st.h_mlp, c),
                 (&mut st.gate_up, 2 * im),
                 (&mut st.act, im),

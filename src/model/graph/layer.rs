@@ -39,7 +39,11 @@ pub(crate) fn layer_forward<O: Ops>(
     let dims = net.attention_dims();
     let eps = cfg.rms_norm_eps;
 
-    ops.copy(&mut st.x_in, x)?;
+    // The residual stream is saved only where a backward will read it.
+    let save = O::len(&st.x_in) > 0;
+    if save {
+        ops.copy(&mut st.x_in, x)?;
+    }
     ops.rmsnorm_forward(&mut st.h_attn, x, net.w(&w.input_layernorm), eps, c)?;
     // q, k and v are adjacent in the layout: one product, then split per row.
     let bias = w.qkv_bias().map(|r| net.w(&r));
@@ -70,7 +74,9 @@ pub(crate) fn layer_forward<O: Ops>(
     ops.matmul_forward(h, &st.att, net.w(&w.o_proj), None, n, qd, c)?;
     ops.residual_forward(x, h)?;
 
-    ops.copy(&mut st.x_mid, x)?;
+    if save {
+        ops.copy(&mut st.x_mid, x)?;
+    }
     let post_norm = net.w(&w.post_attention_layernorm);
     ops.rmsnorm_forward(&mut st.h_mlp, x, post_norm, eps, c)?;
     ops.matmul_forward(
