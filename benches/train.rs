@@ -1,12 +1,12 @@
-//! One DPO training update on the benchmark config (the `tiny` defaults: the 7M model of the
-//! generate benchmark, random weights): 4 pairs = 8 sequences of 256 tokens (64 prompt +
-//! 192 completion), forward, fused log-probs, DPO loss, backward, gradient norm and AdamW;
-//! the reference log-probs are precomputed, as in `tpo-engine dpo`. Tokens/s of the update
-//! = 2048 / time. scripts/bench-train.sh runs it beside PyTorch eager.
+//! One DPO training update on the benchmark model (`TPO_BENCH_SHAPE`: 7m by default, or
+//! 135m; random weights): 4 pairs = 8 sequences of 256 tokens (64 prompt + 192 completion),
+//! forward, fused log-probs, DPO loss, backward, gradient norm and AdamW; the reference
+//! log-probs are precomputed, as in `tpo-engine dpo`. Tokens/s of the update = 2048 / time.
+//! The id is `dpo_train_step/SHAPE-8x256`. scripts/bench-train.sh runs it beside PyTorch.
 
 mod common;
 
-use common::{bench_model, VOCAB};
+use common::{bench_model, bench_shape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 use tpo_engine::backend::cpu::Cpu;
@@ -22,10 +22,12 @@ const PROMPT_LEN: usize = 64;
 
 fn dpo_train_step(c: &mut Criterion) {
     let mut model = bench_model();
+    let (shape, _) = bench_shape();
+    let vocab = model.config.vocab_size;
     let mut rng = Rng::new(4);
     let mut tokens = |n: usize| -> Vec<u32> {
         (0..n)
-            .map(|_| (rng.next_u64() % VOCAB as u64) as u32)
+            .map(|_| (rng.next_u64() % vocab as u64) as u32)
             .collect()
     };
     let examples: Vec<Example> = (0..PAIRS)
@@ -70,7 +72,7 @@ fn dpo_train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("dpo_train_step");
     group.throughput(Throughput::Elements((2 * PAIRS * SEQ_LEN) as u64));
     group.bench_function(
-        BenchmarkId::from_parameter(format!("{}x{SEQ_LEN}", 2 * PAIRS)),
+        BenchmarkId::from_parameter(format!("{shape}-{}x{SEQ_LEN}", 2 * PAIRS)),
         |b| {
             b.iter(|| {
                 trainer

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Our CPU speed against an earlier revision of ours, on one machine, in one run: the train
-# bench (criterion dpo_train_step/8x256, the config of scripts/bench-train.sh) and the
+# bench (criterion dpo_train_step/7m-8x256, the 7m config of scripts/bench-train.sh) and the
 # generation bench (the config of scripts/bench-generate.sh, 5 runs each), the two builds
 # taking turns. For a change that must not cost speed (a refactor): both figures of both
 # builds, with the CPU model and the date.
@@ -30,8 +30,8 @@ for tree in "$old" .; do
     && CARGO_TARGET_DIR=$target cargo bench --bench train --no-run --quiet)
 done
 
-train_s() { # criterion's middle estimate of dpo_train_step/8x256, in seconds
-  awk '/dpo_train_step\/8x256/ { found = 1 }
+train_s() { # criterion's middle estimate of the 7m train step, in seconds
+  awk '/dpo_train_step\/(7m-)?8x256/ { found = 1 }
     found && /time:/ { sub(/.*\[/, ""); v = $3; u = $4
       f = u == "s" ? 1 : u == "ms" ? 1e-3 : (u == "µs" || u == "us") ? 1e-6 : 0
       printf "%.6f\n", v * f; exit }' "$1"

@@ -1,67 +1,76 @@
 #!/usr/bin/env bash
-# One DPO training step, tpo-engine against PyTorch eager, on one machine, in one run: the
-# benchmark config (Llama, hidden 256, 4 layers, 8 heads, 4 KV heads, intermediate 688, vocab
-# 8192), 4 pairs = 8 sequences of 256 tokens (64 prompt + 192 completion), sigmoid loss,
-# backward, clipping, AdamW. Ours is the criterion bench dpo_train_step/8x256 in
-# benches/train.rs on the global rayon pool; PyTorch's is scripts/bench_train_torch.py. Both
-# count every token of the batch: 2048 per step. Needs scripts/python-env.sh first.
-# Usage: scripts/bench-train.sh [THREADS]   (default 2)
-# Prints both rates and their ratio; writes them with the machine to bench-out/train.json.
+# One DPO training step, tpo-engine against PyTorch, on one machine, in one run. SHAPE is 7m
+# (Llama, hidden 256, 4 layers, 8 heads, 4 KV heads, intermediate 688, vocab 8192) or 135m (a
+# real small checkpoint's shape: hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate
+# 1536, vocab 49152, tied); random weights. 4 pairs = 8 sequences of 256 tokens (64 prompt +
+# 192 completion), sigmoid loss, backward, clipping, AdamW. Ours is the criterion bench
+# dpo_train_step/SHAPE-8x256 in benches/train.rs on the global rayon pool; PyTorch's is
+# scripts/bench_train_torch.py twice: eager attention in f32, and SDPA under bf16 autocast.
+# Every token of the batch counts: 2048 per step. Needs scripts/python-env.sh first.
+# Usage: scripts/bench-train.sh [THREADS] [SHAPE]   (defaults 2, 7m)
+# Prints the three rates and our ratios; writes them with the machine to bench-out/train-SHAPE.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
+shape=${2:-7m}
 tokens=2048
 out=bench-out
 [ -x .venv/bin/python ] || { echo "no .venv: run scripts/python-env.sh first" >&2; exit 1; }
-if [ ! -f benches/train.rs ] || ! grep -q '^name = "train"' Cargo.toml; then
-  echo "no Rust train bench yet: benches/train.rs and a [[bench]] name = \"train\" entry in Cargo.toml are needed" >&2
-  exit 1
-fi
+case $shape in 7m | 135m) ;; *) echo "SHAPE: expected 7m or 135m, got '$shape'" >&2; exit 1 ;; esac
 mkdir -p "$out"
 cpu=$(lscpu | grep -m1 'Model name' | cut -d: -f2 | xargs)
-echo "machine: $(nproc) cores, $cpu, $(date -u +%F); $threads threads"
+flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_bf16|amx_bf16|amx_tile)$' | xargs)
+echo "machine: $(nproc) cores, $cpu ($flags), $(date -u +%F); $threads threads; shape $shape"
 
-RAYON_NUM_THREADS=$threads cargo bench --bench train -- --noplot 2>&1 | tee "$out/train-ours.log"
-# criterion: "dpo_train_step/8x256   time:   [low unit mid unit high unit]", the time on the
-# id's line or a later one. The middle value is the estimate.
-ours_s=$(awk '
-  /dpo_train_step\/8x256/ { found = 1 }
+TPO_BENCH_SHAPE=$shape RAYON_NUM_THREADS=$threads cargo bench --bench train -- --noplot 2>&1 \
+  | tee "$out/train-ours-$shape.log"
+# criterion: "dpo_train_step/SHAPE-8x256   time:   [low unit mid unit high unit]", the time on
+# the id's line or a later one. The middle value is the estimate.
+ours_s=$(awk -v id="dpo_train_step/$shape-8x256" '
+  index($0, id) { found = 1 }
   found && /time:/ {
     sub(/.*\[/, ""); v = $3; u = $4
     f = u == "s" ? 1 : u == "ms" ? 1e-3 : (u == "µs" || u == "us") ? 1e-6 : u == "ns" ? 1e-9 : 0
     if (f) printf "%.9f\n", v * f
     exit
-  }' "$out/train-ours.log")
+  }' "$out/train-ours-$shape.log")
 if [ -z "$ours_s" ]; then
-  echo "no 'dpo_train_step/8x256 ... time: [...]' line in the cargo bench output ($out/train-ours.log)" >&2
+  echo "no 'dpo_train_step/$shape-8x256 ... time: [...]' line in the cargo bench output ($out/train-ours-$shape.log)" >&2
   exit 1
 fi
 
-torch_out=$(OMP_NUM_THREADS=$threads .venv/bin/python scripts/bench_train_torch.py --threads "$threads" 2>&1) \
-  || { echo "$torch_out" >&2; echo "bench_train_torch.py failed" >&2; exit 1; }
-torch_json=$(grep '^{"impl"' <<<"$torch_out") \
-  || { echo "$torch_out" >&2; echo "no JSON line from bench_train_torch.py" >&2; exit 1; }
-OURS_S=$ours_s TORCH_JSON=$torch_json CPU=$cpu NPROC=$(nproc) THREADS=$threads TOKENS=$tokens OUT=$out/train.json \
-  .venv/bin/python - <<'EOF'
+torch_run() {
+  local o
+  o=$(OMP_NUM_THREADS=$threads .venv/bin/python scripts/bench_train_torch.py --threads "$threads" \
+    --shape "$shape" --precision "$1" 2>&1) || { echo "$o" >&2; echo "bench_train_torch.py failed" >&2; exit 1; }
+  grep '^{"impl"' <<<"$o" || { echo "$o" >&2; echo "no JSON line from bench_train_torch.py" >&2; exit 1; }
+}
+eager=$(torch_run f32)
+bf16=$(torch_run bf16)
+OURS_S=$ours_s EAGER=$eager BF16=$bf16 CPU="$cpu" FLAGS="$flags" NPROC=$(nproc) THREADS=$threads \
+  TOKENS=$tokens SHAPE=$shape OUT=$out/train-$shape.json .venv/bin/python - <<'PY'
 import datetime, json, os
-torch_run = json.loads(os.environ["TORCH_JSON"])
-tokens = int(os.environ["TOKENS"])
-ours = tokens / float(os.environ["OURS_S"])
-theirs = torch_run["tokens_per_s_median"]
+e = os.environ
+eager, bf16 = json.loads(e["EAGER"]), json.loads(e["BF16"])
+tokens = int(e["TOKENS"])
+ours = tokens / float(e["OURS_S"])
 result = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-    "cpu": os.environ["CPU"], "nproc": int(os.environ["NPROC"]), "threads": int(os.environ["THREADS"]),
-    "tokens_per_step": tokens,
-    "tpo_engine": {"step_ms": round(1e3 * float(os.environ["OURS_S"]), 3), "tokens_per_s": round(ours, 1),
-                   "source": "criterion estimate of dpo_train_step/8x256"},
-    "pytorch_eager": torch_run,
-    "ratio": round(ours / theirs, 3),
+    "cpu": e["CPU"], "cpu_flags": e["FLAGS"], "nproc": int(e["NPROC"]), "threads": int(e["THREADS"]),
+    "shape": e["SHAPE"], "tokens_per_step": tokens,
+    "tpo_engine": {"step_ms": round(1e3 * float(e["OURS_S"]), 3), "tokens_per_s": round(ours, 1),
+                   "source": f"criterion estimate of dpo_train_step/{e['SHAPE']}-8x256"},
+    "pytorch_eager_f32": eager,
+    "pytorch_sdpa_bf16": bf16,
+    "ratio_eager_f32": round(ours / eager["tokens_per_s_median"], 3),
+    "ratio_sdpa_bf16": round(ours / bf16["tokens_per_s_median"], 3),
 }
-with open(os.environ["OUT"], "w") as f:
+with open(e["OUT"], "w") as f:
     json.dump(result, f, indent=1)
     f.write("\n")
-print(f"tpo-engine:    {ours:8.0f} tokens/s ({1e3 * float(os.environ['OURS_S']):.1f} ms/step, criterion estimate)")
-print(f"pytorch-eager: {theirs:8.0f} tokens/s ({torch_run['step_ms_median']:.1f} ms/step, median; "
-      f"torch {torch_run['torch']})")
-print(f"ratio: {ours / theirs:.2f}x; wrote {os.environ['OUT']}")
-EOF
+print(f"tpo-engine:        {ours:8.0f} tokens/s ({1e3 * float(e['OURS_S']):.1f} ms/step, criterion estimate)")
+for name, run in [("pytorch eager f32", eager), ("pytorch sdpa bf16", bf16)]:
+    print(f"{name}: {run['tokens_per_s_median']:8.0f} tokens/s ({run['step_ms_median']:.1f} ms/step, median; "
+          f"torch {run['torch']}); ours / it: {ours / run['tokens_per_s_median']:.2f}x")
+print(f"wrote {e['OUT']}")
+PY
