@@ -12,13 +12,13 @@ use crate::model::cuda::GpuModel;
 use crate::model::graph::Net;
 use crate::model::graph::{Activations, ScoredSequence};
 use crate::model::Model;
-use crate::train::batching::{micro_batches, score_on};
+use crate::train::batching::{micro_batches, score_on, working_rows};
 use crate::train::trainer::{micro_batch_rows, train_on, RunSink, TrainSummary};
 use crate::train::{Example, TrainConfig};
 use anyhow::{bail, Result};
 
 /// What a classifier's pass hands on: its sequences (indices) and their logits, (S, L).
-pub type OnPass<'a> = dyn FnMut(&[usize], &[f32]) -> Result<()> + 'a;
+pub type OnPass<'a> = dyn FnMut(&[usize], &[f32]) + 'a;
 
 /// A model on the device it runs on.
 pub enum Engine<'m> {
@@ -117,13 +117,12 @@ fn classify_on<O: Ops>(
     on_pass: &mut OnPass,
 ) -> Result<()> {
     let order: Vec<usize> = (0..seqs.len()).collect();
-    let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    let total: usize = seqs.iter().map(|s| s.len()).sum();
-    let mut acts = Activations::new(net, budget.min(total).max(longest), false)?;
+    let rows = working_rows(seqs.iter().map(|s| s.len()), budget);
+    let mut acts = Activations::new(net, rows, false)?;
     for micro in micro_batches(&order, |i| seqs[i].len(), budget) {
         let batch: Vec<&[u32]> = micro.iter().map(|&i| seqs[i]).collect();
         let logits = net.classify(&batch, &mut acts)?;
-        on_pass(&micro, &logits)?;
+        on_pass(&micro, &logits);
     }
     Ok(())
 }

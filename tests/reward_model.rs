@@ -321,3 +321,51 @@ fn a_conversation_longer_than_the_context_is_an_error_naming_it() {
         ],
     );
 }
+
+/// Overwrites the f32 tensor `name` of a safetensors file with `value`, in place.
+fn fill_tensor(weights: &Path, name: &str, value: f32) {
+    let mut bytes = std::fs::read(weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32");
+    let span = header[name]["data_offsets"].as_array().unwrap();
+    let start = 8 + header_len + span[0].as_u64().unwrap() as usize;
+    let end = 8 + header_len + span[1].as_u64().unwrap() as usize;
+    for word in bytes[start..end].chunks_exact_mut(4) {
+        word.copy_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(weights, bytes).unwrap();
+}
+
+#[test]
+fn a_score_that_is_not_finite_is_an_error_naming_the_response() {
+    let tmp = TempDir::new().unwrap();
+    let dir = copy_fixture(&tmp, "rm-llama");
+    // Finite weights (non-finite ones are refused at load) whose products overflow.
+    fill_tensor(&dir.join("model.safetensors"), "score.weight", f32::MAX);
+    // A budget of one response per pass: every pass runs before the scores are checked.
+    let mut judge = open_judge(&format!("rm:{}", dir.display()), &opts(1)).unwrap();
+    let source = Map::new();
+    let groups = [JudgeGroup {
+        source: &source,
+        instruction: "Short question?",
+        responses: vec!["Yes.", "No."],
+    }];
+    let passes = Cell::new(0);
+    let err = format!(
+        "{:#}",
+        judge
+            .score(&groups, &|n| passes.set(passes.get() + n))
+            .unwrap_err()
+    );
+    assert_mentions(
+        &err,
+        &[
+            "rm-llama",
+            "response 1 of prompt 1",
+            "Short question?",
+            "are the weights sound?",
+        ],
+    );
+    assert_eq!(passes.get(), 2, "every response's pass reports progress");
+}

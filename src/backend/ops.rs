@@ -70,7 +70,8 @@ pub trait Ops {
     fn tokens(&self, ids: &[u32]) -> Result<Self::Tokens>;
     /// seqs: the rows of each sequence, consecutive from row 0.
     fn seqs(&self, seqs: &[Range<usize>]) -> Result<Self::Seqs>;
-    fn rope(&self, table: &RopeTable) -> Result<Self::Rope>;
+    /// The rotary tables of a batch's rows, made on the host (the CPU keeps them as they are).
+    fn rope(&self, table: RopeTable) -> Result<Self::Rope>;
     /// Working memory for the log-probs over a vocabulary of v, `chunk_rows` rows of logits
     /// at a time (None: the device's default, about what fits its memory well).
     fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<Self::LogitsScratch>;

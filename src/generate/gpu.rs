@@ -41,8 +41,7 @@ pub fn generate_gpu<T: Storage>(
     on_tokens: &dyn Fn(usize),
 ) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
     let gpu: &Arc<Gpu> = gm.gpu();
-    let model = gm;
-    let ctx = model.config.max_context;
+    let ctx = gm.config.max_context;
     if prompts.iter().any(|p| p.is_empty() || p.len() >= ctx) {
         bail!("prompts must be non-empty and shorter than the context");
     }
@@ -57,19 +56,19 @@ pub fn generate_gpu<T: Storage>(
     let t_max = longest.saturating_add(opts.max_new_tokens).min(ctx);
     let dims = DecodeDims {
         batch: slots,
-        n_head: model.config.num_attention_heads,
-        n_kv_head: model.config.num_key_value_heads,
-        head_dim: model.config.head_dim,
+        n_head: gm.config.num_attention_heads,
+        n_kv_head: gm.config.num_key_value_heads,
+        head_dim: gm.config.head_dim,
         t_max,
     };
-    let layers = model.layout.layers.len();
+    let layers = gm.layout.layers.len();
     let mut caches = SlotCaches::<T>::new(gpu, layers, slots, t_max, dims)?;
     // A prefill packs the distinct prompts of the pairs it admits: at most one more than
     // the slots' worth of prompts of K samples each.
     let prefill_prompts = prompts.len().min(slots.div_ceil(k.max(1)) + 1);
     let rows = longest.saturating_mul(prefill_prompts).max(slots);
     let mut acts = Activations::new(&net, rows, false)?;
-    let v = model.config.vocab_size;
+    let v = gm.config.vocab_size;
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
     let mut stats = GenerateStats::default();
     let mut live: Vec<Option<Live>> = (0..slots).map(|_| None).collect();

@@ -77,8 +77,8 @@ impl Ops for Cpu {
     fn seqs(&self, seqs: &[Range<usize>]) -> Result<PackedSeqs> {
         Ok(PackedSeqs::new(seqs))
     }
-    fn rope(&self, table: &RopeTable) -> Result<RopeTable> {
-        Ok(table.clone())
+    fn rope(&self, table: RopeTable) -> Result<RopeTable> {
+        Ok(table)
     }
     fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<LogitsScratch> {
         Ok(LogitsScratch::new(

@@ -150,8 +150,8 @@ impl<T: Storage> Ops for CudaOps<T> {
             max_len: seqs.iter().map(|s| s.len()).max().unwrap_or(0),
         })
     }
-    fn rope(&self, table: &RopeTable) -> Result<DeviceRope> {
-        DeviceRope::new(&self.gpu, table)
+    fn rope(&self, table: RopeTable) -> Result<DeviceRope> {
+        DeviceRope::new(&self.gpu, &table)
     }
     fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<LogitsScratch> {
         let rows = chunk_rows.unwrap_or_else(|| default_chunk_rows(v));

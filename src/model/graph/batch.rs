@@ -128,7 +128,7 @@ impl<O: Ops> DeviceBatch<O> {
             s: batch.seqs.len(),
             tokens: ops.tokens(&batch.tokens)?,
             seqs: ops.seqs(&batch.seqs)?,
-            rope: ops.rope(&table)?,
+            rope: ops.rope(table)?,
             scored_rows: ops.upload(&rows, STAGE)?,
             targets: ops.upload(&batch.targets, STAGE)?,
         })

@@ -64,7 +64,7 @@ impl<O: Ops> Net<'_, O> {
         let ops = self.ops;
         acts.fit(self, tokens.len(), 0)?;
         let table = RopeTable::for_positions(self.inv_freq, positions);
-        let (ids, rope) = (ops.tokens(tokens)?, ops.rope(&table)?);
+        let (ids, rope) = (ops.tokens(tokens)?, ops.rope(table)?);
         let Activations {
             layers, x, h, qkv, ..
         } = acts;

@@ -138,33 +138,28 @@ impl Judge for RewardModelJudge {
         let on_cpu = Engine::Cpu(&self.model);
         let engine = self.on_device.as_ref().unwrap_or(&on_cpu);
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let mut on_pass = |micro: &[usize], logits: &[f32]| -> Result<()> {
-            for (&i, &score) in micro.iter().zip(logits) {
-                let (g, r) = owners[i];
-                if !score.is_finite() {
-                    bail!(
-                        "reward model {}: the score of response {} of prompt {} ({}) is {score}; are the weights sound?",
-                        self.dir.display(),
-                        r + 1,
-                        g + 1,
-                        preview(groups[g].instruction)
-                    );
-                }
-                scores[g][r] = score as f64;
+        let mut logits = vec![f32::NAN; seqs.len()];
+        let mut on_pass = |micro: &[usize], pass: &[f32]| {
+            for (&i, &score) in micro.iter().zip(pass) {
+                logits[i] = score;
             }
             progress(micro.len());
-            Ok(())
         };
-        let scored = engine.classify(&refs, self.micro_batch_tokens, &mut on_pass);
-        // A score's own error names the response; an error of the pass names the model.
-        let dir = self.dir.display();
-        scored.map_err(|e| {
-            if e.to_string().starts_with("reward model ") {
-                e
-            } else {
-                e.context(format!("reward model {dir}"))
+        engine
+            .classify(&refs, self.micro_batch_tokens, &mut on_pass)
+            .with_context(|| format!("reward model {}", self.dir.display()))?;
+        for (&(g, r), &score) in owners.iter().zip(&logits) {
+            if !score.is_finite() {
+                bail!(
+                    "reward model {}: the score of response {} of prompt {} ({}) is {score}; are the weights sound?",
+                    self.dir.display(),
+                    r + 1,
+                    g + 1,
+                    preview(groups[g].instruction)
+                );
             }
-        })?;
+            scores[g][r] = score as f64;
+        }
         Ok(scores)
     }
 }
