@@ -67,7 +67,7 @@ fn dpo_train_step(c: &mut Criterion) {
         seed: 0,
     };
     let rows = micro_batch_rows(&examples, &cfg);
-    let mut trainer = Trainer::new(Cpu, &mut model, &cfg, rows).expect("a trainer");
+    let mut trainer = Trainer::new(Cpu::F32, &mut model, &cfg, rows).expect("a trainer");
     let batch: Vec<usize> = (0..PAIRS).collect();
     let mut group = c.benchmark_group("dpo_train_step");
     group.throughput(Throughput::Elements((2 * PAIRS * SEQ_LEN) as u64));

@@ -22,7 +22,7 @@ pub type OnPass<'a> = dyn FnMut(&[usize], &[f32]) + 'a;
 
 /// A model on the device it runs on.
 pub enum Engine<'m> {
-    Cpu(&'m Model),
+    Cpu(&'m Model, Cpu),
     /// bf16 weights and activations on a GPU.
     Cuda(Box<GpuModel<half::bf16>>),
 }
@@ -33,7 +33,7 @@ impl Engine<'static> {
     /// their device across calls.
     pub fn copy_for(model: &Model, device: &Device) -> Result<Option<Engine<'static>>> {
         Ok(match device {
-            Device::Cpu => None,
+            Device::Cpu(_) => None,
             Device::Cuda(gpu) => Some(Engine::Cuda(Box::new(GpuModel::upload(
                 gpu.clone(),
                 model,
@@ -45,7 +45,11 @@ impl Engine<'static> {
 impl<'m> Engine<'m> {
     /// `model` on `device` (a GPU gets a bf16 copy of its weights).
     pub fn new(model: &'m Model, device: &Device) -> Result<Engine<'m>> {
-        Ok(Engine::copy_for(model, device)?.unwrap_or(Engine::Cpu(model)))
+        let cpu = match device {
+            Device::Cpu(cpu) => *cpu,
+            Device::Cuda(_) => Cpu::F32,
+        };
+        Ok(Engine::copy_for(model, device)?.unwrap_or(Engine::Cpu(model, cpu)))
     }
 
     /// Summed completion log-prob of every sequence, `budget` tokens at a time;
@@ -57,7 +61,7 @@ impl<'m> Engine<'m> {
         on_done: &dyn Fn(usize),
     ) -> Result<Vec<f64>> {
         match self {
-            Engine::Cpu(model) => score_on(&model.net(), seqs, budget, on_done),
+            Engine::Cpu(model, cpu) => score_on(&model.net_on(cpu), seqs, budget, on_done),
             Engine::Cuda(gm) => score_on(&gm.net(), seqs, budget, on_done),
         }
     }
@@ -91,7 +95,9 @@ impl<'m> Engine<'m> {
         on_tokens: &dyn Fn(usize),
     ) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
         match self {
-            Engine::Cpu(model) => generate::generate(model, prompts, opts, is_stopped, on_tokens),
+            Engine::Cpu(model, cpu) => {
+                generate::generate_on(model, *cpu, prompts, opts, is_stopped, on_tokens)
+            }
             Engine::Cuda(gm) => {
                 generate::gpu::generate_gpu(gm, prompts, opts, is_stopped, on_tokens)
             }
@@ -103,7 +109,7 @@ impl<'m> Engine<'m> {
     /// (indices into `seqs`) and their logits, (S, L).
     pub fn classify(&self, seqs: &[&[u32]], budget: usize, on_pass: &mut OnPass) -> Result<()> {
         match self {
-            Engine::Cpu(model) => classify_on(&model.net(), seqs, budget, on_pass),
+            Engine::Cpu(model, cpu) => classify_on(&model.net_on(cpu), seqs, budget, on_pass),
             Engine::Cuda(gm) => classify_on(&gm.net(), seqs, budget, on_pass),
         }
     }
@@ -141,7 +147,7 @@ pub fn train(
     }
     let rows = micro_batch_rows(examples, cfg);
     match device {
-        Device::Cpu => train_on(Cpu, model, examples, cfg, sink, rows),
+        Device::Cpu(cpu) => train_on(*cpu, model, examples, cfg, sink, rows),
         Device::Cuda(gpu) => {
             let ops = CudaOps::<half::bf16>::new(gpu.clone());
             train_on(ops, model, examples, cfg, sink, rows)

@@ -173,7 +173,7 @@ fn training_graph_case<O: Ops + Clone>(ops: O, tol: Tolerance) {
     for (name, model) in &models {
         // A chunk of 5 rows: the LM head runs over several chunks, one split mid-sequence.
         let chunk = if tol == Tolerance::F32 { 5 } else { 64 };
-        let (cs, cg) = sums_and_grads(&ModelOn::new(Cpu, model).unwrap(), &examples, chunk);
+        let (cs, cg) = sums_and_grads(&ModelOn::new(Cpu::F32, model).unwrap(), &examples, chunk);
         let on_device = ModelOn::new(ops.clone(), model).unwrap();
         let (gs, gg) = sums_and_grads(&on_device, &examples, chunk);
         for (a, b) in gs.iter().zip(&cs) {
@@ -242,7 +242,7 @@ fn trainer_case<O: Ops>(ops: O, tol: Tolerance) {
     let mut cpu_model = Model::load(&fixture("qwen2")).unwrap();
     let mut dev_model = Model::load(&fixture("qwen2")).unwrap();
     let rows = micro_batch_rows(&examples, &cfg);
-    let mut cpu = Trainer::new(Cpu, &mut cpu_model, &cfg, rows).unwrap();
+    let mut cpu = Trainer::new(Cpu::F32, &mut cpu_model, &cfg, rows).unwrap();
     let mut dev = Trainer::new(ops, &mut dev_model, &cfg, rows).unwrap();
     // One pair per update: three updates, each at the full learning rate.
     let batches: Vec<Vec<usize>> = (0..examples.len()).map(|i| vec![i]).collect();

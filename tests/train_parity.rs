@@ -270,7 +270,7 @@ fn three_adamw_updates_match_pytorch() {
         seed: 7,
     };
     let mut rec = Recorder::default();
-    train(&mut model, &ex, &train_cfg, &mut rec, &Device::Cpu).unwrap();
+    train(&mut model, &ex, &train_cfg, &mut rec, &Device::CPU).unwrap();
     let losses = floats(&adamw["losses"]);
     let norms = floats(&adamw["grad_norms"]);
     assert_eq!(rec.lines.len(), 3);

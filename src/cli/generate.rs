@@ -1,6 +1,6 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
-use crate::backend::device::DeviceChoice;
+use crate::backend::device::Placement;
 use crate::backend::settings::SamplingParams;
 use crate::engine::Engine;
 use crate::generate::{eos_ids, read_prompts, GenerateOptions, PromptMode};
@@ -78,7 +78,7 @@ fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
     })
 }
 
-pub fn run_generate(args: GenerateArgs, device: DeviceChoice) -> Result<()> {
+pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     let sampling = sampling_params(&args)?;
     if !(1..=MAX_SAMPLES).contains(&args.samples) {
         bail!("--samples {}: expected 1 to {MAX_SAMPLES}", args.samples);

@@ -5,7 +5,7 @@ mod task;
 mod tpo;
 mod train;
 
-use crate::backend::device::{Device, DeviceChoice};
+use crate::backend::device::{Device, DeviceChoice, Placement, Precision};
 use crate::tiny::{make_tiny_model, TinySpec};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -25,6 +25,12 @@ pub struct Cli {
     /// a device are there, else the CPU, saying why), cpu, cuda, or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     device: DeviceChoice,
+    /// The matrix products' arithmetic: f32, or bf16 operands with f32 sums (weights, norms,
+    /// softmax, log-probs and the loss stay f32). Default: f32 on the CPU, bf16 on CUDA
+    /// (its only one). On the CPU, bf16 runs AMX-BF16 tiles, else AVX512-BF16, else
+    /// widens to f32; TPO_CPU_BF16=amx|avx512-bf16|portable forces one.
+    #[arg(long, global = true)]
+    precision: Option<Precision>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,12 +74,16 @@ pub fn run() -> Result<()> {
             .build_global()
             .context("cannot start the thread pool")?;
     }
+    let placement = Placement {
+        device: cli.device,
+        precision: cli.precision,
+    };
     match cli.command {
-        Command::Train(args) => tpo::run_train(*args, cli.device),
-        Command::Generate(args) => generate::run_generate(args, cli.device),
-        Command::Dpo(args) => train::run_dpo(args, cli.device),
-        Command::Sft(args) => train::run_sft(args, cli.device),
-        Command::Logprobs(args) => train::run_logprobs(args, cli.device),
+        Command::Train(args) => tpo::run_train(*args, placement),
+        Command::Generate(args) => generate::run_generate(args, placement),
+        Command::Dpo(args) => train::run_dpo(args, placement),
+        Command::Sft(args) => train::run_sft(args, placement),
+        Command::Logprobs(args) => train::run_logprobs(args, placement),
         Command::TaskData(args) => task::run(args),
         Command::InitModel { out, spec } => {
             make_tiny_model(&out, &spec)?;
@@ -84,7 +94,7 @@ pub fn run() -> Result<()> {
 }
 
 /// Opens the device a command runs on and says which it is (and, for auto on the CPU, why).
-fn open_device(choice: DeviceChoice) -> Result<Device> {
+fn open_device(choice: Placement) -> Result<Device> {
     let (device, line) = Device::select(choice)?;
     eprintln!("{line}");
     Ok(device)

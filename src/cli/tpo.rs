@@ -1,7 +1,7 @@
 //! `tpo-engine train`: the TPO loop, or with no arguments the built-in demonstration.
 
 use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
-use crate::backend::device::DeviceChoice;
+use crate::backend::device::Placement;
 use crate::tpo::config::{Reference, Sampling, TpoConfig};
 use crate::tpo::prompts::read_prompt_file;
 use crate::tpo::run::TpoRun;
@@ -97,7 +97,7 @@ pub struct TpoArgs {
     quick: bool,
 }
 
-pub fn run_train(args: TpoArgs, device: DeviceChoice) -> Result<()> {
+pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
     if let (true, Some(out)) = (args.resume, &args.out) {
         if out.join("demo.json").exists() {
             return crate::tpo::demo::resume_demo(out, device);

@@ -1,6 +1,6 @@
 //! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the run's device.
 
-use crate::backend::device::{Device, DeviceChoice};
+use crate::backend::device::{Device, Placement};
 use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
 use crate::io::write_atomic;
@@ -270,7 +270,7 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
+pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
     RunDir::check_free(&args.train.out)?;
@@ -342,7 +342,7 @@ pub fn run_dpo(args: DpoArgs, device: DeviceChoice) -> Result<()> {
     finish(loaded.model, &examples, &cfg, &mut run, &device)
 }
 
-pub fn run_sft(args: SftArgs, device: DeviceChoice) -> Result<()> {
+pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
@@ -400,7 +400,7 @@ fn finish(
     Ok(())
 }
 
-pub fn run_logprobs(args: LogprobsArgs, device: DeviceChoice) -> Result<()> {
+pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
     if args.micro_batch_tokens == 0 {
         bail!("--micro-batch-tokens 0: expected at least 1");
     }

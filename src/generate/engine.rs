@@ -5,6 +5,7 @@
 
 use crate::backend::cpu::kv_cache::{KvCache, SeqCaches};
 use crate::backend::cpu::sampling::{sample, SamplerScratch};
+use crate::backend::cpu::Cpu;
 use crate::backend::rng::Rng;
 use crate::backend::settings::SamplingParams;
 use crate::model::graph::Activations;
@@ -74,9 +75,22 @@ struct Live {
 /// Generates `opts.samples` completions for each prompt (token ids, each shorter than the
 /// model's context). `is_stopped` says whether a completion's tokens contain a stop string;
 /// `on_tokens` is told how many tokens each step produced. Fails when the model produces a
-/// non-finite logit (weights that overflow f32), rather than sampling garbage.
+/// non-finite logit (weights that overflow f32), rather than sampling garbage. f32
+/// throughout; `generate_on` takes the CPU's products.
 pub fn generate(
     model: &Model,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
+    on_tokens: &dyn Fn(usize),
+) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
+    generate_on(model, Cpu::F32, prompts, opts, is_stopped, on_tokens)
+}
+
+/// `generate` with `cpu`'s products.
+pub fn generate_on(
+    model: &Model,
+    cpu: Cpu,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     is_stopped: &(dyn Fn(&[u32]) -> bool + Sync),
@@ -99,7 +113,7 @@ pub fn generate(
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
 
     let finish = |seq: &mut Live| finish_reason(&mut seq.tokens, seq.limit, opts, is_stopped);
-    let net = model.net();
+    let net = model.net_on(&cpu);
     let mut acts = Activations::new(&net, batch, false)?;
 
     while next < total || !live.is_empty() {

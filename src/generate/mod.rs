@@ -6,6 +6,6 @@ pub mod eos;
 pub mod gpu;
 pub mod prompts;
 
-pub use engine::{generate, Completion, FinishReason, GenerateOptions, GenerateStats};
+pub use engine::{generate, generate_on, Completion, FinishReason, GenerateOptions, GenerateStats};
 pub use eos::{end_token, eos_ids};
 pub use prompts::{read_prompts, Prompt, PromptMode};

@@ -72,10 +72,15 @@ impl Model {
         }
     }
 
-    /// The model's graph on the CPU.
+    /// The model's graph on the CPU, f32 throughout.
     pub fn net(&self) -> Net<'_, Cpu> {
+        self.net_on(&Cpu::F32)
+    }
+
+    /// The model's graph on the CPU with `cpu`'s products.
+    pub fn net_on<'a>(&'a self, cpu: &'a Cpu) -> Net<'a, Cpu> {
         Net {
-            ops: &Cpu,
+            ops: cpu,
             config: &self.config,
             layout: &self.layout,
             weights: &self.params,

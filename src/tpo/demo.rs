@@ -25,7 +25,7 @@ use super::stages::EvalLine;
 use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
-use crate::backend::device::{Device, DeviceChoice};
+use crate::backend::device::{Device, Placement};
 use crate::train::{DpoConfig, DpoLossType, LrSchedule, OptimizerConfig};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -108,12 +108,12 @@ fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig>
 }
 
 /// Continues the demonstration in `out` at the size it was started with.
-pub fn resume_demo(out: &Path, device: DeviceChoice) -> Result<()> {
+pub fn resume_demo(out: &Path, device: Placement) -> Result<()> {
     let saved: DemoPlan = read_json(&out.join("demo.json"))?;
     run_demo(out, saved == DemoPlan::new(true), device)
 }
 
-pub fn run_demo(out: &Path, quick: bool, device: DeviceChoice) -> Result<()> {
+pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
     let (device, line) = Device::select(device)?;
     eprintln!("{line}");
     let started = Instant::now();

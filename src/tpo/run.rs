@@ -144,7 +144,7 @@ impl TpoRun {
             },
             vocab_size: config.vocab_size,
             max_context: config.max_context,
-            device: Device::Cpu,
+            device: Device::CPU,
         };
         let judge = open_judge(
             &cfg.judge,

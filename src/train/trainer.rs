@@ -620,7 +620,7 @@ mod tests {
         examples[third].reference[0] = f64::NAN;
         let mut rec = Recorder::default();
         let err =
-            crate::engine::train(&mut model, &examples, &cfg, &mut rec, &Device::Cpu).unwrap_err();
+            crate::engine::train(&mut model, &examples, &cfg, &mut rec, &Device::CPU).unwrap_err();
         assert!(
             err.to_string()
                 .contains("training stopped at step 3: the loss is NaN"),

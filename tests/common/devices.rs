@@ -30,7 +30,7 @@ macro_rules! on_every_device {
 
             #[test]
             fn cpu() {
-                super::$case(tpo_engine::backend::cpu::Cpu, Tolerance::F32);
+                super::$case(tpo_engine::backend::cpu::Cpu::F32, Tolerance::F32);
             }
 
             #[test]

@@ -17,7 +17,7 @@
 //! measures it.
 
 use super::math::{self, exp};
-use super::matmul::{matmul_backward, matmul_forward};
+use super::products::Products;
 use super::{check_lens, check_rows};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -47,20 +47,14 @@ pub fn logprobs_forward(
     check_lens(&format!("{op} logp, lse"), &[logp.len(), lse.len()], m)?;
     check_head(op, &[hidden.len()], &[weight.len()], targets, c, v)?;
     let chunk = scratch.chunk(op)?;
+    let products = scratch.products;
     let logits = &mut scratch.logits;
     logits.resize(chunk.min(m) * v, 0.0); // (chunk, V)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let logits = &mut logits[..rows * v];
-        matmul_forward(
-            logits,
-            &hidden[r0 * c..(r0 + rows) * c],
-            weight,
-            None,
-            rows,
-            c,
-            v,
-        )?;
+        let h = &hidden[r0 * c..(r0 + rows) * c];
+        products.forward(logits, h, weight, None, rows, c, v)?;
         logits
             .par_chunks(v)
             .zip(lse[r0..r0 + rows].par_iter_mut())
@@ -96,20 +90,21 @@ pub fn logprobs_backward(
     let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
     check_head(op, &h_lens, &w_lens, targets, c, v)?;
     let chunk = scratch.chunk(op)?;
+    let products = scratch.products;
     let logits = &mut scratch.logits;
     logits.resize(chunk.min(m) * v, 0.0); // (chunk, V), reused as d(logits)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let dlogits = &mut logits[..rows * v];
         let h = &hidden[r0 * c..(r0 + rows) * c];
-        matmul_forward(dlogits, h, weight, None, rows, c, v)?;
+        products.forward(dlogits, h, weight, None, rows, c, v)?;
         dlogits
             .par_chunks_mut(v)
             .zip(lse[r0..r0 + rows].par_iter())
             .zip(dlogp[r0..r0 + rows].par_iter())
             .zip(targets[r0..r0 + rows].par_iter())
             .for_each(|(((row, &lse), &g), &t)| one_hot_minus_softmax(row, lse, g, t));
-        matmul_backward(
+        products.backward(
             &mut dhidden[r0 * c..(r0 + rows) * c],
             dweight,
             None,
@@ -150,10 +145,11 @@ pub fn logprobs_fused(
     if m > chunk {
         bail!("{op}: {m} rows in chunks of {chunk}");
     }
+    let products = scratch.products;
     let logits = &mut scratch.logits;
     logits.resize(m * v, 0.0);
     let logits = &mut logits[..m * v]; // (M, V)
-    matmul_forward(logits, hidden, weight, None, m, c, v)?;
+    products.forward(logits, hidden, weight, None, m, c, v)?;
     // Each row becomes exp(z - max) in place, so the gradient pass needs no second exp.
     let mut sums = vec![0.0f32; m]; // (M) sum of exp(z - max)
     logits
@@ -186,20 +182,24 @@ pub fn logprobs_fused(
             }
             row[t as usize] += g;
         });
-    matmul_backward(dhidden, dweight, None, logits, hidden, weight, m, c, v)
+    products.backward(dhidden, dweight, None, logits, hidden, weight, m, c, v)
 }
 
-/// The reused logits of the log-prob ops: up to `chunk_rows` rows of V at once.
+/// The reused logits of the log-prob ops: up to `chunk_rows` rows of V at once, and how
+/// the LM head's products run.
 pub struct LogitsScratch {
     pub chunk_rows: usize,
     pub logits: Vec<f32>,
+    pub products: Products,
 }
 
 impl LogitsScratch {
+    /// f32 products; `Cpu::logits_scratch` sets its own.
     pub fn new(chunk_rows: usize) -> LogitsScratch {
         LogitsScratch {
             chunk_rows,
             logits: vec![],
+            products: Products::F32,
         }
     }
 

@@ -6,13 +6,16 @@ pub mod adamw;
 pub mod attention;
 mod attention_rows;
 mod attention_tiled;
+pub mod bf16;
 pub mod embedding;
 pub mod glue;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod math;
 pub mod matmul;
+pub mod matmul_bf16;
 mod ops;
+pub mod products;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
@@ -23,6 +26,7 @@ pub mod swiglu;
 pub(crate) mod testutil;
 
 pub use ops::Cpu;
+pub use products::Products;
 
 use anyhow::{bail, Result};
 

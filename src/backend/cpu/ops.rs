@@ -4,7 +4,8 @@
 use super::attention::{self, KvView, PackedSeqs};
 use super::kv_cache::SeqCaches;
 use super::logprobs::{self, default_chunk_rows, LogitsScratch};
-use super::{adamw, check_lens, embedding, glue, matmul, residual, rmsnorm, rope, swiglu};
+use super::products::Products;
+use super::{adamw, check_lens, embedding, glue, residual, rmsnorm, rope, swiglu};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
 use crate::backend::settings::{AdamW, AttentionDims};
@@ -12,9 +13,19 @@ use crate::backend::storage::Elem;
 use anyhow::{bail, Result};
 use std::ops::Range;
 
-/// The CPU: f32 throughout, parallel with rayon.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+/// The CPU: f32 buffers, parallel with rayon; the matrix products in f32 or, with bf16
+/// operands, as `products` says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cpu {
+    pub products: Products,
+}
+
+impl Cpu {
+    /// f32 throughout: the reference every other path is tested against.
+    pub const F32: Cpu = Cpu {
+        products: Products::F32,
+    };
+}
 
 impl Ops for Cpu {
     type S = f32;
@@ -81,9 +92,9 @@ impl Ops for Cpu {
         Ok(table)
     }
     fn logits_scratch(&self, v: usize, chunk_rows: Option<usize>) -> Result<LogitsScratch> {
-        Ok(LogitsScratch::new(
-            chunk_rows.unwrap_or_else(|| default_chunk_rows(v)),
-        ))
+        let mut scratch = LogitsScratch::new(chunk_rows.unwrap_or_else(|| default_chunk_rows(v)));
+        scratch.products = self.products;
+        Ok(scratch)
     }
 
     fn embedding_forward(
@@ -136,7 +147,7 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        matmul::matmul_forward(out, inp, weight, bias, n, c, oc)
+        self.products.forward(out, inp, weight, bias, n, c, oc)
     }
     fn matmul_backward(
         &self,
@@ -150,7 +161,8 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        matmul::matmul_backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
+        self.products
+            .backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
     }
     fn residual_forward(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
         residual::residual_forward(x, y)
@@ -247,7 +259,7 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        matmul::matmul_forward(out, inp, weight, None, n, c, oc)
+        self.products.forward(out, inp, weight, None, n, c, oc)
     }
     fn qkv_split(
         &self,

@@ -14,6 +14,7 @@
 //! way the model would score something other than what was asked.
 
 use super::{Judge, JudgeGroup, JudgeOptions};
+use crate::backend::cpu::Cpu;
 use crate::backend::device::Device;
 use crate::engine::Engine;
 use crate::model::{Head, Model, ModelConfig};
@@ -28,6 +29,8 @@ pub struct RewardModelJudge {
     /// The model on the GPU, when the run's device is one (bf16).
     /// The model's copy on the run's device, where it needs one (a GPU).
     on_device: Option<Engine<'static>>,
+    /// The CPU's products, when the run's device is the CPU.
+    cpu: Cpu,
     tokenizer: Tokenizer,
     micro_batch_tokens: usize,
 }
@@ -66,6 +69,7 @@ impl RewardModelJudge {
             dir: dir.to_path_buf(),
             model,
             on_device: None,
+            cpu: Cpu::F32,
             tokenizer,
             micro_batch_tokens: opts.micro_batch_tokens,
         })
@@ -104,6 +108,9 @@ impl Judge for RewardModelJudge {
     fn set_device(&mut self, device: &Device) -> Result<()> {
         self.on_device = Engine::copy_for(&self.model, device)
             .with_context(|| format!("reward model {}", self.dir.display()))?;
+        if let Device::Cpu(cpu) = device {
+            self.cpu = *cpu;
+        }
         Ok(())
     }
 
@@ -135,7 +142,7 @@ impl Judge for RewardModelJudge {
             .iter()
             .map(|g| vec![0.0; g.responses.len()])
             .collect();
-        let on_cpu = Engine::Cpu(&self.model);
+        let on_cpu = Engine::Cpu(&self.model, self.cpu);
         let engine = self.on_device.as_ref().unwrap_or(&on_cpu);
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let mut logits = vec![f32::NAN; seqs.len()];
