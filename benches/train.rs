@@ -2,14 +2,17 @@
 //! 135m; random weights): 4 pairs = 8 sequences of 256 tokens (64 prompt + 192 completion),
 //! forward, fused log-probs, DPO loss, backward, gradient norm and AdamW; the reference
 //! log-probs are precomputed, as in `tpo-engine dpo`. Tokens/s of the update = 2048 / time.
-//! The id is `dpo_train_step/SHAPE-8x256`. scripts/bench-train.sh runs it beside PyTorch.
+//! The id is `dpo_train_step/SHAPE-8x256` with f32 products and `dpo_train_step_bf16/...`
+//! with bf16 ones on the best bf16 kernel this CPU has (`TPO_CPU_BF16` forces one).
+//! scripts/bench-train.sh runs them beside PyTorch.
 
 mod common;
 
 use common::{bench_model, bench_shape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
-use tpo_engine::backend::cpu::Cpu;
+use tpo_engine::backend::cpu::bf16::Bf16Path;
+use tpo_engine::backend::cpu::{Cpu, Products};
 use tpo_engine::backend::rng::Rng;
 use tpo_engine::train::trainer::{micro_batch_rows, Trainer};
 use tpo_engine::train::{
@@ -21,6 +24,15 @@ const SEQ_LEN: usize = 256;
 const PROMPT_LEN: usize = 64;
 
 fn dpo_train_step(c: &mut Criterion) {
+    update(c, "dpo_train_step", Cpu::F32);
+    let path = Bf16Path::chosen().expect("TPO_CPU_BF16 names a kernel this CPU runs");
+    eprintln!("bf16 products on {path}");
+    let products = Products::Bf16(path);
+    update(c, "dpo_train_step_bf16", Cpu { products });
+}
+
+/// The update with `cpu`'s products, as benchmark group `name`.
+fn update(c: &mut Criterion, name: &str, cpu: Cpu) {
     let mut model = bench_model();
     let (shape, _) = bench_shape();
     let vocab = model.config.vocab_size;
@@ -67,9 +79,9 @@ fn dpo_train_step(c: &mut Criterion) {
         seed: 0,
     };
     let rows = micro_batch_rows(&examples, &cfg);
-    let mut trainer = Trainer::new(Cpu::F32, &mut model, &cfg, rows).expect("a trainer");
+    let mut trainer = Trainer::new(cpu, &mut model, &cfg, rows).expect("a trainer");
     let batch: Vec<usize> = (0..PAIRS).collect();
-    let mut group = c.benchmark_group("dpo_train_step");
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements((2 * PAIRS * SEQ_LEN) as u64));
     group.bench_function(
         BenchmarkId::from_parameter(format!("{shape}-{}x{SEQ_LEN}", 2 * PAIRS)),

@@ -180,10 +180,7 @@ fn bf16_dpo_training_follows_f32() {
             "{cpu:?} training does not learn: {got:?}"
         );
         for (s, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-3,
-                "{cpu:?} update {s}: {g} vs {w}"
-            );
+            assert!((g - w).abs() <= 1e-3, "{cpu:?} update {s}: {g} vs {w}");
         }
     }
 }

@@ -384,3 +384,90 @@ fn device_flag_says_where_the_model_runs() {
         run.stderr
     );
 }
+
+/// `generate --device cpu --precision bf16` with `TPO_CPU_BF16` set to `kernel` (or unset).
+fn generate_bf16(tmp: &TempDir, kernel: Option<&str>, out: &Path) -> Run {
+    let model = chat_fixture();
+    let prompts = write(&tmp.path().join("p.jsonl"), "{\"prompt\": \"hi\"}\n");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tpo-engine"));
+    cmd.args([
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "generate",
+    ])
+    .args(["--max-new-tokens", "2", "--model"])
+    .arg(&model)
+    .arg("--prompts")
+    .arg(&prompts)
+    .arg("--out")
+    .arg(out);
+    match kernel {
+        Some(k) => cmd.env("TPO_CPU_BF16", k),
+        None => cmd.env_remove("TPO_CPU_BF16"),
+    };
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked"),
+        "the binary panicked:\n{stderr}"
+    );
+    Run {
+        ok: output.status.success(),
+        code: output.status.code(),
+        stderr,
+    }
+}
+
+#[test]
+fn precision_bf16_names_its_kernel_and_a_bad_kernel_is_an_error() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let run = generate_bf16(&tmp, None, &out);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("device: cpu; bf16 products on ")),
+        "{}",
+        run.stderr
+    );
+    // The portable kernel runs anywhere and can be forced.
+    let run = generate_bf16(&tmp, Some("portable"), &out);
+    assert!(run.ok, "{}", run.stderr);
+    let want = "device: cpu; bf16 products on bf16 widened to f32 FMA";
+    assert!(run.stderr.lines().any(|l| l == want), "{}", run.stderr);
+
+    let bad_out = tmp.path().join("bad.jsonl");
+    let run = generate_bf16(&tmp, Some("avx9000"), &bad_out);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("TPO_CPU_BF16=avx9000: expected amx, avx512-bf16 or portable"),
+        "{}",
+        run.stderr
+    );
+    assert!(!bad_out.exists());
+
+    let args = [
+        "--precision",
+        "fp8",
+        "generate",
+        "--model",
+        "m",
+        "--prompts",
+        "p",
+        "--out",
+        "o",
+    ];
+    let run = run_on_threads("2", args);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("expected f32 or bf16"),
+        "{}",
+        run.stderr
+    );
+}

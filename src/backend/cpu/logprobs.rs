@@ -17,7 +17,7 @@
 //! measures it.
 
 use super::math::{self, exp};
-use super::products::Products;
+use super::products::{Prepared, Products};
 use super::{check_lens, check_rows};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -42,19 +42,43 @@ pub fn logprobs_forward(
     v: usize,
     scratch: &mut LogitsScratch,
 ) -> Result<()> {
+    check_head(
+        "logprobs_forward",
+        &[hidden.len()],
+        &[weight.len()],
+        targets,
+        c,
+        v,
+    )?;
+    let mut head = scratch.products.prepare(weight, c, v)?;
+    forward_on(&mut head, logp, lse, hidden, weight, targets, c, v, scratch)
+}
+
+/// `logprobs_forward` with the LM head prepared.
+#[allow(clippy::too_many_arguments)]
+fn forward_on(
+    head: &mut Prepared,
+    logp: &mut [f32],
+    lse: &mut [f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    c: usize,
+    v: usize,
+    scratch: &mut LogitsScratch,
+) -> Result<()> {
     let op = "logprobs_forward";
     let m = targets.len();
     check_lens(&format!("{op} logp, lse"), &[logp.len(), lse.len()], m)?;
     check_head(op, &[hidden.len()], &[weight.len()], targets, c, v)?;
     let chunk = scratch.chunk(op)?;
-    let products = scratch.products;
     let logits = &mut scratch.logits;
     logits.resize(chunk.min(m) * v, 0.0); // (chunk, V)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let logits = &mut logits[..rows * v];
         let h = &hidden[r0 * c..(r0 + rows) * c];
-        products.forward(logits, h, weight, None, rows, c, v)?;
+        head.forward(logits, h, rows)?;
         logits
             .par_chunks(v)
             .zip(lse[r0..r0 + rows].par_iter_mut())
@@ -84,36 +108,61 @@ pub fn logprobs_backward(
     v: usize,
     scratch: &mut LogitsScratch,
 ) -> Result<()> {
+    check_head(
+        "logprobs_backward",
+        &[hidden.len()],
+        &[weight.len()],
+        targets,
+        c,
+        v,
+    )?;
+    let mut head = scratch.products.prepare(weight, c, v)?;
+    let (h, w) = (hidden, weight);
+    backward_on(
+        &mut head, dhidden, dweight, dlogp, h, w, targets, lse, c, v, scratch,
+    )
+}
+
+/// `logprobs_backward` with the LM head prepared.
+#[allow(clippy::too_many_arguments)]
+fn backward_on(
+    head: &mut Prepared,
+    dhidden: &mut [f32],
+    dweight: &mut [f32],
+    dlogp: &[f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    c: usize,
+    v: usize,
+    scratch: &mut LogitsScratch,
+) -> Result<()> {
     let op = "logprobs_backward";
     let m = targets.len();
     check_lens(&format!("{op} dlogp, lse"), &[dlogp.len(), lse.len()], m)?;
     let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
     check_head(op, &h_lens, &w_lens, targets, c, v)?;
     let chunk = scratch.chunk(op)?;
-    let products = scratch.products;
     let logits = &mut scratch.logits;
     logits.resize(chunk.min(m) * v, 0.0); // (chunk, V), reused as d(logits)
     for r0 in (0..m).step_by(chunk) {
         let rows = chunk.min(m - r0);
         let dlogits = &mut logits[..rows * v];
         let h = &hidden[r0 * c..(r0 + rows) * c];
-        products.forward(dlogits, h, weight, None, rows, c, v)?;
+        head.forward(dlogits, h, rows)?;
         dlogits
             .par_chunks_mut(v)
             .zip(lse[r0..r0 + rows].par_iter())
             .zip(dlogp[r0..r0 + rows].par_iter())
             .zip(targets[r0..r0 + rows].par_iter())
             .for_each(|(((row, &lse), &g), &t)| one_hot_minus_softmax(row, lse, g, t));
-        products.backward(
+        head.backward(
             &mut dhidden[r0 * c..(r0 + rows) * c],
             dweight,
-            None,
             dlogits,
             h,
-            weight,
             rows,
-            c,
-            v,
         )?;
     }
     Ok(())
@@ -136,6 +185,36 @@ pub fn logprobs_fused(
     scratch: &mut LogitsScratch,
     upstream: &mut dyn FnMut(&[f32]) -> Vec<f32>,
 ) -> Result<()> {
+    check_head(
+        "logprobs_fused",
+        &[hidden.len()],
+        &[weight.len()],
+        targets,
+        c,
+        v,
+    )?;
+    let mut head = scratch.products.prepare(weight, c, v)?;
+    let (h, w) = (hidden, weight);
+    fused_on(
+        &mut head, logp, dhidden, dweight, h, w, targets, c, v, scratch, upstream,
+    )
+}
+
+/// `logprobs_fused` with the LM head prepared.
+#[allow(clippy::too_many_arguments)]
+fn fused_on(
+    head: &mut Prepared,
+    logp: &mut [f32],
+    dhidden: &mut [f32],
+    dweight: &mut [f32],
+    hidden: &[f32],
+    weight: &[f32],
+    targets: &[u32],
+    c: usize,
+    v: usize,
+    scratch: &mut LogitsScratch,
+    upstream: &mut dyn FnMut(&[f32]) -> Vec<f32>,
+) -> Result<()> {
     let op = "logprobs_fused";
     let m = targets.len();
     check_lens(&format!("{op} logp"), &[logp.len()], m)?;
@@ -145,11 +224,10 @@ pub fn logprobs_fused(
     if m > chunk {
         bail!("{op}: {m} rows in chunks of {chunk}");
     }
-    let products = scratch.products;
     let logits = &mut scratch.logits;
     logits.resize(m * v, 0.0);
     let logits = &mut logits[..m * v]; // (M, V)
-    products.forward(logits, hidden, weight, None, m, c, v)?;
+    head.forward(logits, hidden, m)?;
     // Each row becomes exp(z - max) in place, so the gradient pass needs no second exp.
     let mut sums = vec![0.0f32; m]; // (M) sum of exp(z - max)
     logits
@@ -182,7 +260,7 @@ pub fn logprobs_fused(
             }
             row[t as usize] += g;
         });
-    products.backward(dhidden, dweight, None, logits, hidden, weight, m, c, v)
+    head.backward(dhidden, dweight, logits, hidden, m)
 }
 
 /// The reused logits of the log-prob ops: up to `chunk_rows` rows of V at once, and how
@@ -263,6 +341,8 @@ pub fn logprobs_with_grad(
         bail!("{op}: the groups do not tile the {m} rows");
     }
     let chunk = scratch.chunk(op)?;
+    // The LM head is packed once for all the passes below (bf16 products).
+    let mut head = scratch.products.prepare(weight, c, v)?;
     // The group gradients of one pass, in row order, or the first error.
     let mut failed: Option<anyhow::Error> = None;
     let mut g0 = 0;
@@ -280,7 +360,8 @@ pub fn logprobs_with_grad(
         );
         let dh = &mut dhidden[rows.start * c..rows.end * c];
         if rows.len() <= chunk {
-            logprobs_fused(
+            fused_on(
+                &mut head,
                 &mut logp[rows.clone()],
                 dh,
                 dweight,
@@ -316,7 +397,8 @@ pub fn logprobs_with_grad(
             // One group larger than a chunk: log-probs first, then the gradient with the
             // logits recomputed.
             let mut lse = vec![0.0f32; rows.len()];
-            logprobs_forward(
+            forward_on(
+                &mut head,
                 &mut logp[rows.clone()],
                 &mut lse,
                 h,
@@ -334,7 +416,8 @@ pub fn logprobs_with_grad(
                     rows.len()
                 );
             }
-            logprobs_backward(dh, dweight, &dlogp, h, weight, t, &lse, c, v, scratch)?;
+            let head = &mut head;
+            backward_on(head, dh, dweight, &dlogp, h, weight, t, &lse, c, v, scratch)?;
         }
         if let Some(e) = failed.take() {
             return Err(e);

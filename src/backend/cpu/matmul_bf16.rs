@@ -85,6 +85,31 @@ pub fn matmul_backward_bf16(
             c,
             oc,
         );
+    }
+    dweight_bf16(path, dweight, dout, inp, n, c, oc)?;
+    if let Some(dbias) = dbias {
+        for row in dout.chunks_exact(oc) {
+            dbias.iter_mut().zip(row).for_each(|(b, d)| *b += d);
+        }
+    }
+    Ok(())
+}
+
+/// dweight (OC, C) += dout (N, OC)^T @ inp (N, C).
+pub fn dweight_bf16(
+    path: Bf16Path,
+    dweight: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_lens("matmul_backward dweight", &[dweight.len()], oc * c)?;
+    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    check_lens("matmul_backward inp", &[inp.len()], n * c)?;
+    // SAFETY: dweight (oc, c), dout (n, oc) read as its transpose, inp (n, c): checked.
+    unsafe {
         gemm_bf16(
             path,
             dweight.as_mut_ptr(),
@@ -96,11 +121,6 @@ pub fn matmul_backward_bf16(
             c,
             n,
         );
-    }
-    if let Some(dbias) = dbias {
-        for row in dout.chunks_exact(oc) {
-            dbias.iter_mut().zip(row).for_each(|(b, d)| *b += d);
-        }
     }
     Ok(())
 }

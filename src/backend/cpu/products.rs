@@ -1,7 +1,7 @@
 //! How the CPU's matrix products run: in f32 (`matmul.rs`), or with bf16 operands and f32
 //! sums on one of the bf16 kernels (`matmul_bf16.rs`, `--precision bf16`).
 
-use super::bf16::Bf16Path;
+use super::bf16::{gemm_bf16_packed, Bf16Path, PackedRhs, Strided};
 use super::{matmul, matmul_bf16};
 use anyhow::Result;
 use std::fmt;
@@ -59,11 +59,131 @@ impl Products {
     }
 }
 
+/// A weight (OC, C) that many products read in a row (the LM head over its chunks): with
+/// bf16 products, packed once for the forward (and, on first use, for d(input)).
+pub struct Prepared<'w> {
+    products: Products,
+    weight: &'w [f32],
+    c: usize,
+    oc: usize,
+    forward: Option<PackedRhs>,
+    backward: Option<PackedRhs>,
+}
+
+impl Products {
+    /// `weight`: (OC, C), to be read by `Prepared::forward` and `backward`.
+    pub fn prepare(self, weight: &[f32], c: usize, oc: usize) -> Result<Prepared<'_>> {
+        super::check_lens("prepare weight", &[weight.len()], oc * c)?;
+        let forward = match self {
+            // SAFETY: weight is (oc, c), checked above; read as its transpose (c, oc).
+            Products::Bf16(_) => Some(unsafe { PackedRhs::new(Strided::new(weight, 1, c), c, oc) }),
+            Products::F32 => None,
+        };
+        Ok(Prepared {
+            products: self,
+            weight,
+            c,
+            oc,
+            forward,
+            backward: None,
+        })
+    }
+}
+
+impl Prepared<'_> {
+    /// out: (N, OC) = inp (N, C) @ weight^T.
+    pub fn forward(&self, out: &mut [f32], inp: &[f32], n: usize) -> Result<()> {
+        let (c, oc) = (self.c, self.oc);
+        match (self.products, &self.forward) {
+            (Products::Bf16(path), Some(packed)) => {
+                super::check_lens("matmul_forward out", &[out.len()], n * oc)?;
+                super::check_lens("matmul_forward inp", &[inp.len()], n * c)?;
+                // SAFETY: out (n, oc) and inp (n, c), checked above; packed is (c, oc).
+                unsafe {
+                    let inp = Strided::new(inp, c, 1);
+                    gemm_bf16_packed(path, out.as_mut_ptr(), oc, false, inp, packed, n);
+                }
+                Ok(())
+            }
+            _ => self.products.forward(out, inp, self.weight, None, n, c, oc),
+        }
+    }
+
+    /// dinp (N, C) assigned; dweight (OC, C) accumulated; from dout (N, OC) and inp (N, C).
+    pub fn backward(
+        &mut self,
+        dinp: &mut [f32],
+        dweight: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let (c, oc, weight) = (self.c, self.oc, self.weight);
+        let Products::Bf16(path) = self.products else {
+            return self
+                .products
+                .backward(dinp, dweight, None, dout, inp, weight, n, c, oc);
+        };
+        super::check_lens("matmul_backward dinp", &[dinp.len(), inp.len()], n * c)?;
+        super::check_lens("matmul_backward dweight", &[dweight.len()], oc * c)?;
+        super::check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+        // SAFETY: weight is (oc, c) (checked by prepare), read as itself.
+        let packed = self
+            .backward
+            .get_or_insert_with(|| unsafe { PackedRhs::new(Strided::new(weight, c, 1), oc, c) });
+        // SAFETY: every buffer's size is checked above; packed is (oc, c).
+        unsafe {
+            let dout_rows = Strided::new(dout, oc, 1);
+            gemm_bf16_packed(path, dinp.as_mut_ptr(), c, false, dout_rows, packed, n);
+        }
+        // dweight += dout^T @ inp reads no weight: the plain product.
+        matmul_bf16::dweight_bf16(path, dweight, dout, inp, n, c, oc)
+    }
+}
+
 impl fmt::Display for Products {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             Products::F32 => write!(f, "f32 products"),
             Products::Bf16(path) => write!(f, "bf16 products on {path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::randn;
+
+    /// A prepared weight gives the plain products' results bit for bit, on every path.
+    #[test]
+    fn a_prepared_weight_gives_the_plain_products() {
+        let (n, c, oc) = (37, 70, 100);
+        let (inp, weight, dout) = (randn(n * c, 1), randn(oc * c, 2), randn(n * oc, 3));
+        let mut all = vec![Products::F32];
+        all.extend(
+            Bf16Path::ALL
+                .into_iter()
+                .filter(|p| p.available())
+                .map(Products::Bf16),
+        );
+        for products in all {
+            let mut want = vec![0.0; n * oc];
+            products
+                .forward(&mut want, &inp, &weight, None, n, c, oc)
+                .unwrap();
+            let (mut want_di, mut want_dw) = (vec![0.0; n * c], vec![0.5; oc * c]);
+            let (di, dw) = (&mut want_di, &mut want_dw);
+            products
+                .backward(di, dw, None, &dout, &inp, &weight, n, c, oc)
+                .unwrap();
+            let mut head = products.prepare(&weight, c, oc).unwrap();
+            let mut got = vec![f32::NAN; n * oc];
+            head.forward(&mut got, &inp, n).unwrap();
+            assert_eq!(got, want, "{products}");
+            let (mut di, mut dw) = (vec![f32::NAN; n * c], vec![0.5; oc * c]);
+            head.backward(&mut di, &mut dw, &dout, &inp, n).unwrap();
+            assert_eq!((di, dw), (want_di, want_dw), "{products}");
         }
     }
 }

@@ -23,7 +23,6 @@ mod portable;
 use anyhow::{bail, Result};
 use pack::{Packed, PANEL};
 use std::fmt;
-use std::sync::OnceLock;
 
 /// The kernel that runs the bf16 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,23 +149,118 @@ pub unsafe fn gemm_bf16(
         return;
     }
     let a = pack::pack_lhs(lhs, m, k);
+    run(
+        path,
+        &a,
+        Rhs::Strided(rhs),
+        dst,
+        dst_rs,
+        accumulate,
+        m,
+        n,
+        k,
+    );
+}
+
+/// A whole rhs (k, n) packed once, for products that read it many times (a fixed weight).
+pub struct PackedRhs {
+    packed: Packed,
+    k: usize,
+    n: usize,
+}
+
+impl PackedRhs {
+    /// Packs rhs (k, n).
+    ///
+    /// # Safety
+    /// rhs (l, j) in bounds for l < k, j < n.
+    pub unsafe fn new(rhs: Strided, k: usize, n: usize) -> PackedRhs {
+        PackedRhs {
+            packed: pack::pack_rhs(rhs, k, 0, n),
+            k,
+            n,
+        }
+    }
+}
+
+/// `gemm_bf16` with the rhs packed already: dst (m, n) (+)= lhs (m, k) @ rhs.
+///
+/// # Safety
+/// As `gemm_bf16`, with k and n those of `rhs`.
+pub unsafe fn gemm_bf16_packed(
+    path: Bf16Path,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: &PackedRhs,
+    m: usize,
+) {
+    let (n, k) = (rhs.n, rhs.k);
+    if m == 0 || n == 0 || k == 0 {
+        return gemm_bf16(
+            path,
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            Strided::new(&[], 0, 0),
+            m,
+            n,
+            k,
+        );
+    }
+    let a = pack::pack_lhs(lhs, m, k);
+    run(
+        path,
+        &a,
+        Rhs::Packed(&rhs.packed),
+        dst,
+        dst_rs,
+        accumulate,
+        m,
+        n,
+        k,
+    );
+}
+
+/// Where a product's rhs comes from: packed per column chunk as it runs, or packed already.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    Strided(Strided),
+    Packed(&'a Packed),
+}
+
+/// dst (m, n) (+)= the packed lhs @ rhs, in parallel column chunks.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(
+    path: Bf16Path,
+    a: &Packed,
+    rhs: Rhs,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
     let chunks = column_chunks(n, m * n * k);
     let dst = SendPtr(dst);
     let work = |(j0, j1): (usize, usize)| {
-        let b = pack::pack_rhs(rhs, k, j0, j1);
-        // SAFETY: the chunk writes columns j0..j1 of dst only; chunks are disjoint.
+        // SAFETY: the chunk writes columns j0..j1 of dst only; chunks are disjoint, and
+        // their bounds are multiples of 32 (two panels) but for the last.
         unsafe {
-            run_chunk(
-                path,
-                &a,
-                &b,
-                dst.get().add(j0),
-                dst_rs,
-                accumulate,
-                m,
-                j1 - j0,
-            )
-        };
+            let local;
+            let (b, first) = match rhs {
+                Rhs::Strided(rhs) => {
+                    local = pack::pack_rhs(rhs, k, j0, j1);
+                    (&local, 0)
+                }
+                Rhs::Packed(all) => (all, j0 / PANEL),
+            };
+            let out = dst.get().add(j0);
+            run_chunk(path, a, b, first, out, dst_rs, accumulate, m, j1 - j0);
+        }
     };
     if chunks.len() == 1 {
         chunks.into_iter().for_each(work);
@@ -203,7 +297,8 @@ fn column_chunks(n: usize, macs: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// One column chunk: every 32 x 32 block of dst's rows against the chunk's packed rhs.
+/// One column chunk: every 32 x 32 block of dst's rows against the chunk's packed rhs,
+/// whose panels start at `first`.
 ///
 /// # Safety
 /// dst + i * dst_rs + j in bounds and unshared for i < m, j < n.
@@ -212,6 +307,7 @@ unsafe fn run_chunk(
     path: Bf16Path,
     a: &Packed,
     b: &Packed,
+    first: usize,
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
@@ -228,8 +324,8 @@ unsafe fn run_chunk(
         let a0 = a.panel(i0 / PANEL);
         let a1 = a.panel(i0 / PANEL + 1);
         for j0 in (0..n).step_by(2 * PANEL) {
-            let b0 = b.panel(j0 / PANEL);
-            let b1 = b.panel(j0 / PANEL + 1);
+            let b0 = b.panel(first + j0 / PANEL);
+            let b1 = b.panel(first + j0 / PANEL + 1);
             match (path, &session) {
                 (Bf16Path::Amx, Some(tiles)) => tiles.block(a0, a1, b0, b1, blocks, &mut block),
                 (Bf16Path::Avx512Bf16, _) => avx512::block(a0, a1, b0, b1, blocks, &mut block),
@@ -249,15 +345,6 @@ unsafe fn run_chunk(
         }
     }
     drop(session);
-}
-
-/// The one place that says which bf16 kernel runs, for the stderr line.
-pub fn describe() -> &'static str {
-    static LINE: OnceLock<String> = OnceLock::new();
-    LINE.get_or_init(|| match Bf16Path::chosen() {
-        Ok(path) => format!("{path}"),
-        Err(e) => format!("{e}"),
-    })
 }
 
 /// A raw output pointer shared by chunks that write disjoint columns.

@@ -213,3 +213,24 @@ fn rounding_is_to_nearest_even() {
     assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
     assert!(f32::from_bits(u32::from(to_bf16(f32::NAN)) << 16).is_nan());
 }
+
+#[test]
+fn a_packed_rhs_gives_the_same_products_bit_for_bit() {
+    for path in runnable() {
+        for &(m, n, k) in &[(3, 17, 5), (40, 300, 100), (70, 65, 577)] {
+            for layout in [Layout::Forward, Layout::Dinp] {
+                let case = Case::new(layout, m, n, k, 5);
+                let want = case.run(path, true, 0.5);
+                let (a, b) = case.operands();
+                let rs = n + 3;
+                let mut got = vec![0.5; m * rs];
+                // SAFETY: as in Case::run.
+                unsafe {
+                    let packed = PackedRhs::new(b, k, n);
+                    gemm_bf16_packed(path, got.as_mut_ptr(), rs, true, a, &packed, m);
+                }
+                assert_eq!(got, want, "{path:?} {layout:?} ({m},{n},{k})");
+            }
+        }
+    }
+}
