@@ -127,6 +127,75 @@ impl TileSession {
     }
 }
 
+impl TileSession {
+    /// As `block`, but a full 32 x 32 block of dst itself: row i, column j at
+    /// dst + i * dst_rs + j. Loads it into the tiles first when `accumulate`, else starts
+    /// from zero, and stores the tiles straight back: no copy through a local block.
+    ///
+    /// # Safety
+    /// As `portable::block`, and the 32 x 32 block of dst in bounds and unshared.
+    #[allow(clippy::too_many_arguments, unused_variables)]
+    pub unsafe fn block_into(
+        &self,
+        a0: *const u16,
+        a1: *const u16,
+        b0: *const u16,
+        b1: *const u16,
+        blocks: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+    ) {
+        let stride = dst_rs * 4;
+        let lower = dst.add(PANEL * dst_rs);
+        #[cfg(target_arch = "x86_64")]
+        std::arch::asm!(
+            "test {acc}, {acc}",
+            "jz 3f",
+            "tileloadd tmm0, [{c} + {row}]",
+            "tileloadd tmm1, [{c} + {row} + 64]",
+            "tileloadd tmm2, [{c2} + {row}]",
+            "tileloadd tmm3, [{c2} + {row} + 64]",
+            "jmp 2f",
+            "3:",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {line}]",
+            "tileloadd tmm5, [{a1} + {line}]",
+            "tileloadd tmm6, [{b0} + {line}]",
+            "tileloadd tmm7, [{b1} + {line}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {blocks}",
+            "jnz 2b",
+            "tilestored [{c} + {row}], tmm0",
+            "tilestored [{c} + {row} + 64], tmm1",
+            "tilestored [{c2} + {row}], tmm2",
+            "tilestored [{c2} + {row} + 64], tmm3",
+            a0 = inout(reg) a0 => _,
+            a1 = inout(reg) a1 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            blocks = inout(reg) blocks => _,
+            acc = in(reg) usize::from(accumulate),
+            line = in(reg) 64usize,
+            row = in(reg) stride,
+            c = in(reg) dst,
+            c2 = in(reg) lower,
+            options(nostack),
+        );
+    }
+}
+
 impl Drop for TileSession {
     fn drop(&mut self) {
         // SAFETY: the tiles were configured by start() on this thread.

@@ -18,6 +18,8 @@ mod amx;
 mod avx512;
 mod convert;
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod pack_avx512;
 mod portable;
 
 use anyhow::{bail, Result};
@@ -326,15 +328,20 @@ unsafe fn run_chunk(
         for j0 in (0..n).step_by(2 * PANEL) {
             let b0 = b.panel(first + j0 / PANEL);
             let b1 = b.panel(first + j0 / PANEL + 1);
+            let rows = (m - i0).min(2 * PANEL);
+            let cols = (n - j0).min(2 * PANEL);
+            let corner = dst.add(i0 * dst_rs + j0);
             match (path, &session) {
+                (Bf16Path::Amx, Some(tiles)) if rows == 2 * PANEL && cols == 2 * PANEL => {
+                    tiles.block_into(a0, a1, b0, b1, blocks, corner, dst_rs, accumulate);
+                    continue;
+                }
                 (Bf16Path::Amx, Some(tiles)) => tiles.block(a0, a1, b0, b1, blocks, &mut block),
                 (Bf16Path::Avx512Bf16, _) => avx512::block(a0, a1, b0, b1, blocks, &mut block),
                 _ => portable::block(a0, a1, b0, b1, blocks, &mut block),
             }
-            let rows = (m - i0).min(2 * PANEL);
-            let cols = (n - j0).min(2 * PANEL);
             for r in 0..rows {
-                let out = std::slice::from_raw_parts_mut(dst.add((i0 + r) * dst_rs + j0), cols);
+                let out = std::slice::from_raw_parts_mut(corner.add(r * dst_rs), cols);
                 let got = &block[r * 2 * PANEL..r * 2 * PANEL + cols];
                 if accumulate {
                     out.iter_mut().zip(got).for_each(|(o, g)| *o += g);

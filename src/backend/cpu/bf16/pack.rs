@@ -41,6 +41,13 @@ impl Packed {
     }
 }
 
+/// Whether the AVX-512 packers run here (AVX512-BF16 and AVX512BW).
+#[cfg(target_arch = "x86_64")]
+pub fn fast_packing() -> bool {
+    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAST.get_or_init(|| super::avx512::available() && is_x86_feature_detected!("avx512bw"))
+}
+
 /// Panels enough for `len` rows or columns: a multiple of two (32).
 fn panels(len: usize) -> usize {
     len.div_ceil(2 * PANEL) * 2
@@ -76,6 +83,21 @@ pub unsafe fn pack_lhs(src: Strided, m: usize, k: usize) -> Packed {
 
 /// Rows i0..i0 + rows of lhs into one panel's lines (blocks x 16).
 unsafe fn lhs_panel(src: Strided, i0: usize, rows: usize, k: usize, panel: &mut [Line]) {
+    #[cfg(target_arch = "x86_64")]
+    if fast_packing() && super::pack_avx512::lhs_panel(src, i0, rows, k, panel) {
+        return;
+    }
+    lhs_panel_scalar(src, i0, rows, k, panel)
+}
+
+/// `lhs_panel` for any CPU and layout.
+pub(super) unsafe fn lhs_panel_scalar(
+    src: Strided,
+    i0: usize,
+    rows: usize,
+    k: usize,
+    panel: &mut [Line],
+) {
     if src.cs == 1 {
         for r in 0..rows {
             let row = std::slice::from_raw_parts(src.ptr.add((i0 + r) * src.rs), k);
@@ -122,6 +144,21 @@ pub unsafe fn pack_rhs(src: Strided, k: usize, j0: usize, j1: usize) -> Packed {
 
 /// Columns c0..c0 + cols of rhs into one panel's lines (blocks x 16).
 unsafe fn rhs_panel(src: Strided, c0: usize, cols: usize, k: usize, panel: &mut [Line]) {
+    #[cfg(target_arch = "x86_64")]
+    if fast_packing() && super::pack_avx512::rhs_panel(src, c0, cols, k, panel) {
+        return;
+    }
+    rhs_panel_scalar(src, c0, cols, k, panel)
+}
+
+/// `rhs_panel` for any CPU and layout.
+pub(super) unsafe fn rhs_panel_scalar(
+    src: Strided,
+    c0: usize,
+    cols: usize,
+    k: usize,
+    panel: &mut [Line],
+) {
     let mut wide = [0u16; BLOCK];
     if src.rs == 1 {
         // Each column contiguous along k (a Linear weight read as its transpose): a block's
@@ -160,6 +197,60 @@ unsafe fn rhs_panel(src: Strided, c0: usize, cols: usize, k: usize, panel: &mut 
             for l in 0..k {
                 let x = *src.ptr.add(l * src.rs + (c0 + c) * src.cs);
                 panel[(l / BLOCK) * PANEL + (l % BLOCK) / 2].0[2 * c + l % 2] = to_bf16(x);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::randn;
+
+    /// The AVX-512 packers write what the scalar ones do, for both layouts of each operand,
+    /// with partial panels and blocks.
+    #[test]
+    fn the_avx512_packers_match_the_scalar_ones() {
+        if !fast_packing() {
+            eprintln!("AVX-512 packers not tested: this CPU lacks AVX512-BF16 or AVX512BW");
+            return;
+        }
+        for &(len, k) in &[(16, 32), (5, 7), (16, 70), (11, 33), (1, 1)] {
+            let data = randn((len + 3) * (k + 3), 9);
+            let blocks = k.div_ceil(BLOCK);
+            // (rs, cs) of an operand whose rows (k along a row) or columns are contiguous.
+            for (rs, cs) in [(k + 3, 1), (1, len + 2)] {
+                let src = Strided::new(&data, rs, cs);
+                let fresh = || vec![Line([0; BLOCK]); blocks * PANEL];
+                let (mut want, mut got) = (fresh(), fresh());
+                // SAFETY: (len, k) through (rs, cs) stays within data.
+                unsafe {
+                    lhs_panel_scalar(src, 0, len, k, &mut want);
+                    assert!(super::super::pack_avx512::lhs_panel(
+                        src, 0, len, k, &mut got
+                    ));
+                }
+                let lines = |x: &[Line]| x.iter().map(|l| l.0.to_vec()).collect::<Vec<_>>();
+                assert_eq!(
+                    lines(&got),
+                    lines(&want),
+                    "lhs ({len}, {k}) rs {rs} cs {cs}"
+                );
+                // The same data read as rhs (k, len): (l, j) at l * cs' + j * rs'.
+                let src = Strided::new(&data, cs, rs);
+                let (mut want, mut got) = (fresh(), fresh());
+                // SAFETY: as above, transposed.
+                unsafe {
+                    rhs_panel_scalar(src, 0, len, k, &mut want);
+                    assert!(super::super::pack_avx512::rhs_panel(
+                        src, 0, len, k, &mut got
+                    ));
+                }
+                assert_eq!(
+                    lines(&got),
+                    lines(&want),
+                    "rhs ({k}, {len}) rs {cs} cs {rs}"
+                );
             }
         }
     }
