@@ -28,7 +28,7 @@ fn dpo_train_step(c: &mut Criterion) {
     let path = Bf16Path::chosen().expect("TPO_CPU_BF16 names a kernel this CPU runs");
     eprintln!("bf16 products on {path}");
     let products = Products::Bf16(path);
-    update(c, "dpo_train_step_bf16", Cpu { products });
+    update(c, "dpo_train_step_bf16", Cpu::new(products));
 }
 
 /// The update with `cpu`'s products, as benchmark group `name`.

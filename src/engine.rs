@@ -46,7 +46,7 @@ impl<'m> Engine<'m> {
     /// `model` on `device` (a GPU gets a bf16 copy of its weights).
     pub fn new(model: &'m Model, device: &Device) -> Result<Engine<'m>> {
         let cpu = match device {
-            Device::Cpu(cpu) => *cpu,
+            Device::Cpu(cpu) => cpu.clone(),
             Device::Cuda(_) => Cpu::F32,
         };
         Ok(Engine::copy_for(model, device)?.unwrap_or(Engine::Cpu(model, cpu)))
@@ -96,7 +96,7 @@ impl<'m> Engine<'m> {
     ) -> Result<(Vec<Vec<Completion>>, GenerateStats)> {
         match self {
             Engine::Cpu(model, cpu) => {
-                generate::generate_on(model, *cpu, prompts, opts, is_stopped, on_tokens)
+                generate::generate_on(model, cpu.clone(), prompts, opts, is_stopped, on_tokens)
             }
             Engine::Cuda(gm) => {
                 generate::gpu::generate_gpu(gm, prompts, opts, is_stopped, on_tokens)
@@ -147,7 +147,7 @@ pub fn train(
     }
     let rows = micro_batch_rows(examples, cfg);
     match device {
-        Device::Cpu(cpu) => train_on(*cpu, model, examples, cfg, sink, rows),
+        Device::Cpu(cpu) => train_on(cpu.clone(), model, examples, cfg, sink, rows),
         Device::Cuda(gpu) => {
             let ops = CudaOps::<half::bf16>::new(gpu.clone());
             train_on(ops, model, examples, cfg, sink, rows)

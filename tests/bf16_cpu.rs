@@ -38,9 +38,7 @@ fn bf16_cpus() -> Vec<Cpu> {
             }
             ok
         })
-        .map(|p| Cpu {
-            products: Products::Bf16(p),
-        })
+        .map(|p| Cpu::new(Products::Bf16(p)))
         .collect()
 }
 
@@ -99,7 +97,7 @@ fn bf16_log_probs_follow_f32() {
     let examples = pairs(6);
     let want = score(&model, Cpu::F32, &examples);
     for cpu in bf16_cpus() {
-        let got = score(&model, cpu, &examples);
+        let got = score(&model, cpu.clone(), &examples);
         assert_ne!(
             got, want,
             "{cpu:?}: bf16 products gave f32's sums bit for bit"
@@ -174,7 +172,7 @@ fn bf16_dpo_training_follows_f32() {
         "f32 training does not learn: {want:?}"
     );
     for cpu in bf16_cpus() {
-        let got = dpo_losses(cpu);
+        let got = dpo_losses(cpu.clone());
         assert!(
             got[3] < got[0] - 0.01,
             "{cpu:?} training does not learn: {got:?}"
@@ -213,7 +211,7 @@ fn bf16_generation_does_not_depend_on_threads_or_batch_size() {
                 batch_size: batch,
                 ..opts.clone()
             };
-            pool.install(|| generate_on(&model, cpu, &prompts, &opts, &|_| false, &|_| {}))
+            pool.install(|| generate_on(&model, cpu.clone(), &prompts, &opts, &|_| false, &|_| {}))
                 .unwrap()
                 .0
         };

@@ -110,7 +110,10 @@ impl Device {
         match (device, precision) {
             (Device::Cpu(_), Some(Precision::Bf16)) => {
                 let products = Products::Bf16(Bf16Path::chosen()?);
-                Ok((Device::Cpu(Cpu { products }), format!("{line}; {products}")))
+                Ok((
+                    Device::Cpu(Cpu::new(products)),
+                    format!("{line}; {products}"),
+                ))
             }
             (Device::Cuda(_), Some(Precision::F32)) => bail!(
                 "--precision f32 on CUDA: not available; CUDA runs bf16 weights and \
@@ -155,7 +158,7 @@ mod tests {
         assert!(path.available());
         assert_eq!(line, format!("device: cpu; bf16 products on {path}"));
         let (d, _) = Device::select(placement(DeviceChoice::Cpu, Some(Precision::F32))).unwrap();
-        assert!(matches!(d, Device::Cpu(Cpu::F32)));
+        assert!(matches!(d, Device::Cpu(cpu) if cpu == Cpu::F32));
         for bad in ["fp32", "BF16", "f16", ""] {
             let err = bad.parse::<Precision>().unwrap_err();
             assert!(err.contains("expected f32 or bf16"), "{err}");

@@ -113,6 +113,8 @@ pub fn generate_on(
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
 
     let finish = |seq: &mut Live| finish_reason(&mut seq.tokens, seq.limit, opts, is_stopped);
+    // The weights stay as they are for the whole run: bf16 products keep them packed.
+    let cpu = cpu.keeping_packed_weights();
     let net = model.net_on(&cpu);
     let mut acts = Activations::new(&net, batch, false)?;
 

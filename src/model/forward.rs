@@ -74,7 +74,8 @@ impl Model {
 
     /// The model's graph on the CPU, f32 throughout.
     pub fn net(&self) -> Net<'_, Cpu> {
-        self.net_on(&Cpu::F32)
+        static F32: Cpu = Cpu::F32;
+        self.net_on(&F32)
     }
 
     /// The model's graph on the CPU with `cpu`'s products.

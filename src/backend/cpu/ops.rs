@@ -2,8 +2,10 @@
 //! function of its file here.
 
 use super::attention::{self, KvView, PackedSeqs};
+use super::bf16::{gemm_bf16_packed, Strided};
 use super::kv_cache::SeqCaches;
 use super::logprobs::{self, default_chunk_rows, LogitsScratch};
+use super::packed_weights::PackedWeights;
 use super::products::Products;
 use super::{adamw, check_lens, embedding, glue, residual, rmsnorm, rope, swiglu};
 use crate::backend::ops::{Ops, RowGrad};
@@ -12,19 +14,82 @@ use crate::backend::settings::{AdamW, AttentionDims};
 use crate::backend::storage::Elem;
 use anyhow::{bail, Result};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// The CPU: f32 buffers, parallel with rayon; the matrix products in f32 or, with bf16
 /// operands, as `products` says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Cpu {
     pub products: Products,
+    /// With bf16 products over weights that do not change: their packings, kept.
+    packed: Option<Arc<PackedWeights>>,
 }
 
 impl Cpu {
     /// f32 throughout: the reference every other path is tested against.
-    pub const F32: Cpu = Cpu {
-        products: Products::F32,
-    };
+    pub const F32: Cpu = Cpu::new(Products::F32);
+
+    pub const fn new(products: Products) -> Cpu {
+        Cpu {
+            products,
+            packed: None,
+        }
+    }
+
+    /// This CPU keeping its forward products' weights packed (bf16 products only): for one
+    /// run over weights that stay unchanged while it lasts (see `PackedWeights`).
+    pub fn keeping_packed_weights(&self) -> Cpu {
+        Cpu {
+            products: self.products,
+            packed: match self.products {
+                Products::Bf16(_) => Some(Arc::new(PackedWeights::default())),
+                Products::F32 => None,
+            },
+        }
+    }
+
+    /// out (n, oc) = inp (n, c) @ weight^T (+ bias), through the kept packings if any.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_product(
+        &self,
+        out: &mut [f32],
+        inp: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        match (&self.packed, self.products) {
+            (Some(kept), Products::Bf16(path)) if weight.len() == oc * c => {
+                check_lens("matmul_forward out", &[out.len()], n * oc)?;
+                check_lens("matmul_forward inp", &[inp.len()], n * c)?;
+                if let Some(bias) = bias {
+                    check_lens("matmul_forward bias", &[bias.len()], oc)?;
+                }
+                let packed = kept.forward(weight, c, oc);
+                // SAFETY: out (n, oc) and inp (n, c), checked; packed is (c, oc).
+                unsafe {
+                    let lhs = Strided::new(inp, c, 1);
+                    gemm_bf16_packed(path, out.as_mut_ptr(), oc, false, lhs, &packed, n);
+                }
+                if let Some(bias) = bias {
+                    for row in out.chunks_exact_mut(oc) {
+                        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                    }
+                }
+                Ok(())
+            }
+            _ => self.products.forward(out, inp, weight, bias, n, c, oc),
+        }
+    }
+}
+
+impl PartialEq for Cpu {
+    /// The same arithmetic (kept packings change no result).
+    fn eq(&self, other: &Cpu) -> bool {
+        self.products == other.products
+    }
 }
 
 impl Ops for Cpu {
@@ -147,7 +212,7 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        self.products.forward(out, inp, weight, bias, n, c, oc)
+        self.forward_product(out, inp, weight, bias, n, c, oc)
     }
     fn matmul_backward(
         &self,
@@ -259,7 +324,7 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        self.products.forward(out, inp, weight, None, n, c, oc)
+        self.forward_product(out, inp, weight, None, n, c, oc)
     }
     fn qkv_split(
         &self,

@@ -109,7 +109,7 @@ impl Judge for RewardModelJudge {
         self.on_device = Engine::copy_for(&self.model, device)
             .with_context(|| format!("reward model {}", self.dir.display()))?;
         if let Device::Cpu(cpu) = device {
-            self.cpu = *cpu;
+            self.cpu = cpu.clone();
         }
         Ok(())
     }
@@ -142,7 +142,7 @@ impl Judge for RewardModelJudge {
             .iter()
             .map(|g| vec![0.0; g.responses.len()])
             .collect();
-        let on_cpu = Engine::Cpu(&self.model, self.cpu);
+        let on_cpu = Engine::Cpu(&self.model, self.cpu.clone());
         let engine = self.on_device.as_ref().unwrap_or(&on_cpu);
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let mut logits = vec![f32::NAN; seqs.len()];
