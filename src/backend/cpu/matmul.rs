@@ -43,12 +43,7 @@ pub fn matmul_forward(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    check_lens("matmul_forward out", &[out.len()], n * oc)?;
-    check_lens("matmul_forward inp", &[inp.len()], n * c)?;
-    check_lens("matmul_forward weight", &[weight.len()], oc * c)?;
-    if let Some(bias) = bias {
-        check_lens("matmul_forward bias", &[bias.len()], oc)?;
-    }
+    check_forward(out, inp, weight.len(), bias, n, c, oc)?;
     if n == 0 || oc == 0 {
         return Ok(());
     }
@@ -68,14 +63,60 @@ pub fn matmul_forward(
     } else {
         gemm_slabs(out, inp, weight, n, c, oc, &bounds);
     }
+    add_bias(out, bias, oc);
+    Ok(())
+}
+
+/// The forward's shape checks: out (n, oc), inp (n, c), a weight of `weight` elements
+/// (oc, c), bias (oc).
+pub(super) fn check_forward(
+    out: &[f32],
+    inp: &[f32],
+    weight: usize,
+    bias: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_lens("matmul_forward out", &[out.len()], n * oc)?;
+    check_lens("matmul_forward inp", &[inp.len()], n * c)?;
+    check_lens("matmul_forward weight", &[weight], oc * c)?;
     if let Some(bias) = bias {
-        for row in out.chunks_exact_mut(oc) {
-            for (o, b) in row.iter_mut().zip(bias) {
-                *o += b;
-            }
-        }
+        check_lens("matmul_forward bias", &[bias.len()], oc)?;
     }
     Ok(())
+}
+
+/// The backward's shape checks: dinp and inp (n, c), dweight and a weight of `weight`
+/// elements (oc, c), dout (n, oc), a dbias of `dbias` elements (oc).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_backward(
+    dinp: &[f32],
+    dweight: &[f32],
+    dbias: Option<usize>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: usize,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_lens("matmul_backward dinp", &[dinp.len(), inp.len()], n * c)?;
+    check_lens("matmul_backward dweight", &[dweight.len(), weight], oc * c)?;
+    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    if let Some(dbias) = dbias {
+        check_lens("matmul_backward dbias", &[dbias], oc)?;
+    }
+    Ok(())
+}
+
+/// Adds bias (OC) to every row of out (N, OC).
+pub(super) fn add_bias(out: &mut [f32], bias: Option<&[f32]>, oc: usize) {
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(oc) {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+    }
 }
 
 /// out = inp @ weight^T over the column slabs `bounds`, in parallel when there are several.
@@ -129,16 +170,8 @@ pub fn matmul_backward(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    check_lens("matmul_backward dinp", &[dinp.len(), inp.len()], n * c)?;
-    check_lens(
-        "matmul_backward dweight",
-        &[dweight.len(), weight.len()],
-        oc * c,
-    )?;
-    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
-    if let Some(dbias) = dbias.as_ref() {
-        check_lens("matmul_backward dbias", &[dbias.len()], oc)?;
-    }
+    let dbias_len = dbias.as_ref().map(|d| d.len());
+    check_backward(dinp, dweight, dbias_len, dout, inp, weight.len(), n, c, oc)?;
     if oc == 0 {
         // An empty sum: nothing flows back.
         dinp.fill(0.0);
@@ -350,15 +383,15 @@ unsafe fn gemm_k_blocked(
     }
 }
 
-/// A raw output pointer shared by slabs that write disjoint columns.
+/// A raw output pointer shared by slabs that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: only used for slabs that write disjoint parts of one buffer, within rayon::scope.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

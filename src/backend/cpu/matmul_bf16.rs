@@ -4,6 +4,7 @@
 
 use super::bf16::{gemm_bf16, Bf16Path, Strided};
 use super::check_lens;
+use super::matmul::{add_bias, check_backward, check_forward};
 use anyhow::Result;
 
 /// out: (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC), as `matmul::matmul_forward`.
@@ -18,12 +19,7 @@ pub fn matmul_forward_bf16(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    check_lens("matmul_forward out", &[out.len()], n * oc)?;
-    check_lens("matmul_forward inp", &[inp.len()], n * c)?;
-    check_lens("matmul_forward weight", &[weight.len()], oc * c)?;
-    if let Some(bias) = bias {
-        check_lens("matmul_forward bias", &[bias.len()], oc)?;
-    }
+    check_forward(out, inp, weight.len(), bias, n, c, oc)?;
     // SAFETY: out is (n, oc), inp (n, c) and weight (oc, c), checked above.
     unsafe {
         gemm_bf16(
@@ -38,11 +34,7 @@ pub fn matmul_forward_bf16(
             c,
         );
     }
-    if let Some(bias) = bias {
-        for row in out.chunks_exact_mut(oc) {
-            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-        }
-    }
+    add_bias(out, bias, oc);
     Ok(())
 }
 
@@ -61,16 +53,8 @@ pub fn matmul_backward_bf16(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    check_lens("matmul_backward dinp", &[dinp.len(), inp.len()], n * c)?;
-    check_lens(
-        "matmul_backward dweight",
-        &[dweight.len(), weight.len()],
-        oc * c,
-    )?;
-    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
-    if let Some(dbias) = dbias.as_ref() {
-        check_lens("matmul_backward dbias", &[dbias.len()], oc)?;
-    }
+    let dbias_len = dbias.as_ref().map(|d| d.len());
+    check_backward(dinp, dweight, dbias_len, dout, inp, weight.len(), n, c, oc)?;
     // SAFETY: every buffer's size is checked above: dinp (n, c), dweight (oc, c), dout
     // (n, oc), inp (n, c), weight (oc, c).
     unsafe {

@@ -5,6 +5,7 @@ use super::attention::{self, KvView, PackedSeqs};
 use super::bf16::{gemm_bf16_packed, Strided};
 use super::kv_cache::SeqCaches;
 use super::logprobs::{self, default_chunk_rows, LogitsScratch};
+use super::matmul::{add_bias, check_forward};
 use super::packed_weights::PackedWeights;
 use super::products::Products;
 use super::{adamw, check_lens, embedding, glue, residual, rmsnorm, rope, swiglu};
@@ -62,22 +63,14 @@ impl Cpu {
     ) -> Result<()> {
         match (&self.packed, self.products) {
             (Some(kept), Products::Bf16(path)) if weight.len() == oc * c => {
-                check_lens("matmul_forward out", &[out.len()], n * oc)?;
-                check_lens("matmul_forward inp", &[inp.len()], n * c)?;
-                if let Some(bias) = bias {
-                    check_lens("matmul_forward bias", &[bias.len()], oc)?;
-                }
+                check_forward(out, inp, weight.len(), bias, n, c, oc)?;
                 let packed = kept.forward(weight, c, oc);
                 // SAFETY: out (n, oc) and inp (n, c), checked; packed is (c, oc).
                 unsafe {
                     let lhs = Strided::new(inp, c, 1);
                     gemm_bf16_packed(path, out.as_mut_ptr(), oc, false, lhs, &packed, n);
                 }
-                if let Some(bias) = bias {
-                    for row in out.chunks_exact_mut(oc) {
-                        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-                    }
-                }
+                add_bias(out, bias, oc);
                 Ok(())
             }
             _ => self.products.forward(out, inp, weight, bias, n, c, oc),

@@ -96,8 +96,7 @@ impl Prepared<'_> {
         let (c, oc) = (self.c, self.oc);
         match (self.products, &self.forward) {
             (Products::Bf16(path), Some(packed)) => {
-                super::check_lens("matmul_forward out", &[out.len()], n * oc)?;
-                super::check_lens("matmul_forward inp", &[inp.len()], n * c)?;
+                super::matmul::check_forward(out, inp, oc * c, None, n, c, oc)?;
                 // SAFETY: out (n, oc) and inp (n, c), checked above; packed is (c, oc).
                 unsafe {
                     let inp = Strided::new(inp, c, 1);
@@ -124,9 +123,7 @@ impl Prepared<'_> {
                 .products
                 .backward(dinp, dweight, None, dout, inp, weight, n, c, oc);
         };
-        super::check_lens("matmul_backward dinp", &[dinp.len(), inp.len()], n * c)?;
-        super::check_lens("matmul_backward dweight", &[dweight.len()], oc * c)?;
-        super::check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+        super::matmul::check_backward(dinp, dweight, None, dout, inp, oc * c, n, c, oc)?;
         // SAFETY: weight is (oc, c) (checked by prepare), read as itself.
         let packed = self
             .backward

@@ -79,7 +79,6 @@ impl TileSession {
     ///
     /// # Safety
     /// As `portable::block`.
-    #[allow(unused_variables)]
     pub unsafe fn block(
         &self,
         a0: *const u16,
@@ -89,41 +88,8 @@ impl TileSession {
         blocks: usize,
         out: &mut [f32; 4 * PANEL * PANEL],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        std::arch::asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a0} + {line}]",
-            "tileloadd tmm5, [{a1} + {line}]",
-            "tileloadd tmm6, [{b0} + {line}]",
-            "tileloadd tmm7, [{b1} + {line}]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 1024",
-            "add {a1}, 1024",
-            "add {b0}, 1024",
-            "add {b1}, 1024",
-            "dec {blocks}",
-            "jnz 2b",
-            "tilestored [{c} + {row}], tmm0",
-            "tilestored [{c} + {row} + 64], tmm1",
-            "tilestored [{c} + {row} + 2048], tmm2",
-            "tilestored [{c} + {row} + 2112], tmm3",
-            a0 = inout(reg) a0 => _,
-            a1 = inout(reg) a1 => _,
-            b0 = inout(reg) b0 => _,
-            b1 = inout(reg) b1 => _,
-            blocks = inout(reg) blocks => _,
-            line = in(reg) 64usize,
-            row = in(reg) 128usize,
-            c = in(reg) out.as_mut_ptr(),
-            options(nostack),
-        );
+        // The local block is a 32 x 32 dst of its own.
+        self.block_into(a0, a1, b0, b1, blocks, out.as_mut_ptr(), 2 * PANEL, false);
     }
 }
 

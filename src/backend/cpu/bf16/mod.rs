@@ -22,6 +22,7 @@ mod pack;
 mod pack_avx512;
 mod portable;
 
+use super::matmul::SendPtr;
 use anyhow::{bail, Result};
 use pack::{Packed, PANEL};
 use std::fmt;
@@ -352,19 +353,6 @@ unsafe fn run_chunk(
         }
     }
     drop(session);
-}
-
-/// A raw output pointer shared by chunks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used for chunks that write disjoint parts of one buffer, within rayon::scope.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(test)]
