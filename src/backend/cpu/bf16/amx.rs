@@ -6,7 +6,7 @@
 //! XFEATURE_XTILEDATA)`); `available` asks once. A thread loads the tile configuration at
 //! the start of each column chunk (`TileSession`) and releases the tiles after it.
 
-use super::pack::PANEL;
+use super::layout::PANEL;
 
 /// Whether the CPU has AMX-BF16 and the kernel granted this process the tile state.
 pub fn available() -> bool {

@@ -3,18 +3,11 @@
 //! 16 accumulators of 16 f32.
 
 #[cfg(target_arch = "x86_64")]
-use super::pack::{BLOCK, PANEL};
+use super::layout::{BLOCK, PANEL};
 
 /// Whether the CPU has AVX512-BF16 (and AVX512F).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::features::avx512_bf16()
 }
 
 /// As `portable::block`.

@@ -35,7 +35,7 @@ mod fast {
 
     pub fn available() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(super::super::avx512::available)
+        *HAS.get_or_init(super::super::features::avx512_bf16)
     }
 
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]

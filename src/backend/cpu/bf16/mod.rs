@@ -17,6 +17,8 @@
 mod amx;
 mod avx512;
 mod convert;
+mod features;
+mod layout;
 mod pack;
 #[cfg(target_arch = "x86_64")]
 mod pack_avx512;
@@ -24,7 +26,8 @@ mod portable;
 
 use super::matmul::SendPtr;
 use anyhow::{bail, Result};
-use pack::{Packed, PANEL};
+use layout::PANEL;
+use pack::Packed;
 use std::fmt;
 
 /// The kernel that runs the bf16 products.

@@ -14,18 +14,9 @@
 //! them. Large lhs operands are packed in parallel, a pair of panels per task.
 
 use super::convert::{to_bf16, to_bf16_slice};
+pub use super::layout::{Line, BLOCK, PANEL};
 use super::Strided;
 use rayon::prelude::*;
-
-/// Panel height (lhs rows) or width (rhs columns).
-pub const PANEL: usize = 16;
-/// The k covered by one block.
-pub const BLOCK: usize = 32;
-
-/// One 64-byte line of a block: 32 bf16.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub struct Line(pub [u16; BLOCK]);
 
 /// Packed panels: panel p's block b is lines (p * blocks + b) * PANEL ...
 pub struct Packed {
@@ -45,7 +36,7 @@ impl Packed {
 #[cfg(target_arch = "x86_64")]
 pub fn fast_packing() -> bool {
     static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FAST.get_or_init(|| super::avx512::available() && is_x86_feature_detected!("avx512bw"))
+    *FAST.get_or_init(|| super::features::avx512_bf16() && is_x86_feature_detected!("avx512bw"))
 }
 
 /// Panels enough for `len` rows or columns: a multiple of two (32).

@@ -5,7 +5,7 @@
 //! masked (zeros), so they write the zeros the padding holds anyway. The same values as the
 //! scalar packers (round to nearest even), but denormal inputs become zero.
 
-use super::pack::{Line, BLOCK, PANEL};
+use super::layout::{Line, BLOCK, PANEL};
 use super::Strided;
 use std::arch::x86_64::*;
 

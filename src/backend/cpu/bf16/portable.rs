@@ -1,7 +1,7 @@
 //! The bf16 block kernel for any CPU: each bf16 widened to f32, then f32 multiply-adds, in
 //! the pair order of the other kernels.
 
-use super::pack::{BLOCK, PANEL};
+use super::layout::{BLOCK, PANEL};
 
 #[inline]
 fn widen(bits: u16) -> f32 {
