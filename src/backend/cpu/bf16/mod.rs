@@ -143,15 +143,7 @@ pub unsafe fn gemm_bf16(
     n: usize,
     k: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(0.0);
-            }
-        }
+    if empty(dst, dst_rs, accumulate, m, n, k) {
         return;
     }
     let a = pack::pack_lhs(lhs, m, k);
@@ -166,6 +158,32 @@ pub unsafe fn gemm_bf16(
         n,
         k,
     );
+}
+
+/// Whether the product has nothing to sum (m, n or k zero); an empty sum assigns zeros.
+///
+/// # Safety
+/// As `gemm_bf16`.
+unsafe fn empty(
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(0.0);
+            }
+        }
+        return true;
+    }
+    false
 }
 
 /// A whole rhs (k, n) packed once, for products that read it many times (a fixed weight).
@@ -203,18 +221,8 @@ pub unsafe fn gemm_bf16_packed(
     m: usize,
 ) {
     let (n, k) = (rhs.n, rhs.k);
-    if m == 0 || n == 0 || k == 0 {
-        return gemm_bf16(
-            path,
-            dst,
-            dst_rs,
-            accumulate,
-            lhs,
-            Strided::new(&[], 0, 0),
-            m,
-            n,
-            k,
-        );
+    if empty(dst, dst_rs, accumulate, m, n, k) {
+        return;
     }
     let a = pack::pack_lhs(lhs, m, k);
     run(
