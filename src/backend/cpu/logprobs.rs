@@ -42,15 +42,7 @@ pub fn logprobs_forward(
     v: usize,
     scratch: &mut LogitsScratch,
 ) -> Result<()> {
-    check_head(
-        "logprobs_forward",
-        &[hidden.len()],
-        &[weight.len()],
-        targets,
-        c,
-        v,
-    )?;
-    let mut head = scratch.products.prepare(weight, c, v)?;
+    let mut head = scratch.products.prepare(weight, c, v);
     forward_on(&mut head, logp, lse, hidden, weight, targets, c, v, scratch)
 }
 
@@ -108,15 +100,7 @@ pub fn logprobs_backward(
     v: usize,
     scratch: &mut LogitsScratch,
 ) -> Result<()> {
-    check_head(
-        "logprobs_backward",
-        &[hidden.len()],
-        &[weight.len()],
-        targets,
-        c,
-        v,
-    )?;
-    let mut head = scratch.products.prepare(weight, c, v)?;
+    let mut head = scratch.products.prepare(weight, c, v);
     let (h, w) = (hidden, weight);
     backward_on(
         &mut head, dhidden, dweight, dlogp, h, w, targets, lse, c, v, scratch,
@@ -185,15 +169,7 @@ pub fn logprobs_fused(
     scratch: &mut LogitsScratch,
     upstream: &mut dyn FnMut(&[f32]) -> Vec<f32>,
 ) -> Result<()> {
-    check_head(
-        "logprobs_fused",
-        &[hidden.len()],
-        &[weight.len()],
-        targets,
-        c,
-        v,
-    )?;
-    let mut head = scratch.products.prepare(weight, c, v)?;
+    let mut head = scratch.products.prepare(weight, c, v);
     let (h, w) = (hidden, weight);
     fused_on(
         &mut head, logp, dhidden, dweight, h, w, targets, c, v, scratch, upstream,
@@ -342,7 +318,7 @@ pub fn logprobs_with_grad(
     }
     let chunk = scratch.chunk(op)?;
     // The LM head is packed once for all the passes below (bf16 products).
-    let mut head = scratch.products.prepare(weight, c, v)?;
+    let mut head = scratch.products.prepare(weight, c, v);
     // The group gradients of one pass, in row order, or the first error.
     let mut failed: Option<anyhow::Error> = None;
     let mut g0 = 0;

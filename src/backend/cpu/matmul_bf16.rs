@@ -2,7 +2,7 @@
 //! the inputs, weights and output gradients are rounded to bf16 as the kernels pack them
 //! (`bf16.rs`); the results, the bias and every gradient stay f32.
 
-use super::bf16::{gemm_bf16, Bf16Path, Strided};
+use super::bf16::{gemm_bf16, gemm_bf16_packed, Bf16Path, PackedRhs, Strided};
 use super::check_lens;
 use super::matmul::{add_bias, check_backward, check_forward};
 use anyhow::Result;
@@ -33,6 +33,28 @@ pub fn matmul_forward_bf16(
             oc,
             c,
         );
+    }
+    add_bias(out, bias, oc);
+    Ok(())
+}
+
+/// `matmul_forward_bf16` with the weight packed already (as the forward's rhs, (C, OC)).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_packed(
+    path: Bf16Path,
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &PackedRhs,
+    bias: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_forward(out, inp, oc * c, bias, n, c, oc)?;
+    // SAFETY: out (n, oc) and inp (n, c), checked above; the packing is (c, oc).
+    unsafe {
+        let lhs = Strided::new(inp, c, 1);
+        gemm_bf16_packed(path, out.as_mut_ptr(), oc, false, lhs, weight, n);
     }
     add_bias(out, bias, oc);
     Ok(())

@@ -2,13 +2,11 @@
 //! function of its file here.
 
 use super::attention::{self, KvView, PackedSeqs};
-use super::bf16::{gemm_bf16_packed, Strided};
 use super::kv_cache::SeqCaches;
 use super::logprobs::{self, default_chunk_rows, LogitsScratch};
-use super::matmul::{add_bias, check_forward};
 use super::packed_weights::PackedWeights;
 use super::products::Products;
-use super::{adamw, check_lens, embedding, glue, residual, rmsnorm, rope, swiglu};
+use super::{adamw, check_lens, embedding, glue, matmul_bf16, residual, rmsnorm, rope, swiglu};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
 use crate::backend::settings::{AdamW, AttentionDims};
@@ -63,15 +61,8 @@ impl Cpu {
     ) -> Result<()> {
         match (&self.packed, self.products) {
             (Some(kept), Products::Bf16(path)) if weight.len() == oc * c => {
-                check_forward(out, inp, weight.len(), bias, n, c, oc)?;
                 let packed = kept.forward(weight, c, oc);
-                // SAFETY: out (n, oc) and inp (n, c), checked; packed is (c, oc).
-                unsafe {
-                    let lhs = Strided::new(inp, c, 1);
-                    gemm_bf16_packed(path, out.as_mut_ptr(), oc, false, lhs, &packed, n);
-                }
-                add_bias(out, bias, oc);
-                Ok(())
+                matmul_bf16::forward_packed(path, out, inp, &packed, bias, n, c, oc)
             }
             _ => self.products.forward(out, inp, weight, bias, n, c, oc),
         }

@@ -60,7 +60,7 @@ impl Products {
 }
 
 /// A weight (OC, C) that many products read in a row (the LM head over its chunks): with
-/// bf16 products, packed once for the forward (and, on first use, for d(input)).
+/// bf16 products, packed on first use, once for the forward and once for d(input).
 pub struct Prepared<'w> {
     products: Products,
     weight: &'w [f32],
@@ -72,40 +72,31 @@ pub struct Prepared<'w> {
 
 impl Products {
     /// `weight`: (OC, C), to be read by `Prepared::forward` and `backward`.
-    pub fn prepare(self, weight: &[f32], c: usize, oc: usize) -> Result<Prepared<'_>> {
-        super::check_lens("prepare weight", &[weight.len()], oc * c)?;
-        let forward = match self {
-            // SAFETY: weight is (oc, c), checked above; read as its transpose (c, oc).
-            Products::Bf16(_) => Some(unsafe { PackedRhs::new(Strided::new(weight, 1, c), c, oc) }),
-            Products::F32 => None,
-        };
-        Ok(Prepared {
+    pub fn prepare(self, weight: &[f32], c: usize, oc: usize) -> Prepared<'_> {
+        Prepared {
             products: self,
             weight,
             c,
             oc,
-            forward,
+            forward: None,
             backward: None,
-        })
+        }
     }
 }
 
 impl Prepared<'_> {
     /// out: (N, OC) = inp (N, C) @ weight^T.
-    pub fn forward(&self, out: &mut [f32], inp: &[f32], n: usize) -> Result<()> {
-        let (c, oc) = (self.c, self.oc);
-        match (self.products, &self.forward) {
-            (Products::Bf16(path), Some(packed)) => {
-                super::matmul::check_forward(out, inp, oc * c, None, n, c, oc)?;
-                // SAFETY: out (n, oc) and inp (n, c), checked above; packed is (c, oc).
-                unsafe {
-                    let inp = Strided::new(inp, c, 1);
-                    gemm_bf16_packed(path, out.as_mut_ptr(), oc, false, inp, packed, n);
-                }
-                Ok(())
-            }
-            _ => self.products.forward(out, inp, self.weight, None, n, c, oc),
-        }
+    pub fn forward(&mut self, out: &mut [f32], inp: &[f32], n: usize) -> Result<()> {
+        let (c, oc, weight) = (self.c, self.oc, self.weight);
+        let Products::Bf16(path) = self.products else {
+            return self.products.forward(out, inp, weight, None, n, c, oc);
+        };
+        super::matmul::check_forward(out, inp, weight.len(), None, n, c, oc)?;
+        // SAFETY: weight is (oc, c) (checked above), read as its transpose (c, oc).
+        let packed = self
+            .forward
+            .get_or_insert_with(|| unsafe { PackedRhs::new(Strided::new(weight, 1, c), c, oc) });
+        matmul_bf16::forward_packed(path, out, inp, packed, None, n, c, oc)
     }
 
     /// dinp (N, C) assigned; dweight (OC, C) accumulated; from dout (N, OC) and inp (N, C).
@@ -123,8 +114,8 @@ impl Prepared<'_> {
                 .products
                 .backward(dinp, dweight, None, dout, inp, weight, n, c, oc);
         };
-        super::matmul::check_backward(dinp, dweight, None, dout, inp, oc * c, n, c, oc)?;
-        // SAFETY: weight is (oc, c) (checked by prepare), read as itself.
+        super::matmul::check_backward(dinp, dweight, None, dout, inp, weight.len(), n, c, oc)?;
+        // SAFETY: weight is (oc, c) (checked above), read as itself.
         let packed = self
             .backward
             .get_or_insert_with(|| unsafe { PackedRhs::new(Strided::new(weight, c, 1), oc, c) });
@@ -174,7 +165,7 @@ mod tests {
             products
                 .backward(di, dw, None, &dout, &inp, &weight, n, c, oc)
                 .unwrap();
-            let mut head = products.prepare(&weight, c, oc).unwrap();
+            let mut head = products.prepare(&weight, c, oc);
             let mut got = vec![f32::NAN; n * oc];
             head.forward(&mut got, &inp, n).unwrap();
             assert_eq!(got, want, "{products}");

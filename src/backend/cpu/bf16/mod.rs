@@ -363,7 +363,6 @@ unsafe fn run_chunk(
             }
         }
     }
-    drop(session);
 }
 
 #[cfg(test)]
