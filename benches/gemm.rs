@@ -3,7 +3,8 @@
 //! forward and backward (dinp = dout W and dweight += dout^T inp, timed together), and one
 //! chunk of the LM head as the log-prob pass computes it. One JSON line per product: median
 //! ms of 7 runs after 2 warm-ups and the GFLOP/s it gives, for the f32 products and the bf16
-//! ones on every path this CPU runs (impl "tpo-engine-bf16-<path>").
+//! ones on every path this CPU runs (impl "tpo-engine-bf16-<path>"); then the forward
+//! products of one generation decode step (`decode_products`).
 //! scripts/bench-gemm.sh runs it beside torch.matmul in f32 and bf16 (scripts/gemm_torch.py).
 
 use std::hint::black_box;
@@ -12,6 +13,7 @@ use tpo_engine::backend::cpu::bf16::Bf16Path;
 use tpo_engine::backend::cpu::logprobs::default_chunk_rows;
 use tpo_engine::backend::cpu::matmul::{matmul_backward, matmul_forward};
 use tpo_engine::backend::cpu::matmul_bf16::{matmul_backward_bf16, matmul_forward_bf16};
+use tpo_engine::backend::cpu::packed_f32::{self, PackedF32};
 use tpo_engine::backend::rng::Rng;
 
 const N: usize = 2048;
@@ -19,6 +21,8 @@ const C: usize = 576;
 const KV: usize = 192;
 const I: usize = 1536;
 const V: usize = 49152;
+/// Rows of a decode step of scripts/bench-generate.sh at the 135m shape: 8 prompts x 8 samples.
+const DECODE: usize = 64;
 
 fn randn(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
@@ -73,6 +77,7 @@ fn main() {
             .filter(|p| p.available())
             .map(Some),
     );
+    decode_products();
     for (name, n, c, oc) in shapes {
         let inp = randn(n * c, 1.0, 1);
         let weight = randn(oc * c, 0.02, 2);
@@ -102,6 +107,55 @@ fn main() {
                 }
             });
             report(&imp, name, "backward", (n, c, oc), 2.0 * flops, secs);
+        }
+    }
+}
+
+/// The forward products of one decode step (`DECODE` rows), named "decode_<product>": the
+/// gemm crate's (impl "tpo-engine", packing the weight on each call) and the packed f32
+/// kernel's (impl "tpo-engine-kept-f32", the weight packed once, as generation keeps it).
+/// Each times the product with each of 30 layers' weights in turn (the LM head: one), as a
+/// decode step reads them: out of cache, as in a run.
+fn decode_products() {
+    let shapes = [
+        ("qkv_proj", C, C + 2 * KV),
+        ("o_proj", C, C),
+        ("gate_up_proj", C, 2 * I),
+        ("down_proj", I, C),
+        ("lm_head", C, V),
+    ];
+    const LAYERS: usize = 30;
+    for (name, c, oc) in shapes {
+        let n = DECODE;
+        let layers = if name == "lm_head" { 1 } else { LAYERS };
+        let inp = randn(n * c, 1.0, 1);
+        let weights: Vec<Vec<f32>> = (0..layers)
+            .map(|l| randn(oc * c, 0.02, 2 + l as u64))
+            .collect();
+        let mut out = vec![0.0f32; n * oc];
+        let flops = 2.0 * (n * c * oc * layers) as f64;
+        let secs = time(|| {
+            for w in &weights {
+                matmul_forward(black_box(&mut out), &inp, w, None, n, c, oc).unwrap();
+            }
+        });
+        let name = format!("decode_{name}");
+        report("tpo-engine", &name, "forward", (n, c, oc), flops, secs);
+        if packed_f32::available() {
+            let packed: Vec<PackedF32> = weights.iter().map(|w| PackedF32::new(w, c, oc)).collect();
+            let secs = time(|| {
+                for w in &packed {
+                    packed_f32::forward(black_box(&mut out), &inp, w, n);
+                }
+            });
+            report(
+                "tpo-engine-kept-f32",
+                &name,
+                "forward",
+                (n, c, oc),
+                flops,
+                secs,
+            );
         }
     }
 }

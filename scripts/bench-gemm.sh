@@ -14,7 +14,7 @@ flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx5
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($flags), $(date -u +%F); $threads threads"
 RAYON_NUM_THREADS=$threads cargo bench --bench gemm 2>/dev/null | grep '^{' > "$out/gemm-ours.jsonl"
 # The LM head's chunk: as many rows as the log-prob pass holds at once for V = 49152.
-rows=$(python3 -c 'import json,sys; print([json.loads(l)["n"] for l in open(sys.argv[1]) if "lm_head" in l][0])' "$out/gemm-ours.jsonl")
+rows=$(python3 -c 'import json,sys; print([r["n"] for r in map(json.loads, open(sys.argv[1])) if r["name"] == "lm_head_chunk"][0])' "$out/gemm-ours.jsonl")
 OMP_NUM_THREADS=$threads .venv/bin/python scripts/gemm_torch.py "$threads" "$rows" > "$out/gemm-torch.jsonl"
 python3 - "$out/gemm-ours.jsonl" "$out/gemm-torch.jsonl" <<'PY'
 import json, sys

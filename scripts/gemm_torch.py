@@ -2,7 +2,8 @@
 scripts/bench-gemm.sh. Usage: gemm_torch.py THREADS CHUNK_ROWS
 Prints one JSON line per (product, pass, dtype): median ms of 7 runs after 2 warm-ups and
 GFLOP/s. The forward is inp @ weight.T; the backward is dout @ weight and dout.T @ inp,
-timed together, as ours."""
+timed together, as ours. The "decode_" products are the forwards of one generation decode
+step (64 rows), each over 30 layers' weights in turn (the LM head: one), as ours."""
 
 import json
 import statistics
@@ -12,6 +13,7 @@ import time
 import torch
 
 N, C, KV, I, V = 2048, 576, 192, 1536, 49152
+DECODE, LAYERS = 64, 30
 
 
 def timed(f):
@@ -45,6 +47,18 @@ def main():
                 print(json.dumps({"impl": f"torch-{tag}", "name": name, "pass": "backward", "n": n, "c": c,
                                   "oc": oc, "ms": round(secs * 1e3, 3),
                                   "gflops": round(2 * flops / secs / 1e9, 1)}))
+    decode = [("decode_qkv_proj", C, C + 2 * KV), ("decode_o_proj", C, C), ("decode_gate_up_proj", C, 2 * I),
+              ("decode_down_proj", I, C), ("decode_lm_head", C, V)]
+    for dtype, tag in [(torch.float32, "f32"), (torch.bfloat16, "bf16")]:
+        for name, c, oc in decode:
+            layers = 1 if name == "decode_lm_head" else LAYERS
+            inp = torch.randn(DECODE, c, dtype=dtype)
+            weights = [torch.randn(oc, c, dtype=dtype) * 0.02 for _ in range(layers)]
+            flops = 2.0 * DECODE * c * oc * layers
+            with torch.no_grad():
+                secs = timed(lambda: [torch.matmul(inp, w.t()) for w in weights])
+            print(json.dumps({"impl": f"torch-{tag}", "name": name, "pass": "forward", "n": DECODE, "c": c,
+                              "oc": oc, "ms": round(secs * 1e3, 3), "gflops": round(flops / secs / 1e9, 1)}))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ pub mod math;
 pub mod matmul;
 pub mod matmul_bf16;
 mod ops;
+pub mod packed_f32;
 pub mod packed_weights;
 pub mod products;
 pub mod residual;

@@ -2,8 +2,11 @@
 //! function of its file here.
 
 use super::attention::{self, KvView, PackedSeqs};
+use super::bf16::PackedRhs;
 use super::kv_cache::SeqCaches;
 use super::logprobs::{self, default_chunk_rows, LogitsScratch};
+use super::matmul::{add_bias, check_forward};
+use super::packed_f32::{self, PackedF32};
 use super::packed_weights::PackedWeights;
 use super::products::Products;
 use super::{adamw, check_lens, embedding, glue, matmul_bf16, residual, rmsnorm, rope, swiglu};
@@ -20,8 +23,16 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default)]
 pub struct Cpu {
     pub products: Products,
-    /// With bf16 products over weights that do not change: their packings, kept.
-    packed: Option<Arc<PackedWeights>>,
+    /// Over weights that do not change: their packings, kept.
+    packed: Option<Kept>,
+}
+
+/// The forward products' weights, kept packed for the products' kernel.
+#[derive(Clone, Debug)]
+enum Kept {
+    Bf16(Arc<PackedWeights<PackedRhs>>),
+    /// f32 panels for the AVX-512 kernel of `packed_f32`.
+    F32(Arc<PackedWeights<PackedF32>>),
 }
 
 impl Cpu {
@@ -35,13 +46,15 @@ impl Cpu {
         }
     }
 
-    /// This CPU keeping its forward products' weights packed (bf16 products only): for one
-    /// run over weights that stay unchanged while it lasts (see `PackedWeights`).
+    /// This CPU keeping its forward products' weights packed, for one run over weights that
+    /// stay unchanged while it lasts (see `PackedWeights`): with bf16 products, and with f32
+    /// ones where the CPU has AVX-512F (the gemm crate's products otherwise).
     pub fn keeping_packed_weights(&self) -> Cpu {
         Cpu {
             products: self.products,
             packed: match self.products {
-                Products::Bf16(_) => Some(Arc::new(PackedWeights::default())),
+                Products::Bf16(_) => Some(Kept::Bf16(Arc::default())),
+                Products::F32 if packed_f32::available() => Some(Kept::F32(Arc::default())),
                 Products::F32 => None,
             },
         }
@@ -60,9 +73,15 @@ impl Cpu {
         oc: usize,
     ) -> Result<()> {
         match (&self.packed, self.products) {
-            (Some(kept), Products::Bf16(path)) if weight.len() == oc * c => {
+            (Some(Kept::Bf16(kept)), Products::Bf16(path)) if weight.len() == oc * c => {
                 let packed = kept.forward(weight, c, oc);
                 matmul_bf16::forward_packed(path, out, inp, &packed, bias, n, c, oc)
+            }
+            (Some(Kept::F32(kept)), Products::F32) if weight.len() == oc * c => {
+                check_forward(out, inp, weight.len(), bias, n, c, oc)?;
+                packed_f32::forward(out, inp, &kept.forward(weight, c, oc), n);
+                add_bias(out, bias, oc);
+                Ok(())
             }
             _ => self.products.forward(out, inp, weight, bias, n, c, oc),
         }
@@ -70,7 +89,9 @@ impl Cpu {
 }
 
 impl PartialEq for Cpu {
-    /// The same arithmetic (kept packings change no result).
+    /// The same products setting. Kept packings are not compared: with bf16 products they
+    /// change no result; with f32 ones they run the packed f32 kernel, whose sums differ
+    /// from the gemm crate's by rounding (the same sums in another order).
     fn eq(&self, other: &Cpu) -> bool {
         self.products == other.products
     }
