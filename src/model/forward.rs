@@ -50,9 +50,15 @@ impl Model {
     /// Loads the safetensors weights of a checkpoint directory whose config.json gave
     /// `config` (for callers that check the config before the weights are read).
     pub fn load_with_config(dir: &Path, config: ModelConfig) -> Result<Model> {
-        let layout = ParamLayout::new(&config);
-        let (params, dtype) = load_weights(dir, &config, &layout)?;
-        Ok(Model::from_params(config, params, dtype))
+        let (layout, params, dtype) = load_weights(dir, &config)?;
+        let inv_freq = inv_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
+        Ok(Model {
+            config,
+            layout,
+            params,
+            dtype,
+            inv_freq,
+        })
     }
 
     pub fn from_params(config: ModelConfig, params: Vec<f32>, dtype: StorageDtype) -> Model {

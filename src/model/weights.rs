@@ -140,25 +140,34 @@ fn read_header(file: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
     Ok(out)
 }
 
-/// Loads every tensor of `layout` into a new flat buffer, converting to f32. Returns the
-/// buffer and the checkpoint's storage dtype (that of its largest tensors).
+/// Loads every tensor the config names into a new flat buffer, converting to f32. Returns
+/// the config's parameter layout, the buffer and the checkpoint's storage dtype (that of its
+/// largest tensors).
+///
+/// Nothing the config's sizes govern is allocated before the safetensors headers agree with
+/// them: first the layer count (so a corrupt `num_hidden_layers` costs nothing), then every
+/// tensor's presence, shape and dtype; only then the buffer.
 pub fn load_weights(
     dir: &Path,
     cfg: &ModelConfig,
-    layout: &ParamLayout,
-) -> Result<(Vec<f32>, StorageDtype)> {
+) -> Result<(ParamLayout, Vec<f32>, StorageDtype)> {
+    // Pass 1, headers only.
+    let files = weight_files(dir)?;
+    let headers = files
+        .iter()
+        .map(|f| Ok((f.clone(), read_header(f)?)))
+        .collect::<Result<Vec<_>>>()?;
+    check_layer_count(dir, cfg, &headers)?;
+    let layout = ParamLayout::new(cfg);
     let slots: HashMap<String, TensorSlot> = layout
         .tensors(cfg)
         .into_iter()
         .map(|t| (t.name.clone(), t))
         .collect();
-    // Pass 1, headers only: every tensor present once, with its shape and a float dtype,
-    // before the (possibly large) buffer is allocated or any data is read.
-    let files = weight_files(dir)?;
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
-    for file in &files {
-        for (name, dtype, shape) in read_header(file)? {
-            let Some(slot) = slots.get(&name) else {
+    for (file, tensors) in &headers {
+        for (name, dtype, shape) in tensors {
+            let Some(slot) = slots.get(name) else {
                 continue;
             };
             if let Some(first) = seen.insert(name.clone(), file.clone()) {
@@ -168,7 +177,7 @@ pub fn load_weights(
                     file.display()
                 );
             }
-            if shape != slot.shape {
+            if *shape != slot.shape {
                 bail!(
                     "{}: tensor {name} has shape {shape:?}, expected {:?}",
                     file.display(),
@@ -256,5 +265,42 @@ pub fn load_weights(
             }
         }
     }
-    Ok((params, dtype.unwrap_or(StorageDtype::F32)))
+    Ok((layout, params, dtype.unwrap_or(StorageDtype::F32)))
+}
+
+/// The checkpoint's headers, file by file: (name, dtype, shape) of each tensor.
+type Headers = [(PathBuf, Vec<(String, String, Vec<usize>)>)];
+
+/// An error unless the weights hold every layer 0..num_hidden_layers of the config: asked
+/// of the headers' tensor names (`model.layers.N.`), before anything is sized by the count.
+fn check_layer_count(dir: &Path, cfg: &ModelConfig, headers: &Headers) -> Result<()> {
+    let want = cfg.num_hidden_layers;
+    let held: BTreeSet<usize> = headers
+        .iter()
+        .flat_map(|(_, tensors)| tensors)
+        .filter_map(|(name, _, _)| layer_index(name))
+        .collect();
+    let Some(missing) = (0..want).find(|i| !held.contains(i)) else {
+        return Ok(());
+    };
+    let holds = match (held.first(), held.last()) {
+        (Some(first), Some(last)) => format!(
+            "{} layer(s), model.layers.{first} to model.layers.{last}",
+            held.len()
+        ),
+        _ => "no layers".to_string(),
+    };
+    bail!(
+        "{}: num_hidden_layers is {want}, but the weights in {} hold {holds} \
+         (model.layers.{missing} is missing): the config does not match the checkpoint",
+        dir.join("config.json").display(),
+        dir.display()
+    )
+}
+
+/// N of a tensor named `model.layers.N.…`.
+fn layer_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (index, _) = rest.split_once('.')?;
+    index.parse().ok()
 }
