@@ -1,5 +1,7 @@
 //! Files written so that a crash never leaves half of one: write a temporary sibling, then
-//! rename it over the destination.
+//! rename it over the destination. Where a command may write: `outputs`.
+
+pub mod outputs;
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -14,10 +16,13 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically, creating its missing parent directories.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| -> std::io::Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

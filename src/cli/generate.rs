@@ -4,6 +4,7 @@ use crate::backend::device::Placement;
 use crate::backend::settings::SamplingParams;
 use crate::engine::Engine;
 use crate::generate::{eos_ids, read_prompts, GenerateOptions, PromptMode};
+use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -92,6 +93,10 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");
     }
+    Inputs::default()
+        .file("--prompts", &args.prompts)
+        .dir("--model", &args.model)
+        .check_output("--out", &args.out)?;
     let device = super::open_device(device)?;
     let started = Instant::now();
     let model = Model::load(&args.model)?;

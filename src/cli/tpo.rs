@@ -2,6 +2,7 @@
 
 use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
 use crate::backend::device::Placement;
+use crate::io::outputs::Inputs;
 use crate::tpo::config::{Reference, Sampling, TpoConfig};
 use crate::tpo::prompts::read_prompt_file;
 use crate::tpo::run::TpoRun;
@@ -168,6 +169,15 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
         .prompts
         .as_ref()
         .context("--prompts is required with --model")?;
+    if let Some(out) = &args.out {
+        let mut inputs = Inputs::default()
+            .dir("--model", &model)
+            .file("--prompts", prompts_path);
+        if let Some(heldout) = &args.heldout {
+            inputs = inputs.file("--heldout", heldout);
+        }
+        inputs.check_output("--out", out)?;
+    }
     let judge = args
         .judge
         .clone()

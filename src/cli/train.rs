@@ -3,6 +3,7 @@
 use crate::backend::device::{Device, Placement};
 use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
+use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
 use crate::model::graph::ScoredSequence;
 use crate::model::Model;
@@ -273,6 +274,10 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
 pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
+    Inputs::default()
+        .file("--pairs", &args.pairs)
+        .dir("--model", &args.train.model)
+        .check_output("--out", &args.train.out)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
@@ -344,6 +349,10 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
 
 pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
+    Inputs::default()
+        .file("--data", &args.data)
+        .dir("--model", &args.train.model)
+        .check_output("--out", &args.train.out)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
@@ -404,6 +413,10 @@ pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
     if args.micro_batch_tokens == 0 {
         bail!("--micro-batch-tokens 0: expected at least 1");
     }
+    Inputs::default()
+        .file("--input", &args.input)
+        .dir("--model", &args.model)
+        .check_output("--out", &args.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
