@@ -1,7 +1,9 @@
 //! Files written so that a crash never leaves half of one: write a temporary sibling, then
 //! rename it over the destination. Where a command may write: `outputs`.
 
+pub mod lines;
 pub mod outputs;
+pub mod run_lock;
 
 use anyhow::{Context, Result};
 use std::io::Write;

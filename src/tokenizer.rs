@@ -4,11 +4,13 @@
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{Environment, ErrorKind};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat: Option<Environment<'static>>,
+    /// The file the chat template came from, for errors met while rendering it.
+    template_file: PathBuf,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -40,29 +42,40 @@ impl Tokenizer {
             _ => None,
         };
         let jinja_path = dir.join("chat_template.jinja");
-        let source = if jinja_path.exists() {
-            Some(
-                std::fs::read_to_string(&jinja_path)
-                    .with_context(|| format!("cannot read {}", jinja_path.display()))?,
-            )
+        let (source, template_file) = if jinja_path.exists() {
+            let text = std::fs::read_to_string(&jinja_path)
+                .with_context(|| format!("cannot read {}", jinja_path.display()))?;
+            (Some(text), jinja_path)
         } else {
-            match config.get("chat_template") {
+            let source = match config.get("chat_template") {
+                None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                    .or(list.first())
-                    .and_then(|t| t.get("template"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                _ => None,
-            }
+                Some(Value::Array(list)) => Some(
+                    list.iter()
+                        .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                        .or(list.first())
+                        .and_then(|t| t.get("template"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .with_context(|| {
+                            format!(
+                                "{}: field `chat_template`: a list needs {{\"name\", \"template\"}} entries with a template string",
+                                config_path.display()
+                            )
+                        })?,
+                ),
+                Some(other) => bail!(
+                    "{}: field `chat_template`: expected a template string or a list of {{\"name\", \"template\"}}, found {other}",
+                    config_path.display()
+                ),
+            };
+            (source, config_path.clone())
         };
         let chat = match source {
             Some(src) => Some(chat_environment(src).with_context(|| {
                 format!(
                     "{}: the chat template does not compile",
-                    config_path.display()
+                    template_file.display()
                 )
             })?),
             None => None,
@@ -70,6 +83,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             chat,
+            template_file,
             bos_token: special("bos_token"),
             eos_token: special("eos_token"),
         })
@@ -100,9 +114,12 @@ impl Tokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        template
-            .render(ctx)
-            .map_err(|e| anyhow!("chat template: {e:#}"))
+        template.render(ctx).map_err(|e| {
+            anyhow!(
+                "the chat template of {}: {e:#}",
+                self.template_file.display()
+            )
+        })
     }
 
     /// Token ids of `text`; `add_special_tokens` adds what the tokenizer's post-processor
@@ -139,6 +156,20 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// An upper bound of the text bytes one token stands for: the longest token string in
+    /// the vocabulary (a byte-level token's string is never shorter than its bytes), and at
+    /// least 16.
+    pub fn max_token_bytes(&self) -> usize {
+        let longest = self.inner.get_vocab(true).keys().map(String::len).max();
+        longest.unwrap_or(0).max(16)
+    }
+
+    /// The longest JSONL input line worth reading for a model of `context` tokens (see
+    /// `line_limit`).
+    pub fn input_line_limit(&self, context: usize) -> usize {
+        crate::io::lines::line_limit(context, self.max_token_bytes())
     }
 }
 

@@ -327,6 +327,7 @@ fn out_of_range_flags_are_refused() {
         ("--batch-size", "0"),
         ("--top-p", "0"),
         ("--temperature", "nan"),
+        ("--max-new-tokens", "0"),
     ] {
         let out = tmp.path().join("out.jsonl");
         let run = generate(&chat_fixture(), &prompts, &out, &[flag, value]);
@@ -500,4 +501,68 @@ fn precision_bf16_names_its_kernel_and_a_bad_kernel_is_an_error() {
         "{}",
         run.stderr
     );
+}
+
+/// A tokenizer_config.json whose chat_template is not a template, a template that fails as
+/// it renders, and EOS ids beyond the vocabulary are errors naming the file at fault.
+#[test]
+fn template_and_eos_errors_name_their_file() {
+    let prompts_dir = TempDir::new().unwrap();
+    let prompts = write(
+        &prompts_dir.path().join("p.jsonl"),
+        "{\"prompt\": \"hi\"}\n",
+    );
+    let edit = |model: &Path, file: &str, key: &str, value: Value| {
+        let path = model.join(file);
+        let mut json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        json[key] = value;
+        write(&path, &json.to_string());
+    };
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    edit(
+        &model,
+        "tokenizer_config.json",
+        "chat_template",
+        Value::from(42),
+    );
+    expect_error(
+        &model,
+        &prompts,
+        &["tokenizer_config.json", "chat_template", "found 42"],
+    );
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let calls_unknown = "{{ no_such_function(messages) }}";
+    edit(
+        &model,
+        "tokenizer_config.json",
+        "chat_template",
+        Value::from(calls_unknown),
+    );
+    expect_error(
+        &model,
+        &prompts,
+        &["p.jsonl:1", "the chat template of", "tokenizer_config.json"],
+    );
+
+    let tmp = TempDir::new().unwrap();
+    let model = model_copy(&tmp);
+    let vocab = {
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap())
+                .unwrap();
+        cfg["vocab_size"].as_u64().unwrap()
+    };
+    edit(
+        &model,
+        "generation_config.json",
+        "eos_token_id",
+        Value::from(vocab + 5),
+    );
+    let beyond = format!("token id {} is beyond", vocab + 5);
+    expect_error(&model, &prompts, &["generation_config.json", &beyond]);
 }

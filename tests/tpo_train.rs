@@ -204,8 +204,17 @@ fn snapshot(out: &Path) -> Vec<(String, Vec<u8>)> {
                 continue;
             }
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if ["stages.json", "summary.json", "summary.md", "config.json"].contains(&name.as_str())
-            {
+            // Timings, and who owns the run: its id, each stage's record of it, the lock.
+            let skipped = [
+                "stages.json",
+                "summary.json",
+                "summary.md",
+                "config.json",
+                "run-id",
+                "tpo-run",
+                ".tpo-engine.lock",
+            ];
+            if skipped.contains(&name.as_str()) {
                 continue;
             }
             let mut bytes = std::fs::read(&p).unwrap();
@@ -502,6 +511,51 @@ fn a_crashing_judge_stops_the_run_with_its_stderr_and_the_run_resumes_later() {
     assert!(out.join("iter-2/summary.json").exists());
 }
 
+/// After a judge failure the run goes on with another judge: `--resume --judge` replaces
+/// the judge (and records it), while a flag that would change computed results is refused.
+#[test]
+fn resume_may_change_the_judge_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let broken = write(
+        &tmp.path().join("broken.sh"),
+        "echo 'judge: gone' >&2; exit 3\n",
+    );
+    let mut args = run_args(tmp.path(), &out);
+    let i = args.iter().position(|a| a == "--judge").unwrap();
+    args[i + 1] = format!("cmd:sh {}", s(&broken));
+    args.extend(["--judge-retries", "0"].map(String::from));
+    let r = run_vec(&args);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("judge: gone"), "{}", r.stderr);
+
+    let r = tpo(&["train", "--resume", "--out", s(&out), "--iterations", "5"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("fixes everything but the judge"),
+        "{}",
+        r.stderr
+    );
+
+    let good = format!("cmd:python3 {}", s(&letters_judge(tmp.path())));
+    let r = tpo(&[
+        "train",
+        "--resume",
+        "--out",
+        s(&out),
+        "--judge",
+        &good,
+        "--judge-timeout",
+        "60",
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(out.join("iter-2/summary.json").exists());
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["judge"], Value::from(good));
+    assert_eq!(cfg["judge_timeout_secs"], Value::from(60.0));
+}
+
 #[test]
 fn a_reward_model_and_a_pairwise_command_can_judge_a_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -539,5 +593,110 @@ fn a_reward_model_and_a_pairwise_command_can_judge_a_run() {
             }
         }
         assert!(out.join("iter-1/summary.json").exists());
+    }
+}
+
+/// While a run works, its directory is its own: a second process can neither write a stage
+/// into it nor resume it. Two real processes: a run held at its judge, and the intruders.
+#[test]
+fn a_running_run_directory_has_one_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let slow = write(
+        &tmp.path().join("slow.py"),
+        "import json, sys, time\ntime.sleep(60)\nfor line in sys.stdin:\n    print(json.dumps({'score': 1}))\n",
+    );
+    let mut args = run_args(tmp.path(), &out);
+    let i = args.iter().position(|a| a == "--judge").unwrap();
+    args[i + 1] = format!("cmd:python3 {}", s(&slow));
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args(["--threads", "1"])
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = out.join(".tpo-engine.lock");
+    let started = std::time::Instant::now();
+    while !lock.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(lock.exists(), "the first run never started");
+
+    let pairs = write(
+        &tmp.path().join("pairs.jsonl"),
+        "{\"prompt\": \"Say hello.\", \"chosen\": \"Hello!\", \"rejected\": \"No.\"}\n",
+    );
+    let intruder = out.join("iter-1").join("train");
+    let dpo = tpo(&[
+        "dpo",
+        "--model",
+        s(&chat_fixture()),
+        "--pairs",
+        s(&pairs),
+        "--out",
+        s(&intruder),
+    ]);
+    let resume = tpo(&["train", "--resume", "--out", s(&out)]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(dpo.code, Some(1), "{}", dpo.stderr);
+    assert!(
+        dpo.stderr.contains("of a running tpo-engine") && dpo.stderr.contains("run"),
+        "{}",
+        dpo.stderr
+    );
+    assert!(!intruder.exists(), "the refused dpo wrote into the run");
+    assert_eq!(resume.code, Some(1), "{}", resume.stderr);
+    assert!(
+        resume.stderr.contains("another tpo-engine run (pid"),
+        "{}",
+        resume.stderr
+    );
+}
+
+/// A run never adopts a training stage another command wrote into its directory while it
+/// was stopped: resuming refuses, and removes nothing.
+#[test]
+fn a_run_never_adopts_a_stage_it_did_not_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = run_vec(&run_args(tmp.path(), &out));
+    assert!(r.ok, "{}", r.stderr);
+    let stage = out.join("iter-2").join("train");
+    let owner = stage.join("tpo-run");
+    let ours = std::fs::read_to_string(&owner).unwrap();
+    assert_eq!(
+        ours,
+        std::fs::read_to_string(out.join("run-id")).unwrap(),
+        "the stage records the run that wrote it"
+    );
+    let r = tpo(&["train", "--resume", "--out", s(&out)]);
+    assert!(r.ok, "a finished run resumes to nothing: {}", r.stderr);
+    // Iteration 2 as if the run had stopped before finishing it, and iteration 1's policy:
+    // each stage written by someone else, or with no record of its writer.
+    std::fs::remove_file(out.join("iter-2").join("summary.json")).unwrap();
+    let first = out.join("iter-1").join("train").join("tpo-run");
+    for (which, foreign) in [
+        (&owner, Some("someone-else")),
+        (&owner, None),
+        (&first, Some("someone-else")),
+    ] {
+        std::fs::write(&owner, &ours).unwrap();
+        std::fs::write(&first, &ours).unwrap();
+        match foreign {
+            Some(id) => std::fs::write(which, id).unwrap(),
+            None => std::fs::remove_file(which).unwrap(),
+        }
+        let r = tpo(&["train", "--resume", "--out", s(&out)]);
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        let stage_dir = which.parent().unwrap().to_string_lossy().into_owned();
+        assert!(r.stderr.contains(&stage_dir), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("this run did not write it"),
+            "{}",
+            r.stderr
+        );
+        assert!(stage.join("model").join("config.json").exists());
     }
 }

@@ -119,10 +119,13 @@ fn dpo_drives_accuracy_to_one_and_margins_up() {
     let start = Model::load(&chat_fixture()).unwrap();
     let end = Model::load(&out.join("model")).unwrap();
     assert_ne!(start.params, end.params);
-    // Nothing temporary is left behind.
+    // Nothing temporary is left behind (the run's lock file stays, as documented).
     for e in std::fs::read_dir(&out).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
-        assert!(!name.starts_with('.'), "left {name}");
+        assert!(
+            !name.starts_with('.') || name == ".tpo-engine.lock",
+            "left {name}"
+        );
     }
 }
 
@@ -350,6 +353,13 @@ fn bad_pairs_are_refused_with_file_and_line() {
         &["bad.jsonl:1", "reference log-probs"],
     );
     expect_dpo_error(tmp.path(), "\n\n", &["bad.jsonl", "no pairs"]);
+    for (above_zero, shown) in [("0.5", "0.5"), ("1e308", "1e+308")] {
+        expect_dpo_error(
+            tmp.path(),
+            &format!("{{\"prompt\": \"Hi.\", \"chosen\": \"A.\", \"rejected\": \"B.\", \"ref_chosen_logps\": {above_zero}, \"ref_rejected_logps\": -4.0}}\n"),
+            &["bad.jsonl:1", "a log-probability", shown],
+        );
+    }
 }
 
 #[test]
@@ -502,4 +512,49 @@ fn dpo_with_bf16_products_learns_like_f32() {
         "{:?}",
         got[5]
     );
+}
+
+/// A second dpo cannot take a path inside a running dpo's output: the first keeps its
+/// directory and finishes where it was told to (two real processes).
+#[test]
+fn a_running_dpo_owns_its_output_directory() {
+    let tmp = TempDir::new().unwrap();
+    let pairs = write(&tmp.path().join("pairs.jsonl"), PAIRS);
+    let out = tmp.path().join("run");
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args(["--threads", "1", "dpo", "--model", s(&chat_fixture())])
+        .args(["--pairs", s(&pairs), "--out", s(&out), "--epochs", "10000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = out.join(".tpo-engine.lock");
+    let started = std::time::Instant::now();
+    while !lock.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = tpo(&[
+        "dpo",
+        "--model",
+        s(&chat_fixture()),
+        "--pairs",
+        s(&pairs),
+        "--out",
+        s(&out.join("model")),
+    ]);
+    let still_running = first.try_wait().unwrap().is_none();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(lock.exists(), "the first dpo never started");
+    assert!(
+        still_running,
+        "the first dpo ended too soon to test anything"
+    );
+    assert_eq!(second.code, Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("of a running tpo-engine"),
+        "{}",
+        second.stderr
+    );
+    assert!(!out.join("model").exists());
 }

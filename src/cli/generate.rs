@@ -90,6 +90,9 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
             args.batch_size
         );
     }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens 0: expected at least 1");
+    }
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");
     }
@@ -99,12 +102,13 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         .check_output("--out", &args.out)?;
     let device = super::open_device(device)?;
     let started = Instant::now();
-    let model = Model::load(&args.model)?;
+    // The prompts are read and checked before the weights: bad input costs no loading.
+    let config = Model::load_config(&args.model)?;
     let tokenizer = Tokenizer::load(&args.model)?;
     let eos = if args.ignore_eos {
         vec![]
     } else {
-        eos_ids(&args.model, &model.config, &tokenizer)?
+        eos_ids(&args.model, &config, &tokenizer)?
     };
     let mode = if args.no_chat_template {
         PromptMode::Raw
@@ -115,9 +119,10 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         &args.prompts,
         &tokenizer,
         mode,
-        model.config.vocab_size,
-        model.config.max_context,
+        config.vocab_size,
+        config.max_context,
     )?;
+    let model = Model::load_with_config(&args.model, config)?;
     let load_secs = started.elapsed().as_secs_f64();
 
     let opts = GenerateOptions {

@@ -4,7 +4,8 @@ use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
 use crate::backend::device::Placement;
 use crate::io::outputs::Inputs;
 use crate::tpo::config::{Reference, Sampling, TpoConfig};
-use crate::tpo::prompts::read_prompt_file;
+use crate::tpo::prompts::{prompt_line_limit, read_prompt_file};
+use crate::tpo::run::JudgeChanges;
 use crate::tpo::run::TpoRun;
 use crate::tpo::summary::table;
 use crate::tpo::thought::ThoughtPrompt;
@@ -120,14 +121,26 @@ pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
         .context("--out: the run directory is required")?;
     let device = super::open_device(device)?;
     let mut run = if args.resume {
+        // The judge may change: what it already scored stays; everything else is fixed by
+        // the run's saved configuration, and a flag that would change it is refused.
+        let defaults = default_args();
         let mut rest = args.clone();
         rest.resume = false;
+        let changes = JudgeChanges {
+            judge: rest.judge.take(),
+            timeout_secs: (rest.judge_timeout != defaults.judge_timeout)
+                .then_some(rest.judge_timeout),
+            retries: (rest.judge_retries != defaults.judge_retries).then_some(rest.judge_retries),
+        };
+        rest.judge_timeout = defaults.judge_timeout;
+        rest.judge_retries = defaults.judge_retries;
         if !only_demo_flags(&rest) {
-            eprintln!(
-                "--resume: the run's saved configuration is used; the other flags given are not"
+            bail!(
+                "--resume: the run's saved configuration ({}) fixes everything but the judge; give only --out and, to change the judge, --judge, --judge-timeout or --judge-retries (or start a new run)",
+                out.join("config.json").display()
             );
         }
-        TpoRun::resume(&out, "tpo")?
+        TpoRun::resume(&out, "tpo", &changes)?
     } else {
         let (cfg, pool, heldout) = resolve(&args)?;
         TpoRun::create(&out, cfg, pool, heldout, "tpo")?
@@ -144,14 +157,19 @@ pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
     Ok(())
 }
 
-/// Whether every flag but --out and --quick has its default.
-fn only_demo_flags(args: &TpoArgs) -> bool {
+/// `train`'s flags as they are when none is given.
+fn default_args() -> TpoArgs {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
         args: TpoArgs,
     }
-    let defaults = <Defaults as clap::Parser>::parse_from(["train"]).args;
+    <Defaults as clap::Parser>::parse_from(["train"]).args
+}
+
+/// Whether every flag but --out and --quick has its default.
+fn only_demo_flags(args: &TpoArgs) -> bool {
+    let defaults = default_args();
     let mut given = args.clone();
     given.out = None;
     given.quick = false;
@@ -182,9 +200,10 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
         .judge
         .clone()
         .context("--judge is required with --model")?;
-    let mut pool = read_prompt_file(prompts_path)?;
+    let max_line = prompt_line_limit(&model)?;
+    let mut pool = read_prompt_file(prompts_path, max_line)?;
     let heldout = match &args.heldout {
-        Some(path) => read_prompt_file(path)?,
+        Some(path) => read_prompt_file(path, max_line)?,
         None => {
             if args.heldout_prompts >= pool.len() {
                 bail!(

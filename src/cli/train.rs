@@ -5,6 +5,7 @@ use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
 use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
+use crate::model::config::ModelConfig;
 use crate::model::graph::ScoredSequence;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -137,21 +138,32 @@ const MAX_EPOCHS: usize = 10_000;
 const MAX_BATCH: usize = 65_536;
 
 /// A model with what is needed to encode its training text.
+/// What reading a command's data needs of its model: the config and the tokenizer. The
+/// weights are loaded after the data is read and checked (`weights`), so that bad input
+/// costs no loading.
 struct Loaded {
-    model: Model,
+    dir: PathBuf,
+    config: ModelConfig,
     tokenizer: Tokenizer,
     end_token: u32,
 }
 
 fn load(dir: &Path) -> Result<Loaded> {
-    let model = Model::load(dir)?;
+    let config = Model::load_config(dir)?;
     let tokenizer = Tokenizer::load(dir)?;
-    let end_token = end_token(dir, &model.config, &tokenizer)?;
+    let end_token = end_token(dir, &config, &tokenizer)?;
     Ok(Loaded {
-        model,
+        dir: dir.to_path_buf(),
+        config,
         tokenizer,
         end_token,
     })
+}
+
+impl Loaded {
+    fn weights(&self) -> Result<Model> {
+        Model::load_with_config(&self.dir, self.config.clone())
+    }
 }
 
 fn encoder<'a>(l: &'a Loaded, no_chat_template: bool) -> TextEncoder<'a> {
@@ -163,9 +175,23 @@ fn encoder<'a>(l: &'a Loaded, no_chat_template: bool) -> TextEncoder<'a> {
             PromptMode::Chat
         },
         end_token: l.end_token,
-        vocab_size: l.model.config.vocab_size,
-        max_context: l.model.config.max_context,
+        vocab_size: l.config.vocab_size,
+        max_context: l.config.max_context,
     }
+}
+
+/// Summed log-probs of each example's sequences under `model` (the DPO reference).
+fn reference_logps(
+    model: &Model,
+    device: &Device,
+    examples: &[Example],
+    micro_batch_tokens: usize,
+) -> Result<Vec<f64>> {
+    let bar = progress_bar(2 * examples.len(), "reference log-probs");
+    let logps = Engine::new(model, device)?
+        .score_examples(examples, micro_batch_tokens, &|n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    Ok(logps)
 }
 
 fn check_range(flag: &str, value: f64, ok: bool, expected: &str) -> Result<()> {
@@ -286,7 +312,14 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(pairs.len(), &cfg);
-    RunDir::check_free(&args.train.out)?;
+    let model = loaded.weights()?;
+    // The output is claimed (created and locked) before the work that fills it.
+    let mut run = RunDir::create(
+        &args.train.out,
+        &args.train.model,
+        args.train.optim.save_steps,
+        total,
+    )?;
 
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
@@ -303,33 +336,31 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         })
         .collect();
     if pairs[0].reference.is_none() {
-        let bar = progress_bar(2 * examples.len(), "reference log-probs");
-        let logps = Engine::new(&loaded.model, &device)?.score_examples(
-            &examples,
-            cfg.micro_batch_tokens,
-            &|n| bar.inc(n as u64),
-        )?;
-        bar.finish_and_clear();
-        if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
-            bail!(
-                "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
-                args.pairs.display(),
-                pairs[i / 2].line,
-                logps[i],
-                args.train.model.display()
-            );
-        }
-        for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
-            e.reference = lp.to_vec();
+        match reference_logps(&model, &device, &examples, cfg.micro_batch_tokens) {
+            Ok(logps) => match logps.iter().position(|x| !x.is_finite()) {
+                None => {
+                    for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
+                        e.reference = lp.to_vec();
+                    }
+                }
+                Some(i) => {
+                    run.discard();
+                    bail!(
+                        "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
+                        args.pairs.display(),
+                        pairs[i / 2].line,
+                        logps[i],
+                        args.train.model.display()
+                    );
+                }
+            },
+            Err(e) => {
+                run.discard();
+                return Err(e);
+            }
         }
     }
     let ref_secs = ref_started.elapsed().as_secs_f64();
-    let mut run = RunDir::create(
-        &args.train.out,
-        &args.train.model,
-        args.train.optim.save_steps,
-        total,
-    )?;
     let mut text = String::new();
     for (p, e) in pairs.iter().zip(&examples) {
         let mut line = p.source.clone();
@@ -344,7 +375,7 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         "{} pairs; reference log-probs in {ref_secs:.2}s; {total} updates",
         pairs.len()
     );
-    finish(loaded.model, &examples, &cfg, &mut run, &device)
+    finish(model, &examples, &cfg, &mut run, &device)
 }
 
 pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
@@ -361,6 +392,7 @@ pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
+    let model = loaded.weights()?;
     let mut run = RunDir::create(
         &args.train.out,
         &args.train.model,
@@ -376,7 +408,7 @@ pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
         })
         .collect();
     eprintln!("{} examples; {total} updates", data.len());
-    finish(loaded.model, &examples, &cfg, &mut run, &device)
+    finish(model, &examples, &cfg, &mut run, &device)
 }
 
 fn finish(
@@ -420,6 +452,7 @@ pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
     let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
+    let model = loaded.weights()?;
     let seqs: Vec<Vec<u32>> = data
         .iter()
         .map(|e| [e.prompt.as_slice(), &e.completion].concat())
@@ -434,9 +467,8 @@ pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
         .collect();
     let started = Instant::now();
     let bar = progress_bar(scored.len(), "sequences");
-    let logps =
-        Engine::new(&loaded.model, &device)?
-            .score(&scored, args.micro_batch_tokens, &|n| bar.inc(n as u64))?;
+    let logps = Engine::new(&model, &device)?
+        .score(&scored, args.micro_batch_tokens, &|n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let mut text = String::new();
     for ((e, lp), tokens) in data.iter().zip(&logps).zip(&seqs) {

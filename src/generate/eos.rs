@@ -18,17 +18,33 @@ pub fn eos_ids(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> Resul
         let ids = token_ids(value.get("eos_token_id"))
             .with_context(|| format!("{}: field `eos_token_id`", path.display()))?;
         if !ids.is_empty() {
-            return Ok(ids);
+            return in_vocab(ids, config, &path);
         }
     }
     if !config.eos_token_ids.is_empty() {
-        return Ok(config.eos_token_ids.clone());
+        return in_vocab(
+            config.eos_token_ids.clone(),
+            config,
+            &dir.join("config.json"),
+        );
     }
     Ok(tokenizer
         .eos_token()
         .and_then(|t| tokenizer.token_id(t))
         .into_iter()
         .collect())
+}
+
+/// `ids`, unless one is beyond the vocabulary (generation would never stop on it).
+fn in_vocab(ids: Vec<u32>, config: &ModelConfig, file: &Path) -> Result<Vec<u32>> {
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        anyhow::bail!(
+            "{}: field `eos_token_id`: token id {bad} is beyond the model's vocab_size {}, so generation would never stop on it",
+            file.display(),
+            config.vocab_size
+        );
+    }
+    Ok(ids)
 }
 
 /// The token that ends an assistant turn in training data: the tokenizer's EOS, else

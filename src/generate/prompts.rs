@@ -1,6 +1,7 @@
 //! Reading a prompts JSONL file: one `{"prompt": "..."}` or `{"messages": [...]}` per line,
 //! rendered and tokenized up front so bad input fails before any work is done.
 
+use crate::io::lines::for_each_line;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -35,18 +36,19 @@ pub fn read_prompts(
     vocab_size: usize,
     max_context: usize,
 ) -> Result<Vec<Prompt>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
     let mut prompts = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let prompt =
-            parse_line(line, tokenizer, mode, vocab_size, max_context, i + 1).with_context(at)?;
-        prompts.push(prompt);
-    }
+    let limit = tokenizer.input_line_limit(max_context);
+    for_each_line(path, "prompts", limit, |number, line| {
+        prompts.push(parse_line(
+            line,
+            tokenizer,
+            mode,
+            vocab_size,
+            max_context,
+            number,
+        )?);
+        Ok(())
+    })?;
     if prompts.is_empty() {
         bail!(
             "{}: no prompts (expected JSONL lines like {{\"prompt\": \"...\"}})",

@@ -68,7 +68,7 @@ fn same_file(out: &Path, target: &Path, input: &Path) -> bool {
 
 /// `path` made absolute with its longest existing ancestor canonicalized (symlinks and
 /// `..` resolved there) and the rest, which does not exist yet, appended as given.
-fn resolve(path: &Path) -> PathBuf {
+pub(crate) fn resolve(path: &Path) -> PathBuf {
     let absolute = match std::env::current_dir() {
         Ok(cwd) if path.is_relative() => cwd.join(path),
         _ => path.to_path_buf(),

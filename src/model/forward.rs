@@ -35,6 +35,12 @@ pub enum LogitRows {
 impl Model {
     /// Loads config.json and the safetensors weights of a causal LM's checkpoint directory.
     pub fn load(dir: &Path) -> Result<Model> {
+        Model::load_with_config(dir, Model::load_config(dir)?)
+    }
+
+    /// The config.json of a causal LM's checkpoint directory, for callers that check their
+    /// inputs before the weights are read.
+    pub fn load_config(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let config = ModelConfig::load(&path)?;
         if config.head != Head::CausalLm {
@@ -44,7 +50,7 @@ impl Model {
                 config.class_name()
             );
         }
-        Model::load_with_config(dir, config)
+        Ok(config)
     }
 
     /// Loads the safetensors weights of a checkpoint directory whose config.json gave

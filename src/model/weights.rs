@@ -87,39 +87,45 @@ fn is_plain_file_name(name: &str) -> bool {
 /// The header of a safetensors file: tensor name -> (dtype, shape), checked against the
 /// file's length so a truncated file is caught before any data is read.
 fn read_header(file: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
-    use std::io::Read;
-    let bad = |what: &str| {
-        anyhow::anyhow!(
-            "{}: not a valid safetensors file ({what}); is it truncated?",
-            file.display()
-        )
-    };
-    let mut f = std::fs::File::open(file)
+    let f = std::fs::File::open(file)
         .with_context(|| format!("cannot read weights {}", file.display()))?;
     let file_len = f
         .metadata()
         .with_context(|| format!("cannot read weights {}", file.display()))?
         .len();
+    parse_header(f, file_len).map_err(|what| {
+        anyhow::anyhow!(
+            "{}: not a valid safetensors file ({what}); is it truncated?",
+            file.display()
+        )
+    })
+}
+
+/// A safetensors header read from the start of a file of `file_len` bytes: each tensor's
+/// (name, dtype, shape), or what is wrong. At most 100 MiB of header is read, and every
+/// tensor's data must end within the file.
+pub fn parse_header(
+    mut f: impl std::io::Read,
+    file_len: u64,
+) -> std::result::Result<Vec<(String, String, Vec<usize>)>, &'static str> {
     let mut len_bytes = [0u8; 8];
-    f.read_exact(&mut len_bytes).map_err(|_| bad("no header"))?;
+    f.read_exact(&mut len_bytes).map_err(|_| "no header")?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > 100 << 20 || 8 + header_len > file_len {
-        return Err(bad("header length beyond the file"));
+        return Err("header length beyond the file");
     }
     let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|_| bad("short header"))?;
+    f.read_exact(&mut header).map_err(|_| "short header")?;
     let value: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
-    let map = value
-        .as_object()
-        .ok_or_else(|| bad("header is not a JSON object"))?;
+        serde_json::from_slice(&header).map_err(|_| "header is not JSON")?;
+    let map = value.as_object().ok_or("header is not a JSON object")?;
     let mut out = vec![];
     let mut data_end = 0u64;
     for (name, info) in map.iter().filter(|(n, _)| *n != "__metadata__") {
         let dtype = info
             .get("dtype")
             .and_then(|d| d.as_str())
-            .ok_or_else(|| bad("a tensor without dtype"))?;
+            .ok_or("a tensor without dtype")?;
         let shape: Option<Vec<usize>> = info
             .get("shape")
             .and_then(|s| s.as_array())
@@ -129,13 +135,13 @@ fn read_header(file: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
             .and_then(|o| o.get(1))
             .and_then(|e| e.as_u64());
         let (Some(shape), Some(end)) = (shape, end) else {
-            return Err(bad("a tensor without shape or data_offsets"));
+            return Err("a tensor without shape or data_offsets");
         };
         data_end = data_end.max(end);
         out.push((name.clone(), dtype.to_string(), shape));
     }
-    if 8 + header_len + data_end > file_len {
-        return Err(bad("data ends beyond the file"));
+    if (8 + header_len).saturating_add(data_end) > file_len {
+        return Err("data ends beyond the file");
     }
     Ok(out)
 }

@@ -154,7 +154,7 @@ pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
     for (label, thoughts) in [("tpo", true), ("direct", false)] {
         let dir = out.join(label);
         let mut run = if dir.join("config.json").exists() {
-            TpoRun::resume(&dir, label)?
+            TpoRun::resume(&dir, label, &Default::default())?
         } else {
             let cfg = config(&out.join("seed"), &plan, thoughts)?;
             let pool = task::make_prompts(

@@ -4,28 +4,26 @@
 use super::thought::ThoughtPrompt;
 use crate::generate::prompts::render_prompt;
 use crate::generate::PromptMode;
+use crate::io::lines::for_each_line;
+use crate::model::config::ModelConfig;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// Reads a prompts file: one JSON object per line, blank lines skipped. Errors name the line.
-pub fn read_prompt_file(path: &Path) -> Result<Vec<Map<String, Value>>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
+/// Reads a prompts file: one JSON object per line, blank lines skipped, each line at most
+/// `max_line` bytes (`prompt_line_limit`). Errors name the line.
+pub fn read_prompt_file(path: &Path, max_line: usize) -> Result<Vec<Map<String, Value>>> {
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let obj = match serde_json::from_str::<Value>(line).with_context(at)? {
+    for_each_line(path, "prompts", max_line, |_, line| {
+        let obj = match serde_json::from_str::<Value>(line)? {
             Value::Object(obj) => obj,
-            other => bail!("{}: expected a JSON object, found {other}", at()),
+            other => bail!("expected a JSON object, found {other}"),
         };
-        instruction(&obj).with_context(at)?;
+        instruction(&obj)?;
         out.push(obj);
-    }
+        Ok(())
+    })?;
     if out.is_empty() {
         bail!(
             "{}: no prompts (expected JSONL lines like {{\"prompt\": \"...\"}})",
@@ -33,6 +31,14 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<Map<String, Value>>> {
         );
     }
     Ok(out)
+}
+
+/// The longest prompt line worth reading for the model in `model_dir`: what its context
+/// could take (`Tokenizer::input_line_limit`).
+pub fn prompt_line_limit(model_dir: &Path) -> Result<usize> {
+    let config = ModelConfig::load(&model_dir.join("config.json"))?;
+    let tokenizer = Tokenizer::load(model_dir)?;
+    Ok(tokenizer.input_line_limit(config.max_context))
 }
 
 /// The instruction as a judge sees it: the "prompt" text, or the last user message.
@@ -161,7 +167,7 @@ mod tests {
         ];
         for (text, at, why) in cases {
             std::fs::write(&path, text).unwrap();
-            let err = format!("{:#}", read_prompt_file(&path).unwrap_err());
+            let err = format!("{:#}", read_prompt_file(&path, 1 << 20).unwrap_err());
             assert!(err.contains(at) && err.contains(why), "{text:?}: {err}");
         }
     }

@@ -22,7 +22,7 @@
 use super::config::TpoConfig;
 use super::json_files::{read_json, read_jsonl, write_jsonl};
 use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
-use super::prompts::read_prompt_file;
+use super::prompts::{prompt_line_limit, read_prompt_file};
 use super::stages::*;
 use super::summary::{self, IterationSummary};
 use crate::backend::device::Device;
@@ -30,6 +30,7 @@ use crate::backend::rng::splitmix64;
 use crate::backend::settings::SamplingParams;
 use crate::engine::train;
 use crate::generate::{end_token, eos_ids, PromptMode};
+use crate::io::run_lock::RunLock;
 use crate::model::{Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::run::RunDir;
@@ -48,6 +49,41 @@ pub struct TpoRun {
     judge: Box<dyn Judge>,
     pool: Vec<Map<String, Value>>,
     heldout: Vec<Map<String, Value>>,
+    /// This process's hold on `dir` (from creation or resumption on).
+    lock: Option<RunLock>,
+    /// The id in `dir/run-id`, recorded in each training stage it writes (None for a run
+    /// made before ids were kept).
+    run_id: Option<String>,
+}
+
+/// The file of a run's id, and the file in a training stage's directory naming the run
+/// that wrote it.
+const RUN_ID: &str = "run-id";
+const STAGE_OWNER: &str = "tpo-run";
+
+/// What `--resume` may change of a run's saved configuration: the judge and how it is
+/// called. Scores already written stay; the stages still to run use the new judge.
+#[derive(Clone, Debug, Default)]
+pub struct JudgeChanges {
+    pub judge: Option<String>,
+    pub timeout_secs: Option<f64>,
+    pub retries: Option<usize>,
+}
+
+impl JudgeChanges {
+    /// Applies the changes to `cfg`; whether any was given.
+    fn apply(&self, cfg: &mut TpoConfig) -> bool {
+        if let Some(judge) = &self.judge {
+            cfg.judge = judge.clone();
+        }
+        if let Some(t) = self.timeout_secs {
+            cfg.judge_timeout_secs = t;
+        }
+        if let Some(r) = self.retries {
+            cfg.judge_retries = r;
+        }
+        self.judge.is_some() || self.timeout_secs.is_some() || self.retries.is_some()
+    }
 }
 
 /// Stage seeds: one stream per (run seed, iteration, stage).
@@ -66,7 +102,8 @@ impl TpoRun {
         label: &str,
     ) -> Result<TpoRun> {
         RunDir::check_free(dir)?;
-        let run = Self::open(dir, cfg, pool, heldout, label)?;
+        RunLock::check_not_inside_a_running(dir)?;
+        let mut run = Self::open(dir, cfg, pool, heldout, label)?;
         // Every prompt must fit the model before anything is written.
         let all: Vec<&Map<String, Value>> = run.pool.iter().chain(&run.heldout).collect();
         for (i, p) in all.iter().enumerate() {
@@ -80,29 +117,86 @@ impl TpoRun {
                 .with_context(|| what.clone())?;
         }
         // The directory appears whole, or not at all: a kill here leaves nothing to resume.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let run_id = format!("{nanos:x}-{}", std::process::id());
         replace_empty_dir(dir, |tmp| {
             write_jsonl(&tmp.join("prompts.jsonl"), &run.pool)?;
             write_jsonl(&tmp.join("heldout.jsonl"), &run.heldout)?;
+            crate::io::write_atomic(&tmp.join(RUN_ID), run_id.as_bytes())?;
             run.cfg.save(&tmp.join("config.json"))
         })?;
+        run.lock = Some(RunLock::acquire(dir)?);
+        run.run_id = Some(run_id);
         Ok(run)
     }
 
     /// Reopens a run made by `create`, to resume it.
-    pub fn resume(dir: &Path, label: &str) -> Result<TpoRun> {
-        let cfg = TpoConfig::load(&dir.join("config.json"))?;
-        let pool = read_prompt_file(&dir.join("prompts.jsonl"))?;
+    pub fn resume(dir: &Path, label: &str, changes: &JudgeChanges) -> Result<TpoRun> {
+        if !dir.join("config.json").is_file() {
+            bail!("{}: no run to resume here (no config.json)", dir.display());
+        }
+        // Held before anything is read or removed: a running run's files are its own.
+        let lock = RunLock::acquire(dir)?;
+        let mut cfg = TpoConfig::load(&dir.join("config.json"))?;
+        let changed = changes.apply(&mut cfg);
+        let max_line = prompt_line_limit(&cfg.model)?;
+        let pool = read_prompt_file(&dir.join("prompts.jsonl"), max_line)?;
         let heldout = if dir
             .join("heldout.jsonl")
             .metadata()
             .is_ok_and(|m| m.len() > 0)
         {
-            read_prompt_file(&dir.join("heldout.jsonl"))?
+            read_prompt_file(&dir.join("heldout.jsonl"), max_line)?
         } else {
             vec![]
         };
         remove_temporaries(dir)?;
-        Self::open(dir, cfg, pool, heldout, label)
+        let mut run = Self::open(dir, cfg, pool, heldout, label)?;
+        if changed {
+            // Checked and opened: the judge of the rest of the run, recorded.
+            run.cfg.save(&dir.join("config.json"))?;
+            eprintln!(
+                "[{label}] --resume: judging from here on with {}",
+                run.cfg.judge
+            );
+        }
+        run.lock = Some(lock);
+        run.run_id = match std::fs::read_to_string(dir.join(RUN_ID)) {
+            Ok(id) => Some(id.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => bail!("cannot read {}: {e}", dir.join(RUN_ID).display()),
+        };
+        Ok(run)
+    }
+
+    /// An error when `stage` (a training stage's directory) exists but another run wrote it:
+    /// a run never adopts, nor removes, what it did not write.
+    fn check_stage_owner(&self, stage: &Path) -> Result<()> {
+        let Some(id) = &self.run_id else {
+            return Ok(());
+        };
+        if !stage.exists() {
+            return Ok(());
+        }
+        // A stage killed before it recorded its owner has no model yet and is redone.
+        let owner = match std::fs::read_to_string(stage.join(STAGE_OWNER)) {
+            Ok(owner) => owner,
+            Err(_) if !stage.join("model").exists() => return Ok(()),
+            Err(_) => String::new(),
+        };
+        if owner.trim() != id {
+            bail!(
+                "{}: this run did not write it (another command's output?); move it away to let the run train iteration {} itself",
+                stage.display(),
+                stage
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map_or_else(String::new, |n| n.to_string_lossy().replace("iter-", ""))
+            );
+        }
+        Ok(())
     }
 
     fn open(
@@ -163,6 +257,8 @@ impl TpoRun {
             judge,
             pool,
             heldout,
+            lock: None,
+            run_id: None,
         })
     }
 
@@ -216,6 +312,10 @@ impl TpoRun {
         let done = dir.join("summary.json");
         if done.exists() {
             return read_json(&done);
+        }
+        // This iteration starts from the policy of the one before: this run's own.
+        if t > 1 {
+            self.check_stage_owner(&self.iter_dir(t - 1).join("train"))?;
         }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -421,6 +521,7 @@ impl TpoRun {
     /// DPO on the pairs, from the policy of iteration t-1; the checkpoint is train/model.
     fn train_stage(&mut self, t: usize) -> Result<bool> {
         let train_dir = self.iter_dir(t).join("train");
+        self.check_stage_owner(&train_dir)?;
         if train_dir.join("model").exists() || self.iter_dir(t).join("no-pairs").exists() {
             return Ok(false);
         }
@@ -490,6 +591,9 @@ impl TpoRun {
         let source = self.model_dir(t - 1);
         let mut model = Model::load(&source)?;
         let mut sink = RunDir::create(&train_dir, &source, self.cfg.save_steps, total)?;
+        if let Some(id) = &self.run_id {
+            crate::io::write_atomic(&train_dir.join(STAGE_OWNER), id.as_bytes())?;
+        }
         let result = train(&mut model, &examples, &cfg, &mut sink, &self.rt.device);
         sink.finish_progress();
         result.with_context(|| format!("iteration {t}: training"))?;

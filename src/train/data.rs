@@ -8,6 +8,7 @@
 
 use crate::generate::prompts::render_prompt;
 use crate::generate::PromptMode;
+use crate::io::lines::for_each_line;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
@@ -96,7 +97,7 @@ impl TextEncoder<'_> {
 
 /// Reads a pairs JSONL file. Reference log-probs must be given on every line or on none.
 pub fn read_pairs(path: &Path, enc: &TextEncoder) -> Result<Vec<PairExample>> {
-    let pairs = read_jsonl(path, "pairs", |line, source, obj| {
+    let pairs = read_jsonl(path, "pairs", enc, |line, source, obj| {
         let prompt = enc.prompt(obj)?;
         let chosen = enc.completion(obj, "chosen", &prompt)?;
         let rejected = enc.completion(obj, "rejected", &prompt)?;
@@ -134,7 +135,7 @@ pub fn read_pairs(path: &Path, enc: &TextEncoder) -> Result<Vec<PairExample>> {
 
 /// Reads a JSONL file of `prompt` (or `messages`) and `completion`.
 pub fn read_completions(path: &Path, enc: &TextEncoder) -> Result<Vec<CompletionExample>> {
-    read_jsonl(path, "examples", |line, source, obj| {
+    read_jsonl(path, "examples", enc, |line, source, obj| {
         let prompt = enc.prompt(obj)?;
         let completion = enc.completion(obj, "completion", &prompt)?;
         Ok(CompletionExample {
@@ -148,33 +149,29 @@ pub fn read_completions(path: &Path, enc: &TextEncoder) -> Result<Vec<Completion
 
 fn log_prob(field: &str, v: &Value) -> Result<f64> {
     match v.as_f64() {
-        Some(x) if x.is_finite() => Ok(x),
-        _ => bail!("\"{field}\" must be a finite number, found {v}"),
+        Some(x) if x.is_finite() && x <= 0.0 => Ok(x),
+        _ => bail!("\"{field}\" must be a log-probability: a finite number <= 0, found {v}"),
     }
 }
 
 /// Parses each non-blank line of a JSONL file as an object and hands it to `parse` with its
-/// 1-based line number; errors name `file:line`.
+/// 1-based line number; errors name `file:line`. Lines are read one at a time, each bounded
+/// by what `enc`'s model could take.
 fn read_jsonl<T>(
     path: &Path,
     what: &str,
+    enc: &TextEncoder,
     parse: impl Fn(usize, Value, &Map<String, Value>) -> Result<T>,
 ) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {what} file {}", path.display()))?;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let source: Value = serde_json::from_str(line)
-            .context("not valid JSON")
-            .with_context(at)?;
+    let limit = enc.tokenizer.input_line_limit(enc.max_context);
+    for_each_line(path, what, limit, |number, line| {
+        let source: Value = serde_json::from_str(line).context("not valid JSON")?;
         let obj = source.as_object().cloned();
-        let obj = obj.context("expected a JSON object").with_context(at)?;
-        out.push(parse(i + 1, source, &obj).with_context(at)?);
-    }
+        let obj = obj.context("expected a JSON object")?;
+        out.push(parse(number, source, &obj)?);
+        Ok(())
+    })?;
     if out.is_empty() {
         bail!(
             "{}: no {what} (the file has no JSONL lines)",

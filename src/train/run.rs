@@ -11,6 +11,7 @@
 
 use super::trainer::RunSink;
 use crate::checkpoint::save_checkpoint;
+use crate::io::run_lock::{RunLock, LOCK_FILE};
 use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +28,10 @@ pub struct RunDir {
     metrics: std::fs::File,
     bar: ProgressBar,
     saved: Vec<usize>,
+    /// Held from creation to the end of the run.
+    _lock: RunLock,
+    /// Whether OUT did not exist before this run.
+    created: bool,
 }
 
 impl RunDir {
@@ -57,7 +62,21 @@ impl RunDir {
         total_steps: usize,
     ) -> Result<RunDir> {
         Self::check_free(out)?;
+        RunLock::check_not_inside_a_running(out)?;
+        let created = !out.exists();
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let lock = RunLock::acquire(out)?;
+        // Another run may have claimed OUT between the check and the lock.
+        let others = std::fs::read_dir(out)
+            .with_context(|| format!("cannot read {}", out.display()))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name() != LOCK_FILE);
+        if others {
+            bail!(
+                "{}: another run wrote into it as this one started; choose a new output directory",
+                out.display()
+            );
+        }
         let path = out.join("metrics.jsonl");
         let metrics = std::fs::File::create(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
@@ -75,7 +94,23 @@ impl RunDir {
             metrics,
             bar,
             saved: vec![],
+            _lock: lock,
+            created,
         })
+    }
+
+    /// Gives OUT back as it was before `create` (absent, or empty), for a run that failed
+    /// before it wrote anything worth keeping.
+    pub fn discard(self) {
+        let out = self.out.clone();
+        let created = self.created;
+        drop(self);
+        if created {
+            let _ = std::fs::remove_dir_all(&out);
+        } else {
+            let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+            let _ = std::fs::remove_file(out.join(LOCK_FILE));
+        }
     }
 
     pub fn checkpoint_dir(&self, step: usize) -> PathBuf {

@@ -178,48 +178,7 @@ impl Runner {
             summary,
             stderr: run.stderr.clone(),
         };
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        let mut lines: Vec<&str> = stdout
-            .split('\n')
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
-            .collect();
-        while lines.last().is_some_and(|l| l.trim().is_empty()) {
-            lines.pop();
-        }
-        if lines.len() != n {
-            let mut s = format!(
-                "it answered {} line{} for {n} request{} (one answer line per request line is expected)",
-                lines.len(),
-                if lines.len() == 1 { "" } else { "s" },
-                if n == 1 { "" } else { "s" },
-            );
-            if let Some(first) = lines.first() {
-                s.push_str(&format!(
-                    "; its first line: {}",
-                    quote(first, LINE_QUOTE_CHARS)
-                ));
-            }
-            return Err(fail(s));
-        }
-        let mut out = Vec::with_capacity(n);
-        for (i, line) in lines.iter().enumerate() {
-            let problem = match serde_json::from_str::<Value>(line) {
-                Err(e) => format!("is not valid JSON ({e})"),
-                Ok(v) => match parse(&v) {
-                    Ok(t) => {
-                        out.push(t);
-                        continue;
-                    }
-                    Err(e) => e,
-                },
-            };
-            return Err(fail(format!(
-                "answer line {} of {n} {problem}: {}",
-                i + 1,
-                quote(line, LINE_QUOTE_CHARS)
-            )));
-        }
-        Ok(out)
+        parse_answers(&run.stdout, n, parse).map_err(fail)
     }
 
     /// Runs the command once on `input`: its stdout and stderr if it exits with status 0
@@ -356,6 +315,68 @@ fn kill_group(pid: u32) {
             }
         }
     }
+}
+
+/// A judge command's stdout as `n` answers, one JSON line each (trailing blank lines and
+/// `\r` line ends ignored), each read by `parse`; or what is wrong with it, quoting the
+/// line at fault.
+pub fn parse_answers<T>(
+    stdout: &[u8],
+    n: usize,
+    parse: &impl Fn(&Value) -> std::result::Result<T, String>,
+) -> std::result::Result<Vec<T>, String> {
+    let stdout = String::from_utf8_lossy(stdout);
+    let mut lines: Vec<&str> = stdout
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+    if lines.len() != n {
+        let mut s = format!(
+            "it answered {} line{} for {n} request{} (one answer line per request line is expected)",
+            lines.len(),
+            if lines.len() == 1 { "" } else { "s" },
+            if n == 1 { "" } else { "s" },
+        );
+        if let Some(first) = lines.first() {
+            s.push_str(&format!(
+                "; its first line: {}",
+                quote(first, LINE_QUOTE_CHARS)
+            ));
+        }
+        return Err(s);
+    }
+    let mut out = Vec::with_capacity(n);
+    for (i, line) in lines.iter().enumerate() {
+        let problem = match serde_json::from_str::<Value>(line) {
+            Err(e) => format!("is not valid JSON ({e})"),
+            Ok(v) => match parse(&v) {
+                Ok(t) => {
+                    out.push(t);
+                    continue;
+                }
+                Err(e) => e,
+            },
+        };
+        return Err(format!(
+            "answer line {} of {n} {problem}: {}",
+            i + 1,
+            quote(line, LINE_QUOTE_CHARS)
+        ));
+    }
+    Ok(out)
+}
+
+/// Pointwise answers: a finite "score" each.
+pub fn parse_scores(stdout: &[u8], n: usize) -> std::result::Result<Vec<f64>, String> {
+    parse_answers(stdout, n, &parse_score)
+}
+
+/// Pairwise answers: a "preference" of "a", "b" or "tie" each.
+pub fn parse_preferences(stdout: &[u8], n: usize) -> std::result::Result<Vec<Preference>, String> {
+    parse_answers(stdout, n, &parse_preference)
 }
 
 /// `s` without trailing whitespace, cut to `max` characters.
