@@ -84,9 +84,12 @@ fn is_plain_file_name(name: &str) -> bool {
     )
 }
 
+/// One tensor of a safetensors header: (name, dtype, shape).
+pub type TensorHeader = (String, String, Vec<usize>);
+
 /// The header of a safetensors file: tensor name -> (dtype, shape), checked against the
 /// file's length so a truncated file is caught before any data is read.
-fn read_header(file: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
+fn read_header(file: &Path) -> Result<Vec<TensorHeader>> {
     let f = std::fs::File::open(file)
         .with_context(|| format!("cannot read weights {}", file.display()))?;
     let file_len = f
@@ -107,7 +110,7 @@ fn read_header(file: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
 pub fn parse_header(
     mut f: impl std::io::Read,
     file_len: u64,
-) -> std::result::Result<Vec<(String, String, Vec<usize>)>, &'static str> {
+) -> std::result::Result<Vec<TensorHeader>, &'static str> {
     let mut len_bytes = [0u8; 8];
     f.read_exact(&mut len_bytes).map_err(|_| "no header")?;
     let header_len = u64::from_le_bytes(len_bytes);
@@ -275,7 +278,7 @@ pub fn load_weights(
 }
 
 /// The checkpoint's headers, file by file: (name, dtype, shape) of each tensor.
-type Headers = [(PathBuf, Vec<(String, String, Vec<usize>)>)];
+type Headers = [(PathBuf, Vec<TensorHeader>)];
 
 /// An error unless the weights hold every layer 0..num_hidden_layers of the config: asked
 /// of the headers' tensor names (`model.layers.N.`), before anything is sized by the count.
