@@ -13,6 +13,7 @@ pub mod cli;
 pub mod engine;
 pub mod generate;
 pub mod io;
+pub mod memory;
 pub mod model;
 pub mod tiny;
 pub mod tokenizer;

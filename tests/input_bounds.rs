@@ -169,3 +169,72 @@ fn a_byte_order_mark_is_accepted_and_bad_utf8_is_named_by_line() {
         .collect::<Vec<_>>());
     refused(bad, &["p.jsonl:2", "not valid UTF-8"]);
 }
+
+/// A command whose buffers would not fit the memory available stops before loading, naming
+/// the figures and the flag to lower (the available memory set low through
+/// TPO_MEMORY_AVAILABLE; what the small checkpoint needs is a few MiB).
+#[test]
+fn a_run_that_cannot_fit_the_memory_stops_before_loading() {
+    let tmp = TempDir::new().unwrap();
+    let model = chat_fixture();
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hi\"}\n").unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prompt\": \"Say hello.\", \"chosen\": \"Hello!\", \"rejected\": \"No.\"}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let run_dir = tmp.path().join("run");
+    let with_memory = |bytes: &str, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+            .env("TPO_MEMORY_AVAILABLE", bytes)
+            .args(["--threads", "2"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let generate = [
+        "generate",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&prompts),
+        "--max-new-tokens",
+        "2",
+        "--out",
+        s(&out),
+    ];
+    let (code, err) = with_memory("100000", &generate);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("generate would need about"), "{err}");
+    assert!(
+        err.contains("KV caches of 1 sequences") && err.contains("--batch-size"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let (code, err) = with_memory("1000000000", &generate);
+    assert_eq!(code, Some(0), "{err}");
+
+    let dpo = [
+        "dpo",
+        "--model",
+        s(&model),
+        "--pairs",
+        s(&pairs),
+        "--out",
+        s(&run_dir),
+    ];
+    let (code, err) = with_memory("100000", &dpo);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("dpo would need about") && err.contains("--micro-batch-tokens"),
+        "{err}"
+    );
+    assert!(!run_dir.exists());
+}

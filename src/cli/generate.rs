@@ -1,11 +1,12 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
-use crate::backend::device::Placement;
+use crate::backend::device::{Device, Placement};
 use crate::backend::settings::SamplingParams;
 use crate::engine::Engine;
 use crate::generate::{eos_ids, read_prompts, GenerateOptions, PromptMode};
 use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
+use crate::memory;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
@@ -122,6 +123,18 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         config.vocab_size,
         config.max_context,
     )?;
+    let longest = prompts.iter().map(|p| p.token_ids.len()).max().unwrap_or(0);
+    let seqs = args
+        .batch_size
+        .min(prompts.len().saturating_mul(args.samples));
+    let positions = (longest + args.max_new_tokens).min(config.max_context);
+    // On the CPU, generation keeps its weights packed (at most 4 bytes a parameter).
+    let kept = if matches!(device, Device::Cpu(_)) {
+        4
+    } else {
+        0
+    };
+    memory::generation(&config, seqs, positions, kept).check("generate")?;
     let model = Model::load_with_config(&args.model, config)?;
     let load_secs = started.elapsed().as_secs_f64();
 

@@ -5,6 +5,7 @@ use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
 use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
+use crate::memory;
 use crate::model::config::ModelConfig;
 use crate::model::graph::ScoredSequence;
 use crate::model::Model;
@@ -312,6 +313,7 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(pairs.len(), &cfg);
+    memory::training(&loaded.config, cfg.micro_batch_tokens).check("dpo")?;
     let model = loaded.weights()?;
     // The output is claimed (created and locked) before the work that fills it.
     let mut run = RunDir::create(
@@ -392,6 +394,7 @@ pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
+    memory::training(&loaded.config, cfg.micro_batch_tokens).check("sft")?;
     let model = loaded.weights()?;
     let mut run = RunDir::create(
         &args.train.out,

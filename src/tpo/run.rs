@@ -106,15 +106,33 @@ impl TpoRun {
         let mut run = Self::open(dir, cfg, pool, heldout, label)?;
         // Every prompt must fit the model before anything is written.
         let all: Vec<&Map<String, Value>> = run.pool.iter().chain(&run.heldout).collect();
+        let mut longest = 0;
         for (i, p) in all.iter().enumerate() {
             let what = if i < run.pool.len() {
                 format!("training prompt {}", i + 1)
             } else {
                 format!("held-out prompt {}", i + 1 - run.pool.len())
             };
-            run.rt
+            let ids = run
+                .rt
                 .render_all(&run.cfg, &[p], run.thoughts())
                 .with_context(|| what.clone())?;
+            longest = longest.max(ids.iter().map(Vec::len).max().unwrap_or(0));
+        }
+        // The larger of its two big stages must fit: sampling and DPO.
+        let model = ModelConfig::load(&run.cfg.model.join("config.json"))?;
+        let s = &run.cfg.sampling;
+        let seqs = s
+            .batch_size
+            .min(run.cfg.prompts_per_iteration.saturating_mul(s.samples));
+        let positions = (longest + s.max_new_tokens).min(model.max_context);
+        let sampling = crate::memory::generation(&model, seqs, positions, 4)
+            .lowered_by("--gen-batch-size (or --max-new-tokens)");
+        let training = crate::memory::training(&model, run.cfg.micro_batch_tokens);
+        if sampling.total() > training.total() {
+            sampling.check("train (its sampling stage)")?;
+        } else {
+            training.check("train (its DPO stage)")?;
         }
         // The directory appears whole, or not at all: a kill here leaves nothing to resume.
         let nanos = std::time::SystemTime::now()

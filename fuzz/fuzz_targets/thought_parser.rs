@@ -1,0 +1,16 @@
+//! The thought/response parser on arbitrary completions, for every built-in thought prompt:
+//! a split that lies within the text, or a reason it is malformed; never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tpo_engine::tpo::thought::{Parsed, ThoughtPrompt};
+
+fuzz_target!(|text: &str| {
+    for name in ["generic", "specific"] {
+        let prompt = ThoughtPrompt::resolve(name).unwrap();
+        if let Parsed::Ok { thought, response } = prompt.parse(text) {
+            assert!(!response.trim().is_empty(), "an empty response was accepted");
+            assert!(text.contains(thought) && text.contains(response));
+        }
+    }
+});
