@@ -93,6 +93,22 @@ pub fn generation(cfg: &ModelConfig, seqs: usize, positions: usize, kept_bytes: 
     }
 }
 
+/// Scoring (log-probs) in micro-batches of `tokens`: the weights and one micro-batch's
+/// forward activations, none kept for a backward.
+pub fn scoring(cfg: &ModelConfig, tokens: usize) -> Need {
+    let per_token = 4 * (4 * cfg.hidden_size + 2 * cfg.kv_dim() + 3 * cfg.intermediate_size) as u64;
+    Need {
+        parts: vec![
+            ("weights".into(), params(cfg).saturating_mul(4)),
+            (
+                format!("activations of {tokens}-token micro-batches"),
+                (tokens as u64).saturating_mul(per_token),
+            ),
+        ],
+        lower: "--micro-batch-tokens",
+    }
+}
+
 /// Training on micro-batches of `tokens`: f32 weights, gradients, AdamW's two moments and
 /// the roll-back copy (20 bytes a parameter), and the activations the backward keeps.
 pub fn training(cfg: &ModelConfig, tokens: usize) -> Need {

@@ -237,4 +237,25 @@ fn a_run_that_cannot_fit_the_memory_stops_before_loading() {
         "{err}"
     );
     assert!(!run_dir.exists());
+
+    let data = tmp.path().join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"Say hello.\", \"completion\": \"Hello!\"}\n",
+    )
+    .unwrap();
+    let scores = tmp.path().join("scores.jsonl");
+    let logprobs = [
+        "logprobs",
+        "--model",
+        s(&model),
+        "--input",
+        s(&data),
+        "--out",
+        s(&scores),
+    ];
+    let (code, err) = with_memory("100000", &logprobs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("logprobs would need about"), "{err}");
+    assert!(!scores.exists());
 }

@@ -455,6 +455,7 @@ pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
     let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
+    memory::scoring(&loaded.config, args.micro_batch_tokens).check("logprobs")?;
     let model = loaded.weights()?;
     let seqs: Vec<Vec<u32>> = data
         .iter()
