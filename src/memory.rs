@@ -73,6 +73,16 @@ fn params(cfg: &ModelConfig) -> u64 {
     cfg.parameter_count().unwrap_or(usize::MAX) as u64
 }
 
+/// 4 bytes x the sum of `terms` (count, size) products, saturating: a hostile config's
+/// sizes can neither overflow nor panic here.
+fn floats(terms: &[(u64, usize)]) -> u64 {
+    terms
+        .iter()
+        .map(|&(n, size)| n.saturating_mul(size as u64))
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(4)
+}
+
 /// Generation of `seqs` sequences at once (`--batch-size`, or fewer), each up to `positions`
 /// tokens long, with `kept_bytes` per parameter of kept weight packings.
 pub fn generation(cfg: &ModelConfig, seqs: usize, positions: usize, kept_bytes: u64) -> Need {
@@ -80,8 +90,8 @@ pub fn generation(cfg: &ModelConfig, seqs: usize, positions: usize, kept_bytes: 
     let kv = (seqs as u64)
         .saturating_mul(positions as u64)
         .saturating_mul(cfg.num_hidden_layers as u64)
-        .saturating_mul(2 * cfg.kv_dim() as u64 * 4);
-    let logits = (seqs as u64).saturating_mul(cfg.vocab_size as u64 * 4);
+        .saturating_mul(floats(&[(2, cfg.kv_dim())]));
+    let logits = (seqs as u64).saturating_mul(floats(&[(1, cfg.vocab_size)]));
     Need {
         parts: vec![
             ("weights".into(), p.saturating_mul(4)),
@@ -96,7 +106,11 @@ pub fn generation(cfg: &ModelConfig, seqs: usize, positions: usize, kept_bytes: 
 /// Scoring (log-probs) in micro-batches of `tokens`: the weights and one micro-batch's
 /// forward activations, none kept for a backward.
 pub fn scoring(cfg: &ModelConfig, tokens: usize) -> Need {
-    let per_token = 4 * (4 * cfg.hidden_size + 2 * cfg.kv_dim() + 3 * cfg.intermediate_size) as u64;
+    let per_token = floats(&[
+        (4, cfg.hidden_size),
+        (2, cfg.kv_dim()),
+        (3, cfg.intermediate_size),
+    ]);
     Need {
         parts: vec![
             ("weights".into(), params(cfg).saturating_mul(4)),
@@ -113,9 +127,12 @@ pub fn scoring(cfg: &ModelConfig, tokens: usize) -> Need {
 /// the roll-back copy (20 bytes a parameter), and the activations the backward keeps.
 pub fn training(cfg: &ModelConfig, tokens: usize) -> Need {
     let p = params(cfg);
-    let per_token_layer = 4
-        * (6 * cfg.hidden_size + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.intermediate_size)
-            as u64;
+    let per_token_layer = floats(&[
+        (6, cfg.hidden_size),
+        (2, cfg.q_dim()),
+        (2, cfg.kv_dim()),
+        (3, cfg.intermediate_size),
+    ]);
     let acts = (tokens as u64)
         .saturating_mul(cfg.num_hidden_layers as u64)
         .saturating_mul(per_token_layer);

@@ -638,6 +638,16 @@ fn a_running_run_directory_has_one_owner() {
         s(&intruder),
     ]);
     let resume = tpo(&["train", "--resume", "--out", s(&out)]);
+    let stray = out.join("iter-1").join("mine.jsonl");
+    let generate = tpo(&[
+        "generate",
+        "--model",
+        s(&chat_fixture()),
+        "--prompts",
+        s(&prompts(tmp.path(), 1)),
+        "--out",
+        s(&stray),
+    ]);
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(dpo.code, Some(1), "{}", dpo.stderr);
@@ -653,6 +663,13 @@ fn a_running_run_directory_has_one_owner() {
         "{}",
         resume.stderr
     );
+    assert_eq!(generate.code, Some(1), "{}", generate.stderr);
+    assert!(
+        generate.stderr.contains("--out") && generate.stderr.contains("of a running tpo-engine"),
+        "{}",
+        generate.stderr
+    );
+    assert!(!stray.exists());
 }
 
 /// A run never adopts a training stage another command wrote into its directory while it

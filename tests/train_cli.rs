@@ -558,3 +558,21 @@ fn a_running_dpo_owns_its_output_directory() {
     );
     assert!(!out.join("model").exists());
 }
+
+/// What a dpo killed before its first update leaves (its released lock and an empty metrics
+/// file) does not block the rerun into the same --out.
+#[test]
+fn a_dpo_killed_before_its_first_update_can_be_rerun_in_place() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    write(&out.join(".tpo-engine.lock"), "12345\n");
+    write(&out.join("metrics.jsonl"), "");
+    let (run, out) = dpo(tmp.path(), "run", &[]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(out.join("model").join("config.json").exists());
+    // A metrics file with content is a real run's: refused.
+    let (again, _) = dpo(tmp.path(), "run", &[]);
+    assert_eq!(again.code, Some(1), "{}", again.stderr);
+    assert!(again.stderr.contains("not empty"), "{}", again.stderr);
+}

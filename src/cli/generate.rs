@@ -123,18 +123,16 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         config.vocab_size,
         config.max_context,
     )?;
-    let longest = prompts.iter().map(|p| p.token_ids.len()).max().unwrap_or(0);
-    let seqs = args
-        .batch_size
-        .min(prompts.len().saturating_mul(args.samples));
-    let positions = (longest + args.max_new_tokens).min(config.max_context);
-    // On the CPU, generation keeps its weights packed (at most 4 bytes a parameter).
-    let kept = if matches!(device, Device::Cpu(_)) {
-        4
-    } else {
-        0
-    };
-    memory::generation(&config, seqs, positions, kept).check("generate")?;
+    if let Device::Cpu(cpu) = &device {
+        let longest = prompts.iter().map(|p| p.token_ids.len()).max().unwrap_or(0);
+        let seqs = args
+            .batch_size
+            .min(prompts.len().saturating_mul(args.samples));
+        let positions = longest
+            .saturating_add(args.max_new_tokens)
+            .min(config.max_context);
+        memory::generation(&config, seqs, positions, cpu.kept_bytes()).check("generate")?;
+    }
     let model = Model::load_with_config(&args.model, config)?;
     let load_secs = started.elapsed().as_secs_f64();
 

@@ -143,7 +143,7 @@ pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
         TpoRun::resume(&out, "tpo", &changes)?
     } else {
         let (cfg, pool, heldout) = resolve(&args)?;
-        TpoRun::create(&out, cfg, pool, heldout, "tpo")?
+        TpoRun::create(&out, cfg, pool, heldout, "tpo", &device)?
     };
     run.set_device(device)?;
     let thoughts = run.cfg.thought_prompt.is_some();

@@ -313,7 +313,9 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(pairs.len(), &cfg);
-    memory::training(&loaded.config, cfg.micro_batch_tokens).check("dpo")?;
+    if matches!(device, Device::Cpu(_)) {
+        memory::training(&loaded.config, cfg.micro_batch_tokens).check("dpo")?;
+    }
     let model = loaded.weights()?;
     // The output is claimed (created and locked) before the work that fills it.
     let mut run = RunDir::create(
@@ -394,7 +396,9 @@ pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
-    memory::training(&loaded.config, cfg.micro_batch_tokens).check("sft")?;
+    if matches!(device, Device::Cpu(_)) {
+        memory::training(&loaded.config, cfg.micro_batch_tokens).check("sft")?;
+    }
     let model = loaded.weights()?;
     let mut run = RunDir::create(
         &args.train.out,
@@ -455,7 +459,9 @@ pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
     let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
-    memory::scoring(&loaded.config, args.micro_batch_tokens).check("logprobs")?;
+    if matches!(device, Device::Cpu(_)) {
+        memory::scoring(&loaded.config, args.micro_batch_tokens).check("logprobs")?;
+    }
     let model = loaded.weights()?;
     let seqs: Vec<Vec<u32>> = data
         .iter()

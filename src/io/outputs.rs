@@ -2,7 +2,8 @@
 //! - an output is never one of the command's input files, by whatever path it is named
 //!   (a symlink, `./`, a hard link);
 //! - an output is never inside a model directory the command reads;
-//! - missing parent directories of an output are created when it is written.
+//! - missing parent directories of an output are created when it is written;
+//! - an output never lies inside the run directory of a live run (`run_lock`).
 //!
 //! Checked before any work, so a refused output costs nothing and touches nothing.
 
@@ -28,8 +29,11 @@ impl<'a> Inputs<'a> {
     }
 
     /// An error naming both flags when `out` (given as `out_flag`) is one of the input files
-    /// or lies inside (or is) one of the model directories.
+    /// or lies inside (or is) one of the model directories; or when it lies inside the run
+    /// directory of a live run (`RunLock`).
     pub fn check_output(&self, out_flag: &str, out: &Path) -> Result<()> {
+        super::run_lock::RunLock::check_not_inside_a_running(out)
+            .map_err(|e| anyhow::anyhow!("{out_flag} {e}"))?;
         let target = resolve(out);
         for &(flag, file) in &self.files {
             if same_file(out, &target, file) {
@@ -66,27 +70,37 @@ fn same_file(out: &Path, target: &Path, input: &Path) -> bool {
     resolve(input) == target
 }
 
-/// `path` made absolute with its longest existing ancestor canonicalized (symlinks and
-/// `..` resolved there) and the rest, which does not exist yet, appended as given.
+/// `path` made absolute, component by component: each part that exists is canonicalized
+/// (symlinks and `..` resolved by the file system); past the first part that does not, `.`
+/// and `..` are resolved lexically, which is exact there, since the missing parts will be
+/// created as plain directories.
 pub(crate) fn resolve(path: &Path) -> PathBuf {
+    use std::path::Component;
     let absolute = match std::env::current_dir() {
         Ok(cwd) if path.is_relative() => cwd.join(path),
         _ => path.to_path_buf(),
     };
-    let mut rest = vec![];
-    let mut existing = absolute.as_path();
-    loop {
-        if let Ok(found) = existing.canonicalize() {
-            return rest.iter().rev().fold(found, |p, part| p.join(part));
-        }
-        match (existing.file_name(), existing.parent()) {
-            (Some(name), Some(parent)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
+    let mut resolved = PathBuf::new();
+    let mut exists = true;
+    for part in absolute.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir => resolved.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
             }
-            _ => return absolute,
+            Component::Normal(name) => {
+                resolved.push(name);
+                if exists {
+                    match resolved.canonicalize() {
+                        Ok(real) => resolved = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
         }
     }
+    resolved
 }
 
 #[cfg(test)]
@@ -118,6 +132,10 @@ mod tests {
         assert!(err(&model).contains("inside --model"));
         let around = tmp.path().join("model").join("..").join("model").join("x");
         assert!(err(&around).contains("inside --model"));
+        // `..` after a directory that does not exist yet.
+        let missing = tmp.path().join("nonexist").join("..");
+        assert!(err(&missing.join("model").join("config.json")).contains("inside --model"));
+        assert!(err(&missing.join("p.jsonl")).contains("it is also --prompts"));
         for fine in ["out.jsonl", "model2/out.jsonl", "missing/deeper/out.jsonl"] {
             inputs
                 .check_output("--out", &tmp.path().join(fine))

@@ -36,7 +36,17 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        if !try_lock(&file) {
+        // A probe (`check_not_inside_a_running`) holds a free lock for an instant: wait
+        // out such a hold before calling the directory taken.
+        let mut free = try_lock(&file);
+        for _ in 0..50 {
+            if free {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            free = try_lock(&file);
+        }
+        if !free {
             bail!(
                 "{}: another tpo-engine run ({}) is using this run directory; wait for it to end or choose another --out",
                 dir.display(),

@@ -39,7 +39,8 @@ impl Model {
     }
 
     /// The config.json of a causal LM's checkpoint directory, for callers that check their
-    /// inputs before the weights are read.
+    /// inputs before the weights are read; checked against the weights' headers already
+    /// (`check_headers`), so that nothing sized by the config meets a corrupt size.
     pub fn load_config(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let config = ModelConfig::load(&path)?;
@@ -50,6 +51,7 @@ impl Model {
                 config.class_name()
             );
         }
+        super::weights::check_headers(dir, &config)?;
         Ok(config)
     }
 

@@ -149,17 +149,15 @@ pub fn parse_header(
     Ok(out)
 }
 
-/// Loads every tensor the config names into a new flat buffer, converting to f32. Returns
-/// the config's parameter layout, the buffer and the checkpoint's storage dtype (that of its
-/// largest tensors).
-///
-/// Nothing the config's sizes govern is allocated before the safetensors headers agree with
-/// them: first the layer count (so a corrupt `num_hidden_layers` costs nothing), then every
-/// tensor's presence, shape and dtype; only then the buffer.
-pub fn load_weights(
+/// Pass 1 of `load_weights`, headers only: the checkpoint's files, and the config's layout
+/// and tensor slots, once the headers hold every layer the config names (checked before
+/// anything is sized by that count) and every tensor once with its shape and a float
+/// dtype. Callers that size anything by the config (a memory estimate) call it first.
+#[allow(clippy::type_complexity)]
+pub fn check_headers(
     dir: &Path,
     cfg: &ModelConfig,
-) -> Result<(ParamLayout, Vec<f32>, StorageDtype)> {
+) -> Result<(Vec<PathBuf>, ParamLayout, HashMap<String, TensorSlot>)> {
     // Pass 1, headers only.
     let files = weight_files(dir)?;
     let headers = files
@@ -209,6 +207,21 @@ pub fn load_weights(
             missing.len()
         );
     }
+    Ok((files, layout, slots))
+}
+
+/// Loads every tensor the config names into a new flat buffer, converting to f32. Returns
+/// the config's parameter layout, the buffer and the checkpoint's storage dtype (that of its
+/// largest tensors).
+///
+/// Nothing the config's sizes govern is allocated before the safetensors headers agree with
+/// them: first the layer count (so a corrupt `num_hidden_layers` costs nothing), then every
+/// tensor's presence, shape and dtype; only then the buffer.
+pub fn load_weights(
+    dir: &Path,
+    cfg: &ModelConfig,
+) -> Result<(ParamLayout, Vec<f32>, StorageDtype)> {
+    let (files, layout, slots) = check_headers(dir, cfg)?;
 
     // Pass 2: the data, converted to f32.
     let mut params = vec![0.0f32; layout.len];

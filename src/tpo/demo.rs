@@ -162,7 +162,7 @@ pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
                 TRAIN_PROMPTS_SEED,
             );
             let heldout = task::make_prompts(plan.heldout, HELDOUT_PROMPTS_SEED);
-            TpoRun::create(&dir, cfg, pool, heldout, label)?
+            TpoRun::create(&dir, cfg, pool, heldout, label, &device)?
         };
         run.set_device(device.clone())?;
         rows.push(run.run(&mut |_| {})?);

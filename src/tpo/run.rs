@@ -100,6 +100,7 @@ impl TpoRun {
         pool: Vec<Map<String, Value>>,
         heldout: Vec<Map<String, Value>>,
         label: &str,
+        device: &Device,
     ) -> Result<TpoRun> {
         RunDir::check_free(dir)?;
         RunLock::check_not_inside_a_running(dir)?;
@@ -119,20 +120,24 @@ impl TpoRun {
                 .with_context(|| what.clone())?;
             longest = longest.max(ids.iter().map(Vec::len).max().unwrap_or(0));
         }
-        // The larger of its two big stages must fit: sampling and DPO.
-        let model = ModelConfig::load(&run.cfg.model.join("config.json"))?;
-        let s = &run.cfg.sampling;
-        let seqs = s
-            .batch_size
-            .min(run.cfg.prompts_per_iteration.saturating_mul(s.samples));
-        let positions = (longest + s.max_new_tokens).min(model.max_context);
-        let sampling = crate::memory::generation(&model, seqs, positions, 4)
-            .lowered_by("--gen-batch-size (or --max-new-tokens)");
-        let training = crate::memory::training(&model, run.cfg.micro_batch_tokens);
-        if sampling.total() > training.total() {
-            sampling.check("train (its sampling stage)")?;
-        } else {
-            training.check("train (its DPO stage)")?;
+        // On the CPU, the larger of its two big stages must fit: sampling and DPO.
+        if let Device::Cpu(cpu) = device {
+            let model = Model::load_config(&run.cfg.model)?;
+            let s = &run.cfg.sampling;
+            let seqs = s
+                .batch_size
+                .min(run.cfg.prompts_per_iteration.saturating_mul(s.samples));
+            let positions = longest
+                .saturating_add(s.max_new_tokens)
+                .min(model.max_context);
+            let sampling = crate::memory::generation(&model, seqs, positions, cpu.kept_bytes())
+                .lowered_by("--gen-batch-size (or --max-new-tokens)");
+            let training = crate::memory::training(&model, run.cfg.micro_batch_tokens);
+            if sampling.total() > training.total() {
+                sampling.check("train (its sampling stage)")?;
+            } else {
+                training.check("train (its DPO stage)")?;
+            }
         }
         // The directory appears whole, or not at all: a kill here leaves nothing to resume.
         let nanos = std::time::SystemTime::now()
@@ -192,6 +197,8 @@ impl TpoRun {
     /// An error when `stage` (a training stage's directory) exists but another run wrote it:
     /// a run never adopts, nor removes, what it did not write.
     fn check_stage_owner(&self, stage: &Path) -> Result<()> {
+        // A stage another live process holds is never ours to adopt or remove.
+        RunLock::check_not_inside_a_running(stage)?;
         let Some(id) = &self.run_id else {
             return Ok(());
         };
@@ -751,7 +758,11 @@ fn read_times(dir: &Path) -> Map<String, Value> {
 }
 
 /// Removes the temporary files and directories a killed process left (`.NAME.PID.tmp`).
+/// Removes what killed writers left (`.NAME.PID.tmp`) under `dir`, refusing first when a
+/// directory below is held by another live process (a stray command writing into the run),
+/// whose temporary files are still being written.
 fn remove_temporaries(dir: &Path) -> Result<()> {
+    RunLock::check_not_inside_a_running(dir)?;
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     for entry in entries {

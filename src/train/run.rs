@@ -39,11 +39,17 @@ impl RunDir {
     /// before any work, so a run never starts that could not write its results.
     pub fn check_free(out: &Path) -> Result<()> {
         if out.exists() {
+            // Empty, or what a run killed before its first update leaves: its (free) lock
+            // and an empty metrics file.
             let empty = out.is_dir()
                 && std::fs::read_dir(out)
                     .with_context(|| format!("cannot read {}", out.display()))?
-                    .next()
-                    .is_none();
+                    .filter_map(|e| e.ok())
+                    .all(|e| {
+                        let name = e.file_name();
+                        name == LOCK_FILE
+                            || (name == "metrics.jsonl" && e.metadata().is_ok_and(|m| m.len() == 0))
+                    });
             if !empty {
                 bail!(
                     "{}: already exists and is not empty; choose a new output directory",
@@ -67,16 +73,12 @@ impl RunDir {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let lock = RunLock::acquire(out)?;
         // Another run may have claimed OUT between the check and the lock.
-        let others = std::fs::read_dir(out)
-            .with_context(|| format!("cannot read {}", out.display()))?
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name() != LOCK_FILE);
-        if others {
-            bail!(
+        Self::check_free(out).map_err(|_| {
+            anyhow::anyhow!(
                 "{}: another run wrote into it as this one started; choose a new output directory",
                 out.display()
-            );
-        }
+            )
+        })?;
         let path = out.join("metrics.jsonl");
         let metrics = std::fs::File::create(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
@@ -102,14 +104,12 @@ impl RunDir {
     /// Gives OUT back as it was before `create` (absent, or empty), for a run that failed
     /// before it wrote anything worth keeping.
     pub fn discard(self) {
-        let out = self.out.clone();
-        let created = self.created;
-        drop(self);
-        if created {
-            let _ = std::fs::remove_dir_all(&out);
+        // Removed while the lock is still held, so no one else can be writing there.
+        if self.created {
+            let _ = std::fs::remove_dir_all(&self.out);
         } else {
-            let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-            let _ = std::fs::remove_file(out.join(LOCK_FILE));
+            let _ = std::fs::remove_file(self.out.join("metrics.jsonl"));
+            let _ = std::fs::remove_file(self.out.join(LOCK_FILE));
         }
     }
 

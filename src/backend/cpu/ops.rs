@@ -60,6 +60,16 @@ impl Cpu {
         }
     }
 
+    /// Bytes a run that keeps its weights packed (`keeping_packed_weights`) holds per
+    /// weight beside the f32 one: 2 with bf16 products, 4 with f32 ones on AVX-512, else 0.
+    pub fn kept_bytes(&self) -> u64 {
+        match self.products {
+            Products::Bf16(_) => 2,
+            Products::F32 if packed_f32::available() => 4,
+            Products::F32 => 0,
+        }
+    }
+
     /// out (n, oc) = inp (n, c) @ weight^T (+ bias), through the kept packings if any.
     #[allow(clippy::too_many_arguments)]
     fn forward_product(

@@ -306,7 +306,8 @@ mod avx512 {
             for r in 0..R {
                 let row = out.add(r * ldo);
                 acc0[r] = _mm512_maskz_loadu_ps(m0, row);
-                acc1[r] = _mm512_maskz_loadu_ps(m1, row.add(PANEL));
+                // wrapping: past the end of out when cols <= 16 (the mask reads nothing there).
+                acc1[r] = _mm512_maskz_loadu_ps(m1, row.wrapping_add(PANEL));
             }
         }
         let second = panels.add(panel_stride);
@@ -327,7 +328,7 @@ mod avx512 {
         for r in 0..R {
             let row = out.add(r * ldo);
             _mm512_mask_storeu_ps(row, m0, acc0[r]);
-            _mm512_mask_storeu_ps(row.add(PANEL), m1, acc1[r]);
+            _mm512_mask_storeu_ps(row.wrapping_add(PANEL), m1, acc1[r]);
         }
     }
 }
