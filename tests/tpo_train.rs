@@ -609,19 +609,7 @@ fn a_running_run_directory_has_one_owner() {
     let mut args = run_args(tmp.path(), &out);
     let i = args.iter().position(|a| a == "--judge").unwrap();
     args[i + 1] = format!("cmd:python3 {}", s(&slow));
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .args(["--threads", "1"])
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lock = out.join(".tpo-engine.lock");
-    let started = std::time::Instant::now();
-    while !lock.exists() && started.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(lock.exists(), "the first run never started");
+    let mut first = common::start_holding(&args, &out);
 
     let pairs = write(
         &tmp.path().join("pairs.jsonl"),

@@ -521,18 +521,14 @@ fn a_running_dpo_owns_its_output_directory() {
     let tmp = TempDir::new().unwrap();
     let pairs = write(&tmp.path().join("pairs.jsonl"), PAIRS);
     let out = tmp.path().join("run");
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .args(["--threads", "1", "dpo", "--model", s(&chat_fixture())])
-        .args(["--pairs", s(&pairs), "--out", s(&out), "--epochs", "10000"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lock = out.join(".tpo-engine.lock");
-    let started = std::time::Instant::now();
-    while !lock.exists() && started.elapsed().as_secs() < 60 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let model = chat_fixture();
+    let args = ["dpo", "--model", s(&model), "--pairs", s(&pairs)];
+    let mut first = common::start_holding(
+        args.iter()
+            .copied()
+            .chain(["--out", s(&out), "--epochs", "10000"]),
+        &out,
+    );
     let second = tpo(&[
         "dpo",
         "--model",
@@ -545,7 +541,6 @@ fn a_running_dpo_owns_its_output_directory() {
     let still_running = first.try_wait().unwrap().is_none();
     first.kill().unwrap();
     first.wait().unwrap();
-    assert!(lock.exists(), "the first dpo never started");
     assert!(
         still_running,
         "the first dpo ended too soon to test anything"

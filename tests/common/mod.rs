@@ -43,3 +43,26 @@ pub fn run_on_threads<S: AsRef<OsStr>>(threads: &str, args: impl IntoIterator<It
         stderr,
     }
 }
+
+/// Starts `tpo-engine --threads 1 ARGS..` in the background and waits, up to 60 s, until it
+/// holds the run directory `out` (its lock file appears): a live run for a second process to
+/// meet. The caller kills it.
+pub fn start_holding<S: AsRef<OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    out: &Path,
+) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args(["--threads", "1"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = out.join(".tpo-engine.lock");
+    let started = std::time::Instant::now();
+    while !lock.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(lock.exists(), "the first run never took {}", out.display());
+    child
+}
