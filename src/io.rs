@@ -3,6 +3,7 @@
 
 pub mod lines;
 pub mod outputs;
+pub mod paths;
 pub mod run_lock;
 
 use anyhow::{Context, Result};

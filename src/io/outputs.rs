@@ -7,8 +7,9 @@
 //!
 //! Checked before any work, so a refused output costs nothing and touches nothing.
 
+use super::paths::resolve;
 use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What a command reads: input files and model directories, each with its flag.
 #[derive(Default)]
@@ -68,39 +69,6 @@ fn same_file(out: &Path, target: &Path, input: &Path) -> bool {
         }
     }
     resolve(input) == target
-}
-
-/// `path` made absolute, component by component: each part that exists is canonicalized
-/// (symlinks and `..` resolved by the file system); past the first part that does not, `.`
-/// and `..` are resolved lexically, which is exact there, since the missing parts will be
-/// created as plain directories.
-pub(crate) fn resolve(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let absolute = match std::env::current_dir() {
-        Ok(cwd) if path.is_relative() => cwd.join(path),
-        _ => path.to_path_buf(),
-    };
-    let mut resolved = PathBuf::new();
-    let mut exists = true;
-    for part in absolute.components() {
-        match part {
-            Component::Prefix(_) | Component::RootDir => resolved.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                resolved.pop();
-            }
-            Component::Normal(name) => {
-                resolved.push(name);
-                if exists {
-                    match resolved.canonicalize() {
-                        Ok(real) => resolved = real,
-                        Err(_) => exists = false,
-                    }
-                }
-            }
-        }
-    }
-    resolved
 }
 
 #[cfg(test)]

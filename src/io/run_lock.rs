@@ -70,7 +70,7 @@ impl RunLock {
     /// An error when `path`, or a directory above it, is a run directory that another live
     /// process holds: a run never writes into another's.
     pub fn check_not_inside_a_running(path: &Path) -> Result<()> {
-        let target = super::outputs::resolve(path);
+        let target = super::paths::resolve(path);
         for dir in target.ancestors() {
             let lock = dir.join(LOCK_FILE);
             if held().iter().any(|h| h == dir) || !lock.is_file() {
