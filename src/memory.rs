@@ -103,6 +103,18 @@ pub fn generation(cfg: &ModelConfig, seqs: usize, positions: usize, kept_bytes: 
     }
 }
 
+/// Making a checkpoint: its f32 weights and their serialized copy, `stored` bytes each.
+pub fn checkpoint(cfg: &ModelConfig, stored: u64) -> Need {
+    let p = params(cfg);
+    Need {
+        parts: vec![
+            ("weights".into(), p.saturating_mul(4)),
+            ("the file's bytes".into(), p.saturating_mul(stored)),
+        ],
+        lower: "--hidden, --layers, --intermediate or --vocab",
+    }
+}
+
 /// Scoring (log-probs) in micro-batches of `tokens`: the weights and one micro-batch's
 /// forward activations, none kept for a backward.
 pub fn scoring(cfg: &ModelConfig, tokens: usize) -> Need {

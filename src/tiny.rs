@@ -120,6 +120,8 @@ pub fn make_tiny_model(dir: &Path, spec: &TinySpec) -> Result<()> {
     });
     let cfg =
         ModelConfig::from_json(&config_json).context("the requested shape is not a valid model")?;
+    crate::memory::checkpoint(&cfg, dtype.safetensors().bitsize() as u64 / 8)
+        .check("init-model")?;
     let layout = ParamLayout::new(&cfg);
     let mut rng = Rng::new(spec.seed);
     let mut params: Vec<f32> = (0..layout.len).map(|_| 0.02 * rng.normal()).collect();

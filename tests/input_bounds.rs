@@ -259,3 +259,22 @@ fn a_run_that_cannot_fit_the_memory_stops_before_loading() {
     assert!(err.contains("logprobs would need about"), "{err}");
     assert!(!scores.exists());
 }
+
+/// init-model, asked for a model the memory cannot hold, stops before making it.
+#[test]
+fn init_model_refuses_a_model_the_memory_cannot_hold() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("model");
+    let o = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .env("TPO_MEMORY_AVAILABLE", "1000000")
+        .args(["init-model", "--out", s(&out)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("init-model would need about") && err.contains("--hidden"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
