@@ -5,6 +5,7 @@
 //! The estimates count the large buffers only (weights, gradients and optimizer state, kept
 //! packings, KV caches, saved activations); the rest (tokenizer, scratch rows) is small.
 
+use crate::backend::device::Device;
 use crate::model::config::ModelConfig;
 use anyhow::{bail, Result};
 
@@ -29,6 +30,15 @@ impl Need {
 
     pub fn total(&self) -> u64 {
         self.parts.iter().map(|p| p.1).fold(0, u64::saturating_add)
+    }
+
+    /// `check` where `device` runs the work in host memory (the CPU); nothing on a GPU,
+    /// whose memory is another matter.
+    pub fn check_on(&self, device: &Device, command: &str) -> Result<()> {
+        match device {
+            Device::Cpu(_) => self.check(command),
+            _ => Ok(()),
+        }
     }
 
     /// An error when the total exceeds the machine's available memory (`available`).

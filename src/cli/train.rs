@@ -313,9 +313,7 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(pairs.len(), &cfg);
-    if matches!(device, Device::Cpu(_)) {
-        memory::training(&loaded.config, cfg.micro_batch_tokens).check("dpo")?;
-    }
+    memory::training(&loaded.config, cfg.micro_batch_tokens).check_on(&device, "dpo")?;
     let model = loaded.weights()?;
     // The output is claimed (created and locked) before the work that fills it.
     let mut run = RunDir::create(
@@ -340,15 +338,10 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
         })
         .collect();
     if pairs[0].reference.is_none() {
-        match reference_logps(&model, &device, &examples, cfg.micro_batch_tokens) {
-            Ok(logps) => match logps.iter().position(|x| !x.is_finite()) {
-                None => {
-                    for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
-                        e.reference = lp.to_vec();
-                    }
-                }
-                Some(i) => {
-                    run.discard();
+        // A failed pass gives the claimed output back as it was.
+        let filled = reference_logps(&model, &device, &examples, cfg.micro_batch_tokens)
+            .and_then(|logps| {
+                if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
                     bail!(
                         "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
                         args.pairs.display(),
@@ -357,11 +350,14 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
                         args.train.model.display()
                     );
                 }
-            },
-            Err(e) => {
-                run.discard();
-                return Err(e);
-            }
+                for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
+                    e.reference = lp.to_vec();
+                }
+                Ok(())
+            });
+        if let Err(e) = filled {
+            run.discard();
+            return Err(e);
         }
     }
     let ref_secs = ref_started.elapsed().as_secs_f64();
@@ -396,9 +392,7 @@ pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
-    if matches!(device, Device::Cpu(_)) {
-        memory::training(&loaded.config, cfg.micro_batch_tokens).check("sft")?;
-    }
+    memory::training(&loaded.config, cfg.micro_batch_tokens).check_on(&device, "sft")?;
     let model = loaded.weights()?;
     let mut run = RunDir::create(
         &args.train.out,
@@ -459,9 +453,7 @@ pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
     let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
-    if matches!(device, Device::Cpu(_)) {
-        memory::scoring(&loaded.config, args.micro_batch_tokens).check("logprobs")?;
-    }
+    memory::scoring(&loaded.config, args.micro_batch_tokens).check_on(&device, "logprobs")?;
     let model = loaded.weights()?;
     let seqs: Vec<Vec<u32>> = data
         .iter()

@@ -38,14 +38,12 @@ impl RunLock {
             .with_context(|| format!("cannot create {}", path.display()))?;
         // A probe (`check_not_inside_a_running`) holds a free lock for an instant: wait
         // out such a hold before calling the directory taken.
-        let mut free = try_lock(&file);
-        for _ in 0..50 {
-            if free {
-                break;
+        let free = (0..50).any(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            free = try_lock(&file);
-        }
+            try_lock(&file)
+        });
         if !free {
             bail!(
                 "{}: another tpo-engine run ({}) is using this run directory; wait for it to end or choose another --out",
@@ -71,26 +69,36 @@ impl RunLock {
     /// process holds: a run never writes into another's.
     pub fn check_not_inside_a_running(path: &Path) -> Result<()> {
         let target = super::paths::resolve(path);
-        for dir in target.ancestors() {
-            let lock = dir.join(LOCK_FILE);
-            if held().iter().any(|h| h == dir) || !lock.is_file() {
-                continue;
-            }
-            let Ok(file) = File::open(&lock) else {
-                continue;
-            };
-            if try_lock(&file) {
-                continue; // a finished run's lock file: nobody holds it
-            }
-            bail!(
-                "{}: inside the run directory {} of a running tpo-engine ({}); wait for it to end or choose a path outside it",
-                path.display(),
-                dir.display(),
-                holder(&lock)
-            );
-        }
-        Ok(())
+        target
+            .ancestors()
+            .try_for_each(|dir| check_not_held_elsewhere(path, dir))
     }
+
+    /// An error when the directory `dir` itself is a run directory another live process
+    /// holds (the directories above it are not asked).
+    pub fn check_not_held(dir: &Path) -> Result<()> {
+        check_not_held_elsewhere(dir, &super::paths::resolve(dir))
+    }
+}
+
+/// An error naming `path` when `dir` (resolved) holds a lock another live process holds.
+fn check_not_held_elsewhere(path: &Path, dir: &Path) -> Result<()> {
+    let lock = dir.join(LOCK_FILE);
+    if held().iter().any(|h| h == dir) || !lock.is_file() {
+        return Ok(());
+    }
+    let Ok(file) = File::open(&lock) else {
+        return Ok(());
+    };
+    if try_lock(&file) {
+        return Ok(()); // a finished run's lock file: nobody holds it
+    }
+    bail!(
+        "{}: inside the run directory {} of a running tpo-engine ({}); wait for it to end or choose a path outside it",
+        path.display(),
+        dir.display(),
+        holder(&lock)
+    )
 }
 
 impl Drop for RunLock {

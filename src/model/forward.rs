@@ -23,6 +23,20 @@ pub struct Model {
     pub(crate) inv_freq: Vec<f64>,
 }
 
+/// The config.json of `dir`, which must be a causal LM's.
+fn causal_lm_config(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join("config.json");
+    let config = ModelConfig::load(&path)?;
+    if config.head != Head::CausalLm {
+        bail!(
+            "{}: {} is a sequence classifier (a reward model), not a causal language model",
+            path.display(),
+            config.class_name()
+        );
+    }
+    Ok(config)
+}
+
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitRows {
@@ -35,22 +49,15 @@ pub enum LogitRows {
 impl Model {
     /// Loads config.json and the safetensors weights of a causal LM's checkpoint directory.
     pub fn load(dir: &Path) -> Result<Model> {
-        Model::load_with_config(dir, Model::load_config(dir)?)
+        // load_with_config checks the headers against the config before allocating.
+        Model::load_with_config(dir, causal_lm_config(dir)?)
     }
 
     /// The config.json of a causal LM's checkpoint directory, for callers that check their
     /// inputs before the weights are read; checked against the weights' headers already
     /// (`check_headers`), so that nothing sized by the config meets a corrupt size.
     pub fn load_config(dir: &Path) -> Result<ModelConfig> {
-        let path = dir.join("config.json");
-        let config = ModelConfig::load(&path)?;
-        if config.head != Head::CausalLm {
-            bail!(
-                "{}: {} is a sequence classifier (a reward model), not a causal language model",
-                path.display(),
-                config.class_name()
-            );
-        }
+        let config = causal_lm_config(dir)?;
         super::weights::check_headers(dir, &config)?;
         Ok(config)
     }
@@ -59,14 +66,7 @@ impl Model {
     /// `config` (for callers that check the config before the weights are read).
     pub fn load_with_config(dir: &Path, config: ModelConfig) -> Result<Model> {
         let (layout, params, dtype) = load_weights(dir, &config)?;
-        let inv_freq = inv_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
-        Ok(Model {
-            config,
-            layout,
-            params,
-            dtype,
-            inv_freq,
-        })
+        Ok(Model::assemble(config, layout, params, dtype))
     }
 
     pub fn from_params(config: ModelConfig, params: Vec<f32>, dtype: StorageDtype) -> Model {
@@ -76,6 +76,15 @@ impl Model {
             layout.len,
             "parameter buffer does not match the config"
         );
+        Model::assemble(config, layout, params, dtype)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        layout: ParamLayout,
+        params: Vec<f32>,
+        dtype: StorageDtype,
+    ) -> Model {
         let inv_freq = inv_frequencies(config.head_dim, config.rope_theta, &config.rope_scaling);
         Model {
             config,

@@ -194,11 +194,12 @@ impl TpoRun {
         Ok(run)
     }
 
-    /// An error when `stage` (a training stage's directory) exists but another run wrote it:
-    /// a run never adopts, nor removes, what it did not write.
-    fn check_stage_owner(&self, stage: &Path) -> Result<()> {
+    /// An error when iteration t's training stage exists but another run wrote it: a run
+    /// never adopts, nor removes, what it did not write.
+    fn check_stage_owner(&self, t: usize) -> Result<()> {
+        let stage = &self.iter_dir(t).join("train");
         // A stage another live process holds is never ours to adopt or remove.
-        RunLock::check_not_inside_a_running(stage)?;
+        RunLock::check_not_held(stage)?;
         let Some(id) = &self.run_id else {
             return Ok(());
         };
@@ -213,12 +214,8 @@ impl TpoRun {
         };
         if owner.trim() != id {
             bail!(
-                "{}: this run did not write it (another command's output?); move it away to let the run train iteration {} itself",
-                stage.display(),
-                stage
-                    .parent()
-                    .and_then(|p| p.file_name())
-                    .map_or_else(String::new, |n| n.to_string_lossy().replace("iter-", ""))
+                "{}: this run did not write it (another command's output?); move it away to let the run train iteration {t} itself",
+                stage.display()
             );
         }
         Ok(())
@@ -340,7 +337,7 @@ impl TpoRun {
         }
         // This iteration starts from the policy of the one before: this run's own.
         if t > 1 {
-            self.check_stage_owner(&self.iter_dir(t - 1).join("train"))?;
+            self.check_stage_owner(t - 1)?;
         }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -545,8 +542,8 @@ impl TpoRun {
 
     /// DPO on the pairs, from the policy of iteration t-1; the checkpoint is train/model.
     fn train_stage(&mut self, t: usize) -> Result<bool> {
+        self.check_stage_owner(t)?;
         let train_dir = self.iter_dir(t).join("train");
-        self.check_stage_owner(&train_dir)?;
         if train_dir.join("model").exists() || self.iter_dir(t).join("no-pairs").exists() {
             return Ok(false);
         }
@@ -757,12 +754,11 @@ fn read_times(dir: &Path) -> Map<String, Value> {
     read_json(&dir.join("stages.json")).unwrap_or_default()
 }
 
-/// Removes the temporary files and directories a killed process left (`.NAME.PID.tmp`).
 /// Removes what killed writers left (`.NAME.PID.tmp`) under `dir`, refusing first when a
 /// directory below is held by another live process (a stray command writing into the run),
 /// whose temporary files are still being written.
 fn remove_temporaries(dir: &Path) -> Result<()> {
-    RunLock::check_not_inside_a_running(dir)?;
+    RunLock::check_not_held(dir)?;
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     for entry in entries {

@@ -35,6 +35,26 @@ enum Kept {
     F32(Arc<PackedWeights<PackedF32>>),
 }
 
+impl Kept {
+    /// An empty cache for `products`: bf16 ones always, f32 ones where the CPU has
+    /// AVX-512F (the gemm crate's products otherwise, which keep nothing).
+    fn for_products(products: Products) -> Option<Kept> {
+        match products {
+            Products::Bf16(_) => Some(Kept::Bf16(Arc::default())),
+            Products::F32 if packed_f32::available() => Some(Kept::F32(Arc::default())),
+            Products::F32 => None,
+        }
+    }
+
+    /// Bytes a packing holds per weight.
+    fn bytes(&self) -> u64 {
+        match self {
+            Kept::Bf16(_) => 2,
+            Kept::F32(_) => 4,
+        }
+    }
+}
+
 impl Cpu {
     /// f32 throughout: the reference every other path is tested against.
     pub const F32: Cpu = Cpu::new(Products::F32);
@@ -52,22 +72,14 @@ impl Cpu {
     pub fn keeping_packed_weights(&self) -> Cpu {
         Cpu {
             products: self.products,
-            packed: match self.products {
-                Products::Bf16(_) => Some(Kept::Bf16(Arc::default())),
-                Products::F32 if packed_f32::available() => Some(Kept::F32(Arc::default())),
-                Products::F32 => None,
-            },
+            packed: Kept::for_products(self.products),
         }
     }
 
     /// Bytes a run that keeps its weights packed (`keeping_packed_weights`) holds per
-    /// weight beside the f32 one: 2 with bf16 products, 4 with f32 ones on AVX-512, else 0.
+    /// weight beside the f32 one.
     pub fn kept_bytes(&self) -> u64 {
-        match self.products {
-            Products::Bf16(_) => 2,
-            Products::F32 if packed_f32::available() => 4,
-            Products::F32 => 0,
-        }
+        Kept::for_products(self.products).map_or(0, |k| k.bytes())
     }
 
     /// out (n, oc) = inp (n, c) @ weight^T (+ bias), through the kept packings if any.
