@@ -6,6 +6,7 @@ use minijinja::{Environment, ErrorKind};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat: Option<Environment<'static>>,

@@ -200,6 +200,7 @@ fn bf16_generation_does_not_depend_on_threads_or_batch_size() {
         seed: 3,
         batch_size: 1,
         eos_ids: vec![],
+        steering: None,
     };
     for cpu in bf16_cpus() {
         let run_on = |threads: usize, batch: usize| -> Vec<Vec<Completion>> {

@@ -230,6 +230,90 @@ fn bad_prompt_lines_name_the_file_and_line() {
 }
 
 #[test]
+fn generate_with_a_thought_prompt_splits_and_steers_completions() {
+    let tmp = TempDir::new().unwrap();
+    let prompts = write(
+        &tmp.path().join("p.jsonl"),
+        "{\"prompt\": \"What is 3 plus 4?\"}\n{\"prompt\": \"Name a river.\"}\n",
+    );
+    // The fixture's context is 128 tokens: a short template.
+    let template = write(
+        &tmp.path().join("t.json"),
+        r#"{"template": "{instruction} Think after T:, answer after R:", "thought_marker": "T:", "response_marker": "R:"}"#,
+    );
+    let out = tmp.path().join("out.jsonl");
+    let t = template.to_str().unwrap();
+    let common = [
+        "--thought-prompt",
+        t,
+        "--samples",
+        "4",
+        "--max-new-tokens",
+        "10",
+        "--seed",
+        "3",
+    ];
+    let completions = |extra: &[&str]| -> Vec<Value> {
+        let args: Vec<&str> = common.iter().chain(extra).copied().collect();
+        let run = generate(&chat_fixture(), &prompts, &out, &args);
+        assert!(run.ok, "{}", run.stderr);
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .flat_map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["completions"].as_array().unwrap().clone()
+            })
+            .collect()
+    };
+    // The random fixture writes no marker of its own.
+    let plain = completions(&[]);
+    assert_eq!(plain.len(), 8);
+    assert!(plain
+        .iter()
+        .all(|c| c["malformed"] == "no thought marker" && c["forced"].is_null()));
+    // Prefilled with the thought marker and forced at a budget of 4: every one parses.
+    let steered = completions(&["--prefill-thought", "--max-thought-tokens", "4"]);
+    for c in &steered {
+        assert!(c["malformed"].is_null(), "{c}");
+        assert!(c["response"].is_string() && c["thought"].is_string(), "{c}");
+        assert_eq!(c["forced"]["reason"], "budget", "{c}");
+        assert_eq!(c["forced"]["at"], 4, "{c}");
+    }
+    // The options need a thought prompt, and a budget below the length limit.
+    for (args, why) in [
+        (vec!["--force-response"], "no thought prompt"),
+        (
+            vec!["--thought-prompt", t, "--max-thought-tokens", "10"],
+            "--max-thought-tokens 10: expected 1 to 9",
+        ),
+        (
+            vec!["--thought-prompt", t, "--max-thought-tokens", "0"],
+            "--max-thought-tokens 0",
+        ),
+        (vec!["--thought-prompt", "nonesuch"], "no such file"),
+    ] {
+        let args: Vec<&str> = ["--max-new-tokens", "10"]
+            .iter()
+            .chain(&args)
+            .copied()
+            .collect();
+        let run = generate(
+            &chat_fixture(),
+            &prompts,
+            &tmp.path().join("x.jsonl"),
+            &args,
+        );
+        assert!(
+            !run.ok && run.code == Some(1) && run.stderr.contains(why),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!tmp.path().join("x.jsonl").exists());
+    }
+}
+
+#[test]
 fn a_failed_run_keeps_an_existing_output_file() {
     let tmp = TempDir::new().unwrap();
     let out = write(&tmp.path().join("out.jsonl"), "earlier results\n");

@@ -89,9 +89,12 @@ fn thought_parser() {
         };
         for name in ["generic", "specific"] {
             let prompt = ThoughtPrompt::resolve(name).unwrap();
-            if let Parsed::Ok { thought, response } = prompt.parse(text) {
-                assert!(!response.trim().is_empty());
-                assert!(text.contains(thought) && text.contains(response));
+            for prefilled in [false, true] {
+                if let Parsed::Ok { thought, response } = prompt.parse(text, prefilled) {
+                    assert!(!response.trim().is_empty());
+                    assert!(text.contains(thought) && text.contains(response));
+                }
+                let _ = prompt.phase(text, prefilled);
             }
         }
     }

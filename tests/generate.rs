@@ -2,9 +2,11 @@
 //! against full recomputation, and how completions end.
 
 use std::path::Path;
+use std::sync::Arc;
 use tpo_engine::backend::cpu::sampling::{sample, SamplerScratch};
 use tpo_engine::backend::rng::Rng;
 use tpo_engine::backend::settings::SamplingParams;
+use tpo_engine::generate::steer::{ForceReason, Phase, Steering};
 use tpo_engine::generate::{generate, Completion, FinishReason, GenerateOptions};
 use tpo_engine::model::weights::StorageDtype;
 use tpo_engine::model::{LogitRows, Model, ModelConfig, ParamLayout};
@@ -34,6 +36,7 @@ fn options(batch_size: usize, seed: u64) -> GenerateOptions {
         seed,
         batch_size,
         eos_ids: vec![],
+        steering: None,
     }
 }
 
@@ -51,6 +54,66 @@ fn same_seed_same_tokens_other_seed_other_tokens() {
     assert_ne!(a, run(&m, &prompts(), &options(8, 2)));
     // The K samples of one prompt differ from each other.
     assert!(a[0].windows(2).any(|w| w[0] != w[1]));
+}
+
+/// Steering by token ids: completions start inside their thought; the marker [250, 251]
+/// opens the response.
+fn steering(budget: Option<usize>) -> Steering {
+    Steering {
+        prefilled: true,
+        force_on_end: true,
+        max_thought_tokens: budget,
+        marker: vec![250, 251],
+        phase_of: Arc::new(|ids: &[u32]| {
+            if ids.windows(2).any(|w| w == [250, 251]) {
+                Phase::Response
+            } else {
+                Phase::Thought
+            }
+        }),
+    }
+}
+
+#[test]
+fn steered_completions_carry_their_forced_marker_whatever_the_batching() {
+    let m = model();
+    let plain = run(&m, &prompts(), &options(8, 4));
+    // An "EOS" the model samples early in some completions: the third token of the first.
+    let eos = plain[0][0].token_ids[2];
+    let mut opts = options(8, 4);
+    opts.eos_ids = vec![eos];
+    opts.steering = Some(steering(Some(6)));
+    let steered = run(&m, &prompts(), &opts);
+    let (mut on_end, mut on_budget) = (0, 0);
+    for (cs, ps) in steered.iter().zip(&plain) {
+        for (c, p) in cs.iter().zip(ps) {
+            let f = c
+                .forced
+                .expect("every thought is forced to end: by EOS or the budget");
+            assert_eq!(&c.token_ids[f.at..f.at + f.tokens], &[250, 251][..f.tokens]);
+            assert!(!c.token_ids[..f.at].contains(&eos));
+            match f.reason {
+                ForceReason::Budget => {
+                    assert_eq!(f.at, 6);
+                    on_budget += 1;
+                }
+                ForceReason::Eos => {
+                    assert!(f.at < 6);
+                    on_end += 1;
+                }
+            }
+            // Up to the forced marker, the tokens are the unsteered run's: the same draws.
+            assert_eq!(c.token_ids[..f.at], p.token_ids[..f.at]);
+        }
+    }
+    assert!(on_end > 0 && on_budget > 0, "{on_end} {on_budget}");
+    for batch in [1, 3] {
+        let opts = GenerateOptions {
+            batch_size: batch,
+            ..opts.clone()
+        };
+        assert_eq!(run(&m, &prompts(), &opts), steered, "batch size {batch}");
+    }
 }
 
 #[test]

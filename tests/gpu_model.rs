@@ -17,6 +17,7 @@ use tpo_engine::backend::cuda::Gpu;
 use tpo_engine::backend::ops::Ops;
 use tpo_engine::backend::settings::SamplingParams;
 use tpo_engine::generate::gpu::generate_gpu;
+use tpo_engine::generate::steer::{Phase, Steering};
 use tpo_engine::generate::{generate, GenerateOptions};
 use tpo_engine::model::cuda::GpuModel;
 use tpo_engine::model::graph::{Activations, ModelOn, ScoredSequence, TrainBatch};
@@ -326,6 +327,7 @@ fn options(sampling: SamplingParams, batch_size: usize) -> GenerateOptions {
         seed: 11,
         batch_size,
         eos_ids: vec![],
+        steering: None,
     }
 }
 
@@ -365,6 +367,42 @@ fn greedy_generation_on_the_gpu_gives_the_cpu_tokens() {
                 .all(|&t| (t as usize) < model.config.vocab_size));
         }
     }
+}
+
+#[test]
+fn steered_generation_on_the_gpu_forces_the_cpu_tokens() {
+    let Some(gpu) = gpu() else { return };
+    let model = Model::load(&fixture("llama")).unwrap();
+    let ps = prompts(&model);
+    let plain = options(SamplingParams::GREEDY, 4);
+    let (first, _) = generate(&model, &ps, &plain, &|_| false, &|_| {}).unwrap();
+    // An early "EOS", and a budget: both ways of forcing the marker [1, 2].
+    let mut opts = options(SamplingParams::GREEDY, 4);
+    opts.eos_ids = vec![first[0][0].token_ids[2]];
+    opts.steering = Some(Steering {
+        prefilled: true,
+        force_on_end: true,
+        max_thought_tokens: Some(5),
+        marker: vec![1, 2],
+        phase_of: Arc::new(|ids: &[u32]| {
+            if ids.contains(&1) {
+                Phase::Response
+            } else {
+                Phase::Thought
+            }
+        }),
+    });
+    let (want, _) = generate(&model, &ps, &opts, &|_| false, &|_| {}).unwrap();
+    assert!(want.iter().flatten().any(|c| c.forced.is_some()));
+    let (got, _) = generate_gpu(
+        &GpuModel::<f32>::upload(gpu.clone(), &model).unwrap(),
+        &ps,
+        &opts,
+        &|_| false,
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(got, want, "steered greedy tokens");
 }
 
 #[test]

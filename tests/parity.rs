@@ -102,6 +102,7 @@ fn check_greedy(name: &str) {
             seed: 0,
             batch_size: 4,
             eos_ids: vec![],
+            steering: None,
         };
         let (out, _) = generate(&model, &[prompt], &opts, &|_| false, &|_| {}).unwrap();
         assert_eq!(out[0][0].token_ids, want, "{name}: greedy tokens");

@@ -371,39 +371,126 @@ fn a_run_resumes_after_kills_between_and_within_stages_to_the_same_files() {
     );
 }
 
-#[test]
-fn a_thought_run_with_a_model_that_cannot_think_makes_no_pairs_and_keeps_the_seed() {
-    // The random fixture never writes the markers: every candidate is malformed, so no
-    // prompt can give a pair, and the iteration's model is the seed's.
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
-    let mut args = run_args(tmp.path(), &out);
+/// The flags of a thought run on the random fixture, which never writes the markers: a
+/// short template of our own (the fixture's context is 128 tokens), one iteration.
+fn thought_args(tmp: &Path, out: &Path, iterations: &str) -> Vec<String> {
+    let mut args = run_args(tmp, out);
     args.retain(|a| a != "--no-thoughts");
-    // The fixture's context is 128 tokens: a short template of our own.
     let template = write(
-        &tmp.path().join("thought.json"),
+        &tmp.join("thought.json"),
         r#"{"template": "{instruction} Think after T:, answer after R:", "thought_marker": "T:", "response_marker": "R:"}"#,
     );
     args.extend(["--thought-prompt".to_string(), s(&template).to_string()]);
     let i = args.iter().position(|a| a == "--iterations").unwrap();
-    args[i + 1] = "1".into();
-    let r = run_vec(&args);
-    assert!(r.ok, "{}", r.stderr);
+    args[i + 1] = iterations.into();
+    args
+}
+
+#[test]
+fn a_thought_run_whose_candidates_are_all_malformed_stops_with_advice() {
+    // Every candidate is malformed, so no prompt can give a pair: the run stops before
+    // evaluating an unchanged model, and says what would help.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = run_vec(&thought_args(tmp.path(), &out, "1"));
+    assert!(!r.ok && r.code == Some(1), "{}", r.stderr);
+    for part in [
+        "iteration 1: no pair can be made",
+        "16 of 16 candidates (100%) are malformed",
+        "the most common reason: \"no thought marker\" (16)",
+        "--prefill-thought",
+        "--force-response",
+        "--max-thought-tokens",
+        "iter-1/candidates.jsonl",
+    ] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
     let cands = jsonl(&out.join("iter-1/candidates.jsonl"));
     assert!(cands.iter().all(|p| p["candidates"]
         .as_array()
         .unwrap()
         .iter()
         .all(|c| c["malformed"] == "no thought marker" && c["score"].is_null())));
-    assert!(out.join("iter-1/no-pairs").exists());
-    assert!(!out.join("iter-1/train").exists());
+    assert!(!out.join("iter-1/no-pairs").exists());
+    assert!(!out.join("iter-1/eval.jsonl").exists());
+    // Resuming meets the same stop: nothing goes on unchanged.
+    let again = tpo(&["train", "--resume", "--out", s(&out)]);
     assert!(
-        r.stderr.contains("4 skipped: all malformed"),
+        !again.ok && again.stderr.contains("no pair can be made"),
         "{}",
-        r.stderr
+        again.stderr
     );
-    let eval = jsonl(&out.join("iter-1/eval.jsonl"));
-    assert!(eval.iter().all(|l| l["malformed"].is_string()));
+}
+
+#[test]
+fn a_steered_run_parses_every_candidate_caps_thoughts_and_resumes_to_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steered = |out: &Path| {
+        let mut args = thought_args(tmp.path(), out, "2");
+        args.extend(
+            [
+                "--prefill-thought",
+                "--force-response",
+                "--max-thought-tokens",
+                "5",
+            ]
+            .map(String::from),
+        );
+        args
+    };
+    let out = tmp.path().join("run");
+    let r = run_vec(&steered(&out));
+    assert!(r.ok, "{}", r.stderr);
+    let mut marker: Option<Vec<Value>> = None;
+    let mut budget_forced = 0;
+    for t in 1..=2 {
+        for p in jsonl(&out.join(format!("iter-{t}/candidates.jsonl"))) {
+            for c in p["candidates"].as_array().unwrap() {
+                // Prefilled, the random model's text is the thought until the forced marker.
+                assert!(c["malformed"].is_null(), "{c}");
+                let Some(f) = c["forced"].as_object() else {
+                    continue;
+                };
+                let (at, n) = (
+                    f["at"].as_u64().unwrap() as usize,
+                    f["tokens"].as_u64().unwrap() as usize,
+                );
+                if f["reason"] == "budget" {
+                    // The thought is exactly the budget.
+                    assert_eq!(at, 5, "{c}");
+                    budget_forced += 1;
+                } else {
+                    assert!(f["reason"] == "eos" && at <= 5, "{c}");
+                }
+                // The forced tokens are in the completion's ids, the same in every one.
+                let ids = c["token_ids"].as_array().unwrap();
+                let forced = ids[at..at + n].to_vec();
+                assert_eq!(marker.get_or_insert_with(|| forced.clone()), &forced);
+                assert!(c["text"].as_str().unwrap().contains("\nR:"), "{c}");
+                assert!(c["thought_tokens"].as_u64().unwrap() <= 5, "{c}");
+            }
+        }
+        // The pairs train on the forced tokens: their text is the whole completion.
+        for pair in jsonl(&out.join(format!("iter-{t}/pairs.jsonl"))) {
+            assert!(pair["chosen"].as_str().unwrap().contains("R:"), "{pair:?}");
+        }
+    }
+    assert!(budget_forced > 0);
+    let table = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        table.contains("forced (held-out / train)") && table.contains("100.0%"),
+        "{table}"
+    );
+
+    // The same flags give the same files, and so does a resume.
+    let again = tmp.path().join("again");
+    assert!(run_vec(&steered(&again)).ok);
+    let expected = snapshot(&out);
+    assert_same(&snapshot(&again), &expected, "a second run");
+    std::fs::remove_dir_all(again.join("iter-2")).unwrap();
+    let r = tpo(&["train", "--resume", "--out", s(&again)]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_same(&snapshot(&again), &expected, "resumed");
 }
 
 #[test]

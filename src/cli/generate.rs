@@ -1,5 +1,6 @@
 //! `tpo-engine generate`: sample K completions per prompt.
 
+use super::format::FormatArgs;
 use crate::backend::device::{Device, Placement};
 use crate::backend::settings::SamplingParams;
 use crate::engine::Engine;
@@ -9,6 +10,8 @@ use crate::io::write_atomic;
 use crate::memory;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
+use crate::tpo::prompts::{render, wrap};
+use crate::tpo::thought::{Parsed, ThoughtPrompt};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -58,6 +61,13 @@ pub struct GenerateArgs {
     /// Most sequences decoded together.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Wrap each prompt's instruction in a thought prompt (generic, specific, or a JSON
+    /// template file, as in `train`), and split each completion into "thought" and
+    /// "response".
+    #[arg(long)]
+    thought_prompt: Option<String>,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
@@ -97,6 +107,13 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");
     }
+    let thought = args
+        .thought_prompt
+        .as_deref()
+        .map(ThoughtPrompt::resolve)
+        .transpose()?;
+    let control = args.format.control();
+    control.check(thought.is_some(), args.max_new_tokens)?;
     Inputs::default()
         .file("--prompts", &args.prompts)
         .dir("--model", &args.model)
@@ -116,13 +133,30 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     } else {
         PromptMode::Chat
     };
-    let prompts = read_prompts(
+    let mut prompts = read_prompts(
         &args.prompts,
         &tokenizer,
         mode,
         config.vocab_size,
         config.max_context,
     )?;
+    let mut steering = None;
+    if let Some(t) = &thought {
+        let prefill = control.prefill_ids(t, &tokenizer)?;
+        for p in prompts.iter_mut() {
+            let source = p.source.as_object().expect("prompts are JSON objects");
+            let ids = render(
+                &wrap(source, Some(t)),
+                &tokenizer,
+                mode,
+                config.vocab_size,
+                config.max_context.saturating_sub(prefill.len()),
+            )
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e:#}", args.prompts.display(), p.line))?;
+            p.token_ids = [ids, prefill.clone()].concat();
+        }
+        steering = control.steering(t, &tokenizer)?;
+    }
     if let Device::Cpu(cpu) = &device {
         let longest = prompts.iter().map(|p| p.token_ids.len()).max().unwrap_or(0);
         let seqs = args
@@ -143,6 +177,7 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         seed: args.seed,
         batch_size: args.batch_size,
         eos_ids: eos,
+        steering,
     };
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.token_ids.clone()).collect();
     let bar = ProgressBar::new((ids.len() * args.samples * args.max_new_tokens) as u64);
@@ -175,7 +210,18 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
             if let Some(cut) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(cut);
             }
-            items.push(json!({"text": text, "token_ids": c.token_ids, "finish_reason": c.finish_reason.as_str()}));
+            let mut item = json!({"text": text, "token_ids": c.token_ids, "finish_reason": c.finish_reason.as_str()});
+            if let Some(t) = &thought {
+                let (thought, response, malformed) = match t.parse(&text, control.prefill_thought) {
+                    Parsed::Ok { thought, response } => (Some(thought), Some(response), None),
+                    Parsed::Malformed(why) => (None, None, Some(why)),
+                };
+                item["thought"] = json!(thought);
+                item["response"] = json!(response);
+                item["malformed"] = json!(malformed);
+                item["forced"] = json!(c.forced);
+            }
+            items.push(item);
         }
         let mut line = prompt.source.clone();
         line["prompt_tokens"] = json!(prompt.token_ids.len());

@@ -1,5 +1,6 @@
 //! The command line: parses arguments and calls the library.
 
+mod format;
 mod generate;
 mod task;
 mod tpo;

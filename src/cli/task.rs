@@ -1,12 +1,14 @@
 //! `tpo-engine task-data` (hidden): writes the built-in task's files, for
-//! `scripts/make-seed.sh` and for checking the task by hand.
+//! `scripts/make-seed.sh` and `scripts/make-direct-seed.sh`, and for checking the task by hand.
 
 use crate::io::write_atomic;
-use crate::tpo::task::{make_prompts, seed_sft_data, working_sft_data};
-use anyhow::Result;
+use crate::tpo::task::{
+    direct_sft_data, make_prompts, seed_sft_data, working_sft_data, write_seed,
+};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum What {
     /// {"prompt", "answer"} lines: instructions for generation and judging.
     Prompts,
@@ -14,29 +16,56 @@ pub enum What {
     Sft,
     /// Like sft, but only thought-prompt examples with the working (the seed's first stage).
     Working,
+    /// Like sft, but every prompt wrapped in the generic thought prompt and answered
+    /// directly, with no marker ("The answer is 7."): fine-tuning data for a seed that never
+    /// writes the thought format.
+    Direct,
     /// Plain text, one example a line: prompt and completion of the fine-tuning data, for
     /// training the tokenizer (`init-model --corpus`).
     Corpus,
+    /// The embedded seed checkpoint, written to the directory --out (which must not exist);
+    /// takes no --count or --seed.
+    Seed,
 }
 
 #[derive(clap::Args)]
 pub struct TaskDataArgs {
     #[arg(long, value_enum)]
     what: What,
+    /// Rows to write (every kind but seed).
     #[arg(long)]
-    count: usize,
+    count: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// File to write.
+    /// File to write (seed: the checkpoint directory to create).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(args: TaskDataArgs) -> Result<()> {
+    if args.what == What::Seed {
+        if args.count.is_some() {
+            bail!("--what seed takes no --count");
+        }
+        write_seed(&args.out)?;
+        eprintln!(
+            "wrote {} (the embedded seed checkpoint)",
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let Some(count) = args.count else {
+        bail!(
+            "--what {} needs --count",
+            format!("{:?}", args.what).to_lowercase()
+        );
+    };
     let rows = match args.what {
-        What::Prompts => make_prompts(args.count, args.seed),
-        What::Sft | What::Corpus => seed_sft_data(args.count, args.seed)?,
-        What::Working => working_sft_data(args.count, args.seed)?,
+        What::Prompts => make_prompts(count, args.seed),
+        What::Sft | What::Corpus => seed_sft_data(count, args.seed)?,
+        What::Working => working_sft_data(count, args.seed)?,
+        What::Direct => direct_sft_data(count, args.seed)?,
+        What::Seed => unreachable!("written above"),
     };
     let mut text = String::new();
     for row in &rows {

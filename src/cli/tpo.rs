@@ -1,5 +1,6 @@
 //! `tpo-engine train`: the TPO loop, or with no arguments the built-in demonstration.
 
+use super::format::FormatArgs;
 use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
 use crate::backend::device::Placement;
 use crate::io::outputs::Inputs;
@@ -56,6 +57,8 @@ pub struct TpoArgs {
     /// The direct-response baseline: the same loop without a thought prompt.
     #[arg(long)]
     no_thoughts: bool,
+    #[command(flatten)]
+    format: FormatArgs,
     /// Candidates per prompt (K).
     #[arg(long, default_value_t = 8)]
     samples: usize,
@@ -266,6 +269,7 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
         save_steps: args.optim.save_steps,
         seed: args.optim.seed,
         chat_template: !args.optim.no_chat_template,
+        format: args.format.control(),
     };
     Ok((cfg, pool, heldout))
 }

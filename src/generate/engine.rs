@@ -8,6 +8,7 @@ use crate::backend::cpu::sampling::{sample, SamplerScratch};
 use crate::backend::cpu::Cpu;
 use crate::backend::rng::Rng;
 use crate::backend::settings::SamplingParams;
+use crate::generate::steer::{Forced, SteerState, Steering};
 use crate::model::graph::Activations;
 use crate::model::Model;
 use anyhow::{bail, Result};
@@ -26,6 +27,26 @@ pub struct GenerateOptions {
     pub batch_size: usize,
     /// Tokens that end a completion (not included in it).
     pub eos_ids: Vec<u32>,
+    /// Steering into the thought format (None: every token as sampled).
+    pub steering: Option<Steering>,
+}
+
+impl GenerateOptions {
+    /// A fresh completion's steering state.
+    pub(crate) fn steer_start(&self) -> SteerState {
+        self.steering
+            .as_ref()
+            .map(Steering::start)
+            .unwrap_or_default()
+    }
+
+    /// Appends the token sampled for a completion, or the forced token that takes its place.
+    pub(crate) fn push(&self, state: &mut SteerState, tokens: &mut Vec<u32>, sampled: u32) {
+        match &self.steering {
+            Some(s) => s.push(state, tokens, sampled, &self.eos_ids),
+            None => tokens.push(sampled),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,9 +68,11 @@ impl FinishReason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {
-    /// Generated tokens, the EOS token left out.
+    /// Generated tokens (forced ones included), the EOS token left out.
     pub token_ids: Vec<u32>,
     pub finish_reason: FinishReason,
+    /// The response marker's tokens fed in place of sampled ones, if any.
+    pub forced: Option<Forced>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -70,6 +93,7 @@ struct Live {
     limit: usize,
     rng: Rng,
     scratch: SamplerScratch,
+    steer: SteerState,
 }
 
 /// Generates `opts.samples` completions for each prompt (token ids, each shorter than the
@@ -164,10 +188,11 @@ pub fn generate_on(
                     limit,
                     rng: Rng::for_stream(opts.seed, p as u64, s as u64),
                     scratch: SamplerScratch::default(),
+                    steer: opts.steer_start(),
                 };
                 if limit > 0 {
                     let t = sample(&logits, &opts.sampling, &mut seq.rng, &mut seq.scratch);
-                    seq.tokens.push(t);
+                    opts.push(&mut seq.steer, &mut seq.tokens, t);
                     on_tokens(1);
                 }
                 match finish(&mut seq) {
@@ -175,12 +200,14 @@ pub fn generate_on(
                         results[p][s] = Some(Completion {
                             token_ids: seq.tokens,
                             finish_reason: reason,
+                            forced: seq.steer.forced,
                         })
                     }
                     None if limit == 0 => {
                         results[p][s] = Some(Completion {
                             token_ids: vec![],
                             finish_reason: FinishReason::Length,
+                            forced: None,
                         })
                     }
                     None => live.push(seq),
@@ -211,7 +238,7 @@ pub fn generate_on(
             .zip(logits.par_chunks(v))
             .map(|(seq, row)| {
                 let t = sample(row, &sampling, &mut seq.rng, &mut seq.scratch);
-                seq.tokens.push(t);
+                opts.push(&mut seq.steer, &mut seq.tokens, t);
                 finish(seq)
             })
             .collect();
@@ -225,6 +252,7 @@ pub fn generate_on(
                 results[seq.prompt][seq.sample] = Some(Completion {
                     token_ids: seq.tokens,
                     finish_reason: reason,
+                    forced: seq.steer.forced,
                 });
             }
         }

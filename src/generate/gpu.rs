@@ -15,6 +15,7 @@ use super::engine::{
 use crate::backend::cuda::{DecodeDims, Gpu, SlotCaches, SlotPass};
 use crate::backend::rng::Rng;
 use crate::backend::storage::Storage;
+use crate::generate::steer::SteerState;
 use crate::model::cuda::GpuModel;
 use crate::model::graph::Activations;
 use anyhow::{bail, Result};
@@ -29,6 +30,7 @@ struct Live {
     rng: Rng,
     /// Positions in the slot's cache: the prompt, then the generated tokens fed back.
     len: usize,
+    steer: SteerState,
 }
 
 /// `engine::generate` with `gm`'s weights and activations (stored as T: bf16, or f32 for
@@ -131,6 +133,7 @@ pub fn generate_gpu<T: Storage>(
                     limit: opts.max_new_tokens.min(ctx - prompts[p].len()),
                     rng: Rng::for_stream(opts.seed, p as u64, s as u64),
                     len: prompts[p].len(),
+                    steer: opts.steer_start(),
                 })
                 .collect();
             let rows: Vec<i32> = slot_of.iter().map(|&(_, at)| at as i32).collect();
@@ -145,16 +148,18 @@ pub fn generate_gpu<T: Storage>(
                     results[seq.prompt][seq.sample] = Some(Completion {
                         token_ids: vec![],
                         finish_reason: FinishReason::Length,
+                        forced: None,
                     });
                     continue;
                 }
-                seq.tokens.push(t);
+                opts.push(&mut seq.steer, &mut seq.tokens, t);
                 on_tokens(1);
                 match finish(&mut seq) {
                     Some(reason) => {
                         results[seq.prompt][seq.sample] = Some(Completion {
                             token_ids: seq.tokens,
                             finish_reason: reason,
+                            forced: seq.steer.forced,
                         })
                     }
                     None => live[slot] = Some(seq),
@@ -198,12 +203,13 @@ pub fn generate_gpu<T: Storage>(
         for (&slot, &t) in order.iter().zip(&chosen) {
             let seq = live[slot].as_mut().expect("live");
             seq.len += 1;
-            seq.tokens.push(t);
+            opts.push(&mut seq.steer, &mut seq.tokens, t);
             if let Some(reason) = finish(seq) {
                 let seq = live[slot].take().expect("live");
                 results[seq.prompt][seq.sample] = Some(Completion {
                     token_ids: seq.tokens,
                     finish_reason: reason,
+                    forced: seq.steer.forced,
                 });
             }
         }

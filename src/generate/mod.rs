@@ -5,6 +5,7 @@ pub mod engine;
 pub mod eos;
 pub mod gpu;
 pub mod prompts;
+pub mod steer;
 
 pub use engine::{generate, generate_on, Completion, FinishReason, GenerateOptions, GenerateStats};
 pub use eos::{end_token, eos_ids};

@@ -1,6 +1,7 @@
 //! The resolved configuration of a TPO run, saved as RUN_DIR/config.json: `--resume` reads it
 //! back, so a resumed run is the run that was started.
 
+use super::format::FormatControl;
 use super::thought::ThoughtPrompt;
 use crate::backend::settings::SamplingParams;
 use crate::train::{DpoConfig, Objective, OptimizerConfig, TrainConfig};
@@ -74,6 +75,9 @@ pub struct TpoConfig {
     pub seed: u64,
     /// Prompts go through the model's chat template (false: raw text).
     pub chat_template: bool,
+    /// Decoding-time control of the thought format (off in runs made before it existed).
+    #[serde(default)]
+    pub format: FormatControl,
 }
 
 impl TpoConfig {
@@ -148,6 +152,8 @@ impl TpoConfig {
                 self.judge_timeout_secs
             );
         }
+        self.format
+            .check(self.thought_prompt.is_some(), s.max_new_tokens)?;
         if self.judge_batch_size == 0 {
             bail!("--judge-batch-size 0: expected at least 1");
         }

@@ -18,6 +18,7 @@
 //! --out; one that finished prints its table again.
 
 use super::config::{Reference, Sampling, TpoConfig};
+use super::format::FormatControl;
 use super::json_files::{read_json, read_jsonl};
 use super::judge::builtin::JUDGE_NAME;
 use super::run::TpoRun;
@@ -58,6 +59,7 @@ const HELDOUT_PROMPTS_SEED: u64 = 2;
 
 fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig> {
     Ok(TpoConfig {
+        format: FormatControl::default(),
         model: seed_dir.canonicalize()?,
         judge: format!("builtin:{}", JUDGE_NAME),
         judge_timeout_secs: 60.0,

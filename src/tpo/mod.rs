@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod demo;
+pub mod format;
 pub mod json_files;
 pub mod judge;
+pub mod markers;
 pub mod pairing;
 pub mod prompts;
 pub mod run;

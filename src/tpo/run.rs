@@ -20,6 +20,7 @@
 //! a resumed run gives the same files as one that was never stopped.
 
 use super::config::TpoConfig;
+use super::format::MalformedCount;
 use super::json_files::{read_json, read_jsonl, write_jsonl};
 use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
 use super::prompts::{prompt_line_limit, read_prompt_file};
@@ -415,6 +416,7 @@ impl TpoRun {
             &ids,
             (s.samples, s.max_new_tokens, s.batch_size),
             s.params(),
+            self.rt.steering(&self.cfg, self.thoughts())?,
             stage_seed(self.cfg.seed, t, 1),
             "tokens sampled",
         )?;
@@ -487,8 +489,9 @@ impl TpoRun {
         if out.exists() {
             return Ok(false);
         }
-        let prompts: Vec<PromptCandidates> =
-            read_jsonl(&self.iter_dir(t).join("candidates.jsonl"))?;
+        let candidates = self.iter_dir(t).join("candidates.jsonl");
+        let prompts: Vec<PromptCandidates> = read_jsonl(&candidates)?;
+        self.check_format(t, &prompts, &candidates)?;
         let (pairs, counts) = make_pairs(&self.cfg, &prompts);
         self.note(
             t,
@@ -538,6 +541,26 @@ impl TpoRun {
         )?;
         write_jsonl(&out, &lines)?;
         Ok(true)
+    }
+
+    /// Stops the run when every candidate is malformed (no pair could be made, and the
+    /// model would go on unchanged), and warns when most of iteration 1's are.
+    fn check_format(&self, t: usize, prompts: &[PromptCandidates], file: &Path) -> Result<()> {
+        let count = MalformedCount::of(prompts);
+        let advice = || {
+            count.advice(&self.cfg.format, self.cfg.sampling.max_new_tokens)
+                + &format!(" (the candidates: {})", file.display())
+        };
+        if count.candidates > 0 && count.malformed == count.candidates {
+            bail!(
+                "iteration {t}: no pair can be made, so the model would stay as it was: {}. Start a new run with other options.",
+                advice()
+            );
+        }
+        if t == 1 && count.share() > 0.5 {
+            eprintln!("[{}] warning: iteration {t}: {}", self.label, advice());
+        }
+        Ok(())
     }
 
     /// DPO on the pairs, from the policy of iteration t-1; the checkpoint is train/model.
@@ -638,13 +661,19 @@ impl TpoRun {
         let model = Model::load(dir)?;
         let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
         let ids = self.rt.render_all(&self.cfg, &refs, thoughts)?;
-        self.eval_samples(&model, &ids, t)?
+        self.eval_samples(&model, &ids, thoughts, t)?
             .iter()
             .map(|s| self.rt.parse(&self.cfg, s, thoughts))
             .collect()
     }
 
-    fn eval_samples(&self, model: &Model, ids: &[Vec<u32>], t: usize) -> Result<Vec<Sample>> {
+    fn eval_samples(
+        &self,
+        model: &Model,
+        ids: &[Vec<u32>],
+        thoughts: bool,
+        t: usize,
+    ) -> Result<Vec<Sample>> {
         let params = if self.cfg.eval_temperature == 0.0 {
             SamplingParams::GREEDY
         } else {
@@ -662,6 +691,7 @@ impl TpoRun {
                 self.cfg.sampling.batch_size,
             ),
             params,
+            self.rt.steering(&self.cfg, thoughts)?,
             stage_seed(self.cfg.seed, t, 2),
             "held-out tokens",
         )?;
@@ -728,6 +758,7 @@ impl TpoRun {
                         c.tokens
                     },
                     thought_tokens: c.thought_tokens,
+                    forced: c.forced,
                     thought: c.thought,
                     malformed: c.malformed,
                     text: c.text,

@@ -9,6 +9,7 @@ use super::prompts::{instruction, render, wrap};
 use crate::backend::device::Device;
 use crate::backend::settings::SamplingParams;
 use crate::engine::Engine;
+use crate::generate::steer::{Forced, Steering};
 use crate::generate::{FinishReason, GenerateOptions, PromptMode};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -37,6 +38,9 @@ pub struct Runtime {
 pub struct Sample {
     pub token_ids: Vec<u32>,
     pub finish_reason: String,
+    /// The response marker's tokens fed in place of sampled ones (within `token_ids`).
+    #[serde(default)]
+    pub forced: Option<Forced>,
 }
 
 /// One prompt's samples (a line of samples.jsonl).
@@ -63,6 +67,10 @@ pub struct Candidate {
     pub response_tokens: usize,
     pub finish_reason: String,
     pub token_ids: Vec<u32>,
+    /// The response marker's tokens fed in place of sampled ones: they are part of
+    /// `token_ids`, trained on and scored as if sampled.
+    #[serde(default)]
+    pub forced: Option<Forced>,
 }
 
 /// One prompt's candidates (a line of candidates.jsonl).
@@ -92,6 +100,8 @@ pub struct EvalLine {
     pub seed_score: f64,
     /// 1 win, 0.5 tie, 0 loss against the seed.
     pub outcome: f64,
+    #[serde(default)]
+    pub forced: Option<Forced>,
 }
 
 pub fn bar(len: usize, what: &str) -> ProgressBar {
@@ -106,7 +116,8 @@ pub fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 impl Runtime {
-    /// Token ids of each prompt, wrapped in the thought prompt when there is one.
+    /// Token ids of each prompt, wrapped in the thought prompt when there is one (and
+    /// ending with the thought marker when it is prefilled).
     pub fn render_all(
         &self,
         cfg: &TpoConfig,
@@ -118,28 +129,44 @@ impl Runtime {
         } else {
             None
         };
+        let prefill = match thought {
+            Some(t) => cfg.format.prefill_ids(t, &self.tokenizer)?,
+            None => vec![],
+        };
         prompts
             .iter()
             .map(|p| {
-                render(
+                let mut ids = render(
                     &wrap(p, thought),
                     &self.tokenizer,
                     self.mode,
                     self.vocab_size,
-                    self.max_context,
-                )
+                    self.max_context.saturating_sub(prefill.len()),
+                )?;
+                ids.extend_from_slice(&prefill);
+                Ok(ids)
             })
             .collect()
     }
 
+    /// How sampling is steered into the thought format (None: it is not).
+    pub fn steering(&self, cfg: &TpoConfig, thoughts: bool) -> Result<Option<Steering>> {
+        match cfg.thought_prompt.as_ref().filter(|_| thoughts) {
+            Some(t) => cfg.format.steering(t, &self.tokenizer),
+            None => Ok(None),
+        }
+    }
+
     /// `samples` completions per prompt; every (prompt, sample) has its own random stream
     /// from `seed`.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
         model: &Model,
         prompts: &[Vec<u32>],
         (samples, max_new_tokens, batch_size): (usize, usize, usize),
         sampling: SamplingParams,
+        steering: Option<Steering>,
         seed: u64,
         what: &str,
     ) -> Result<Vec<Vec<Sample>>> {
@@ -150,6 +177,7 @@ impl Runtime {
             seed,
             batch_size,
             eos_ids: self.eos_ids.clone(),
+            steering,
         };
         let progress = bar(prompts.len() * samples * max_new_tokens, what);
         let engine = Engine::new(model, &self.device)?;
@@ -163,6 +191,7 @@ impl Runtime {
                     .map(|c| Sample {
                         token_ids: c.token_ids,
                         finish_reason: c.finish_reason.as_str().to_string(),
+                        forced: c.forced,
                     })
                     .collect()
             })
@@ -173,30 +202,64 @@ impl Runtime {
     /// response without a thought prompt).
     pub fn parse(&self, cfg: &TpoConfig, sample: &Sample, thoughts: bool) -> Result<Candidate> {
         let text = self.tokenizer.decode(&sample.token_ids)?;
-        let count = |s: &str| -> Result<usize> { Ok(self.tokenizer.encode(s, false)?.len()) };
         let (thought, response, malformed) = match cfg.thought_prompt.as_ref().filter(|_| thoughts)
         {
-            Some(t) => match t.parse(&text) {
+            Some(t) => match t.parse(&text, cfg.format.prefill_thought) {
                 super::thought::Parsed::Ok { thought, response } => {
-                    (Some(thought.to_string()), Some(response.to_string()), None)
+                    (Some(thought), Some(response), None)
                 }
                 super::thought::Parsed::Malformed(why) => (None, None, Some(why.to_string())),
             },
             None if text.trim().is_empty() => (None, None, Some("empty response".to_string())),
-            None => (None, Some(text.trim().to_string()), None),
+            None => (None, Some(text.trim()), None),
+        };
+        let span = |part: Option<&str>| -> Result<usize> {
+            part.map_or(Ok(0), |p| self.tokens_over(&sample.token_ids, &text, p))
         };
         Ok(Candidate {
-            thought_tokens: thought.as_deref().map_or(Ok(0), count)?,
-            response_tokens: response.as_deref().map_or(Ok(0), count)?,
+            thought_tokens: span(thought)?,
+            response_tokens: span(response)?,
             tokens: sample.token_ids.len(),
-            text,
-            thought,
-            response,
+            thought: thought.map(str::to_string),
+            response: response.map(str::to_string),
+            text: text.clone(),
             malformed,
             score: None,
             finish_reason: sample.finish_reason.clone(),
             token_ids: sample.token_ids.clone(),
+            forced: sample.forced,
         })
+    }
+
+    /// How many of the completion's tokens `ids` its part `part` (a slice of `text`, their
+    /// decoding) spans: from the last token that ends at or before the part's start to the
+    /// first that reaches its end. The tokens as generated, not as the part's text would be
+    /// encoded again (which differs where a token is part of a character).
+    fn tokens_over(&self, ids: &[u32], text: &str, part: &str) -> Result<usize> {
+        let start = part.as_ptr() as usize - text.as_ptr() as usize;
+        let end = start + part.len();
+        let decoded = |k: usize| -> Result<usize> { Ok(self.tokenizer.decode(&ids[..k])?.len()) };
+        // Decoded prefixes grow with k: binary searches for the two boundaries.
+        let (mut lo, mut hi) = (0, ids.len());
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if decoded(mid)? <= start {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let first = lo;
+        let (mut lo, mut hi) = (first, ids.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if decoded(mid)? >= end {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo - first)
     }
 
     /// The completion as training data: its sampled tokens, and the end token when it ended

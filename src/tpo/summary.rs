@@ -20,6 +20,11 @@ pub struct IterationSummary {
     pub thought_tokens: Option<f64>,
     pub response_tokens: Option<f64>,
     pub heldout_malformed: Option<f64>,
+    /// Shares of held-out answers and training candidates whose response marker was forced.
+    #[serde(default)]
+    pub heldout_forced: Option<f64>,
+    #[serde(default)]
+    pub forced: Option<f64>,
     /// Candidates sampled for training, and the share that could not be parsed.
     pub candidates: Option<usize>,
     pub malformed: Option<f64>,
@@ -67,6 +72,7 @@ pub fn summarize(run_dir: &Path, t: usize, secs: &Map<String, Value>) -> Result<
         );
         row.response_tokens = mean(lines.iter().map(|l| l.response_tokens as f64));
         row.heldout_malformed = mean(lines.iter().map(|l| l.malformed.is_some() as u8 as f64));
+        row.heldout_forced = mean(lines.iter().map(|l| l.forced.is_some() as u8 as f64));
     }
     if t == 0 {
         return Ok(row);
@@ -75,6 +81,7 @@ pub fn summarize(run_dir: &Path, t: usize, secs: &Map<String, Value>) -> Result<
     let all = || prompts.iter().flat_map(|p| &p.candidates);
     row.candidates = Some(all().count());
     row.malformed = mean(all().map(|c| c.malformed.is_some() as u8 as f64));
+    row.forced = mean(all().map(|c| c.forced.is_some() as u8 as f64));
     row.candidate_score = mean(all().filter_map(|c| c.score));
     row.pairs = Some(read_json(&dir.join("pair-counts.json"))?);
     let pairs: Vec<Map<String, Value>> = read_jsonl(&dir.join("pairs.jsonl"))?;
@@ -125,14 +132,14 @@ fn secs(row: &IterationSummary) -> String {
 /// The summary table in Markdown.
 pub fn table(rows: &[IterationSummary], thoughts: bool) -> String {
     let mut out = String::new();
-    out.push_str("| iter | held-out score | win vs seed | thought tok | response tok | malformed (held-out / train) | pairs (tied, all malformed) | chosen / rejected resp tok | DPO loss | reward acc | reward margin | secs: generate / judge / reference / train / eval |\n");
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    out.push_str("| iter | held-out score | win vs seed | thought tok | response tok | malformed (held-out / train) | forced (held-out / train) | pairs (tied, all malformed) | chosen / rejected resp tok | DPO loss | reward acc | reward margin | secs: generate / judge / reference / train / eval |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let pairs = r.pairs.map_or("-".into(), |p| {
             format!("{} ({}, {})", p.pairs, p.all_tie, p.no_parsed)
         });
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} / {} | {} | {} | {} | {} |\n",
             r.iteration,
             f(r.heldout_score, 3),
             pct(r.win_rate),
@@ -144,6 +151,8 @@ pub fn table(rows: &[IterationSummary], thoughts: bool) -> String {
             f(r.response_tokens, 1),
             pct(r.heldout_malformed),
             pct(r.malformed),
+            pct(r.heldout_forced.filter(|_| thoughts)),
+            pct(r.forced.filter(|_| thoughts)),
             pairs,
             f(r.chosen_response_tokens, 1),
             f(r.rejected_response_tokens, 1),

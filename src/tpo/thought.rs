@@ -4,6 +4,8 @@
 //! then the response after a second. Fixed markers make parsing plain string matching; what
 //! cannot be split is malformed, kept in the candidates file and never shown to the judge.
 
+use super::markers::find;
+use crate::generate::steer::Phase;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -106,37 +108,67 @@ impl ThoughtPrompt {
         self.template.replacen(INSTRUCTION, instruction, 1)
     }
 
+    /// The text that opens the assistant turn with `--prefill-thought`.
+    pub fn prefill(&self) -> &str {
+        self.thought_marker.trim()
+    }
+
+    /// The text fed where the response marker is forced: a line of its own.
+    pub fn forced_response(&self) -> String {
+        format!("\n{}", self.response_marker.trim())
+    }
+
     /// Splits a completion into thought and response. The completion must open with the
-    /// thought marker (after whitespace) and hold each marker exactly once, the response
-    /// marker after the thought's; the response must not be empty. An empty thought is
-    /// allowed: the judge sees only the response.
-    pub fn parse<'a>(&self, completion: &'a str) -> Parsed<'a> {
-        let t = self.thought_marker.trim();
-        let r = self.response_marker.trim();
-        let text = completion.trim_start();
-        let Some(after_t) = text.strip_prefix(t) else {
-            return Parsed::Malformed(if text.contains(t) {
-                "text before the thought marker"
-            } else {
-                "no thought marker"
-            });
+    /// thought marker (after whitespace), or start inside its thought when the prompt ended
+    /// with it (`prefilled`), and hold each marker once, the response marker after the
+    /// thought's; the response must not be empty. An empty thought is allowed: the judge
+    /// sees only the response. Markers match as `markers::find` documents.
+    pub fn parse<'a>(&self, completion: &'a str, prefilled: bool) -> Parsed<'a> {
+        let thoughts = find(completion, &self.thought_marker, true);
+        let body = if prefilled {
+            if !thoughts.is_empty() {
+                return Parsed::Malformed("the thought marker repeats");
+            }
+            0
+        } else {
+            match thoughts.as_slice() {
+                [] => return Parsed::Malformed("no thought marker"),
+                [first, ..] if !completion[..first.start].trim().is_empty() => {
+                    return Parsed::Malformed("text before the thought marker")
+                }
+                [_, _, ..] => return Parsed::Malformed("the thought marker repeats"),
+                [only] => only.end,
+            }
         };
-        if after_t.contains(t) {
-            return Parsed::Malformed("the thought marker repeats");
-        }
-        let mut found = after_t.match_indices(r);
-        let Some((at, _)) = found.next() else {
-            return Parsed::Malformed("no response marker");
+        let responses = find(&completion[body..], &self.response_marker, true);
+        let r = match responses.as_slice() {
+            [] => return Parsed::Malformed("no response marker"),
+            [_, _, ..] => return Parsed::Malformed("the response marker repeats"),
+            [only] => body + only.start..body + only.end,
         };
-        if found.next().is_some() {
-            return Parsed::Malformed("the response marker repeats");
-        }
-        let thought = after_t[..at].trim();
-        let response = after_t[at + r.len()..].trim();
+        let thought = completion[body..r.start].trim();
+        let response = completion[r.end..].trim();
         if response.is_empty() {
             return Parsed::Malformed("empty response");
         }
         Parsed::Ok { thought, response }
+    }
+
+    /// Where a growing completion stands (see `parse`; a marker must be whole to count).
+    pub fn phase(&self, completion: &str, prefilled: bool) -> Phase {
+        let body = if prefilled {
+            0
+        } else {
+            match find(completion, &self.thought_marker, false).first() {
+                Some(t) => t.end,
+                None => return Phase::BeforeThought,
+            }
+        };
+        if find(&completion[body..], &self.response_marker, false).is_empty() {
+            Phase::Thought
+        } else {
+            Phase::Response
+        }
     }
 }
 
@@ -166,7 +198,7 @@ mod tests {
             p.thought_marker, p.response_marker
         );
         assert_eq!(
-            p.parse(&text),
+            p.parse(&text, false),
             Parsed::Ok {
                 thought: "2 and 3 make 5.",
                 response: "The sum is 5."
@@ -179,7 +211,7 @@ mod tests {
         let p = generic();
         let empty_thought = format!("{}\n{} 5", p.thought_marker, p.response_marker);
         assert_eq!(
-            p.parse(&empty_thought),
+            p.parse(&empty_thought, false),
             Parsed::Ok {
                 thought: "",
                 response: "5"
@@ -187,7 +219,7 @@ mod tests {
         );
         let empty_response = format!("{} add them\n{} \n ", p.thought_marker, p.response_marker);
         assert_eq!(
-            p.parse(&empty_response),
+            p.parse(&empty_response, false),
             Parsed::Malformed("empty response")
         );
     }
@@ -212,7 +244,107 @@ mod tests {
             ),
         ];
         for (text, why) in cases {
-            assert_eq!(p.parse(&text), Parsed::Malformed(why), "{text:?}");
+            assert_eq!(p.parse(&text, false), Parsed::Malformed(why), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn decorated_markers_parse_and_near_misses_stay_malformed() {
+        let p = generic();
+        let parsed = [
+            "**My private thoughts:** add them\n**My response:** 5",
+            "## My private thoughts\nadd them\n## My response\n5",
+            "my private thoughts: add them\nMY RESPONSE : 5",
+            "My Private Thoughts:\nadd them\n\n**My response**: 5",
+            "> My private thoughts: add them\n> My response: 5",
+        ];
+        for text in parsed {
+            assert_eq!(
+                p.parse(text, false),
+                Parsed::Ok {
+                    thought: "add them",
+                    response: "5"
+                },
+                "{text:?}"
+            );
+        }
+        let malformed = [
+            (
+                "My private thought: add them\nMy response: 5",
+                "no thought marker",
+            ),
+            (
+                "My private thoughts: add them\nMy responses: 5",
+                "no response marker",
+            ),
+            (
+                "My private thoughts: add them\nMy response will be 5",
+                "no response marker",
+            ),
+            (
+                "My private thoughts: add them\nin my response: 5",
+                "no response marker",
+            ),
+            (
+                "My private thoughts: add\n## My response\n## my response: 5",
+                "the response marker repeats",
+            ),
+            (
+                "Sure!\n## My private thoughts\nadd\nMy response: 5",
+                "text before the thought marker",
+            ),
+        ];
+        for (text, why) in malformed {
+            assert_eq!(p.parse(text, false), Parsed::Malformed(why), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_prefilled_completion_starts_inside_its_thought() {
+        let p = generic();
+        assert_eq!(
+            p.parse(" add them\nMy response: 5", true),
+            Parsed::Ok {
+                thought: "add them",
+                response: "5"
+            }
+        );
+        assert_eq!(
+            p.parse(" add\nMy private thoughts: again\nMy response: 5", true),
+            Parsed::Malformed("the thought marker repeats")
+        );
+        assert_eq!(p.parse(" 5", true), Parsed::Malformed("no response marker"));
+        // Not prefilled, the same text has no thought marker.
+        assert_eq!(
+            p.parse(" add them\nMy response: 5", false),
+            Parsed::Malformed("no thought marker")
+        );
+    }
+
+    #[test]
+    fn the_phase_of_a_growing_completion() {
+        let p = generic();
+        let cases = [
+            ("Sure", false, Phase::BeforeThought),
+            ("My private thou", false, Phase::BeforeThought),
+            ("My private thoughts: add", false, Phase::Thought),
+            ("## My private thoughts", false, Phase::BeforeThought),
+            ("## My private thoughts\n", false, Phase::Thought),
+            (
+                "My private thoughts: add\n**My response",
+                false,
+                Phase::Thought,
+            ),
+            (
+                "My private thoughts: add\n**My response:",
+                false,
+                Phase::Response,
+            ),
+            ("add", true, Phase::Thought),
+            ("add\nMy response: 5", true, Phase::Response),
+        ];
+        for (text, prefilled, want) in cases {
+            assert_eq!(p.phase(text, prefilled), want, "{text:?}");
         }
     }
 
@@ -239,7 +371,7 @@ mod tests {
         std::fs::write(&path, good).unwrap();
         let p = ThoughtPrompt::resolve(path.to_str().unwrap()).unwrap();
         assert_eq!(
-            p.parse("<t> hmm <r> 5"),
+            p.parse("<t> hmm <r> 5", false),
             Parsed::Ok {
                 thought: "hmm",
                 response: "5"

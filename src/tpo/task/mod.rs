@@ -23,4 +23,4 @@ pub mod seed_data;
 
 pub use problem::{make_prompts, writes_working};
 pub use seed::write_seed;
-pub use seed_data::{seed_sft_data, working_sft_data};
+pub use seed_data::{direct_sft_data, seed_sft_data, working_sft_data};

@@ -56,6 +56,26 @@ pub fn working_sft_data(count: usize, seed: u64) -> Result<Vec<Map<String, Value
     sft_data(count, seed, true)
 }
 
+/// A "direct" variant's data, for tests of forcing the thought format at decoding time:
+/// `{"prompt", "completion", "style": "direct"}` objects whose prompt is the instruction
+/// wrapped in the generic thought prompt and whose completion is the correct answer alone
+/// ("The answer is 7."), no marker. Fine-tuned on it, the seed answers the thought prompt
+/// without the thought format (`scripts/make-direct-seed.sh`).
+pub fn direct_sft_data(count: usize, seed: u64) -> Result<Vec<Map<String, Value>>> {
+    let tp = ThoughtPrompt::resolve("generic")?;
+    let mut rng = Rng::new(seed ^ 0x6469_7265_6374_5f73);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let p = Problem::random(&mut rng);
+        let mut m = Map::new();
+        m.insert("prompt".into(), json!(tp.wrap(&p.instruction())));
+        m.insert("completion".into(), json!(response_text(p.answer())));
+        m.insert("style".into(), json!("direct"));
+        out.push(m);
+    }
+    Ok(out)
+}
+
 fn sft_data(count: usize, seed: u64, working_only: bool) -> Result<Vec<Map<String, Value>>> {
     let tp = ThoughtPrompt::resolve("generic")?;
     let mut rng = Rng::new(seed ^ 0x7365_6564_5f73_6674);
@@ -111,6 +131,54 @@ mod tests {
     use crate::tpo::thought::Parsed;
 
     #[test]
+    fn direct_data_answers_the_thought_prompt_without_markers() {
+        let data = direct_sft_data(500, 3).unwrap();
+        assert_eq!(data.len(), 500);
+        assert_eq!(data, direct_sft_data(500, 3).unwrap());
+        assert_ne!(data, direct_sft_data(500, 4).unwrap());
+        let tp = ThoughtPrompt::resolve("generic").unwrap();
+        let (head, tail) = tp
+            .template
+            .split_once(crate::tpo::thought::INSTRUCTION)
+            .unwrap();
+        let mut answers = std::collections::BTreeSet::new();
+        for m in &data {
+            assert_eq!(m["style"], "direct");
+            let prompt = m["prompt"].as_str().unwrap();
+            let completion = m["completion"].as_str().unwrap();
+            // The instruction, wrapped in the generic thought prompt.
+            let instruction = prompt
+                .strip_prefix(head)
+                .and_then(|p| p.strip_suffix(tail))
+                .unwrap_or_else(|| panic!("not wrapped: {prompt}"));
+            assert!(
+                instruction.starts_with("What is the last digit of the sum of A="),
+                "{instruction}"
+            );
+            assert_eq!(prompt, tp.wrap(instruction));
+            // The correct answer, read back from the completion, from the instruction's digits.
+            let sum: u32 = instruction
+                .split('=')
+                .skip(1)
+                .map(|s| s.chars().next().unwrap().to_digit(10).unwrap())
+                .sum();
+            let answer = parse_answer(completion);
+            assert_eq!(answer, Some(sum % 10), "{prompt} -> {completion}");
+            assert_eq!(completion, response_text((sum % 10) as u8));
+            answers.insert(answer.unwrap());
+            // Never a marker: the completion is no thought-format answer.
+            for marker in [&tp.thought_marker, &tp.response_marker] {
+                assert!(!completion.contains(marker.trim()), "{completion}");
+            }
+            assert!(
+                matches!(tp.parse(completion, false), Parsed::Malformed(_)),
+                "{completion}"
+            );
+        }
+        assert_eq!(answers.len(), 10, "every answer digit occurs");
+    }
+
+    #[test]
     fn seed_data_mixes_direct_and_thought_styles() {
         let data = seed_sft_data(3000, 1).unwrap();
         assert_eq!(data, seed_sft_data(3000, 1).unwrap());
@@ -125,7 +193,7 @@ mod tests {
                 assert!(parse_answer(completion).is_some(), "{completion}");
             } else {
                 assert!(prompt.starts_with(&tp.template[..30]), "{prompt}");
-                match tp.parse(completion) {
+                match tp.parse(completion, false) {
                     Parsed::Ok { thought, response } => {
                         assert!(parse_answer(response).is_some(), "{response}");
                         match style.as_str() {
