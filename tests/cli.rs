@@ -267,7 +267,7 @@ fn generate_with_a_thought_prompt_splits_and_steers_completions() {
             .collect()
     };
     // The random fixture writes no marker of its own.
-    let plain = completions(&[]);
+    let plain = completions(&["--no-prefill-thought", "--no-force-response"]);
     assert_eq!(plain.len(), 8);
     assert!(plain
         .iter()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::chat_fixture;
+use common::{chat_fixture, s};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use tempfile::TempDir;
@@ -49,10 +49,6 @@ fn run(args: &[&str]) -> Exit {
         stderr: std::fs::read_to_string(&err_path).unwrap(),
         peak_rss_mib: usage.ru_maxrss / 1024,
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn refused(exit: Exit, needles: &[&str]) {

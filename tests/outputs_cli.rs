@@ -3,13 +3,9 @@
 
 mod common;
 
-use common::{chat_fixture, run_on_threads, write, Run};
+use common::{chat_fixture, run_on_threads, s, write, Run};
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A writable copy of the small checkpoint, so that a write into it would show.
 fn model_copy(tmp: &Path) -> PathBuf {

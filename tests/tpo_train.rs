@@ -4,26 +4,14 @@
 
 mod common;
 
-use common::{chat_fixture, run_on_threads, write, Run};
-use serde_json::{Map, Value};
+use common::{chat_fixture, jsonl, run_on_threads, s, write, Run};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn tpo(args: &[&str]) -> Run {
     run_on_threads("2", args)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn jsonl(path: &Path) -> Vec<Map<String, Value>> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// A pointwise judge: the score is the number of "e" and "a" in the response (so the
@@ -388,11 +376,14 @@ fn thought_args(tmp: &Path, out: &Path, iterations: &str) -> Vec<String> {
 
 #[test]
 fn a_thought_run_whose_candidates_are_all_malformed_stops_with_advice() {
-    // Every candidate is malformed, so no prompt can give a pair: the run stops before
-    // evaluating an unchanged model, and says what would help.
+    // With the format's control turned off, every candidate is malformed, so no prompt can
+    // give a pair: the run stops before evaluating an unchanged model, and says what would
+    // help.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let r = run_vec(&thought_args(tmp.path(), &out, "1"));
+    let mut args = thought_args(tmp.path(), &out, "1");
+    args.extend(["--no-prefill-thought", "--no-force-response"].map(String::from));
+    let r = run_vec(&args);
     assert!(!r.ok && r.code == Some(1), "{}", r.stderr);
     for part in [
         "iteration 1: no pair can be made",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{chat_fixture, run_on_threads, write, Run};
+use common::{chat_fixture, run_on_threads, s, write, Run};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
@@ -12,10 +12,6 @@ use tpo_engine::model::Model;
 
 fn tpo(args: &[&str]) -> Run {
     run_on_threads("2", args)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 const PAIRS: &str = r#"{"prompt": "Name a color.", "chosen": "Blue, like the sky.", "rejected": "I do not know."}

@@ -112,7 +112,7 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         .as_deref()
         .map(ThoughtPrompt::resolve)
         .transpose()?;
-    let control = args.format.control();
+    let control = args.format.control(thought.is_some())?;
     control.check(thought.is_some(), args.max_new_tokens)?;
     Inputs::default()
         .file("--prompts", &args.prompts)

@@ -269,7 +269,7 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
         save_steps: args.optim.save_steps,
         seed: args.optim.seed,
         chat_template: !args.optim.no_chat_template,
-        format: args.format.control(),
+        format: args.format.control(!args.no_thoughts)?,
     };
     Ok((cfg, pool, heldout))
 }

@@ -57,9 +57,14 @@ impl DemoPlan {
 const TRAIN_PROMPTS_SEED: u64 = 1;
 const HELDOUT_PROMPTS_SEED: u64 = 2;
 
-fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig> {
+pub(crate) fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result<TpoConfig> {
     Ok(TpoConfig {
-        format: FormatControl::default(),
+        // `train`'s defaults: the thought prefilled, the response marker forced.
+        format: FormatControl {
+            prefill_thought: thoughts,
+            force_response: thoughts,
+            max_thought_tokens: None,
+        },
         model: seed_dir.canonicalize()?,
         judge: format!("builtin:{}", JUDGE_NAME),
         judge_timeout_secs: 60.0,

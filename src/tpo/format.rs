@@ -99,6 +99,13 @@ impl FormatControl {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Fine,
+    Warn,
+    Stop,
+}
+
 /// How many of an iteration's candidates could not be parsed, and why.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MalformedCount {
@@ -137,6 +144,19 @@ impl MalformedCount {
         self.malformed as f64 / self.candidates.max(1) as f64
     }
 
+    /// What iteration `t` does about its malformed candidates: stop when every one is
+    /// (no pair can be made, and the model would go on unchanged); warn when most of the
+    /// first iteration's are.
+    pub fn verdict(&self, t: usize) -> Verdict {
+        if self.candidates > 0 && self.malformed == self.candidates {
+            Verdict::Stop
+        } else if t == 1 && self.share() > 0.5 {
+            Verdict::Warn
+        } else {
+            Verdict::Fine
+        }
+    }
+
     /// What went wrong and what would help, for the error or the warning.
     pub fn advice(&self, control: &FormatControl, max_new_tokens: usize) -> String {
         let mut out = format!(
@@ -164,5 +184,59 @@ impl MalformedCount {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(candidates: usize, malformed: usize) -> MalformedCount {
+        MalformedCount {
+            candidates,
+            malformed,
+            top_reason: Some(("no response marker".into(), malformed)),
+            cut: 1,
+        }
+    }
+
+    #[test]
+    fn all_malformed_stops_most_malformed_at_first_warns() {
+        assert_eq!(count(64, 64).verdict(1), Verdict::Stop);
+        assert_eq!(count(64, 64).verdict(3), Verdict::Stop);
+        assert_eq!(count(64, 33).verdict(1), Verdict::Warn);
+        assert_eq!(count(64, 33).verdict(2), Verdict::Fine);
+        assert_eq!(count(64, 32).verdict(1), Verdict::Fine);
+        assert_eq!(count(0, 0).verdict(1), Verdict::Fine);
+    }
+
+    #[test]
+    fn advice_names_the_reason_and_the_options_still_off() {
+        let off = FormatControl::default();
+        let text = count(64, 40).advice(&off, 96);
+        for part in [
+            "40 of 64 candidates (62%) are malformed",
+            "\"no response marker\" (40)",
+            "1 were cut by --max-new-tokens 96",
+            "--prefill-thought",
+            "--force-response",
+            "--max-thought-tokens",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        let on = FormatControl {
+            prefill_thought: true,
+            force_response: true,
+            max_thought_tokens: None,
+        };
+        let text = count(64, 40).advice(&on, 96);
+        assert!(!text.contains("--prefill-thought") && text.contains("--max-thought-tokens N"));
+        let all = FormatControl {
+            max_thought_tokens: Some(32),
+            ..on
+        };
+        assert!(count(64, 40)
+            .advice(&all, 96)
+            .contains("Every format option is on"));
     }
 }

@@ -20,7 +20,7 @@
 //! a resumed run gives the same files as one that was never stopped.
 
 use super::config::TpoConfig;
-use super::format::MalformedCount;
+use super::format::{MalformedCount, Verdict};
 use super::json_files::{read_json, read_jsonl, write_jsonl};
 use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
 use super::prompts::{prompt_line_limit, read_prompt_file};
@@ -543,22 +543,21 @@ impl TpoRun {
         Ok(true)
     }
 
-    /// Stops the run when every candidate is malformed (no pair could be made, and the
-    /// model would go on unchanged), and warns when most of iteration 1's are.
+    /// Stops the run, or warns, by the iteration's malformed candidates
+    /// (`MalformedCount::verdict`).
     fn check_format(&self, t: usize, prompts: &[PromptCandidates], file: &Path) -> Result<()> {
         let count = MalformedCount::of(prompts);
         let advice = || {
             count.advice(&self.cfg.format, self.cfg.sampling.max_new_tokens)
                 + &format!(" (the candidates: {})", file.display())
         };
-        if count.candidates > 0 && count.malformed == count.candidates {
-            bail!(
+        match count.verdict(t) {
+            Verdict::Stop => bail!(
                 "iteration {t}: no pair can be made, so the model would stay as it was: {}. Start a new run with other options.",
                 advice()
-            );
-        }
-        if t == 1 && count.share() > 0.5 {
-            eprintln!("[{}] warning: iteration {t}: {}", self.label, advice());
+            ),
+            Verdict::Warn => eprintln!("[{}] warning: iteration {t}: {}", self.label, advice()),
+            Verdict::Fine => {}
         }
         Ok(())
     }

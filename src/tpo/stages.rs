@@ -433,3 +433,81 @@ pub fn instructions(prompts: &[&Map<String, Value>]) -> Vec<String> {
         .map(|p| instruction(p).unwrap_or_default())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::steer::ForceReason;
+    use crate::model::ModelConfig;
+    use std::path::Path;
+
+    #[test]
+    fn a_pair_trains_on_forced_tokens_after_a_prompt_that_holds_the_prefill() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/direct-seed");
+        let plan = super::super::demo::DemoPlan::new(true);
+        let mut cfg = super::super::demo::config(&dir, &plan, true).unwrap();
+        cfg.format.prefill_thought = true;
+        let config = ModelConfig::load(&dir.join("config.json")).unwrap();
+        let rt = Runtime {
+            tokenizer: Tokenizer::load(&dir).unwrap(),
+            end_token: 2,
+            eos_ids: vec![2],
+            mode: PromptMode::Chat,
+            vocab_size: config.vocab_size,
+            max_context: config.max_context,
+            device: Device::CPU,
+        };
+        let t = cfg.thought_prompt.clone().unwrap();
+        let marker = rt.tokenizer.encode(&t.forced_response(), false).unwrap();
+        let thought = rt.tokenizer.encode(" The answer is 7.", false).unwrap();
+        let answer = rt.tokenizer.encode(" The answer is 3.", false).unwrap();
+        let candidate = |ids: Vec<u32>, forced: Option<Forced>| {
+            let sample = Sample {
+                token_ids: ids,
+                finish_reason: "eos".into(),
+                forced,
+            };
+            rt.parse(&cfg, &sample, true).unwrap()
+        };
+        let forced_ids = [thought.as_slice(), &marker, &answer].concat();
+        let forced = Forced {
+            at: thought.len(),
+            tokens: marker.len(),
+            reason: ForceReason::Eos,
+        };
+        let chosen = candidate(forced_ids.clone(), Some(forced));
+        assert_eq!(chosen.response.as_deref(), Some("The answer is 3."));
+        assert_eq!(chosen.thought.as_deref(), Some("The answer is 7."));
+        assert_eq!(chosen.forced, Some(forced));
+        let rejected = candidate(thought.clone(), None);
+        assert_eq!(rejected.malformed.as_deref(), Some("no response marker"));
+        let prompt = serde_json::json!({"prompt": "What is the last digit of 3+4?"});
+        let prompts = [PromptCandidates {
+            index: 0,
+            prompt: prompt.as_object().unwrap().clone(),
+            instruction: "What is the last digit of 3+4?".into(),
+            candidates: vec![chosen, rejected],
+        }];
+        let pairs = [ChosenPair {
+            prompt: 0,
+            chosen: 0,
+            rejected: 1,
+        }];
+        let examples = pair_examples(&rt, &cfg, &prompts, &pairs, true).unwrap();
+        let e = &examples[0];
+        // The prompt ends with the prefilled thought marker, and is not trained on.
+        let rendered = render(
+            &wrap(&prompts[0].prompt, cfg.thought_prompt.as_ref()),
+            &rt.tokenizer,
+            PromptMode::Chat,
+            rt.vocab_size,
+            rt.max_context,
+        )
+        .unwrap();
+        let prefill = rt.tokenizer.encode(t.prefill(), false).unwrap();
+        assert_eq!(e.prompt_len, rendered.len() + prefill.len());
+        assert_eq!(&e.seqs[0][..e.prompt_len], [rendered, prefill].concat());
+        // The completion trained on holds the forced tokens, then the end token.
+        assert_eq!(&e.seqs[0][e.prompt_len..], [forced_ids, vec![2]].concat());
+    }
+}
