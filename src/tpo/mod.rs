@@ -6,6 +6,7 @@ pub mod demo;
 pub mod format;
 pub mod json_files;
 pub mod judge;
+pub mod malformed;
 pub mod markers;
 pub mod pairing;
 pub mod prompts;

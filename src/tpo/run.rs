@@ -20,9 +20,9 @@
 //! a resumed run gives the same files as one that was never stopped.
 
 use super::config::TpoConfig;
-use super::format::{MalformedCount, Verdict};
 use super::json_files::{read_json, read_jsonl, write_jsonl};
 use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
+use super::malformed::{MalformedCount, Verdict};
 use super::prompts::{prompt_line_limit, read_prompt_file};
 use super::stages::*;
 use super::summary::{self, IterationSummary};
