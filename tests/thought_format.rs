@@ -138,7 +138,9 @@ fn by_default_every_candidate_parses_and_pairs_train_on_the_forced_tokens() {
     // The pairs are the candidates' whole completions, forced marker included, after a
     // prompt that ends with the prefilled thought marker.
     let pairs = jsonl(&out.join("iter-1/pairs.jsonl"));
+    assert!(!pairs.is_empty());
     for p in &pairs {
+        assert_eq!(p["prefill"], "My private thoughts:");
         let chosen = &cands[..]
             .iter()
             .find(|c| c["text"] == p["chosen"])

@@ -523,6 +523,10 @@ impl TpoRun {
             let pc = &prompts[p.prompt];
             let (c, r) = (&pc.candidates[p.chosen], &pc.candidates[p.rejected]);
             let mut line = super::prompts::wrap(&pc.prompt, thought);
+            if let Some(t) = thought.filter(|_| self.cfg.format.prefill_thought) {
+                // The assistant turn opened with it: part of the prompt, not of the sides.
+                line.insert("prefill".into(), json!(t.prefill()));
+            }
             line.insert("chosen".into(), json!(c.text));
             line.insert("rejected".into(), json!(r.text));
             line.insert("ref_chosen_logps".into(), json!(e.reference[0]));
