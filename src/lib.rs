@@ -8,6 +8,7 @@
 //! that picks the device, and `tpo` is the loop that ties them together.
 
 pub mod backend;
+pub mod chat_compat;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;

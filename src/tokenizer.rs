@@ -1,6 +1,7 @@
 //! Text to token ids and back (tokenizer.json through the tokenizers crate), and chat
 //! messages to prompt text (the Jinja chat template of tokenizer_config.json).
 
+use crate::chat_compat;
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{Environment, ErrorKind};
 use serde_json::Value;
@@ -174,18 +175,22 @@ impl Tokenizer {
     }
 }
 
-/// A Jinja environment configured as transformers renders chat templates.
+/// A Jinja environment configured as transformers renders chat templates (its additions in
+/// `chat_compat`).
 fn chat_environment(source: String) -> Result<Environment<'static>> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(chat_compat::unknown_method);
     env.add_function(
         "raise_exception",
         |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         },
     );
+    env.add_function("strftime_now", chat_compat::strftime_now);
+    env.add_filter("tojson", chat_compat::tojson);
+    env.add_filter("trim", chat_compat::trim);
     env.add_template_owned(TEMPLATE, source)?;
     Ok(env)
 }
