@@ -314,6 +314,87 @@ fn generate_with_a_thought_prompt_splits_and_steers_completions() {
 }
 
 #[test]
+fn generate_writes_alpaca_eval_outputs() {
+    let tmp = TempDir::new().unwrap();
+    let prompts = write(
+        &tmp.path().join("p.jsonl"),
+        "{\"prompt\": \"What is 3 plus 4?\", \"dataset\": \"math\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Name a river.\"}]}\n",
+    );
+    let template = write(
+        &tmp.path().join("t.json"),
+        r#"{"template": "{instruction} Think after T:, answer after R:", "thought_marker": "T:", "response_marker": "R:"}"#,
+    );
+    let t = template.to_str().unwrap();
+    let (jsonl, alpaca) = (tmp.path().join("out.jsonl"), tmp.path().join("alpaca.json"));
+    let common = [
+        "--thought-prompt",
+        t,
+        "--max-new-tokens",
+        "10",
+        "--max-thought-tokens",
+        "4",
+        "--seed",
+        "3",
+    ];
+    let run = generate(&chat_fixture(), &prompts, &jsonl, &common);
+    assert!(run.ok, "{}", run.stderr);
+    let args: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["--format", "alpaca-eval"])
+        .collect();
+    let run = generate(&chat_fixture(), &prompts, &alpaca, &args);
+    assert!(run.ok, "{}", run.stderr);
+    let entries: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&alpaca).unwrap()).unwrap();
+    let lines: Vec<Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["instruction"], "What is 3 plus 4?");
+    assert_eq!(entries[1]["instruction"], "Name a river.");
+    assert_eq!(entries[0]["dataset"], "math");
+    for (e, l) in entries.iter().zip(&lines) {
+        // The response alone, the same as the JSONL output's.
+        let response = &l["completions"][0]["response"];
+        assert!(response.is_string(), "{l}");
+        assert_eq!(&e["output"], response);
+        assert_eq!(e["generator"], "chat");
+        assert!(e.get("prompt").is_none() && e.get("messages").is_none());
+    }
+    let named: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--generator", "mine"])
+        .collect();
+    assert!(generate(&chat_fixture(), &prompts, &alpaca, &named).ok);
+    let entries: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&alpaca).unwrap()).unwrap();
+    assert!(entries.iter().all(|e| e["generator"] == "mine"));
+    for (extra, why) in [
+        (
+            vec!["--format", "alpaca-eval", "--samples", "2"],
+            "one output per instruction",
+        ),
+        (vec!["--generator", "x"], "--format alpaca-eval"),
+    ] {
+        let run = generate(
+            &chat_fixture(),
+            &prompts,
+            &tmp.path().join("x.json"),
+            &extra,
+        );
+        assert!(
+            !run.ok && run.code == Some(1) && run.stderr.contains(why),
+            "{extra:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
 fn a_failed_run_keeps_an_existing_output_file() {
     let tmp = TempDir::new().unwrap();
     let out = write(&tmp.path().join("out.jsonl"), "earlier results\n");

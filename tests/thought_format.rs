@@ -150,6 +150,18 @@ fn by_default_every_candidate_parses_and_pairs_train_on_the_forced_tokens() {
     // The held-out answers of the trained model are steered the same way.
     let eval = jsonl(&out.join("iter-1/eval.jsonl"));
     assert!(eval.iter().all(|l| l["malformed"].is_null()), "{eval:?}");
+    // And written for AlpacaEval: the responses alone.
+    let alpaca: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("iter-1/alpaca-eval.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(alpaca.len(), eval.len());
+    for (a, l) in alpaca.iter().zip(&eval) {
+        assert_eq!(a["instruction"], l["instruction"]);
+        assert_eq!(a["output"], l["response"]);
+        assert!(!a["output"].as_str().unwrap().contains("My response"));
+        assert_eq!(a["generator"], "direct-seed-tpo-iter-1");
+    }
     let table = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(table.contains("| 100.0% / 100.0% |"), "{table}");
 }

@@ -10,6 +10,7 @@ use crate::io::write_atomic;
 use crate::memory;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
+use crate::tpo::alpaca;
 use crate::tpo::prompts::{render, wrap};
 use crate::tpo::thought::{Parsed, ThoughtPrompt};
 use anyhow::{bail, Result};
@@ -68,6 +69,20 @@ pub struct GenerateArgs {
     thought_prompt: Option<String>,
     #[command(flatten)]
     format: FormatArgs,
+    /// The output: JSONL, a line per prompt with its completions; or alpaca-eval, the
+    /// JSON list AlpacaEval reads (instruction, output: the response alone with a thought
+    /// prompt, generator), one completion per prompt.
+    #[arg(long = "format", value_enum, default_value_t = OutputFormat::Jsonl)]
+    output_format: OutputFormat,
+    /// The `generator` of alpaca-eval entries (default: the model directory's name).
+    #[arg(long)]
+    generator: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Jsonl,
+    AlpacaEval,
 }
 
 fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
@@ -103,6 +118,16 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     }
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens 0: expected at least 1");
+    }
+    let alpaca = args.output_format == OutputFormat::AlpacaEval;
+    if alpaca && args.samples != 1 {
+        bail!(
+            "--format alpaca-eval takes one output per instruction, and --samples is {}",
+            args.samples
+        );
+    }
+    if args.generator.is_some() && !alpaca {
+        bail!("--generator names the model in --format alpaca-eval output");
     }
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");
@@ -140,6 +165,14 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         config.vocab_size,
         config.max_context,
     )?;
+    if alpaca {
+        // Every entry needs its instruction: check them before any work.
+        for p in &prompts {
+            let source = p.source.as_object().expect("prompts are JSON objects");
+            crate::tpo::prompts::instruction(source)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e:#}", args.prompts.display(), p.line))?;
+        }
+    }
     let mut steering = None;
     if let Some(t) = &thought {
         let prefill = control.prefill_ids(t, &tokenizer)?;
@@ -200,7 +233,12 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     let gen_secs = gen_started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
+    let generator = args
+        .generator
+        .clone()
+        .unwrap_or_else(|| model_name(&args.model));
     let mut out = String::new();
+    let mut entries = vec![];
     let mut generated = 0;
     for (prompt, samples) in prompts.iter().zip(&completions) {
         let mut items = vec![];
@@ -221,6 +259,12 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
                 item["malformed"] = json!(malformed);
                 item["forced"] = json!(c.forced);
             }
+            if alpaca {
+                // What a user sees: the response, or the whole text when it has none.
+                let output = item["response"].as_str().unwrap_or(text.trim());
+                let source = prompt.source.as_object().expect("prompts are JSON objects");
+                entries.push(alpaca::entry(source, output, &generator)?);
+            }
             items.push(item);
         }
         let mut line = prompt.source.clone();
@@ -229,7 +273,11 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         out.push_str(&serde_json::to_string(&line)?);
         out.push('\n');
     }
-    write_atomic(&args.out, out.as_bytes())?;
+    if alpaca {
+        alpaca::write(&args.out, entries)?;
+    } else {
+        write_atomic(&args.out, out.as_bytes())?;
+    }
 
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     eprintln!(
@@ -244,4 +292,11 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// A model's name for reports: its directory's last component.
+fn model_name(dir: &std::path::Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map_or("model".to_string(), |n| n.to_string_lossy().into_owned())
 }

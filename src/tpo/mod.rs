@@ -1,6 +1,7 @@
 //! Thought Preference Optimization: thought prompts and their parser, judges, length-controlled
 //! pairing, the built-in task, and the iteration loop that ties them to generation and DPO.
 
+pub mod alpaca;
 pub mod config;
 pub mod demo;
 pub mod format;

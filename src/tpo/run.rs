@@ -770,8 +770,29 @@ impl TpoRun {
                 },
             )
             .collect();
+        // AlpacaEval's file of the same answers, before eval.jsonl marks the stage done.
+        let generator = self.generator(t);
+        let entries = self
+            .heldout
+            .iter()
+            .zip(&lines)
+            .map(|(p, l)| super::alpaca::entry(p, &l.response, &generator))
+            .collect::<Result<Vec<_>>>()?;
+        super::alpaca::write(&self.iter_dir(t).join("alpaca-eval.json"), entries)?;
         write_jsonl(&out, &lines)?;
         Ok(true)
+    }
+
+    /// The model of iteration t in reports: the seed's directory name, the loop, the
+    /// iteration ("seed-tpo-iter-2"); the same for every copy of the run.
+    fn generator(&self, t: usize) -> String {
+        let seed = self
+            .cfg
+            .model
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy());
+        let how = if self.thoughts() { "tpo" } else { "direct" };
+        format!("{seed}-{how}-iter-{t}")
     }
 }
 
