@@ -178,6 +178,34 @@ fn a_direct_run_writes_every_stage_and_pairs_by_the_judge() {
     assert_eq!(table.lines().count(), 2 + 3, "{table}");
 }
 
+#[test]
+fn a_run_from_a_config_file_records_the_resolved_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // The run's flags, less those the file gives, and one the command line overrides.
+    let mut args = run_args(tmp.path(), &out);
+    for flag in ["--iterations", "--samples", "--max-new-tokens", "--lr"] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args.drain(i..i + 2);
+    }
+    args.retain(|a| a != "--no-thoughts");
+    let config = write(
+        &tmp.path().join("run.yaml"),
+        "iterations: 1\nsamples: 3\nmax_new_tokens: 9\nno-thoughts: true\nlr: 0.01\nbeta: 0.2\n",
+    );
+    args.extend(["--config", s(&config), "--lr", "1e-3"].map(String::from));
+    let r = run_vec(&args);
+    assert!(r.ok, "{}", r.stderr);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["iterations"], 1);
+    assert_eq!(cfg["sampling"]["samples"], 3);
+    assert_eq!(cfg["sampling"]["max_new_tokens"], 9);
+    assert!(cfg["thought_prompt"].is_null());
+    assert_eq!(cfg["dpo"]["beta"], 0.2);
+    assert_eq!(cfg["optimizer"]["lr"], 1e-3);
+}
+
 /// Files that must come out the same however often a run was stopped: everything but
 /// timings.
 fn snapshot(out: &Path) -> Vec<(String, Vec<u8>)> {

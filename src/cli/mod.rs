@@ -1,5 +1,6 @@
 //! The command line: parses arguments and calls the library.
 
+mod config_file;
 mod format;
 mod generate;
 mod task;
@@ -9,13 +10,14 @@ mod train;
 use crate::backend::device::{Device, DeviceChoice, Placement, Precision};
 use crate::tiny::{make_tiny_model, TinySpec};
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "tpo-engine",
     version,
+    args_override_self = true,
     about = "Thought Preference Optimization: sampling and training for Llama-family models"
 )]
 pub struct Cli {
@@ -32,6 +34,10 @@ pub struct Cli {
     /// widens to f32; TPO_CPU_BF16=amx|avx512-bf16|portable forces one.
     #[arg(long, global = true)]
     precision: Option<Precision>,
+    /// Flag values from a TOML, YAML or JSON file, under the flags' names
+    /// (`max-new-tokens = 512`); flags given on the command line override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,7 +71,8 @@ enum Command {
 const MAX_THREADS: usize = 1024;
 
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let args = config_file::expand(std::env::args_os().collect(), &Cli::command())?;
+    let cli = Cli::parse_from(args);
     if let Some(n) = cli.threads {
         if !(1..=MAX_THREADS).contains(&n) {
             bail!("--threads {n}: expected 1 to {MAX_THREADS}");
