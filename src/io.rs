@@ -1,6 +1,7 @@
 //! Files written so that a crash never leaves half of one: write a temporary sibling, then
 //! rename it over the destination. Where a command may write: `outputs`.
 
+pub mod hub;
 pub mod lines;
 pub mod outputs;
 pub mod paths;

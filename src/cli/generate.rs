@@ -24,7 +24,8 @@ const MAX_BATCH: usize = 65536;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json), or a Hub id
+    /// org/name[@revision] in the Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
     /// JSONL, one {"prompt": ...} or {"messages": [...]} per line.
@@ -105,7 +106,7 @@ fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
     })
 }
 
-pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
+pub fn run_generate(mut args: GenerateArgs, device: Placement) -> Result<()> {
     let sampling = sampling_params(&args)?;
     if !(1..=MAX_SAMPLES).contains(&args.samples) {
         bail!("--samples {}: expected 1 to {MAX_SAMPLES}", args.samples);
@@ -132,6 +133,7 @@ pub fn run_generate(args: GenerateArgs, device: Placement) -> Result<()> {
     if args.stops.iter().any(|s| s.is_empty()) {
         bail!("--stop: an empty stop string would stop at once");
     }
+    args.model = crate::io::hub::resolve_flag("--model", &args.model)?;
     let thought = args
         .thought_prompt
         .as_deref()

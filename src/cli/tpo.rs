@@ -17,7 +17,8 @@ use std::path::PathBuf;
 #[derive(clap::Args, Clone, Debug)]
 pub struct TpoArgs {
     /// Seed checkpoint: the policy of iteration 0. With no --model (and no other run
-    /// flags), the built-in demonstration runs.
+    /// flags), the built-in demonstration runs. A Hub id org/name[@revision] is read from
+    /// the Hugging Face cache.
     #[arg(long)]
     model: Option<PathBuf>,
     /// JSONL, one {"prompt": ...} or {"messages": [...]} per line, plus any fields the judge
@@ -183,7 +184,7 @@ type Prompts = Vec<serde_json::Map<String, serde_json::Value>>;
 
 fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
     let model = args.model.as_ref().expect("checked by the caller");
-    let model = model
+    let model = crate::io::hub::resolve_flag("--model", model)?
         .canonicalize()
         .with_context(|| format!("--model {}: no such directory", model.display()))?;
     let prompts_path = args

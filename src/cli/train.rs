@@ -6,6 +6,7 @@ use crate::generate::{end_token, PromptMode};
 use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
 use crate::memory;
+use crate::io::hub::resolve_flag;
 use crate::model::config::ModelConfig;
 use crate::model::graph::ScoredSequence;
 use crate::model::Model;
@@ -25,7 +26,8 @@ use std::time::Instant;
 /// Options every training command shares.
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Checkpoint directory to start from (config.json, *.safetensors, tokenizer.json).
+    /// Checkpoint directory to start from (config.json, *.safetensors, tokenizer.json), or
+    /// a Hub id org/name[@revision] in the Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
     /// Run directory to create: metrics.jsonl, checkpoint-STEP/ and the trained model/.
@@ -118,7 +120,7 @@ pub struct SftArgs {
 
 #[derive(clap::Args)]
 pub struct LogprobsArgs {
-    /// Checkpoint directory.
+    /// Checkpoint directory, or a Hub id org/name[@revision] in the Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
     /// JSONL, one {"prompt", "completion"} per line.
@@ -298,7 +300,8 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
+pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
+    args.train.model = resolve_flag("--model", &args.train.model)?;
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
     Inputs::default()
@@ -378,7 +381,8 @@ pub fn run_dpo(args: DpoArgs, device: Placement) -> Result<()> {
     finish(model, &examples, &cfg, &mut run, &device)
 }
 
-pub fn run_sft(args: SftArgs, device: Placement) -> Result<()> {
+pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
+    args.train.model = resolve_flag("--model", &args.train.model)?;
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
     Inputs::default()
         .file("--data", &args.data)
@@ -442,10 +446,11 @@ fn finish(
     Ok(())
 }
 
-pub fn run_logprobs(args: LogprobsArgs, device: Placement) -> Result<()> {
+pub fn run_logprobs(mut args: LogprobsArgs, device: Placement) -> Result<()> {
     if args.micro_batch_tokens == 0 {
         bail!("--micro-batch-tokens 0: expected at least 1");
     }
+    args.model = resolve_flag("--model", &args.model)?;
     Inputs::default()
         .file("--input", &args.input)
         .dir("--model", &args.model)

@@ -12,7 +12,6 @@ pub mod reward_model;
 
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
-use std::path::Path;
 
 /// One prompt's responses as a judge sees them.
 #[derive(Clone, Debug)]
@@ -103,7 +102,10 @@ pub fn open_judge(spec: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
         bail!("--judge {spec}: nothing after \"{kind}:\"");
     }
     Ok(match kind {
-        "rm" => Box::new(reward_model::RewardModelJudge::load(Path::new(arg), opts)?),
+        "rm" => Box::new(reward_model::RewardModelJudge::load(
+            &crate::io::hub::resolve_model(arg)?,
+            opts,
+        )?),
         "cmd" => Box::new(command::PointwiseCommand::new(arg, opts)?),
         "pairwise-cmd" => Box::new(elo::EloJudge::new(command::PairwiseCommand::new(
             arg, opts,
