@@ -207,11 +207,11 @@ pub fn comparison(
     working: &[f64],
 ) -> String {
     let mut out = String::from(
-        "| iteration | direct: held-out score | direct: win vs seed | TPO: held-out score | TPO: win vs seed | TPO: thought tokens | TPO: thoughts that write out the working | TPO: malformed |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| iteration | direct: held-out score | direct: win vs seed | TPO: held-out score | TPO: win vs seed | TPO: thought tokens | TPO: thoughts that write out the working | TPO: malformed | TPO: forced (held-out / train) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for ((t, d), w) in tpo.iter().zip(direct).zip(working) {
         out.push_str(&format!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
             t.iteration,
             if t.iteration == 0 { " (seed)" } else { "" },
             score(d.heldout_score),
@@ -221,6 +221,8 @@ pub fn comparison(
             t.thought_tokens.map_or("-".into(), |v| format!("{v:.1}")),
             score(Some(*w)),
             score(t.heldout_malformed),
+            score(t.heldout_forced),
+            score(t.forced),
         ));
     }
     let (t0, tn) = (&tpo[0], &tpo[tpo.len() - 1]);
