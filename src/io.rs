@@ -2,6 +2,7 @@
 //! rename it over the destination. Where a command may write: `outputs`.
 
 pub mod hub;
+pub mod hub_download;
 pub mod lines;
 pub mod outputs;
 pub mod paths;

@@ -5,8 +5,11 @@
 mod common;
 
 use common::{chat_fixture, s, write};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const TAGGED: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -89,10 +92,11 @@ fn hub_ids_resolve_through_the_cache() {
 }
 
 #[test]
-fn a_local_path_wins_and_a_missing_id_says_where_it_looked() {
+fn a_local_path_wins_and_offline_a_missing_id_says_where_it_looked() {
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("empty-cache");
     std::fs::create_dir(&empty).unwrap();
+    let offline: &Path = Path::new("1");
     // A directory ./org/tiny is the model, whatever the cache holds.
     let local = tmp.path().join("org/tiny");
     std::fs::create_dir_all(&local).unwrap();
@@ -100,21 +104,151 @@ fn a_local_path_wins_and_a_missing_id_says_where_it_looked() {
         let f = f.unwrap().path();
         std::fs::copy(&f, local.join(f.file_name().unwrap())).unwrap();
     }
-    assert!(generate("org/tiny", &[("HF_HUB_CACHE", &empty)], tmp.path()).is_ok());
-    let err = generate("org/absent@v2", &[("HF_HUB_CACHE", &empty)], tmp.path()).unwrap_err();
+    let env = [
+        ("HF_HUB_CACHE", empty.as_path()),
+        ("HF_HUB_OFFLINE", offline),
+    ];
+    assert!(generate("org/tiny", &env, tmp.path()).is_ok());
+    let err = generate("org/absent@v2", &env, tmp.path()).unwrap_err();
     for part in [
         "org/absent@v2",
         "models--org--absent/refs/v2",
         "HF_HUB_CACHE",
-        "huggingface-cli download",
+        "HF_HUB_OFFLINE is set",
     ] {
         assert!(err.contains(part), "{part}: {err}");
     }
-    // A ref naming a commit whose snapshot is gone.
+    // A ref naming a commit whose snapshot is gone is not cached.
     let hub = cache(&tmp.path().join("hub"));
     std::fs::remove_dir_all(hub.join("models--org--tiny/snapshots").join(COMMIT)).unwrap();
-    let err = generate("org/tiny", &[("HF_HUB_CACHE", &hub)], &empty).unwrap_err();
-    assert!(err.contains(COMMIT) && err.contains("missing"), "{err}");
-    let err = generate("not-an-id", &[("HF_HUB_CACHE", &empty)], &empty).unwrap_err();
+    let env = [("HF_HUB_CACHE", hub.as_path()), ("HF_HUB_OFFLINE", offline)];
+    let err = generate("org/tiny", &env, &empty).unwrap_err();
+    assert!(err.contains("models--org--tiny/refs/main"), "{err}");
+    let err = generate("not-an-id", &env, &empty).unwrap_err();
     assert!(err.contains("no such directory"), "{err}");
+}
+
+/// A server on 127.0.0.1 that plays the Hub's model-info and file endpoints for
+/// `org/remote` (the chat fixture at COMMIT, plus a README), answering 404 to anything
+/// else; it records each request line and Authorization header.
+fn hub_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(vec![]));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut auth = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    auth = line.trim().to_string();
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(format!("{path} {auth}"));
+            let mut files: Vec<String> = std::fs::read_dir(chat_fixture())
+                .unwrap()
+                .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.push("README.md".into());
+            let (status, headers, body) = if path == "/api/models/org/remote/revision/main" {
+                let siblings: Vec<String> = files
+                    .iter()
+                    .map(|f| format!("{{\"rfilename\": \"{f}\"}}"))
+                    .collect();
+                let body = format!(
+                    "{{\"sha\": \"{COMMIT}\", \"siblings\": [{}]}}",
+                    siblings.join(", ")
+                );
+                ("200 OK", String::new(), body.into_bytes())
+            } else if let Some(file) = path.strip_prefix(&format!("/org/remote/resolve/{COMMIT}/"))
+            {
+                match std::fs::read(chat_fixture().join(file)) {
+                    Ok(bytes) => (
+                        "200 OK",
+                        format!("ETag: \"etag{}\"\r\n", bytes.len()),
+                        bytes,
+                    ),
+                    Err(_) => ("404 Not Found", String::new(), b"no".to_vec()),
+                }
+            } else {
+                ("404 Not Found", String::new(), b"no such repo".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn an_uncached_id_is_downloaded_into_the_cache_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let want = generate(s(&chat_fixture()), &[], &work).unwrap();
+    let (endpoint, seen) = hub_server();
+    let cache = tmp.path().join("cache");
+    let token: &Path = Path::new("secret-token");
+    let env = [
+        ("HF_HUB_CACHE", cache.as_path()),
+        ("HF_ENDPOINT", Path::new(&endpoint)),
+        ("HF_TOKEN", token),
+    ];
+    assert_eq!(
+        generate("org/remote", &env, &work).as_deref(),
+        Ok(want.as_str())
+    );
+    // huggingface_hub's layout: refs, a snapshot of relative links, blobs.
+    let repo = cache.join("models--org--remote");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        COMMIT
+    );
+    let link = repo.join("snapshots").join(COMMIT).join("config.json");
+    let target = std::fs::read_link(&link).unwrap();
+    assert!(target.starts_with("../../blobs"), "{}", target.display());
+    assert_eq!(
+        std::fs::read(&link).unwrap(),
+        std::fs::read(chat_fixture().join("config.json")).unwrap()
+    );
+    assert!(!repo
+        .join("snapshots")
+        .join(COMMIT)
+        .join("README.md")
+        .exists());
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        requests.iter().all(|r| r.ends_with("Bearer secret-token")),
+        "{requests:?}"
+    );
+    // Then it is read from the cache, offline.
+    let offline = [
+        ("HF_HUB_CACHE", cache.as_path()),
+        ("HF_HUB_OFFLINE", Path::new("1")),
+    ];
+    assert_eq!(
+        generate("org/remote", &offline, &work).as_deref(),
+        Ok(want.as_str())
+    );
+    // An id the server does not have: its URL and status.
+    let err = generate("org/none", &env, &work).unwrap_err();
+    assert!(
+        err.contains("/api/models/org/none/revision/main") && err.contains("404"),
+        "{err}"
+    );
 }

@@ -3,10 +3,10 @@
 use crate::backend::device::{Device, Placement};
 use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
+use crate::io::hub::resolve_flag;
 use crate::io::outputs::Inputs;
 use crate::io::write_atomic;
 use crate::memory;
-use crate::io::hub::resolve_flag;
 use crate::model::config::ModelConfig;
 use crate::model::graph::ScoredSequence;
 use crate::model::Model;

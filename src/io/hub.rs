@@ -5,8 +5,7 @@
 //! `models--org--name/`, `refs/REVISION` holds the commit of a branch or tag, and
 //! `snapshots/COMMIT/` its files. A local path always wins over an id.
 //!
-//! Downloading what is not cached is not built yet: an id that is not in the cache is an
-//! error that says where it was looked for.
+//! What is not cached is downloaded (`hub_download.rs`), unless `HF_HUB_OFFLINE` is set.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -60,26 +59,43 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf> {
     let cache = cache_dir()
         .context("no Hugging Face cache: set HF_HUB_CACHE or HF_HOME (HOME is not set either)")?;
     let repo = cache.join(format!("models--{org}--{name}"));
-    let commit = if revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()) {
-        revision.to_string()
-    } else {
-        let refs = repo.join("refs").join(revision);
-        let text = std::fs::read_to_string(&refs).with_context(|| {
-            format!(
-                "{arg}: not a local directory, and not in the Hugging Face cache: no {} (the cache is HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub; downloading is not built yet: fetch it with `huggingface-cli download {org}/{name}`)",
-                refs.display()
-            )
-        })?;
-        text.trim().to_string()
-    };
-    let snapshot = repo.join("snapshots").join(&commit);
-    if !snapshot.is_dir() {
+    if let Some(snapshot) = cached(&repo, revision) {
+        return Ok(snapshot);
+    }
+    let looked = repo.join("refs").join(revision);
+    if offline() {
         bail!(
-            "{arg}: the Hugging Face cache names commit {commit}, and {} is missing",
-            snapshot.display()
+            "{arg}: not a local directory, and not in the Hugging Face cache (no {}; the cache is HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub), and HF_HUB_OFFLINE is set",
+            looked.display()
         );
     }
-    Ok(snapshot)
+    super::hub_download::download(&repo, &format!("{org}/{name}"), revision).with_context(|| {
+        format!(
+            "{arg}: not in the Hugging Face cache ({}), and downloading it failed",
+            looked.display()
+        )
+    })
+}
+
+/// The cached snapshot of `revision` (a branch, a tag or a commit), when it is there.
+fn cached(repo: &Path, revision: &str) -> Option<PathBuf> {
+    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    let commit = if is_commit {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(repo.join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_string()
+    };
+    let snapshot = repo.join("snapshots").join(commit);
+    snapshot.join("config.json").exists().then_some(snapshot)
+}
+
+/// huggingface_hub's HF_HUB_OFFLINE: 1, true, yes or on.
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
 /// `resolve_model` of a command's model flag, naming the flag in errors.

@@ -1,0 +1,187 @@
+//! Downloading a Hub model into the Hugging Face cache, in huggingface_hub's layout, so that
+//! both read it: `blobs/ETAG` holds each file, `snapshots/COMMIT/NAME` links to it, and
+//! `refs/REVISION` names the commit (written last: a download cut short is not a snapshot
+//! a revision names). `HF_ENDPOINT` (default https://huggingface.co) is the server and
+//! `HF_TOKEN` its token. Only the files a model needs are fetched: configs, tokenizer
+//! files, chat template and safetensors weights.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Whether a file of the repository is one a model needs.
+fn wanted(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    matches!(
+        base,
+        "config.json"
+            | "generation_config.json"
+            | "tokenizer.json"
+            | "tokenizer_config.json"
+            | "special_tokens_map.json"
+            | "chat_template.jinja"
+            | "model.safetensors.index.json"
+    ) || base.ends_with(".safetensors")
+}
+
+fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>> {
+    let mut request = ureq::get(url);
+    let token = std::env::var("HF_TOKEN")
+        .or_else(|_| std::env::var("HUGGING_FACE_HUB_TOKEN"))
+        .ok()
+        .filter(|t| !t.is_empty());
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    request.call().map_err(|e| match e {
+        ureq::Error::StatusCode(401 | 403) => {
+            anyhow::anyhow!(
+                "{url}: HTTP {e}: not authorized (set HF_TOKEN for a gated or private model)"
+            )
+        }
+        e => anyhow::anyhow!("{url}: {e}"),
+    })
+}
+
+/// Downloads `org/name` at `revision` into the cache's `repo` directory (models--org--name)
+/// and returns its snapshot.
+pub fn download(repo: &Path, id: &str, revision: &str) -> Result<PathBuf> {
+    let base = endpoint();
+    let info_url = format!("{base}/api/models/{id}/revision/{revision}");
+    let info: Value = serde_json::from_reader(get(&info_url)?.body_mut().as_reader())
+        .with_context(|| format!("{info_url}: not the Hub's model info"))?;
+    let commit = info["sha"]
+        .as_str()
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
+        .with_context(|| format!("{info_url}: no commit (\"sha\") in the answer"))?
+        .to_string();
+    let files: Vec<String> = info["siblings"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|f| f["rfilename"].as_str())
+                .filter(|f| wanted(f) && !f.split('/').any(|part| part == ".." || part.is_empty()))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !files.iter().any(|f| f == "config.json") {
+        bail!("{id}@{revision}: the repository has no config.json: not a model checkpoint");
+    }
+    let snapshot = repo.join("snapshots").join(&commit);
+    let blobs = repo.join("blobs");
+    std::fs::create_dir_all(&blobs)
+        .with_context(|| format!("cannot create {}", blobs.display()))?;
+    eprintln!(
+        "downloading {id}@{revision} ({commit}) from {base} into {}",
+        repo.display()
+    );
+    for (i, file) in files.iter().enumerate() {
+        let link = snapshot.join(file);
+        if link.exists() {
+            continue;
+        }
+        let url = format!("{base}/{id}/resolve/{commit}/{file}");
+        let mut response = get(&url)?;
+        let etag = ["x-linked-etag", "etag"]
+            .iter()
+            .find_map(|h| response.headers().get(*h)?.to_str().ok())
+            .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
+            .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or_else(|| format!("{commit}-{i}"));
+        let size = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let blob = blobs.join(&etag);
+        if !blob.exists() {
+            let bar = ProgressBar::new(size.unwrap_or(0));
+            bar.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{{bar:30}} {{bytes}}/{{total_bytes}} {file} [{{eta}}]"
+                ))
+                .expect("the template is valid"),
+            );
+            let tmp = blobs.join(format!(".{etag}.{}.incomplete", std::process::id()));
+            let mut out = std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0u64;
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .with_context(|| format!("{url}: reading"))?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                got += n as u64;
+                bar.inc(n as u64);
+            }
+            bar.finish_and_clear();
+            if size.is_some_and(|s| s != got) {
+                let _ = std::fs::remove_file(&tmp);
+                bail!(
+                    "{url}: the download stopped at {got} of {} bytes",
+                    size.unwrap_or(0)
+                );
+            }
+            out.sync_all()?;
+            std::fs::rename(&tmp, &blob).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), blob.display())
+            })?;
+        }
+        // A relative link, as huggingface_hub makes: up from snapshots/COMMIT/DIRS.
+        let depth = file.matches('/').count() + 2;
+        let target = PathBuf::from("../".repeat(depth)).join("blobs").join(&etag);
+        let parent = link.parent().expect("a file in the snapshot");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    if revision != commit {
+        let refs = repo.join("refs").join(revision);
+        crate::io::write_atomic(&refs, commit.as_bytes())?;
+    }
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_model_needs_is_fetched() {
+        for yes in [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "sub/tokenizer.json",
+            "chat_template.jinja",
+        ] {
+            assert!(wanted(yes), "{yes}");
+        }
+        for no in [
+            "README.md",
+            "pytorch_model.bin",
+            "model.onnx",
+            "config.yaml",
+            ".gitattributes",
+        ] {
+            assert!(!wanted(no), "{no}");
+        }
+    }
+}
