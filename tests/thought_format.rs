@@ -20,6 +20,10 @@ fn tpo(args: &[&str]) -> Run {
 
 /// 8 training prompts of the built-in task and 4 held out; one iteration of K = 4.
 fn train(tmp: &Path, name: &str, extra: &[&str]) -> (Run, PathBuf) {
+    train_model(&direct_seed(), tmp, name, extra)
+}
+
+fn train_model(model: &Path, tmp: &Path, name: &str, extra: &[&str]) -> (Run, PathBuf) {
     let prompts = tmp.join("prompts.jsonl");
     if !prompts.exists() {
         let r = tpo(&[
@@ -36,11 +40,10 @@ fn train(tmp: &Path, name: &str, extra: &[&str]) -> (Run, PathBuf) {
         assert!(r.ok, "{}", r.stderr);
     }
     let out = tmp.join(name);
-    let model = direct_seed();
     let mut args = vec![
         "train",
         "--model",
-        s(&model),
+        s(model),
         "--prompts",
         s(&prompts),
         "--heldout-prompts",
@@ -191,4 +194,46 @@ fn a_thought_budget_caps_every_thought() {
         }
     }
     assert!(by_budget > 0);
+}
+
+#[test]
+fn most_candidates_malformed_in_the_first_iteration_is_a_warning() {
+    // The demonstration's seed with the generic prompt, but "I know this one." as the
+    // response marker: only its "confident" thoughts write it, so most candidates are
+    // malformed, not all; the run warns with the advice and goes on.
+    let tmp = tempfile::tempdir().unwrap();
+    let generic = tpo_engine::tpo::thought::ThoughtPrompt::resolve("generic").unwrap();
+    let template = tmp.path().join("t.json");
+    let text = serde_json::json!({"template": generic.template, "thought_marker": generic.thought_marker,
+        "response_marker": "I know this one."});
+    std::fs::write(&template, text.to_string()).unwrap();
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/seed");
+    let (r, out) = train_model(
+        &seed,
+        tmp.path(),
+        "warned",
+        &[
+            "--thought-prompt",
+            s(&template),
+            "--no-force-response",
+            "--max-new-tokens",
+            "96",
+            "--samples",
+            "8",
+        ],
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let cands = candidates(&out);
+    let malformed = cands.iter().filter(|c| c["malformed"].is_string()).count();
+    assert!(
+        2 * malformed > cands.len() && malformed < cands.len(),
+        "{malformed}"
+    );
+    let warning = format!(
+        "warning: iteration 1: {malformed} of {} candidates",
+        cands.len()
+    );
+    assert!(r.stderr.contains(&warning), "{}", r.stderr);
+    assert!(r.stderr.contains("--force-response"), "{}", r.stderr);
+    assert!(out.join("iter-1/eval.jsonl").exists());
 }
