@@ -26,20 +26,14 @@ pub fn expand(args: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>> {
         if flag == "config" {
             bail!("{path}: `config` cannot name another file");
         }
-        let (arg, owner) = match sub.and_then(|s| find(s, &flag)) {
-            Some(arg) => (arg, sub.expect("found in it")),
-            None => match find(cli, &flag) {
-                Some(arg) => (arg, cli),
-                None => bail!(
-                    "{path}: unknown key `{key}` (not a flag of `tpo-engine{}`)",
-                    sub.map_or(String::new(), |s| format!(" {}", s.get_name()))
-                ),
-            },
-        };
-        let out = if std::ptr::eq(owner, cli) {
-            &mut global
-        } else {
-            &mut local
+        let local_arg = sub.and_then(|s| Some((find(s, &flag)?, s)));
+        let (arg, owner, out) = match (local_arg, find(cli, &flag)) {
+            (Some((arg, s)), _) => (arg, s, &mut local),
+            (None, Some(arg)) => (arg, cli, &mut global),
+            (None, None) => bail!(
+                "{path}: unknown key `{key}` (not a flag of `tpo-engine{}`)",
+                sub.map_or(String::new(), |s| format!(" {}", s.get_name()))
+            ),
         };
         flag_args(out, owner, arg, &flag, value).with_context(|| format!("{path}: key `{key}`"))?;
     }

@@ -3,7 +3,7 @@
 //! turned off: on the built-in demonstration they leave the result as it was, and they let
 //! models that ignore the format be trained at all (see the README).
 
-use crate::tpo::format::FormatControl;
+use crate::tpo::format::{FormatControl, NO_THOUGHT_PROMPT};
 use anyhow::{bail, Result};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -34,7 +34,7 @@ impl FormatArgs {
     pub fn control(&self, thoughts: bool) -> Result<FormatControl> {
         if !thoughts {
             if self.prefill_thought || self.force_response || self.max_thought_tokens.is_some() {
-                bail!("--prefill-thought, --force-response and --max-thought-tokens steer the thought format, and there is no thought prompt");
+                bail!(NO_THOUGHT_PROMPT);
             }
             return Ok(FormatControl::default());
         }

@@ -10,6 +10,9 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// The error of a format option given without a thought prompt.
+pub const NO_THOUGHT_PROMPT: &str = "--prefill-thought, --force-response and --max-thought-tokens steer the thought format, and there is no thought prompt";
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FormatControl {
     /// The assistant turn starts with the thought marker: part of the prompt, never trained
@@ -30,7 +33,7 @@ impl FormatControl {
             return Ok(());
         }
         if !thoughts {
-            bail!("--prefill-thought, --force-response and --max-thought-tokens steer the thought format, and there is no thought prompt");
+            bail!(NO_THOUGHT_PROMPT);
         }
         if let Some(n) = self.max_thought_tokens {
             if n == 0 || n >= max_new_tokens {

@@ -39,10 +39,7 @@ impl MalformedCount {
         // The most common; the first in name order among equals.
         count.top_reason = reasons
             .into_iter()
-            .fold(None, |best: Option<(&str, usize)>, (why, n)| match best {
-                Some((_, m)) if m >= n => best,
-                _ => Some((why, n)),
-            })
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
             .map(|(why, n)| (why.to_string(), n));
         count
     }

@@ -216,13 +216,15 @@ impl Runtime {
         let span = |part: Option<&str>| -> Result<usize> {
             part.map_or(Ok(0), |p| self.tokens_over(&sample.token_ids, &text, p))
         };
+        let (thought_tokens, response_tokens) = (span(thought)?, span(response)?);
+        let (thought, response) = (thought.map(str::to_string), response.map(str::to_string));
         Ok(Candidate {
-            thought_tokens: span(thought)?,
-            response_tokens: span(response)?,
+            thought_tokens,
+            response_tokens,
             tokens: sample.token_ids.len(),
-            thought: thought.map(str::to_string),
-            response: response.map(str::to_string),
-            text: text.clone(),
+            thought,
+            response,
+            text,
             malformed,
             score: None,
             finish_reason: sample.finish_reason.clone(),
