@@ -130,22 +130,24 @@ fn peak_extra_memory_is_one_chunk_of_logits_whatever_the_row_count() {
         "1024 rows: forward {fwd} B, backward {bwd} B; 4096 rows: forward {fwd4} B, backward {bwd4} B; \
          full logits of 1024 rows {full_logits} B; bound {bound} B"
     );
-    assert!(
-        fwd <= bound && bwd <= bound,
-        "peaks {fwd} / {bwd} B above the bound {bound} B"
-    );
+    // Four times the rows, four times the logits a materialising path would hold (48 MiB
+    // more here). The chunked path's peak stays under the same row-independent bound. It may
+    // still move by a packing buffer or two (256 KiB each), by whether the two workers' GEMM
+    // buffers happen to be live at once, which is scheduling, not rows.
+    for (rows, f, b) in [(1024, fwd, bwd), (4096, fwd4, bwd4)] {
+        assert!(
+            f <= bound && b <= bound,
+            "{rows} rows: peaks {f} / {b} B above the bound {bound} B"
+        );
+    }
     assert!(
         bwd * 8 < full_logits,
         "the chunked path must be far below the full logits"
     );
-    // Four times the rows, four times the logits a materialising path would hold (48 MiB
-    // more here); the chunked path's peak does not move beyond scheduling noise: the
-    // backward's peak is one of two values about 128 KiB apart, by whether the two workers'
-    // GEMM packing buffers are live at once, whatever the row count.
-    let noise = 256 << 10;
+    let logits_growth = 3 * full_logits;
     for (small, large) in [(fwd, fwd4), (bwd, bwd4)] {
         assert!(
-            large <= small + noise,
+            large.saturating_sub(small) * 16 < logits_growth,
             "peak grew with the rows: {small} -> {large} B"
         );
     }
