@@ -5,6 +5,7 @@ use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
 use crate::backend::device::Placement;
 use crate::io::outputs::Inputs;
 use crate::tpo::config::{Reference, Sampling, TpoConfig};
+use crate::tpo::judge::{JudgeMode, LlmJudgeOptions};
 use crate::tpo::prompts::{prompt_line_limit, read_prompt_file};
 use crate::tpo::run::JudgeChanges;
 use crate::tpo::run::TpoRun;
@@ -34,15 +35,35 @@ pub struct TpoArgs {
     #[arg(long, default_value_t = 32)]
     heldout_prompts: usize,
     /// The judge: rm:DIR (a reward model), cmd:COMMAND (pointwise scores),
-    /// pairwise-cmd:COMMAND (pairwise preferences, scored by ELO), builtin:NAME.
+    /// pairwise-cmd:COMMAND (pairwise preferences, scored by ELO), openai:BASE_URL (an LLM
+    /// behind a chat-completions API), builtin:NAME.
     #[arg(long)]
     judge: Option<String>,
-    /// Seconds one call of a judge command may take.
+    /// Seconds one call of a judge command, or one request to an openai: judge, may take.
     #[arg(long, default_value_t = 300.0)]
     judge_timeout: f64,
-    /// Further tries of a failed judge call.
+    /// Further tries of a failed judge call (and of an openai: judge's unreadable answer).
     #[arg(long, default_value_t = 2)]
     judge_retries: usize,
+    /// openai: judges: the served model's name (default: the only model the server lists).
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// openai: judges: score each response alone, or compare pairs in both orders (scored
+    /// by ELO).
+    #[arg(long, value_enum, default_value_t = JudgeMode::Pointwise)]
+    judge_mode: JudgeMode,
+    /// openai: judges: a prompt template file with {instruction} and {response}
+    /// (pointwise) or {instruction}, {response_a} and {response_b} (pairwise); default: the
+    /// built-in prompt of the mode.
+    #[arg(long, value_name = "FILE")]
+    judge_prompt: Option<PathBuf>,
+    /// openai: judges: requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    judge_concurrency: usize,
+    /// openai: judges: the environment variable holding the API key (sent as a bearer
+    /// token; never logged or recorded).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    judge_api_key_env: String,
     /// Most requests in one call of a judge command.
     #[arg(long, default_value_t = 256)]
     judge_batch_size: usize,
@@ -130,17 +151,24 @@ pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
         let defaults = default_args();
         let mut rest = args.clone();
         rest.resume = false;
+        let llm = llm_options(&rest)?;
         let changes = JudgeChanges {
             judge: rest.judge.take(),
             timeout_secs: (rest.judge_timeout != defaults.judge_timeout)
                 .then_some(rest.judge_timeout),
             retries: (rest.judge_retries != defaults.judge_retries).then_some(rest.judge_retries),
+            llm: (llm != LlmJudgeOptions::default()).then_some(llm),
         };
         rest.judge_timeout = defaults.judge_timeout;
         rest.judge_retries = defaults.judge_retries;
+        rest.judge_model = None;
+        rest.judge_mode = defaults.judge_mode;
+        rest.judge_prompt = None;
+        rest.judge_concurrency = defaults.judge_concurrency;
+        rest.judge_api_key_env = defaults.judge_api_key_env.clone();
         if !only_demo_flags(&rest) {
             bail!(
-                "--resume: the run's saved configuration ({}) fixes everything but the judge; give only --out and, to change the judge, --judge, --judge-timeout or --judge-retries (or start a new run)",
+                "--resume: the run's saved configuration ({}) fixes everything but the judge; give only --out and, to change the judge, --judge and the --judge-* flags (or start a new run)",
                 out.join("config.json").display()
             );
         }
@@ -178,6 +206,26 @@ fn only_demo_flags(args: &TpoArgs) -> bool {
     given.out = None;
     given.quick = false;
     format!("{given:?}") == format!("{defaults:?}")
+}
+
+/// How an `openai:` judge is asked, from the flags (the prompt file read here, so that the
+/// run's configuration holds the template itself).
+fn llm_options(args: &TpoArgs) -> Result<LlmJudgeOptions> {
+    let prompt = match &args.judge_prompt {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+            format!("--judge-prompt {}: cannot read the prompt template", path.display())
+        })?),
+        None => None,
+    };
+    Ok(LlmJudgeOptions {
+        model: args.judge_model.clone(),
+        mode: args.judge_mode,
+        prompt,
+        prompt_file: args.judge_prompt.clone(),
+        concurrency: args.judge_concurrency,
+        api_key_env: args.judge_api_key_env.clone(),
+        ..LlmJudgeOptions::default()
+    })
 }
 
 type Prompts = Vec<serde_json::Map<String, serde_json::Value>>;
@@ -243,6 +291,7 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
         judge_timeout_secs: args.judge_timeout,
         judge_retries: args.judge_retries,
         judge_batch_size: args.judge_batch_size,
+        judge_llm: llm_options(args)?,
         thought_prompt: if args.no_thoughts {
             None
         } else {

@@ -2,6 +2,7 @@
 //! back, so a resumed run is the run that was started.
 
 use super::format::FormatControl;
+use super::judge::LlmJudgeOptions;
 use super::thought::ThoughtPrompt;
 use crate::backend::settings::SamplingParams;
 use crate::train::{DpoConfig, Objective, OptimizerConfig, TrainConfig};
@@ -52,6 +53,9 @@ pub struct TpoConfig {
     pub judge_timeout_secs: f64,
     pub judge_retries: usize,
     pub judge_batch_size: usize,
+    /// How an `openai:` judge is asked (defaults in runs made before it existed).
+    #[serde(default)]
+    pub judge_llm: LlmJudgeOptions,
     /// None: the direct-response baseline (no thought prompt).
     pub thought_prompt: Option<ThoughtPrompt>,
     pub iterations: usize,

@@ -70,6 +70,7 @@ pub(crate) fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result
         judge_timeout_secs: 60.0,
         judge_retries: 0,
         judge_batch_size: 256,
+        judge_llm: Default::default(),
         thought_prompt: if thoughts {
             Some(ThoughtPrompt::resolve("generic")?)
         } else {

@@ -21,7 +21,7 @@
 
 use super::config::TpoConfig;
 use super::json_files::{read_json, read_jsonl, write_jsonl};
-use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions};
+use super::judge::{open_judge, Judge, JudgeGroup, JudgeOptions, LlmJudgeOptions};
 use super::malformed::{MalformedCount, Verdict};
 use super::prompts::{prompt_line_limit, read_prompt_file};
 use super::stages::*;
@@ -69,6 +69,9 @@ pub struct JudgeChanges {
     pub judge: Option<String>,
     pub timeout_secs: Option<f64>,
     pub retries: Option<usize>,
+    /// How an `openai:` judge is asked (None: as before, unless the new judge is not an
+    /// `openai:` one, which has none).
+    pub llm: Option<LlmJudgeOptions>,
 }
 
 impl JudgeChanges {
@@ -83,7 +86,15 @@ impl JudgeChanges {
         if let Some(r) = self.retries {
             cfg.judge_retries = r;
         }
-        self.judge.is_some() || self.timeout_secs.is_some() || self.retries.is_some()
+        match &self.llm {
+            Some(llm) => cfg.judge_llm = llm.clone(),
+            None if !cfg.judge.starts_with("openai:") => cfg.judge_llm = LlmJudgeOptions::default(),
+            None => {}
+        }
+        self.judge.is_some()
+            || self.timeout_secs.is_some()
+            || self.retries.is_some()
+            || self.llm.is_some()
     }
 }
 
@@ -270,6 +281,7 @@ impl TpoRun {
                 retries: cfg.judge_retries,
                 batch_size: cfg.judge_batch_size,
                 micro_batch_tokens: cfg.micro_batch_tokens,
+                llm: cfg.judge_llm.clone(),
             },
         )?;
         Ok(TpoRun {

@@ -8,9 +8,13 @@
 pub mod builtin;
 pub mod command;
 pub mod elo;
+pub mod llm_prompt;
+pub mod openai;
 pub mod reward_model;
+pub mod verdict;
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One prompt's responses as a judge sees them.
@@ -74,6 +78,66 @@ pub struct JudgeOptions {
     pub batch_size: usize,
     /// Most tokens in one forward pass of a reward model.
     pub micro_batch_tokens: usize,
+    /// How an `openai:` judge is asked.
+    pub llm: LlmJudgeOptions,
+}
+
+/// Whether an LLM judge scores each response alone or compares two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeMode {
+    /// One score per response, read from the answer ("Score: 7").
+    #[default]
+    Pointwise,
+    /// A verdict per pair of responses, asked in both orders, turned into scores by ELO.
+    Pairwise,
+}
+
+impl JudgeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JudgeMode::Pointwise => "pointwise",
+            JudgeMode::Pairwise => "pairwise",
+        }
+    }
+}
+
+/// How an `openai:` judge (a model behind a chat-completions API) is asked; recorded in a
+/// run's configuration (the API key never is: only the name of the variable holding it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LlmJudgeOptions {
+    /// The served model's name (None: the only one the server lists).
+    pub model: Option<String>,
+    pub mode: JudgeMode,
+    /// The prompt template (None: the built-in one of the mode).
+    pub prompt: Option<String>,
+    /// Where the template was read from, for messages.
+    pub prompt_file: Option<std::path::PathBuf>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// The environment variable holding the API key (unset or empty: no key is sent).
+    pub api_key_env: String,
+    /// Seconds before the first retry of a failed request; doubled at each further one
+    /// (a 429's Retry-After wins).
+    pub backoff_secs: f64,
+    /// Most tokens of one answer.
+    pub max_tokens: usize,
+}
+
+impl Default for LlmJudgeOptions {
+    fn default() -> Self {
+        LlmJudgeOptions {
+            model: None,
+            mode: JudgeMode::Pointwise,
+            prompt: None,
+            prompt_file: None,
+            concurrency: 8,
+            api_key_env: "OPENAI_API_KEY".into(),
+            backoff_secs: 1.0,
+            max_tokens: 1024,
+        }
+    }
 }
 
 impl Default for JudgeOptions {
@@ -83,6 +147,7 @@ impl Default for JudgeOptions {
             retries: 2,
             batch_size: 256,
             micro_batch_tokens: 8192,
+            llm: LlmJudgeOptions::default(),
         }
     }
 }
@@ -93,15 +158,25 @@ impl Default for JudgeOptions {
 /// - `cmd:COMMAND`: an external command giving pointwise scores (run by `sh -c`);
 /// - `pairwise-cmd:COMMAND`: an external command giving pairwise preferences, turned into
 ///   scores by ELO;
-/// - `builtin:NAME`: a programmatic judge of the built-in task.
+/// - `builtin:NAME`: a programmatic judge of the built-in task;
+/// - `openai:BASE_URL`: a model behind an OpenAI-compatible chat-completions API, asked
+///   pointwise or pairwise (then turned into scores by ELO) as `opts.llm` says.
+///
+/// `opts.llm` belongs to `openai:` judges: given with another kind, it is an error.
 pub fn open_judge(spec: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
     let Some((kind, arg)) = spec.split_once(':') else {
-        bail!("--judge {spec}: expected rm:DIR, cmd:COMMAND, pairwise-cmd:COMMAND or builtin:NAME");
+        bail!("--judge {spec}: expected rm:DIR, cmd:COMMAND, pairwise-cmd:COMMAND, openai:BASE_URL or builtin:NAME");
     };
     if arg.trim().is_empty() {
         bail!("--judge {spec}: nothing after \"{kind}:\"");
     }
+    if kind != "openai" && opts.llm != LlmJudgeOptions::default() {
+        bail!(
+            "--judge {spec}: --judge-model, --judge-mode, --judge-prompt, --judge-concurrency and --judge-api-key-env are for openai: judges only"
+        );
+    }
     Ok(match kind {
+        "openai" => openai::open(arg, opts)?,
         "rm" => Box::new(reward_model::RewardModelJudge::load(
             &crate::io::hub::resolve_model(arg)?,
             opts,
@@ -112,7 +187,7 @@ pub fn open_judge(spec: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
         )?)),
         "builtin" => builtin::builtin_judge(arg)?,
         _ => bail!(
-            "--judge {spec}: unknown kind \"{kind}\" (expected rm, cmd, pairwise-cmd or builtin)"
+            "--judge {spec}: unknown kind \"{kind}\" (expected rm, cmd, pairwise-cmd, openai or builtin)"
         ),
     })
 }
