@@ -16,6 +16,7 @@ pub mod generate;
 pub mod io;
 pub mod memory;
 pub mod model;
+pub mod report;
 pub mod tiny;
 pub mod tokenizer;
 pub mod tpo;

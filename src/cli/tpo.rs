@@ -179,7 +179,10 @@ pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
     };
     run.set_device(device)?;
     let thoughts = run.cfg.thought_prompt.is_some();
-    let rows = run.run(&mut |rows| eprintln!("\n{}", table(rows, thoughts)))?;
+    let rows = run.run(&mut |rows| {
+        eprintln!("\n{}", table(rows, thoughts));
+        Ok(())
+    })?;
     println!("{}", table(&rows, thoughts));
     eprintln!(
         "wrote {} (the last model: {})",

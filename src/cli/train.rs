@@ -324,7 +324,8 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
         &args.train.model,
         args.train.optim.save_steps,
         total,
-    )?;
+    )?
+    .with_report(&format!("dpo run {}", args.train.out.display()), true);
 
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
@@ -403,7 +404,8 @@ pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
         &args.train.model,
         args.train.optim.save_steps,
         total,
-    )?;
+    )?
+    .with_report(&format!("sft run {}", args.train.out.display()), false);
     let examples: Vec<Example> = data
         .iter()
         .map(|e| Example {

@@ -26,6 +26,7 @@ use super::stages::EvalLine;
 use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
+use crate::report::runs::{tpo_page, TpoSeries};
 use crate::backend::device::{Device, Placement};
 use crate::train::{DpoConfig, DpoLossType, LrSchedule, OptimizerConfig};
 use anyhow::{bail, Result};
@@ -159,6 +160,9 @@ pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
         );
     }
     let mut rows = vec![];
+    // Both runs on the same axes in OUT/report.html, rewritten after each iteration.
+    let mut finished: Vec<TpoSeries> = vec![];
+    let title = format!("The built-in demonstration: TPO and the direct-response baseline, {}", out.display());
     for (label, thoughts) in [("tpo", true), ("direct", false)] {
         let dir = out.join(label);
         let mut run = if dir.join("config.json").exists() {
@@ -173,7 +177,13 @@ pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
             TpoRun::create(&dir, cfg, pool, heldout, label, &device)?
         };
         run.set_device(device.clone())?;
-        rows.push(run.run(&mut |_| {})?);
+        let done = run.run(&mut |so_far| {
+            let mut all = finished.clone();
+            all.push(TpoSeries::read(&dir, label, thoughts, so_far)?);
+            tpo_page(&title, &all).write(&out.join("report.html"))
+        })?;
+        finished.push(TpoSeries::read(&dir, label, thoughts, &done)?);
+        rows.push(done);
     }
     let working = (0..=plan.iterations)
         .map(|t| working_share(out, t))

@@ -328,18 +328,28 @@ impl TpoRun {
     }
 
     /// Runs every unfinished stage of every iteration; returns the summary rows.
+    /// `on_row` is told the rows after each iteration, once `summary.md` and `report.html`
+    /// hold it.
     pub fn run(
         &mut self,
-        on_row: &mut dyn FnMut(&[IterationSummary]),
+        on_row: &mut dyn FnMut(&[IterationSummary]) -> Result<()>,
     ) -> Result<Vec<IterationSummary>> {
         let mut rows = vec![];
         for t in 0..=self.cfg.iterations {
             let row = self.iteration(t)?;
             rows.push(row);
             summary::write_table(&self.dir.join("summary.md"), &rows, self.thoughts())?;
-            on_row(&rows);
+            let series = self.series(&rows)?;
+            crate::report::runs::tpo_page(&format!("TPO run {}", self.dir.display()), &[series])
+                .write(&self.dir.join("report.html"))?;
+            on_row(&rows)?;
         }
         Ok(rows)
+    }
+
+    /// The run as its report shows it, with `rows` so far.
+    pub fn series(&self, rows: &[IterationSummary]) -> Result<crate::report::runs::TpoSeries> {
+        crate::report::runs::TpoSeries::read(&self.dir, &self.label, self.thoughts(), rows)
     }
 
     fn iteration(&mut self, t: usize) -> Result<IterationSummary> {

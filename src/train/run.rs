@@ -5,6 +5,7 @@
 //! OUT/pairs.jsonl          dpo: the pairs with their reference log-probs
 //! OUT/checkpoint-STEP/     every --save-steps updates, and the last good weights on a stop
 //! OUT/model/               the trained model
+//! OUT/report.html          dpo and sft: the curves so far (every 10 s of updates, and at the end)
 //! ```
 //! Every checkpoint is a Hugging Face directory written atomically; metrics lines are
 //! appended and flushed one whole line at a time.
@@ -19,6 +20,9 @@ use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Least time between two writes of a run's report while it trains.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct RunDir {
     pub out: PathBuf,
     /// The checkpoint directory training started from (tokenizer and config come from it).
@@ -28,6 +32,10 @@ pub struct RunDir {
     metrics: std::fs::File,
     bar: ProgressBar,
     saved: Vec<usize>,
+    /// The report page's title and whether it shows DPO's rewards (None: no report).
+    report: Option<(String, bool)>,
+    lines: Vec<Map<String, Value>>,
+    reported: Option<std::time::Instant>,
     /// Held from creation to the end of the run.
     _lock: RunLock,
     /// Whether OUT did not exist before this run.
@@ -96,6 +104,9 @@ impl RunDir {
             metrics,
             bar,
             saved: vec![],
+            report: None,
+            lines: vec![],
+            reported: None,
             _lock: lock,
             created,
         })
@@ -111,6 +122,26 @@ impl RunDir {
             let _ = std::fs::remove_file(self.out.join("metrics.jsonl"));
             let _ = std::fs::remove_file(self.out.join(LOCK_FILE));
         }
+    }
+
+    /// Keeps OUT/report.html: the curves of the updates so far, titled `title` (`dpo`: with
+    /// DPO's reward accuracy and margin).
+    pub fn with_report(mut self, title: &str, dpo: bool) -> RunDir {
+        self.report = Some((title.to_string(), dpo));
+        self
+    }
+
+    /// Writes the report now, or when `REPORT_EVERY` has passed since the last one.
+    fn write_report(&mut self, now: bool) -> Result<()> {
+        let Some((title, dpo)) = &self.report else {
+            return Ok(());
+        };
+        if !now && self.reported.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return Ok(());
+        }
+        crate::report::runs::train_page(title, &self.lines, *dpo).write(&self.out.join("report.html"))?;
+        self.reported = Some(std::time::Instant::now());
+        Ok(())
     }
 
     pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
@@ -133,7 +164,12 @@ impl RunSink for RunDir {
         self.metrics
             .write_all(text.as_bytes())
             .and_then(|()| self.metrics.flush())
-            .with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))
+            .with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
+        if self.report.is_some() {
+            self.lines.push(line.clone());
+            self.write_report(false)?;
+        }
+        Ok(())
     }
 
     fn wants_model(&self, step: usize, last: bool) -> bool {
@@ -148,12 +184,14 @@ impl RunSink for RunDir {
         if last {
             self.bar.set_message("saving the model");
             save_checkpoint(&self.model_dir(), &self.source, model)?;
+            self.write_report(true)?;
         }
         Ok(())
     }
 
     fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String> {
         self.bar.abandon();
+        self.write_report(true)?;
         // A checkpoint saved after the next update holds the weights that gave the bad value.
         let bad = if self.saved.contains(&(good_steps + 1)) {
             format!(

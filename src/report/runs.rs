@@ -1,0 +1,191 @@
+//! The pages of the runs: a TPO run (or several on the same axes: the demonstration's TPO
+//! and direct-response runs), and a `dpo` or `sft` run.
+
+use super::chart::{Chart, Series};
+use super::{now_utc, Page, Section};
+use crate::tpo::json_files::read_jsonl;
+use crate::tpo::summary::{table, IterationSummary};
+use anyhow::Result;
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// One TPO run as its report shows it.
+#[derive(Clone)]
+pub struct TpoSeries {
+    /// Its name in legends ("tpo", "direct").
+    pub label: String,
+    /// Whether it prompts for thoughts.
+    pub thoughts: bool,
+    /// Its summary rows so far, iteration 0 first.
+    pub rows: Vec<IterationSummary>,
+    /// The DPO updates of its iterations in order, as in each `iter-T/train/metrics.jsonl`.
+    pub updates: Vec<Map<String, Value>>,
+}
+
+impl TpoSeries {
+    /// The run in `dir` with the rows so far; its updates read from the iterations' metrics.
+    pub fn read(dir: &Path, label: &str, thoughts: bool, rows: &[IterationSummary]) -> Result<TpoSeries> {
+        let mut updates = vec![];
+        for r in rows {
+            let path = dir
+                .join(format!("iter-{}", r.iteration))
+                .join("train")
+                .join("metrics.jsonl");
+            if path.exists() {
+                updates.extend(read_jsonl::<Map<String, Value>>(&path)?);
+            }
+        }
+        Ok(TpoSeries {
+            label: label.to_string(),
+            thoughts,
+            rows: rows.to_vec(),
+            updates,
+        })
+    }
+}
+
+/// A chart of one value per iteration for each run.
+fn by_iteration(
+    id: &str,
+    title: &str,
+    y_label: &str,
+    y_range: Option<(f64, f64)>,
+    runs: &[TpoSeries],
+    lines: &[(&str, fn(&IterationSummary) -> Option<f64>)],
+) -> Chart {
+    let mut series = vec![];
+    for run in runs {
+        for (suffix, value) in lines {
+            let name = match (runs.len(), suffix.is_empty()) {
+                (1, false) => suffix.to_string(),
+                (_, false) => format!("{} {suffix}", run.label),
+                (_, true) => run.label.clone(),
+            };
+            let points = run
+                .rows
+                .iter()
+                .filter_map(|r| value(r).map(|y| (r.iteration as f64, y)));
+            series.push(Series::new(&name, points));
+        }
+    }
+    Chart {
+        id: id.into(),
+        title: title.into(),
+        x_label: "iteration".into(),
+        y_label: y_label.into(),
+        y_range,
+        series: series.into_iter().filter(|s| !s.points.is_empty()).collect(),
+    }
+}
+
+/// A chart of one metric over the updates, for each run (x: the update's number across the
+/// run's iterations).
+fn by_update(id: &str, title: &str, key: &str, y_range: Option<(f64, f64)>, runs: &[(String, &[Map<String, Value>])]) -> Chart {
+    Chart {
+        id: id.into(),
+        title: title.into(),
+        x_label: "update".into(),
+        y_label: key.into(),
+        y_range,
+        series: runs
+            .iter()
+            .map(|(label, updates)| {
+                Series::new(
+                    label,
+                    updates
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, m)| Some(((i + 1) as f64, m.get(key)?.as_f64()?))),
+                )
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect(),
+    }
+}
+
+/// The page of one or more TPO runs on the same axes.
+pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
+    let rate = Some((0.0, 1.0));
+    let iterations = vec![
+        by_iteration("heldout-score", "Held-out judge score", "mean score", None, runs, &[("", |r| r.heldout_score)]),
+        by_iteration("win-rate", "Win rate against the seed", "win rate (ties half)", rate, runs, &[("", |r| r.win_rate)]),
+        by_iteration(
+            "tokens",
+            "Mean held-out tokens",
+            "tokens",
+            None,
+            runs,
+            &[("thought", |r| r.thought_tokens.filter(|t| *t > 0.0)), ("response", |r| r.response_tokens)],
+        ),
+        by_iteration(
+            "malformed",
+            "Malformed rate",
+            "share",
+            rate,
+            runs,
+            &[("training candidates", |r| r.malformed), ("held-out", |r| r.heldout_malformed)],
+        ),
+        by_iteration("pairs", "Preference pairs made", "pairs", None, runs, &[("", |r| r.pairs.map(|p| p.pairs as f64))]),
+    ];
+    let updates: Vec<(String, &[Map<String, Value>])> =
+        runs.iter().map(|r| (r.label.clone(), r.updates.as_slice())).collect();
+    let dpo = vec![
+        by_update("dpo-loss", "DPO loss", "loss", None, &updates),
+        by_update("reward-accuracy", "Reward accuracy", "rewards/accuracies", rate, &updates),
+        by_update("reward-margin", "Reward margin", "rewards/margins", None, &updates),
+    ];
+    let tables = runs
+        .iter()
+        .map(|r| format!("{}\n{}", r.label, table(&r.rows, r.thoughts)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let done: Vec<String> = runs
+        .iter()
+        .map(|r| match r.rows.last() {
+            Some(last) => format!("{}: iterations 0 to {} done", r.label, last.iteration),
+            None => format!("{}: nothing done yet", r.label),
+        })
+        .collect();
+    Page {
+        title: title.into(),
+        subtitle: format!("Written {} ({}; iteration 0 is the seed).", now_utc(), done.join(", ")),
+        sections: vec![
+            Section {
+                heading: "By iteration".into(),
+                charts: iterations,
+                table: None,
+            },
+            Section {
+                heading: "DPO updates".into(),
+                charts: dpo,
+                table: None,
+            },
+            Section {
+                heading: "Summary".into(),
+                charts: vec![],
+                table: Some(tables),
+            },
+        ],
+    }
+}
+
+/// The page of a `dpo` or `sft` run from its metrics lines so far.
+pub fn train_page(title: &str, metrics: &[Map<String, Value>], dpo: bool) -> Page {
+    let one = [(String::from("train"), metrics)];
+    let mut charts = vec![by_update("loss", "Loss", "loss", None, &one)];
+    if dpo {
+        charts.push(by_update("reward-accuracy", "Reward accuracy", "rewards/accuracies", Some((0.0, 1.0)), &one));
+        charts.push(by_update("reward-margin", "Reward margin", "rewards/margins", None, &one));
+    }
+    charts.push(by_update("grad-norm", "Gradient norm", "grad_norm", None, &one));
+    charts.push(by_update("learning-rate", "Learning rate", "learning_rate", None, &one));
+    Page {
+        title: title.into(),
+        subtitle: format!("Written {} after {} updates.", now_utc(), metrics.len()),
+        sections: vec![Section {
+            heading: "Over updates".into(),
+            charts,
+            table: None,
+        }],
+    }
+}
