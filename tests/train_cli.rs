@@ -57,6 +57,15 @@ fn dpo(tmp: &Path, out: &str, extra: &[&str]) -> (Run, PathBuf) {
     (tpo(&args), out)
 }
 
+/// The points drawn in the report's chart `id` (each marked by a circle).
+fn markers(report: &str, id: &str) -> usize {
+    let start = report
+        .find(&format!("<figure id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no chart {id} in the report"));
+    let end = start + report[start..].find("</figure>").unwrap();
+    report[start..end].matches("<circle").count()
+}
+
 #[test]
 fn dpo_drives_accuracy_to_one_and_margins_up() {
     let tmp = TempDir::new().unwrap();
@@ -99,6 +108,11 @@ fn dpo_drives_accuracy_to_one_and_margins_up() {
     assert!(f(last, "loss") < 0.5, "{last:?}");
     // Linear decay to zero over the run.
     assert!(f(&lines[0], "learning_rate") > f(last, "learning_rate"));
+    // The report draws every update's loss, reward accuracy and margin.
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for id in ["loss", "reward-accuracy", "reward-margin", "grad-norm", "learning-rate"] {
+        assert_eq!(markers(&report, id), 12, "{id}");
+    }
 
     // The pairs with their reference log-probs, and checkpoints that load.
     let pairs = std::fs::read_to_string(out.join("pairs.jsonl")).unwrap();
@@ -240,6 +254,9 @@ fn sft_lowers_the_completion_loss_and_logprobs_see_it() {
         f(&lines[19], "loss") < 0.5 * f(&lines[0], "loss"),
         "{lines:?}"
     );
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(markers(&report, "loss"), 20);
+    assert!(!report.contains("id=\"reward-accuracy\""), "no DPO rewards in an sft report");
 
     let score = |model: &Path, name: &str| -> Vec<(f64, u64)> {
         let o = tmp.path().join(name);
