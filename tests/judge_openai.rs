@@ -419,6 +419,26 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
     assert_eq!(cfg["judge_llm"]["api_key_env"], "TPO_JUDGE_KEY");
     let cands = jsonl(&out.join("iter-1/candidates.jsonl"));
     assert!(cands.iter().all(|p| p["candidates"].as_array().unwrap().iter().all(|c| c["score"].is_f64())));
+    // --resume may change how the served judge is asked (nothing is left to judge here), and
+    // a judge of another kind drops the openai: options.
+    let resume = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+            .args(["train", "--resume", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        cfg
+    };
+    let cfg = resume(&["--judge-mode", "pointwise", "--judge-model", "judge", "--judge-api-key-env", "TPO_JUDGE_KEY"]);
+    assert_eq!(cfg["judge_llm"]["mode"], "pointwise");
+    assert_eq!(cfg["judge_llm"]["model"], "judge");
+    let cfg = resume(&["--judge", "cmd:cat"]);
+    assert_eq!(cfg["judge"], "cmd:cat");
+    assert_eq!(cfg["judge_llm"]["mode"], "pointwise");
+    assert_eq!(cfg["judge_llm"]["model"], Value::Null);
     for entry in walk(&out) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(

@@ -220,8 +220,10 @@ fn snapshot(out: &Path) -> Vec<(String, Vec<u8>)> {
                 continue;
             }
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            // Timings, and who owns the run: its id, each stage's record of it, the lock.
+            // Timings (the reports hold their write time and the stages' seconds), and who
+            // owns the run: its id, each stage's record of it, the lock.
             let skipped = [
+                "report.html",
                 "stages.json",
                 "summary.json",
                 "summary.md",

@@ -18,7 +18,8 @@ pub struct TpoSeries {
     pub thoughts: bool,
     /// Its summary rows so far, iteration 0 first.
     pub rows: Vec<IterationSummary>,
-    /// The DPO updates of its iterations in order, as in each `iter-T/train/metrics.jsonl`.
+    /// The DPO updates so far, iteration after iteration, as in each
+    /// `iter-T/train/metrics.jsonl` (the last one may be an iteration still training).
     pub updates: Vec<Map<String, Value>>,
 }
 
@@ -26,11 +27,12 @@ impl TpoSeries {
     /// The run in `dir` with the rows so far; its updates read from the iterations' metrics.
     pub fn read(dir: &Path, label: &str, thoughts: bool, rows: &[IterationSummary]) -> Result<TpoSeries> {
         let mut updates = vec![];
-        for r in rows {
-            let path = dir
-                .join(format!("iter-{}", r.iteration))
-                .join("train")
-                .join("metrics.jsonl");
+        for t in 1.. {
+            let iteration = dir.join(format!("iter-{t}"));
+            if !iteration.is_dir() {
+                break;
+            }
+            let path = iteration.join("train").join("metrics.jsonl");
             if path.exists() {
                 updates.extend(read_jsonl::<Map<String, Value>>(&path)?);
             }

@@ -339,12 +339,23 @@ impl TpoRun {
             let row = self.iteration(t)?;
             rows.push(row);
             summary::write_table(&self.dir.join("summary.md"), &rows, self.thoughts())?;
-            let series = self.series(&rows)?;
-            crate::report::runs::tpo_page(&format!("TPO run {}", self.dir.display()), &[series])
-                .write(&self.dir.join("report.html"))?;
+            self.write_report(&rows)?;
             on_row(&rows)?;
         }
         Ok(rows)
+    }
+
+    /// RUN_DIR/report.html with `rows` and every DPO update written so far.
+    fn write_report(&self, rows: &[IterationSummary]) -> Result<()> {
+        crate::report::runs::tpo_page(&format!("TPO run {}", self.dir.display()), &[self.series(rows)?])
+            .write(&self.dir.join("report.html"))
+    }
+
+    /// The rows of the iterations before t (all finished).
+    fn done_rows(&self, t: usize) -> Result<Vec<IterationSummary>> {
+        (0..t)
+            .map(|i| read_json(&self.iter_dir(i).join("summary.json")))
+            .collect()
     }
 
     /// The run as its report shows it, with `rows` so far.
@@ -369,6 +380,8 @@ impl TpoRun {
             self.timed(&dir, "judge", |r| r.judge_stage(t))?;
             self.timed(&dir, "reference", |r| r.pairs_stage(t))?;
             self.timed(&dir, "train", |r| r.train_stage(t))?;
+            // The iteration's updates in the report before its evaluation.
+            self.write_report(&self.done_rows(t)?)?;
         }
         if !self.heldout.is_empty() {
             self.timed(&self.dir.clone(), "seed_eval", |r| r.seed_eval_stage())?;
@@ -660,7 +673,8 @@ impl TpoRun {
         );
         let source = self.model_dir(t - 1);
         let mut model = Model::load(&source)?;
-        let mut sink = RunDir::create(&train_dir, &source, self.cfg.save_steps, total)?;
+        let mut sink = RunDir::create(&train_dir, &source, self.cfg.save_steps, total)?
+            .with_report(&format!("[{}] DPO of iteration {t}", self.label), true);
         if let Some(id) = &self.run_id {
             crate::io::write_atomic(&train_dir.join(STAGE_OWNER), id.as_bytes())?;
         }
