@@ -14,7 +14,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tpo_engine::tpo::judge::{open_judge, Judge, JudgeGroup, JudgeMode, JudgeOptions, LlmJudgeOptions};
+use tpo_engine::tpo::judge::{
+    open_judge, Judge, JudgeGroup, JudgeMode, JudgeOptions, LlmJudgeOptions,
+};
 
 /// What the server does with the next chat request, instead of judging it.
 #[derive(Clone, Debug)]
@@ -117,14 +119,24 @@ impl Server {
             let _ = stream.write_all(body.as_bytes());
         };
         if path == "/v1/models" {
-            let data: Vec<Value> = models.iter().map(|m| json!({"id": m, "object": "model"})).collect();
-            return reply("200 OK", "", &json!({"object": "list", "data": data}).to_string());
+            let data: Vec<Value> = models
+                .iter()
+                .map(|m| json!({"id": m, "object": "model"}))
+                .collect();
+            return reply(
+                "200 OK",
+                "",
+                &json!({"object": "list", "data": data}).to_string(),
+            );
         }
         if path != "/v1/chat/completions" {
             return reply("404 Not Found", "", "{\"error\": \"no such route\"}");
         }
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.seen.lock().unwrap().push(Seen { auth, body: body.clone() });
+        self.seen.lock().unwrap().push(Seen {
+            auth,
+            body: body.clone(),
+        });
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         let fault = self.faults.lock().unwrap().pop_front();
@@ -135,13 +147,21 @@ impl Server {
             .to_string()
         };
         match fault {
-            Some(Fault::Status(code)) => reply(&format!("{code} Failing"), "", "{\"error\": \"it broke\"}"),
-            Some(Fault::TooMany) => reply("429 Too Many Requests", "Retry-After: 0\r\n", "{\"error\": \"slow down\"}"),
+            Some(Fault::Status(code)) => {
+                reply(&format!("{code} Failing"), "", "{\"error\": \"it broke\"}")
+            }
+            Some(Fault::TooMany) => reply(
+                "429 Too Many Requests",
+                "Retry-After: 0\r\n",
+                "{\"error\": \"slow down\"}",
+            ),
             Some(Fault::Close) => {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             }
             Some(Fault::NotChat) => reply("200 OK", "", "<html>a proxy's page</html>"),
-            Some(Fault::Garbage) => reply("200 OK", "", &chat("Both have merits; I cannot decide.")),
+            Some(Fault::Garbage) => {
+                reply("200 OK", "", &chat("Both have merits; I cannot decide."))
+            }
             Some(Fault::Slow(d)) => {
                 std::thread::sleep(d);
                 reply("200 OK", "", &chat(&judge(&body)))
@@ -166,12 +186,24 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
 fn judge(request: &Value) -> String {
     let content = request["messages"][0]["content"].as_str().unwrap_or("");
     if content.contains("[Response A]\n") {
-        let a = between(content, "[Response A]\n", "\n\n[Response B]\n").chars().count();
-        let b = between(content, "[Response B]\n", "\n\nFirst compare").chars().count();
-        let v = if a > b { "A" } else if b > a { "B" } else { "tie" };
+        let a = between(content, "[Response A]\n", "\n\n[Response B]\n")
+            .chars()
+            .count();
+        let b = between(content, "[Response B]\n", "\n\nFirst compare")
+            .chars()
+            .count();
+        let v = if a > b {
+            "A"
+        } else if b > a {
+            "B"
+        } else {
+            "tie"
+        };
         format!("Comparing length and substance.\nVerdict: [[{v}]]")
     } else {
-        let r = between(content, "[Response]\n", "\n\nFirst explain").chars().count();
+        let r = between(content, "[Response]\n", "\n\nFirst explain")
+            .chars()
+            .count();
         if content.contains("as JSON") {
             json!({"reason": "length", "score": r}).to_string()
         } else {
@@ -180,7 +212,12 @@ fn judge(request: &Value) -> String {
     }
 }
 
-fn options(mode: JudgeMode, model: Option<&str>, retries: usize, timeout_secs: f64) -> JudgeOptions {
+fn options(
+    mode: JudgeMode,
+    model: Option<&str>,
+    retries: usize,
+    timeout_secs: f64,
+) -> JudgeOptions {
     JudgeOptions {
         timeout_secs,
         retries,
@@ -197,7 +234,10 @@ fn options(mode: JudgeMode, model: Option<&str>, retries: usize, timeout_secs: f
 }
 
 fn source() -> Map<String, Value> {
-    json!({"prompt": "Describe a river."}).as_object().unwrap().clone()
+    json!({"prompt": "Describe a river."})
+        .as_object()
+        .unwrap()
+        .clone()
 }
 
 fn score(judge: &mut dyn Judge, responses: &[&str]) -> anyhow::Result<Vec<f64>> {
@@ -213,8 +253,16 @@ fn score(judge: &mut dyn Judge, responses: &[&str]) -> anyhow::Result<Vec<f64>> 
 #[test]
 fn pointwise_scores_come_from_the_answers_of_the_only_served_model() {
     let server = Server::start(&["judge-70b"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}/", server.url), &options(JudgeMode::Pointwise, None, 0, 10.0)).unwrap();
-    assert!(judge.describe().contains("judge-70b"), "{}", judge.describe());
+    let mut judge = open_judge(
+        &format!("openai:{}/", server.url),
+        &options(JudgeMode::Pointwise, None, 0, 10.0),
+    )
+    .unwrap();
+    assert!(
+        judge.describe().contains("judge-70b"),
+        "{}",
+        judge.describe()
+    );
     let scores = score(judge.as_mut(), &["wide", "a wide brown river", "wet"]).unwrap();
     assert_eq!(scores, vec![4.0, 18.0, 3.0]);
     let chats = server.chats();
@@ -224,14 +272,21 @@ fn pointwise_scores_come_from_the_answers_of_the_only_served_model() {
         assert_eq!(c.body["temperature"], 0.0);
         assert_eq!(c.auth, "", "no key is sent when its variable is unset");
         let content = c.body["messages"][0]["content"].as_str().unwrap();
-        assert!(content.contains("[Instruction]\nDescribe a river.\n"), "{content}");
+        assert!(
+            content.contains("[Instruction]\nDescribe a river.\n"),
+            "{content}"
+        );
     }
 }
 
 #[test]
 fn pairwise_verdicts_in_both_orders_become_elo_scores() {
     let server = Server::start(&["a", "b"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pairwise, Some("b"), 0, 10.0)).unwrap();
+    let mut judge = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pairwise, Some("b"), 0, 10.0),
+    )
+    .unwrap();
     let scores = score(judge.as_mut(), &["mid one", "the longest one", "x"]).unwrap();
     assert!(scores[1] > scores[0] && scores[0] > scores[2], "{scores:?}");
     assert!(scores.iter().sum::<f64>().abs() < 1e-9);
@@ -247,28 +302,44 @@ fn pairwise_verdicts_in_both_orders_become_elo_scores() {
             )
         })
         .collect();
-    assert!(shown.contains(&("x".into(), "mid one".into())) && shown.contains(&("mid one".into(), "x".into())));
+    assert!(
+        shown.contains(&("x".into(), "mid one".into()))
+            && shown.contains(&("mid one".into(), "x".into()))
+    );
 }
 
 #[test]
 fn without_a_model_name_a_server_serving_several_is_an_error_naming_them() {
     let server = Server::start(&["m1", "m2"], Duration::ZERO);
-    let e = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pointwise, None, 0, 10.0))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("2 models (m1, m2)") && e.contains("--judge-model"), "{e}");
-    let e = open_judge("openai:localhost:8000", &options(JudgeMode::Pointwise, Some("m"), 0, 10.0))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pointwise, None, 0, 10.0),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("2 models (m1, m2)") && e.contains("--judge-model"),
+        "{e}"
+    );
+    let e = open_judge(
+        "openai:localhost:8000",
+        &options(JudgeMode::Pointwise, Some("m"), 0, 10.0),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("http://"), "{e}");
 }
 
 #[test]
 fn failed_requests_are_retried_until_one_answers() {
     let server = Server::start(&["j"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pointwise, Some("j"), 5, 0.5)).unwrap();
+    let mut judge = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pointwise, Some("j"), 5, 0.5),
+    )
+    .unwrap();
     server.fail_next(&[
         Fault::Status(500),
         Fault::TooMany,
@@ -280,13 +351,21 @@ fn failed_requests_are_retried_until_one_answers() {
     assert_eq!(score(judge.as_mut(), &["abc"]).unwrap(), vec![3.0]);
     assert_eq!(server.chats().len(), 6, "five failures, then the answer");
     // Backoff 0.05 s doubling over four pauses (the 429 says 0 s), plus the 0.5 s timeout.
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn a_request_failing_every_try_stops_the_scoring_with_what_each_try_met() {
     let server = Server::start(&["j"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pointwise, Some("j"), 2, 10.0)).unwrap();
+    let mut judge = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pointwise, Some("j"), 2, 10.0),
+    )
+    .unwrap();
     server.fail_next(&[Fault::Status(503), Fault::Status(502), Fault::Status(500)]);
     let e = format!("{:#}", score(judge.as_mut(), &["abc"]).unwrap_err());
     assert!(e.contains("all 3 tries failed"), "{e}");
@@ -299,10 +378,17 @@ fn a_request_failing_every_try_stops_the_scoring_with_what_each_try_met() {
 #[test]
 fn a_refused_request_is_not_retried() {
     let server = Server::start(&["j"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pointwise, Some("j"), 3, 10.0)).unwrap();
+    let mut judge = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pointwise, Some("j"), 3, 10.0),
+    )
+    .unwrap();
     server.fail_next(&[Fault::Status(401)]);
     let e = format!("{:#}", score(judge.as_mut(), &["abc"]).unwrap_err());
-    assert!(e.contains("HTTP 401") && e.contains("$TPO_TEST_UNSET_KEY is not set"), "{e}");
+    assert!(
+        e.contains("HTTP 401") && e.contains("$TPO_TEST_UNSET_KEY is not set"),
+        "{e}"
+    );
     assert_eq!(server.chats().len(), 1);
     server.fail_next(&[Fault::Status(400)]);
     let e = format!("{:#}", score(judge.as_mut(), &["abc"]).unwrap_err());
@@ -313,22 +399,37 @@ fn a_refused_request_is_not_retried() {
 #[test]
 fn an_unreadable_answer_is_asked_again_then_reported_never_guessed() {
     let server = Server::start(&["j"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pointwise, Some("j"), 2, 10.0)).unwrap();
+    let mut judge = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pointwise, Some("j"), 2, 10.0),
+    )
+    .unwrap();
     // Once unreadable, then read: asked again at a temperature above 0.
     server.fail_next(&[Fault::Garbage]);
     assert_eq!(score(judge.as_mut(), &["abcd"]).unwrap(), vec![4.0]);
-    let temps: Vec<f64> = server.chats().iter().map(|c| c.body["temperature"].as_f64().unwrap()).collect();
+    let temps: Vec<f64> = server
+        .chats()
+        .iter()
+        .map(|c| c.body["temperature"].as_f64().unwrap())
+        .collect();
     assert_eq!(temps.len(), 2);
     assert!(temps[0] == 0.0 && temps[1] > 0.0, "{temps:?}");
     // Unreadable on every try: the pointwise scoring stops and quotes the answer.
     server.fail_next(&[Fault::Garbage, Fault::Garbage, Fault::Garbage]);
     let e = format!("{:#}", score(judge.as_mut(), &["abcd", "ab"]).unwrap_err());
-    assert!(e.contains("1 of 2 answers gave no readable score after 3 tries"), "{e}");
+    assert!(
+        e.contains("1 of 2 answers gave no readable score after 3 tries"),
+        "{e}"
+    );
     assert!(e.contains("I cannot decide"), "{e}");
 
     // Pairwise: the unreadable battle counts as a tie; the other order still decides.
     let server = Server::start(&["j"], Duration::ZERO);
-    let mut judge = open_judge(&format!("openai:{}", server.url), &options(JudgeMode::Pairwise, Some("j"), 2, 10.0)).unwrap();
+    let mut judge = open_judge(
+        &format!("openai:{}", server.url),
+        &options(JudgeMode::Pairwise, Some("j"), 2, 10.0),
+    )
+    .unwrap();
     server.fail_next(&[Fault::Garbage, Fault::Garbage, Fault::Garbage]);
     let scores = score(judge.as_mut(), &["short", "much longer"]).unwrap();
     assert!(scores[1] > scores[0], "{scores:?}");
@@ -346,10 +447,18 @@ fn requests_run_concurrently_up_to_the_limit() {
         let refs: Vec<&str> = responses.iter().map(String::as_str).collect();
         let start = Instant::now();
         let scores = score(judge.as_mut(), &refs).unwrap();
-        assert_eq!(scores, (1..=8).map(f64::from).collect::<Vec<_>>(), "answers back in order");
+        assert_eq!(
+            scores,
+            (1..=8).map(f64::from).collect::<Vec<_>>(),
+            "answers back in order"
+        );
         assert_eq!(server.most_in_flight.load(Ordering::SeqCst), most);
         if concurrency == 4 {
-            assert!(start.elapsed() < Duration::from_millis(8 * 150), "{:?}", start.elapsed());
+            assert!(
+                start.elapsed() < Duration::from_millis(8 * 150),
+                "{:?}",
+                start.elapsed()
+            );
         }
     }
 }
@@ -362,23 +471,40 @@ fn a_prompt_template_from_a_file_is_filled_and_checked() {
     opts.llm.prompt = Some("Grade this {not a placeholder}.\n[Instruction]\n{instruction}\n\n[Response]\n{response}\n\nFirst explain, then answer as JSON.".into());
     let mut judge = open_judge(&format!("openai:{}", server.url), &opts).unwrap();
     assert_eq!(score(judge.as_mut(), &["{response}!"]).unwrap(), vec![11.0]);
-    let content = server.chats()[0].body["messages"][0]["content"].as_str().unwrap().to_string();
-    assert!(content.starts_with("Grade this {not a placeholder}.\n[Instruction]\nDescribe a river."), "{content}");
+    let content = server.chats()[0].body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content.starts_with("Grade this {not a placeholder}.\n[Instruction]\nDescribe a river."),
+        "{content}"
+    );
     assert!(content.contains("[Response]\n{response}!\n"), "{content}");
 
-    let file = write(&tmp.path().join("pairwise.txt"), "Which? {instruction} {response}");
+    let file = write(
+        &tmp.path().join("pairwise.txt"),
+        "Which? {instruction} {response}",
+    );
     opts.llm.mode = JudgeMode::Pairwise;
     opts.llm.prompt = Some(std::fs::read_to_string(&file).unwrap());
     opts.llm.prompt_file = Some(file.clone());
-    let e = open_judge(&format!("openai:{}", server.url), &opts).err().unwrap().to_string();
-    assert!(e.contains(s(&file)) && e.contains("lacks {response_a}, {response_b}"), "{e}");
+    let e = open_judge(&format!("openai:{}", server.url), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(s(&file)) && e.contains("lacks {response_a}, {response_b}"),
+        "{e}"
+    );
     // The openai: options with another kind of judge.
     let e = open_judge("cmd:cat", &opts).err().unwrap().to_string();
     assert!(e.contains("for openai: judges only"), "{e}");
 }
 
 fn prompts(dir: &Path) -> std::path::PathBuf {
-    let text: String = (0..6).map(|i| format!("{{\"prompt\": \"Tell me about rivers, number {i}.\"}}\n")).collect();
+    let text: String = (0..6)
+        .map(|i| format!("{{\"prompt\": \"Tell me about rivers, number {i}.\"}}\n"))
+        .collect();
     write(&dir.join("prompts.jsonl"), &text)
 }
 
@@ -391,13 +517,33 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
     let key = "sk-test-5f3a9c-never-written";
     let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
         .env("TPO_JUDGE_KEY", key)
-        .args(["--threads", "2", "train", "--model", s(&chat_fixture()), "--prompts"])
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--model",
+            s(&chat_fixture()),
+            "--prompts",
+        ])
         .arg(prompts(tmp.path()))
         .args([
-            "--heldout-prompts", "2", "--iterations", "1", "--samples", "3",
-            "--max-new-tokens", "8", "--no-thoughts", "--batch-size", "2",
-            "--judge-mode", "pairwise", "--judge-concurrency", "3",
-            "--judge-api-key-env", "TPO_JUDGE_KEY",
+            "--heldout-prompts",
+            "2",
+            "--iterations",
+            "1",
+            "--samples",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--no-thoughts",
+            "--batch-size",
+            "2",
+            "--judge-mode",
+            "pairwise",
+            "--judge-concurrency",
+            "3",
+            "--judge-api-key-env",
+            "TPO_JUDGE_KEY",
         ])
         .arg("--judge")
         .arg(format!("openai:{}", server.url))
@@ -413,12 +559,17 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
     // 0 and 1 beside the seed's (2 evaluations x 2 prompts x 2 orders).
     assert_eq!(chats.len(), 4 * 6 + 2 * 2 * 2, "{}", chats.len());
     assert!(chats.iter().all(|c| c.auth == format!("Bearer {key}")));
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["judge_llm"]["mode"], "pairwise");
     assert_eq!(cfg["judge_llm"]["model"], Value::Null);
     assert_eq!(cfg["judge_llm"]["api_key_env"], "TPO_JUDGE_KEY");
     let cands = jsonl(&out.join("iter-1/candidates.jsonl"));
-    assert!(cands.iter().all(|p| p["candidates"].as_array().unwrap().iter().all(|c| c["score"].is_f64())));
+    assert!(cands.iter().all(|p| p["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["score"].is_f64())));
     // --resume may change how the served judge is asked (nothing is left to judge here), and
     // a judge of another kind drops the openai: options.
     let resume = |extra: &[&str]| {
@@ -428,11 +579,24 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
         cfg
     };
-    let cfg = resume(&["--judge-mode", "pointwise", "--judge-model", "judge", "--judge-api-key-env", "TPO_JUDGE_KEY"]);
+    let cfg = resume(&[
+        "--judge-mode",
+        "pointwise",
+        "--judge-model",
+        "judge",
+        "--judge-api-key-env",
+        "TPO_JUDGE_KEY",
+    ]);
     assert_eq!(cfg["judge_llm"]["mode"], "pointwise");
     assert_eq!(cfg["judge_llm"]["model"], "judge");
     let cfg = resume(&["--judge", "cmd:cat"]);

@@ -86,16 +86,27 @@ fn the_quick_demonstration_improves_the_held_out_score_on_the_seed() {
 fn check_report(out: &Path, n: usize) {
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains("href="));
-    for id in ["heldout-score", "win-rate", "pairs", "dpo-loss", "reward-accuracy", "reward-margin"] {
+    for id in [
+        "heldout-score",
+        "win-rate",
+        "pairs",
+        "dpo-loss",
+        "reward-accuracy",
+        "reward-margin",
+    ] {
         assert!(
             html.contains(&format!("<figure id=\"{id}\" data-series=\"tpo,direct\">")),
             "{id}"
         );
     }
-    assert!(html.contains(&format!("tpo: iterations 0 to {n} done, direct: iterations 0 to {n} done")));
+    assert!(html.contains(&format!(
+        "tpo: iterations 0 to {n} done, direct: iterations 0 to {n} done"
+    )));
     for arm in ["tpo", "direct"] {
         let own = std::fs::read_to_string(out.join(arm).join("report.html")).unwrap();
-        assert!(own.contains(&format!("<figure id=\"heldout-score\" data-series=\"{arm}\">")));
+        assert!(own.contains(&format!(
+            "<figure id=\"heldout-score\" data-series=\"{arm}\">"
+        )));
     }
 
     let Some(dom) = chromium(&["--dump-dom".into()], &out.join("report.html")) else {
@@ -128,7 +139,10 @@ fn check_report(out: &Path, n: usize) {
             .count()
     };
     let (tpo, direct) = (count([0, 114, 178]), count([213, 94, 0]));
-    assert!(tpo > 500 && direct > 500, "tpo {tpo} px, direct {direct} px");
+    assert!(
+        tpo > 500 && direct > 500,
+        "tpo {tpo} px, direct {direct} px"
+    );
 }
 
 /// Runs headless Chromium on `page` with `args`: its stdout. None when this machine has no

@@ -110,7 +110,13 @@ fn dpo_drives_accuracy_to_one_and_margins_up() {
     assert!(f(&lines[0], "learning_rate") > f(last, "learning_rate"));
     // The report draws every update's loss, reward accuracy and margin.
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
-    for id in ["loss", "reward-accuracy", "reward-margin", "grad-norm", "learning-rate"] {
+    for id in [
+        "loss",
+        "reward-accuracy",
+        "reward-margin",
+        "grad-norm",
+        "learning-rate",
+    ] {
         assert_eq!(markers(&report, id), 12, "{id}");
     }
 
@@ -256,7 +262,10 @@ fn sft_lowers_the_completion_loss_and_logprobs_see_it() {
     );
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert_eq!(markers(&report, "loss"), 20);
-    assert!(!report.contains("id=\"reward-accuracy\""), "no DPO rewards in an sft report");
+    assert!(
+        !report.contains("id=\"reward-accuracy\""),
+        "no DPO rewards in an sft report"
+    );
 
     let score = |model: &Path, name: &str| -> Vec<(f64, u64)> {
         let o = tmp.path().join(name);

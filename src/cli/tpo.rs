@@ -216,7 +216,10 @@ fn only_demo_flags(args: &TpoArgs) -> bool {
 fn llm_options(args: &TpoArgs) -> Result<LlmJudgeOptions> {
     let prompt = match &args.judge_prompt {
         Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
-            format!("--judge-prompt {}: cannot read the prompt template", path.display())
+            format!(
+                "--judge-prompt {}: cannot read the prompt template",
+                path.display()
+            )
         })?),
         None => None,
     };

@@ -100,7 +100,10 @@ impl Chart {
             for (i, s) in self.series.iter().enumerate() {
                 let colour = COLOURS[i % COLOURS.len()];
                 chart
-                    .draw_series(LineSeries::new(s.points.iter().copied(), colour.stroke_width(2)))
+                    .draw_series(LineSeries::new(
+                        s.points.iter().copied(),
+                        colour.stroke_width(2),
+                    ))
                     .map_err(|e| fail(&e))?
                     .label(s.name.as_str())
                     .legend(move |(x, y)| {
@@ -109,11 +112,7 @@ impl Chart {
                 // Few points (iterations): mark each one.
                 if s.points.len() <= 50 {
                     chart
-                        .draw_series(
-                            s.points
-                                .iter()
-                                .map(|&p| Circle::new(p, 3, colour.filled())),
-                        )
+                        .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
                         .map_err(|e| fail(&e))?;
                 }
             }
@@ -169,13 +168,18 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
-        assert!(svg.contains(">\ntpo\n</text>") && svg.contains(">\ndirect\n</text>"), "{svg}");
+        assert!(
+            svg.contains(">\ntpo\n</text>") && svg.contains(">\ndirect\n</text>"),
+            "{svg}"
+        );
         // The title's markup characters are escaped.
         assert!(svg.contains("Loss &amp; &lt;things&gt;"), "{svg}");
         // Each series: its line and its legend sample, in its colour; and one marker per
         // finite point.
         for colour in ["#0072B2", "#D55E00"] {
-            let lines = svg.matches(&format!("stroke=\"{colour}\" stroke-width=\"2\"")).count();
+            let lines = svg
+                .matches(&format!("stroke=\"{colour}\" stroke-width=\"2\""))
+                .count();
             assert_eq!(lines, 2, "{colour}");
         }
         assert_eq!(svg.matches("<circle").count(), 3 + 2);
@@ -183,9 +187,15 @@ mod tests {
 
     #[test]
     fn nothing_to_draw_gives_no_svg_and_flat_data_a_range() {
-        assert!(chart(vec![Series::new("a", [(0.0, f64::NAN)])]).svg().unwrap().is_none());
+        assert!(chart(vec![Series::new("a", [(0.0, f64::NAN)])])
+            .svg()
+            .unwrap()
+            .is_none());
         assert_eq!(padded([2.0, 2.0].into_iter(), 0.05, 0.5), (1.0, 3.0));
         assert_eq!(padded([0.0, 10.0].into_iter(), 0.1, 0.5), (-1.0, 11.0));
-        assert!(chart(vec![Series::new("a", [(1.0, 0.3)])]).svg().unwrap().is_some());
+        assert!(chart(vec![Series::new("a", [(1.0, 0.3)])])
+            .svg()
+            .unwrap()
+            .is_some());
     }
 }

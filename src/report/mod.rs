@@ -4,7 +4,7 @@
 //! that it can be opened while the run goes on.
 
 pub mod chart;
-pub mod runs;
+pub mod updates;
 
 use anyhow::Result;
 use chart::Chart;
@@ -39,7 +39,10 @@ impl Page {
         out.push_str(&format!("<title>{}</title>\n", escape(&self.title)));
         out.push_str(&format!("<style>{STYLE}</style>\n</head>\n<body>\n"));
         out.push_str(&format!("<h1>{}</h1>\n", escape(&self.title)));
-        out.push_str(&format!("<p class=\"sub\">{}</p>\n", escape(&self.subtitle)));
+        out.push_str(&format!(
+            "<p class=\"sub\">{}</p>\n",
+            escape(&self.subtitle)
+        ));
         for section in &self.sections {
             out.push_str(&format!("<h2>{}</h2>\n", escape(&section.heading)));
             if !section.charts.is_empty() {

@@ -21,12 +21,12 @@ use super::config::{Reference, Sampling, TpoConfig};
 use super::format::FormatControl;
 use super::json_files::{read_json, read_jsonl};
 use super::judge::builtin::JUDGE_NAME;
+use super::report::{tpo_page, TpoSeries};
 use super::run::TpoRun;
 use super::stages::EvalLine;
 use super::summary::IterationSummary;
 use super::task;
 use super::thought::ThoughtPrompt;
-use crate::report::runs::{tpo_page, TpoSeries};
 use crate::backend::device::{Device, Placement};
 use crate::train::{DpoConfig, DpoLossType, LrSchedule, OptimizerConfig};
 use anyhow::{bail, Result};
@@ -162,7 +162,10 @@ pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
     let mut rows = vec![];
     // Both runs on the same axes in OUT/report.html, rewritten after each iteration.
     let mut finished: Vec<TpoSeries> = vec![];
-    let title = format!("The built-in demonstration: TPO and the direct-response baseline, {}", out.display());
+    let title = format!(
+        "The built-in demonstration: TPO and the direct-response baseline, {}",
+        out.display()
+    );
     for (label, thoughts) in [("tpo", true), ("direct", false)] {
         let dir = out.join(label);
         let mut run = if dir.join("config.json").exists() {

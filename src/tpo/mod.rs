@@ -11,6 +11,7 @@ pub mod malformed;
 pub mod markers;
 pub mod pairing;
 pub mod prompts;
+pub mod report;
 pub mod run;
 pub mod stages;
 pub mod summary;

@@ -347,8 +347,11 @@ impl TpoRun {
 
     /// RUN_DIR/report.html with `rows` and every DPO update written so far.
     fn write_report(&self, rows: &[IterationSummary]) -> Result<()> {
-        crate::report::runs::tpo_page(&format!("TPO run {}", self.dir.display()), &[self.series(rows)?])
-            .write(&self.dir.join("report.html"))
+        super::report::tpo_page(
+            &format!("TPO run {}", self.dir.display()),
+            &[self.series(rows)?],
+        )
+        .write(&self.dir.join("report.html"))
     }
 
     /// The rows of the iterations before t (all finished).
@@ -359,8 +362,8 @@ impl TpoRun {
     }
 
     /// The run as its report shows it, with `rows` so far.
-    pub fn series(&self, rows: &[IterationSummary]) -> Result<crate::report::runs::TpoSeries> {
-        crate::report::runs::TpoSeries::read(&self.dir, &self.label, self.thoughts(), rows)
+    pub fn series(&self, rows: &[IterationSummary]) -> Result<super::report::TpoSeries> {
+        super::report::TpoSeries::read(&self.dir, &self.label, self.thoughts(), rows)
     }
 
     fn iteration(&mut self, t: usize) -> Result<IterationSummary> {

@@ -139,7 +139,8 @@ impl RunDir {
         if !now && self.reported.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
             return Ok(());
         }
-        crate::report::runs::train_page(title, &self.lines, *dpo).write(&self.out.join("report.html"))?;
+        crate::report::updates::train_page(title, &self.lines, *dpo)
+            .write(&self.out.join("report.html"))?;
         self.reported = Some(std::time::Instant::now());
         Ok(())
     }
@@ -164,7 +165,9 @@ impl RunSink for RunDir {
         self.metrics
             .write_all(text.as_bytes())
             .and_then(|()| self.metrics.flush())
-            .with_context(|| format!("cannot write {}", self.out.join("metrics.jsonl").display()))?;
+            .with_context(|| {
+                format!("cannot write {}", self.out.join("metrics.jsonl").display())
+            })?;
         if self.report.is_some() {
             self.lines.push(line.clone());
             self.write_report(false)?;

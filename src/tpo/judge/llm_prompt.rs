@@ -78,15 +78,26 @@ pub fn check(template: &str, mode: JudgeMode, origin: &str) -> Result<()> {
         bail!(
             "{origin}: a {} judge prompt must hold {}; it lacks {}",
             mode.as_str(),
-            needed.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", "),
+            needed
+                .iter()
+                .map(|p| format!("{{{p}}}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             missing.join(", ")
         );
     }
-    if let Some(p) = foreign.iter().find(|p| template.contains(&format!("{{{p}}}"))) {
+    if let Some(p) = foreign
+        .iter()
+        .find(|p| template.contains(&format!("{{{p}}}")))
+    {
         bail!(
             "{origin}: {{{p}}} belongs to the other judge mode; a {} prompt is filled with {}",
             mode.as_str(),
-            needed.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+            needed
+                .iter()
+                .map(|p| format!("{{{p}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())
@@ -94,14 +105,15 @@ pub fn check(template: &str, mode: JudgeMode, origin: &str) -> Result<()> {
 
 /// The template with each `{name}` of `values` replaced by its value, in one pass.
 pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() + values.iter().map(|v| v.1.len()).sum::<usize>());
+    let mut out =
+        String::with_capacity(template.len() + values.iter().map(|v| v.1.len()).sum::<usize>());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let hit = values.iter().find(|(name, _)| {
-            after.starts_with(name) && after[name.len()..].starts_with('}')
-        });
+        let hit = values
+            .iter()
+            .find(|(name, _)| after.starts_with(name) && after[name.len()..].starts_with('}'));
         match hit {
             Some((name, value)) => {
                 out.push_str(value);
@@ -126,12 +138,21 @@ mod tests {
         for mode in [JudgeMode::Pointwise, JudgeMode::Pairwise] {
             check(builtin(mode), mode, "built-in").unwrap();
         }
-        let e = check(PAIRWISE, JudgeMode::Pointwise, "p.txt").unwrap_err().to_string();
-        assert!(e.contains("p.txt") && e.contains("lacks {response}"), "{e}");
-        let e = check("{instruction} {response} {response_a}", JudgeMode::Pointwise, "p.txt")
+        let e = check(PAIRWISE, JudgeMode::Pointwise, "p.txt")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("{response_a} belongs to the other judge mode"), "{e}");
+        assert!(e.contains("p.txt") && e.contains("lacks {response}"), "{e}");
+        let e = check(
+            "{instruction} {response} {response_a}",
+            JudgeMode::Pointwise,
+            "p.txt",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("{response_a} belongs to the other judge mode"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -139,9 +160,16 @@ mod tests {
         let t = "Q: {instruction}\nA: {response_a} | B: {response_b} {\"score\": 1} {x}{";
         let got = fill(
             t,
-            &[("instruction", "why {response_b}?"), ("response_a", "a}"), ("response_b", "b")],
+            &[
+                ("instruction", "why {response_b}?"),
+                ("response_a", "a}"),
+                ("response_b", "b"),
+            ],
         );
-        assert_eq!(got, "Q: why {response_b}?\nA: a} | B: b {\"score\": 1} {x}{");
+        assert_eq!(
+            got,
+            "Q: why {response_b}?\nA: a} | B: b {\"score\": 1} {x}{"
+        );
         assert_eq!(fill("{response}", &[("response", "é{")]), "é{");
     }
 }

@@ -30,7 +30,9 @@
 
 use super::elo::EloJudge;
 use super::verdict::{quote, read_score, read_verdict};
-use super::{llm_prompt, Battle, Judge, JudgeGroup, JudgeMode, JudgeOptions, PairwiseJudge, Preference};
+use super::{
+    llm_prompt, Battle, Judge, JudgeGroup, JudgeMode, JudgeOptions, PairwiseJudge, Preference,
+};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,8 +56,9 @@ pub fn open(base: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
     let (template, origin) = match (&llm.prompt, &llm.prompt_file) {
         (Some(t), file) => (
             t.clone(),
-            file.as_ref()
-                .map_or("--judge-prompt".to_string(), |f| format!("--judge-prompt {}", f.display())),
+            file.as_ref().map_or("--judge-prompt".to_string(), |f| {
+                format!("--judge-prompt {}", f.display())
+            }),
         ),
         (None, _) => (
             llm_prompt::builtin(llm.mode).to_string(),
@@ -102,7 +105,10 @@ impl Client {
     fn new(base: &str, opts: &JudgeOptions) -> Result<Client> {
         let llm = &opts.llm;
         let base = base.trim().trim_end_matches('/');
-        let base = base.strip_suffix("/chat/completions").unwrap_or(base).to_string();
+        let base = base
+            .strip_suffix("/chat/completions")
+            .unwrap_or(base)
+            .to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--judge openai:{base}: expected an http:// or https:// URL, such as openai:http://localhost:8000/v1");
         }
@@ -110,17 +116,26 @@ impl Client {
         let timeout = Duration::try_from_secs_f64(t)
             .ok()
             .filter(|d| !d.is_zero())
-            .with_context(|| format!("--judge-timeout {t}: expected a positive number of seconds"))?;
+            .with_context(|| {
+                format!("--judge-timeout {t}: expected a positive number of seconds")
+            })?;
         let backoff = Duration::try_from_secs_f64(llm.backoff_secs)
             .ok()
-            .with_context(|| format!("judge backoff {} s: expected a number of seconds", llm.backoff_secs))?;
+            .with_context(|| {
+                format!(
+                    "judge backoff {} s: expected a number of seconds",
+                    llm.backoff_secs
+                )
+            })?;
         if llm.concurrency == 0 {
             bail!("--judge-concurrency 0: expected at least 1");
         }
         if llm.max_tokens == 0 {
             bail!("judge max tokens 0: expected at least 1");
         }
-        let key = std::env::var(&llm.api_key_env).ok().filter(|k| !k.trim().is_empty());
+        let key = std::env::var(&llm.api_key_env)
+            .ok()
+            .filter(|k| !k.trim().is_empty());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
@@ -148,7 +163,12 @@ impl Client {
     }
 
     fn describe(&self, mode: JudgeMode) -> String {
-        format!("openai:{} model {} ({})", self.base, self.model, mode.as_str())
+        format!(
+            "openai:{} model {} ({})",
+            self.base,
+            self.model,
+            mode.as_str()
+        )
     }
 
     /// The one model the server lists at BASE_URL/models, for a judge given no
@@ -157,7 +177,11 @@ impl Client {
         let url = format!("{}/models", self.base);
         let body = self
             .with_retries(&url, || self.try_get(&url))
-            .map_err(|e| anyhow::anyhow!("{e}\n(give --judge-model to name the judge's model without asking the server)"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\n(give --judge-model to name the judge's model without asking the server)"
+                )
+            })?;
         let ids: Vec<String> = serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| {
@@ -168,7 +192,10 @@ impl Client {
                 })
             })
             .with_context(|| {
-                format!("{url}: not a model list ({}); give --judge-model", quote(&body))
+                format!(
+                    "{url}: not a model list ({}); give --judge-model",
+                    quote(&body)
+                )
             })?;
         match ids.as_slice() {
             [one] => {
@@ -211,7 +238,11 @@ impl Client {
         }
         let mut msg = format!(
             "{url}: {} failed",
-            if tries == 1 { "the only try".to_string() } else { format!("all {tries} tries") }
+            if tries == 1 {
+                "the only try".to_string()
+            } else {
+                format!("all {tries} tries")
+            }
         );
         for (i, why) in met.iter().enumerate() {
             msg.push_str(&format!("\n  try {}: {why}", i + 1));
@@ -245,7 +276,10 @@ impl Client {
                 .map(str::to_string)
         });
         content.ok_or_else(|| Failure::Transient {
-            why: format!("the answer is not a chat completion with a text message: {}", quote(&text)),
+            why: format!(
+                "the answer is not a chat completion with a text message: {}",
+                quote(&text)
+            ),
             wait: None,
         })
     }
@@ -399,7 +433,10 @@ impl Client {
         if let Some(e) = failed {
             bail!("the judge {}: a request failed: {e}", self.base);
         }
-        Ok(out.into_iter().map(|r| r.expect("every prompt answered")).collect())
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every prompt answered"))
+            .collect())
     }
 }
 
@@ -419,7 +456,10 @@ impl Judge for OpenAiPointwise {
             .iter()
             .flat_map(|g| {
                 g.responses.iter().map(|r| {
-                    llm_prompt::fill(&self.template, &[("instruction", g.instruction), ("response", r)])
+                    llm_prompt::fill(
+                        &self.template,
+                        &[("instruction", g.instruction), ("response", r)],
+                    )
                 })
             })
             .collect();

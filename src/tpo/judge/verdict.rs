@@ -32,7 +32,13 @@ pub fn read_score(answer: &str) -> Result<f64, String> {
                 .and_then(json_number)
         })
         .or_else(|| last_after_words(text, &SCORE_WORDS, number_at))
-        .or_else(|| last_bracketed(text, |inner| number_at(inner).filter(|(_, n)| *n == inner.trim().len()).map(|(x, _)| x)));
+        .or_else(|| {
+            last_bracketed(text, |inner| {
+                number_at(inner)
+                    .filter(|(_, n)| *n == inner.trim().len())
+                    .map(|(x, _)| x)
+            })
+        });
     match found {
         Some(x) if x.is_finite() => Ok(x),
         Some(x) => Err(format!("its score {x} is not a finite number")),
@@ -125,8 +131,8 @@ fn json_objects(text: &str) -> impl DoubleEndedIterator<Item = serde_json::Map<S
     let mut from = 0;
     while let Some(at) = text[from..].find('{') {
         let start = from + at;
-        let mut stream =
-            serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Map<String, Value>>();
+        let mut stream = serde_json::Deserializer::from_str(&text[start..])
+            .into_iter::<serde_json::Map<String, Value>>();
         match stream.next() {
             Some(Ok(obj)) => {
                 found.push(obj);
@@ -206,12 +212,11 @@ fn number_at(s: &str) -> Option<(f64, usize)> {
 
 /// What `read` makes of the inside of the last `[[...]]` it accepts.
 fn last_bracketed<T>(text: &str, read: impl Fn(&str) -> Option<T>) -> Option<T> {
-    text.rmatch_indices("[[")
-        .find_map(|(at, _)| {
-            let inner = &text[at + 2..];
-            let end = inner.find("]]")?;
-            read(&inner[..end])
-        })
+    text.rmatch_indices("[[").find_map(|(at, _)| {
+        let inner = &text[at + 2..];
+        let end = inner.find("]]")?;
+        read(&inner[..end])
+    })
 }
 
 /// An answer quoted in a message: trimmed, cut to [`QUOTE_CHARS`].
@@ -243,7 +248,10 @@ mod tests {
             ("Final score = -2", -2.0),
             ("{\"reason\": \"fine\", \"score\": 5}", 5.0),
             ("```json\n{\"score\": \"3\"}\n```", 3.0),
-            ("My score: 3. On reflection the code is wrong.\nScore: 2", 2.0),
+            (
+                "My score: 3. On reflection the code is wrong.\nScore: 2",
+                2.0,
+            ),
             ("It misses the point. [[1]]", 1.0),
             ("<think>Score: 9? no, lower.</think>\nScore: 5", 5.0),
             ("{\"Rating\": 10}", 10.0),
@@ -287,7 +295,10 @@ mod tests {
             ("{\"preference\": \"tie\"}", Tie),
             ("B", Second),
             ("  tie.  ", Tie),
-            ("Verdict: A\nOn second thought, B misses less. Verdict: B", Second),
+            (
+                "Verdict: A\nOn second thought, B misses less. Verdict: B",
+                Second,
+            ),
             ("<think>[[A]] maybe</think>[[B]]", Second),
         ];
         for (answer, want) in cases {

@@ -1,10 +1,11 @@
-//! The pages of the runs: a TPO run (or several on the same axes: the demonstration's TPO
-//! and direct-response runs), and a `dpo` or `sft` run.
+//! The page of a TPO run, or of several on the same axes (the demonstration's TPO and
+//! direct-response runs): RUN_DIR/report.html.
 
-use super::chart::{Chart, Series};
-use super::{now_utc, Page, Section};
-use crate::tpo::json_files::read_jsonl;
-use crate::tpo::summary::{table, IterationSummary};
+use super::json_files::read_jsonl;
+use super::summary::{table, IterationSummary};
+use crate::report::chart::{Chart, Series};
+use crate::report::updates::by_update;
+use crate::report::{now_utc, Page, Section};
 use anyhow::Result;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -25,7 +26,12 @@ pub struct TpoSeries {
 
 impl TpoSeries {
     /// The run in `dir` with the rows so far; its updates read from the iterations' metrics.
-    pub fn read(dir: &Path, label: &str, thoughts: bool, rows: &[IterationSummary]) -> Result<TpoSeries> {
+    pub fn read(
+        dir: &Path,
+        label: &str,
+        thoughts: bool,
+        rows: &[IterationSummary],
+    ) -> Result<TpoSeries> {
         let mut updates = vec![];
         for t in 1.. {
             let iteration = dir.join(format!("iter-{t}"));
@@ -46,6 +52,9 @@ impl TpoSeries {
     }
 }
 
+/// A value read off a summary row, where it has one.
+type RowValue = fn(&IterationSummary) -> Option<f64>;
+
 /// A chart of one value per iteration for each run.
 fn by_iteration(
     id: &str,
@@ -53,7 +62,7 @@ fn by_iteration(
     y_label: &str,
     y_range: Option<(f64, f64)>,
     runs: &[TpoSeries],
-    lines: &[(&str, fn(&IterationSummary) -> Option<f64>)],
+    lines: &[(&str, RowValue)],
 ) -> Chart {
     let mut series = vec![];
     for run in runs {
@@ -76,30 +85,8 @@ fn by_iteration(
         x_label: "iteration".into(),
         y_label: y_label.into(),
         y_range,
-        series: series.into_iter().filter(|s| !s.points.is_empty()).collect(),
-    }
-}
-
-/// A chart of one metric over the updates, for each run (x: the update's number across the
-/// run's iterations).
-fn by_update(id: &str, title: &str, key: &str, y_range: Option<(f64, f64)>, runs: &[(String, &[Map<String, Value>])]) -> Chart {
-    Chart {
-        id: id.into(),
-        title: title.into(),
-        x_label: "update".into(),
-        y_label: key.into(),
-        y_range,
-        series: runs
-            .iter()
-            .map(|(label, updates)| {
-                Series::new(
-                    label,
-                    updates
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, m)| Some(((i + 1) as f64, m.get(key)?.as_f64()?))),
-                )
-            })
+        series: series
+            .into_iter()
             .filter(|s| !s.points.is_empty())
             .collect(),
     }
@@ -109,15 +96,32 @@ fn by_update(id: &str, title: &str, key: &str, y_range: Option<(f64, f64)>, runs
 pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
     let rate = Some((0.0, 1.0));
     let iterations = vec![
-        by_iteration("heldout-score", "Held-out judge score", "mean score", None, runs, &[("", |r| r.heldout_score)]),
-        by_iteration("win-rate", "Win rate against the seed", "win rate (ties half)", rate, runs, &[("", |r| r.win_rate)]),
+        by_iteration(
+            "heldout-score",
+            "Held-out judge score",
+            "mean score",
+            None,
+            runs,
+            &[("", |r| r.heldout_score)],
+        ),
+        by_iteration(
+            "win-rate",
+            "Win rate against the seed",
+            "win rate (ties half)",
+            rate,
+            runs,
+            &[("", |r| r.win_rate)],
+        ),
         by_iteration(
             "tokens",
             "Mean held-out tokens",
             "tokens",
             None,
             runs,
-            &[("thought", |r| r.thought_tokens.filter(|t| *t > 0.0)), ("response", |r| r.response_tokens)],
+            &[
+                ("thought", |r| r.thought_tokens.filter(|t| *t > 0.0)),
+                ("response", |r| r.response_tokens),
+            ],
         ),
         by_iteration(
             "malformed",
@@ -125,16 +129,40 @@ pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
             "share",
             rate,
             runs,
-            &[("training candidates", |r| r.malformed), ("held-out", |r| r.heldout_malformed)],
+            &[
+                ("training candidates", |r| r.malformed),
+                ("held-out", |r| r.heldout_malformed),
+            ],
         ),
-        by_iteration("pairs", "Preference pairs made", "pairs", None, runs, &[("", |r| r.pairs.map(|p| p.pairs as f64))]),
+        by_iteration(
+            "pairs",
+            "Preference pairs made",
+            "pairs",
+            None,
+            runs,
+            &[("", |r| r.pairs.map(|p| p.pairs as f64))],
+        ),
     ];
-    let updates: Vec<(String, &[Map<String, Value>])> =
-        runs.iter().map(|r| (r.label.clone(), r.updates.as_slice())).collect();
+    let updates: Vec<(String, &[Map<String, Value>])> = runs
+        .iter()
+        .map(|r| (r.label.clone(), r.updates.as_slice()))
+        .collect();
     let dpo = vec![
         by_update("dpo-loss", "DPO loss", "loss", None, &updates),
-        by_update("reward-accuracy", "Reward accuracy", "rewards/accuracies", rate, &updates),
-        by_update("reward-margin", "Reward margin", "rewards/margins", None, &updates),
+        by_update(
+            "reward-accuracy",
+            "Reward accuracy",
+            "rewards/accuracies",
+            rate,
+            &updates,
+        ),
+        by_update(
+            "reward-margin",
+            "Reward margin",
+            "rewards/margins",
+            None,
+            &updates,
+        ),
     ];
     let tables = runs
         .iter()
@@ -150,7 +178,11 @@ pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
         .collect();
     Page {
         title: title.into(),
-        subtitle: format!("Written {} ({}; iteration 0 is the seed).", now_utc(), done.join(", ")),
+        subtitle: format!(
+            "Written {} ({}; iteration 0 is the seed).",
+            now_utc(),
+            done.join(", ")
+        ),
         sections: vec![
             Section {
                 heading: "By iteration".into(),
@@ -168,26 +200,5 @@ pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
                 table: Some(tables),
             },
         ],
-    }
-}
-
-/// The page of a `dpo` or `sft` run from its metrics lines so far.
-pub fn train_page(title: &str, metrics: &[Map<String, Value>], dpo: bool) -> Page {
-    let one = [(String::from("train"), metrics)];
-    let mut charts = vec![by_update("loss", "Loss", "loss", None, &one)];
-    if dpo {
-        charts.push(by_update("reward-accuracy", "Reward accuracy", "rewards/accuracies", Some((0.0, 1.0)), &one));
-        charts.push(by_update("reward-margin", "Reward margin", "rewards/margins", None, &one));
-    }
-    charts.push(by_update("grad-norm", "Gradient norm", "grad_norm", None, &one));
-    charts.push(by_update("learning-rate", "Learning rate", "learning_rate", None, &one));
-    Page {
-        title: title.into(),
-        subtitle: format!("Written {} after {} updates.", now_utc(), metrics.len()),
-        sections: vec![Section {
-            heading: "Over updates".into(),
-            charts,
-            table: None,
-        }],
     }
 }
