@@ -144,18 +144,30 @@ fn hub_server() -> (String, Arc<Mutex<Vec<String>>>) {
             if reader.read_line(&mut request).is_err() {
                 continue;
             }
-            let mut auth = String::new();
+            let (mut auth, mut from) = (String::new(), 0usize);
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
-                if line.to_ascii_lowercase().starts_with("authorization:") {
+                let lower = line.to_ascii_lowercase();
+                if lower.starts_with("authorization:") {
                     auth = line.trim().to_string();
                 }
+                if let Some(r) = lower.strip_prefix("range: bytes=") {
+                    from = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+                }
             }
+            let method = request.split_whitespace().next().unwrap_or("").to_string();
             let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-            log.lock().unwrap().push(format!("{path} {auth}"));
+            let range = if from > 0 {
+                format!(" from {from}")
+            } else {
+                String::new()
+            };
+            log.lock()
+                .unwrap()
+                .push(format!("{method} {path}{range} {auth}"));
             let mut files: Vec<String> = std::fs::read_dir(chat_fixture())
                 .unwrap()
                 .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
@@ -174,6 +186,18 @@ fn hub_server() -> (String, Arc<Mutex<Vec<String>>>) {
             } else if let Some(file) = path.strip_prefix(&format!("/org/remote/resolve/{COMMIT}/"))
             {
                 match std::fs::read(chat_fixture().join(file)) {
+                    // A Range request gets the rest of the file (206), as the Hub's file
+                    // store answers it.
+                    Ok(bytes) if from > 0 && from < bytes.len() => (
+                        "206 Partial Content",
+                        format!(
+                            "ETag: \"etag{}\"\r\nContent-Range: bytes {from}-{}/{}\r\n",
+                            bytes.len(),
+                            bytes.len() - 1,
+                            bytes.len()
+                        ),
+                        bytes[from..].to_vec(),
+                    ),
                     Ok(bytes) => (
                         "200 OK",
                         format!("ETag: \"etag{}\"\r\n", bytes.len()),
@@ -189,7 +213,9 @@ fn hub_server() -> (String, Arc<Mutex<Vec<String>>>) {
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&body);
+            if method != "HEAD" {
+                let _ = stream.write_all(&body);
+            }
         }
     });
     (addr, seen)
@@ -251,4 +277,42 @@ fn an_uncached_id_is_downloaded_into_the_cache_layout() {
         err.contains("/api/models/org/none/revision/main") && err.contains("404"),
         "{err}"
     );
+}
+
+/// A download cut short leaves `blobs/ETAG.incomplete`; the next one continues it with a
+/// Range request instead of starting over, and the blob comes out whole.
+#[test]
+fn a_partial_download_is_continued_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let want = generate(s(&chat_fixture()), &[], &work).unwrap();
+    let (endpoint, seen) = hub_server();
+    let cache = tmp.path().join("cache");
+    let weights = std::fs::read(chat_fixture().join("model.safetensors")).unwrap();
+    let blobs = cache.join("models--org--remote").join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let cut = weights.len() / 3;
+    let partial = blobs.join(format!("etag{}.incomplete", weights.len()));
+    std::fs::write(&partial, &weights[..cut]).unwrap();
+    let env = [
+        ("HF_HUB_CACHE", cache.as_path()),
+        ("HF_ENDPOINT", Path::new(&endpoint)),
+    ];
+    assert_eq!(
+        generate("org/remote", &env, &work).as_deref(),
+        Ok(want.as_str())
+    );
+    let requests = seen.lock().unwrap().clone();
+    let gets: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("model.safetensors"))
+        .collect();
+    assert_eq!(gets.len(), 1, "{requests:?}");
+    assert!(gets[0].contains(&format!(" from {cut} ")), "{requests:?}");
+    assert_eq!(
+        std::fs::read(blobs.join(format!("etag{}", weights.len()))).unwrap(),
+        weights
+    );
+    assert!(!partial.exists());
 }

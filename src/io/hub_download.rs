@@ -3,7 +3,8 @@
 //! `refs/REVISION` names the commit (written last: a download cut short is not a snapshot
 //! a revision names). `HF_ENDPOINT` (default https://huggingface.co) is the server and
 //! `HF_TOKEN` its token. Only the files a model needs are fetched: configs, tokenizer
-//! files, chat template and safetensors weights.
+//! files, chat template and safetensors weights. A file arrives in `blobs/ETAG.incomplete`
+//! and is renamed when whole; a download cut short is continued from there by the next run.
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,8 +36,8 @@ fn endpoint() -> String {
         .to_string()
 }
 
-fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>> {
-    let mut request = ureq::get(url);
+/// The request with `HF_TOKEN` as its bearer token, where it is set.
+fn authorized<B>(mut request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
     let token = std::env::var("HF_TOKEN")
         .or_else(|_| std::env::var("HUGGING_FACE_HUB_TOKEN"))
         .ok()
@@ -44,7 +45,11 @@ fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>> {
     if let Some(token) = token {
         request = request.header("Authorization", &format!("Bearer {token}"));
     }
-    request.call().map_err(|e| match e {
+    request
+}
+
+fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>> {
+    authorized(ureq::get(url)).call().map_err(|e| match e {
         ureq::Error::StatusCode(401 | 403) => {
             anyhow::anyhow!(
                 "{url}: HTTP {e}: not authorized (set HF_TOKEN for a gated or private model)"
@@ -52,6 +57,113 @@ fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>> {
         }
         e => anyhow::anyhow!("{url}: {e}"),
     })
+}
+
+/// A file's blob name (its ETag, as huggingface_hub names blobs) and size, from a HEAD
+/// request that does not follow the Hub's redirect to its file store: the redirect itself
+/// carries the file's `X-Linked-Etag` and `X-Linked-Size`.
+fn file_info(url: &str) -> Result<(Option<String>, Option<u64>)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = authorized(agent.head(url))
+        .call()
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    if !(200..400).contains(&status) {
+        bail!(
+            "{url}: HTTP {status}{}",
+            if matches!(status, 401 | 403) {
+                ": not authorized (set HF_TOKEN for a gated or private model)"
+            } else {
+                ""
+            }
+        );
+    }
+    let header = |names: &[&str]| {
+        names.iter().find_map(|h| {
+            response
+                .headers()
+                .get(*h)?
+                .to_str()
+                .ok()
+                .map(str::to_string)
+        })
+    };
+    let etag = header(&["x-linked-etag", "etag"])
+        .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
+        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let size = header(&["x-linked-size", "content-length"]).and_then(|v| v.trim().parse().ok());
+    Ok((etag, size))
+}
+
+/// Downloads `url` into `blob`, through `BLOB.incomplete` (huggingface_hub's name for a blob
+/// on its way), then a rename. A partial file left by a download that was cut short is
+/// continued with a Range request, not restarted; a server that ignores the range sends the
+/// whole file, which replaces it. The partial file is locked while it is written, so two
+/// processes never write one blob.
+fn fetch_blob(url: &str, blob: &Path, size: Option<u64>, file: &str) -> Result<()> {
+    let partial = PathBuf::from(format!("{}.incomplete", blob.display()));
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    if !crate::io::run_lock::try_lock(&out) {
+        bail!(
+            "{}: another process is downloading {file} into it; wait for it to finish",
+            partial.display()
+        );
+    }
+    let mut have = out.metadata()?.len();
+    if size.is_some_and(|s| have > s) {
+        out.set_len(0)?;
+        have = 0;
+    }
+    let bar = ProgressBar::new(size.unwrap_or(0));
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{bytes}}/{{total_bytes}} {file} [{{eta}}]"
+        ))
+        .expect("the template is valid"),
+    );
+    if Some(have) != size {
+        let mut request = authorized(ureq::get(url));
+        if have > 0 {
+            request = request.header("Range", &format!("bytes={have}-"));
+        }
+        let mut response = request.call().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        if have > 0 && response.status().as_u16() != 206 {
+            // The whole file came back: start over.
+            out.set_len(0)?;
+            have = 0;
+        }
+        bar.set_position(have);
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf).with_context(|| {
+                format!("{url}: reading (run again to continue from {} bytes)", have)
+            })?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            have += n as u64;
+            bar.inc(n as u64);
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(s) = size.filter(|&s| s != have) {
+        bail!("{url}: the download stopped at {have} of {s} bytes (run again to continue)");
+    }
+    out.sync_all()?;
+    std::fs::rename(&partial, blob)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), blob.display()))
 }
 
 /// Downloads `org/name` at `revision` into the cache's `repo` directory (models--org--name)
@@ -93,56 +205,11 @@ pub fn download(repo: &Path, id: &str, revision: &str) -> Result<PathBuf> {
             continue;
         }
         let url = format!("{base}/{id}/resolve/{commit}/{file}");
-        let mut response = get(&url)?;
-        let etag = ["x-linked-etag", "etag"]
-            .iter()
-            .find_map(|h| response.headers().get(*h)?.to_str().ok())
-            .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
-            .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-            .unwrap_or_else(|| format!("{commit}-{i}"));
-        let size = response
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let (etag, size) = file_info(&url)?;
+        let etag = etag.unwrap_or_else(|| format!("{commit}-{i}"));
         let blob = blobs.join(&etag);
         if !blob.exists() {
-            let bar = ProgressBar::new(size.unwrap_or(0));
-            bar.set_style(
-                ProgressStyle::with_template(&format!(
-                    "{{bar:30}} {{bytes}}/{{total_bytes}} {file} [{{eta}}]"
-                ))
-                .expect("the template is valid"),
-            );
-            let tmp = blobs.join(format!(".{etag}.{}.incomplete", std::process::id()));
-            let mut out = std::fs::File::create(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut got = 0u64;
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .with_context(|| format!("{url}: reading"))?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                got += n as u64;
-                bar.inc(n as u64);
-            }
-            bar.finish_and_clear();
-            if size.is_some_and(|s| s != got) {
-                let _ = std::fs::remove_file(&tmp);
-                bail!(
-                    "{url}: the download stopped at {got} of {} bytes",
-                    size.unwrap_or(0)
-                );
-            }
-            out.sync_all()?;
-            std::fs::rename(&tmp, &blob).with_context(|| {
-                format!("cannot rename {} to {}", tmp.display(), blob.display())
-            })?;
+            fetch_blob(&url, &blob, size, file)?;
         }
         // A relative link, as huggingface_hub makes: up from snapshots/COMMIT/DIRS.
         let depth = file.matches('/').count() + 2;

@@ -113,7 +113,7 @@ fn held() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 
 /// Takes an exclusive lock on `file` without waiting; whether it was free. (A probe's lock
 /// is released when its file is closed.)
-fn try_lock(file: &File) -> bool {
+pub(crate) fn try_lock(file: &File) -> bool {
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on a descriptor this File owns.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
