@@ -414,14 +414,11 @@ fn an_unreadable_answer_is_asked_again_then_reported_never_guessed() {
         .collect();
     assert_eq!(temps.len(), 2);
     assert!(temps[0] == 0.0 && temps[1] > 0.0, "{temps:?}");
-    // Unreadable on every try: the pointwise scoring stops and quotes the answer.
+    // Unreadable on every try: that response is left unscored (NaN), the other scored.
+    assert!(judge.leaves_unscored());
     server.fail_next(&[Fault::Garbage, Fault::Garbage, Fault::Garbage]);
-    let e = format!("{:#}", score(judge.as_mut(), &["abcd", "ab"]).unwrap_err());
-    assert!(
-        e.contains("1 of 2 answers gave no readable score after 3 tries"),
-        "{e}"
-    );
-    assert!(e.contains("I cannot decide"), "{e}");
+    let scores = score(judge.as_mut(), &["abcd", "ab"]).unwrap();
+    assert!(scores[0].is_nan() && scores[1] == 2.0, "{scores:?}");
 
     // Pairwise: the unreadable battle counts as a tie; the other order still decides.
     let server = Server::start(&["j"], Duration::ZERO);
@@ -570,6 +567,62 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
         .unwrap()
         .iter()
         .all(|c| c["score"].is_f64())));
+    // A pointwise run whose judge cannot be read on the first held-out answer (3 tries):
+    // that answer is recorded unscored, left out of the means, and the run goes on.
+    let out2 = tmp.path().join("run-pointwise");
+    server.fail_next(&[Fault::Garbage, Fault::Garbage, Fault::Garbage]);
+    let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--model",
+            s(&chat_fixture()),
+            "--prompts",
+        ])
+        .arg(prompts(tmp.path()))
+        .args([
+            "--heldout-prompts",
+            "2",
+            "--iterations",
+            "1",
+            "--samples",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--no-thoughts",
+            "--batch-size",
+            "2",
+            "--judge-concurrency",
+            "1",
+            "--judge-model",
+            "judge",
+        ])
+        .arg("--judge")
+        .arg(format!("openai:{}", server.url))
+        .arg("--out")
+        .arg(&out2)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 of 4 answers gave no readable score after 3 tries"),
+        "{stderr}"
+    );
+    let eval = jsonl(&out2.join("iter-0/eval.jsonl"));
+    assert_eq!(eval[0]["score"], Value::Null);
+    assert_eq!(eval[0]["outcome"], Value::Null);
+    assert!(eval[1]["score"].is_f64() && eval[1]["outcome"].is_f64());
+    let row: Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("iter-0/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(row["heldout_unjudged"], 1);
+    assert_eq!(
+        row["win_rate"], eval[1]["outcome"],
+        "the mean of the one judged line"
+    );
+
     // --resume may change how the served judge is asked (nothing is left to judge here), and
     // a judge of another kind drops the openai: options.
     let resume = |extra: &[&str]| {

@@ -283,7 +283,7 @@ fn thought_examples(out: &Path, iterations: usize) -> Result<String> {
         ] {
             text.push_str(&format!(
                 "- {who} (score {}): thought: {} | response: {}\n",
-                l.score,
+                l.score.map_or("none".into(), |s| s.to_string()),
                 l.thought.as_deref().unwrap_or("(malformed)"),
                 l.response
             ));

@@ -8,8 +8,10 @@
 /// One candidate as pairing sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Judged {
-    /// The judge's score; None for a malformed candidate (never judged).
+    /// The judge's score; None for a malformed candidate (never judged), or an unjudged one.
     pub score: Option<f64>,
+    /// Parsed, but the judge gave no score: left out altogether (neither side of a pair).
+    pub unjudged: bool,
     /// Response length in tokens.
     pub response_len: usize,
 }
@@ -20,7 +22,8 @@ pub enum Pairing {
         chosen: usize,
         rejected: usize,
     },
-    /// Every candidate is malformed: nothing to choose.
+    /// No candidate was both parsed and scored (all malformed, or left unscored by the
+    /// judge): nothing to choose.
     NoParsed,
     /// The parsed candidates all scored the same and none is malformed: no preference.
     AllTie,
@@ -59,7 +62,9 @@ pub fn choose_pair(candidates: &[Judged], rho: f64, malformed_as_rejected: bool)
     let s: Vec<f64> = zs.iter().zip(&zl).map(|(a, b)| a - rho * b).collect();
     let best = (0..s.len()).fold(0, |b, i| if s[i] > s[b] { i } else { b });
     let worst = (0..s.len()).fold(0, |w, i| if s[i] < s[w] { i } else { w });
-    let malformed = candidates.iter().position(|c| c.score.is_none());
+    let malformed = candidates
+        .iter()
+        .position(|c| c.score.is_none() && !c.unjudged);
     match malformed {
         Some(m) if malformed_as_rejected => Pairing::Pair {
             chosen: parsed[best],
@@ -83,6 +88,7 @@ mod tests {
             .iter()
             .map(|&(score, response_len)| Judged {
                 score,
+                unjudged: false,
                 response_len,
             })
             .collect()
@@ -157,6 +163,32 @@ mod tests {
             choose_pair(&judged(&[(None, 1), (None, 2)]), 0.0, true),
             Pairing::NoParsed
         );
+    }
+
+    #[test]
+    fn an_unjudged_candidate_is_neither_side_nor_malformed() {
+        let mut c = judged(&[(Some(2.0), 5), (None, 0), (Some(1.0), 7), (Some(0.0), 9)]);
+        c[1].unjudged = true;
+        // Without it the worst score is rejected, even with a malformed-rejected rule.
+        assert_eq!(
+            choose_pair(&c, 0.0, true),
+            Pairing::Pair {
+                chosen: 0,
+                rejected: 3
+            }
+        );
+        // Nor does it count in the z-scores: leaving it out of the scores changes nothing.
+        let without: Vec<Judged> = [c[0], c[2], c[3]].to_vec();
+        assert_eq!(
+            choose_pair(&without, 0.7, true),
+            Pairing::Pair {
+                chosen: 0,
+                rejected: 2
+            }
+        );
+        let mut all = judged(&[(None, 1), (None, 2)]);
+        all.iter_mut().for_each(|j| j.unjudged = true);
+        assert_eq!(choose_pair(&all, 0.0, true), Pairing::NoParsed);
     }
 
     #[test]

@@ -785,12 +785,11 @@ impl TpoRun {
                 |(index, (((c, (response, seed_response)), s), instruction))| EvalLine {
                     index,
                     instruction,
-                    outcome: if s[0] > s[1] {
-                        1.0
-                    } else if s[0] == s[1] {
-                        0.5
-                    } else {
-                        0.0
+                    outcome: match (s[0], s[1]) {
+                        (Some(a), Some(b)) if a > b => Some(1.0),
+                        (Some(a), Some(b)) if a == b => Some(0.5),
+                        (Some(_), Some(_)) => Some(0.0),
+                        _ => None,
                     },
                     score: s[0],
                     seed_score: s[1],

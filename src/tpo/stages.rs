@@ -60,8 +60,12 @@ pub struct Candidate {
     pub response: Option<String>,
     /// Why it could not be split (None: parsed).
     pub malformed: Option<String>,
-    /// The judge's score of the response (None when malformed: never judged).
+    /// The judge's score of the response (None when malformed: never judged; or unjudged).
     pub score: Option<f64>,
+    /// Parsed and shown to the judge, which gave no score (its answers could not be read):
+    /// neither paired nor counted in the means.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unjudged: bool,
     pub tokens: usize,
     pub thought_tokens: usize,
     pub response_tokens: usize,
@@ -95,11 +99,12 @@ pub struct EvalLine {
     pub malformed: Option<String>,
     pub thought_tokens: usize,
     pub response_tokens: usize,
-    pub score: f64,
+    /// The judge's score of the answer (None: the judge gave none; left out of the means).
+    pub score: Option<f64>,
     pub seed_response: String,
-    pub seed_score: f64,
-    /// 1 win, 0.5 tie, 0 loss against the seed.
-    pub outcome: f64,
+    pub seed_score: Option<f64>,
+    /// 1 win, 0.5 tie, 0 loss against the seed (None unless both were scored).
+    pub outcome: Option<f64>,
     #[serde(default)]
     pub forced: Option<Forced>,
 }
@@ -227,6 +232,7 @@ impl Runtime {
             text,
             malformed,
             score: None,
+            unjudged: false,
             finish_reason: sample.finish_reason.clone(),
             token_ids: sample.token_ids.clone(),
             forced: sample.forced,
@@ -275,12 +281,13 @@ impl Runtime {
     }
 }
 
-/// Scores the listed responses of each group with the judge, checking what comes back.
+/// Scores the listed responses of each group with the judge, checking what comes back:
+/// None where a judge that may leave a response unscored did.
 pub fn judge_groups(
     judge: &mut dyn Judge,
     groups: &[JudgeGroup],
     what: &str,
-) -> Result<Vec<Vec<f64>>> {
+) -> Result<Vec<Vec<Option<f64>>>> {
     let total = groups.iter().map(|g| g.responses.len()).sum();
     let progress = bar(total, what);
     let scores = judge.score(groups, &|n| progress.inc(n as u64))?;
@@ -302,7 +309,8 @@ pub fn judge_groups(
                 g.responses.len()
             );
         }
-        if let Some(x) = s.iter().find(|x| !x.is_finite()) {
+        let unscored = |x: &f64| x.is_nan() && judge.leaves_unscored();
+        if let Some(x) = s.iter().find(|x| !x.is_finite() && !unscored(x)) {
             bail!(
                 "the judge {} gave the score {x} for a response to {:?}",
                 judge.describe(),
@@ -310,7 +318,10 @@ pub fn judge_groups(
             );
         }
     }
-    Ok(scores)
+    Ok(scores
+        .into_iter()
+        .map(|s| s.into_iter().map(|x| x.is_finite().then_some(x)).collect())
+        .collect())
 }
 
 /// Judges every parsed candidate (malformed ones are never shown) and fills in its score.
@@ -331,7 +342,8 @@ pub fn judge_candidates(judge: &mut dyn Judge, prompts: &mut [PromptCandidates])
     for (p, s) in prompts.iter_mut().zip(scores) {
         let mut s = s.into_iter();
         for c in p.candidates.iter_mut().filter(|c| c.response.is_some()) {
-            c.score = s.next();
+            c.score = s.next().flatten();
+            c.unjudged = c.score.is_none();
         }
     }
     Ok(())
@@ -362,6 +374,7 @@ pub fn make_pairs(cfg: &TpoConfig, prompts: &[PromptCandidates]) -> (Vec<ChosenP
             .iter()
             .map(|c| Judged {
                 score: c.score,
+                unjudged: c.unjudged,
                 response_len: c.response_tokens,
             })
             .collect();

@@ -30,6 +30,12 @@ pub struct IterationSummary {
     pub malformed: Option<f64>,
     /// Mean judge score of the parsed training candidates.
     pub candidate_score: Option<f64>,
+    /// Training candidates and held-out prompts the judge left unscored (its answers could
+    /// not be read): out of the pairs and the means.
+    #[serde(default)]
+    pub unjudged: Option<usize>,
+    #[serde(default)]
+    pub heldout_unjudged: Option<usize>,
     pub pairs: Option<PairCounts>,
     /// Mean response tokens of the chosen and rejected sides.
     pub chosen_response_tokens: Option<f64>,
@@ -62,8 +68,9 @@ pub fn summarize(run_dir: &Path, t: usize, secs: &Map<String, Value>) -> Result<
     let eval = dir.join("eval.jsonl");
     if eval.exists() {
         let lines: Vec<EvalLine> = read_jsonl(&eval)?;
-        row.heldout_score = mean(lines.iter().map(|l| l.score));
-        row.win_rate = mean(lines.iter().map(|l| l.outcome));
+        row.heldout_score = mean(lines.iter().filter_map(|l| l.score));
+        row.win_rate = mean(lines.iter().filter_map(|l| l.outcome));
+        row.heldout_unjudged = Some(lines.iter().filter(|l| l.outcome.is_none()).count());
         row.thought_tokens = mean(
             lines
                 .iter()
@@ -83,6 +90,7 @@ pub fn summarize(run_dir: &Path, t: usize, secs: &Map<String, Value>) -> Result<
     row.malformed = mean(all().map(|c| c.malformed.is_some() as u8 as f64));
     row.forced = mean(all().map(|c| c.forced.is_some() as u8 as f64));
     row.candidate_score = mean(all().filter_map(|c| c.score));
+    row.unjudged = Some(all().filter(|c| c.unjudged).count());
     row.pairs = Some(read_json(&dir.join("pair-counts.json"))?);
     let pairs: Vec<Map<String, Value>> = read_jsonl(&dir.join("pairs.jsonl"))?;
     let side = |key: &str| {

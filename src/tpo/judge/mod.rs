@@ -33,8 +33,15 @@ pub trait Judge {
     /// What the judge is, for logs and the run's config.
     fn describe(&self) -> String;
     /// One score per response of each group, in order; higher is better. `progress` is told
-    /// how many responses were scored as work finishes.
+    /// how many responses were scored as work finishes. A judge that
+    /// [`leaves_unscored`](Judge::leaves_unscored) gives NaN for a response it could not
+    /// score (an LLM whose answers could not be read): counted and left out, never guessed.
     fn score(&mut self, groups: &[JudgeGroup], progress: &dyn Fn(usize)) -> Result<Vec<Vec<f64>>>;
+    /// Whether a NaN score means "no score" (see `score`); for any other judge a NaN is an
+    /// error.
+    fn leaves_unscored(&self) -> bool {
+        false
+    }
     /// Where a judge that runs a model runs it (the others ignore it).
     fn set_device(&mut self, _device: &crate::backend::device::Device) -> Result<()> {
         Ok(())

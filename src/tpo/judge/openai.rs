@@ -20,9 +20,10 @@
 //!   temperature 0.7 so that a deterministic server does not repeat itself, at most
 //!   `--judge-retries` more times. Still unreadable, it is counted and reported, never
 //!   guessed: a pairwise battle counts as a tie (the paper's rule for a judge error: it
-//!   moves no score), and a pointwise response, which has no score to give, stops the
-//!   scoring with the count and the unreadable answers quoted (fix the prompt or the judge,
-//!   then `--resume`).
+//!   moves no score), and a pointwise response is left unscored (NaN to
+//!   [`Judge::score`]): the run records it as `unjudged`, leaves it out of pairing and of
+//!   the means, and goes on. Each scoring call with such answers says how many on stderr,
+//!   quoting the first.
 //!
 //! The API key is read from the environment variable `--judge-api-key-env` names (default
 //! `OPENAI_API_KEY`) and sent as a bearer token. It never appears in a message, a log or the
@@ -451,6 +452,10 @@ impl Judge for OpenAiPointwise {
         self.client.describe(JudgeMode::Pointwise)
     }
 
+    fn leaves_unscored(&self) -> bool {
+        true
+    }
+
     fn score(&mut self, groups: &[JudgeGroup], progress: &dyn Fn(usize)) -> Result<Vec<Vec<f64>>> {
         let prompts: Vec<String> = groups
             .iter()
@@ -467,7 +472,7 @@ impl Judge for OpenAiPointwise {
         let unreadable: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if !unreadable.is_empty() {
             let mut msg = format!(
-                "the judge {}: {} of {} answers gave no readable score after {} tries each, and a score is never guessed; fix the judge or its prompt (--judge-prompt), then --resume. The first of them:",
+                "judge {}: {} of {} answers gave no readable score after {} tries each; those responses are left unscored (never guessed) and out of the pairs and means. The first:",
                 self.describe(),
                 unreadable.len(),
                 results.len(),
@@ -476,9 +481,9 @@ impl Judge for OpenAiPointwise {
             for why in unreadable.iter().take(QUOTED_ANSWERS) {
                 msg.push_str(&format!("\n  {why}"));
             }
-            bail!(msg);
+            eprintln!("{msg}");
         }
-        let mut scores = results.into_iter().map(|r| r.expect("checked above"));
+        let mut scores = results.into_iter().map(|r| r.unwrap_or(f64::NAN));
         Ok(groups
             .iter()
             .map(|g| scores.by_ref().take(g.responses.len()).collect())
