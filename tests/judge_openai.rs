@@ -33,6 +33,10 @@ enum Fault {
     Garbage,
     /// Wait, then judge.
     Slow(Duration),
+    /// A chat completion whose message has no text (content null).
+    Empty,
+    /// A chat completion cut at max_tokens (finish_reason "length") that holds a score.
+    Cut,
 }
 
 /// One chat request as the server saw it.
@@ -161,6 +165,16 @@ impl Server {
             Some(Fault::NotChat) => reply("200 OK", "", "<html>a proxy's page</html>"),
             Some(Fault::Garbage) => {
                 reply("200 OK", "", &chat("Both have merits; I cannot decide."))
+            }
+            Some(Fault::Empty) => {
+                let mut v: Value = serde_json::from_str(&chat("")).unwrap();
+                v["choices"][0]["message"]["content"] = Value::Null;
+                reply("200 OK", "", &v.to_string())
+            }
+            Some(Fault::Cut) => {
+                let mut v: Value = serde_json::from_str(&chat("Draft: Score: 9, but")).unwrap();
+                v["choices"][0]["finish_reason"] = json!("length");
+                reply("200 OK", "", &v.to_string())
             }
             Some(Fault::Slow(d)) => {
                 std::thread::sleep(d);
@@ -394,6 +408,24 @@ fn a_refused_request_is_not_retried() {
     let e = format!("{:#}", score(judge.as_mut(), &["abc"]).unwrap_err());
     assert!(e.contains("HTTP 400") && e.contains("it broke"), "{e}");
     assert_eq!(server.chats().len(), 2);
+    // A refused request stops the others, even one waiting to retry: with 2 in flight and
+    // 12 to judge, one meets a 500 and waits, the other a 400; the waiting one sends no
+    // retry (it would meet three more 500s), and nothing else is sent.
+    let server = Server::start(&["j"], Duration::from_millis(100));
+    let mut opts = options(JudgeMode::Pointwise, Some("j"), 3, 10.0);
+    opts.llm.concurrency = 2;
+    opts.llm.backoff_secs = 0.3;
+    let mut judge = open_judge(&format!("openai:{}", server.url), &opts).unwrap();
+    server.fail_next(&[
+        Fault::Status(500),
+        Fault::Status(400),
+        Fault::Status(500),
+        Fault::Status(500),
+        Fault::Status(500),
+    ]);
+    let responses: Vec<&str> = vec!["x"; 12];
+    assert!(score(judge.as_mut(), &responses).is_err());
+    assert_eq!(server.chats().len(), 2);
 }
 
 #[test]
@@ -414,6 +446,11 @@ fn an_unreadable_answer_is_asked_again_then_reported_never_guessed() {
         .collect();
     assert_eq!(temps.len(), 2);
     assert!(temps[0] == 0.0 && temps[1] > 0.0, "{temps:?}");
+    // A message with no text, and an answer cut at max_tokens (whose "Score: 9" is a draft),
+    // are unreadable too: asked again, never read.
+    server.fail_next(&[Fault::Empty, Fault::Cut]);
+    assert_eq!(score(judge.as_mut(), &["abcde"]).unwrap(), vec![5.0]);
+    assert_eq!(server.chats().len(), 5);
     // Unreadable on every try: that response is left unscored (NaN), the other scored.
     assert!(judge.leaves_unscored());
     server.fail_next(&[Fault::Garbage, Fault::Garbage, Fault::Garbage]);

@@ -59,52 +59,84 @@ fn get(url: &str) -> Result<ureq::http::Response<ureq::Body>> {
     })
 }
 
-/// A file's blob name (its ETag, as huggingface_hub names blobs) and size, from a HEAD
-/// request that does not follow the Hub's redirect to its file store: the redirect itself
-/// carries the file's `X-Linked-Etag` and `X-Linked-Size`.
+/// A file's blob name (its ETag, as huggingface_hub names blobs) and size. A HEAD request
+/// that does not follow the Hub's redirect to its file store reads them from the redirect's
+/// `X-Linked-Etag` and `X-Linked-Size`; a redirect without them (a renamed repository, a
+/// mirror) is followed, and the final answer's `ETag` and `Content-Length` are used. A
+/// redirect's own length (its short body) is never taken for the file's.
 fn file_info(url: &str) -> Result<(Option<String>, Option<u64>)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .max_redirects(0)
-        .max_redirects_will_error(false)
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = authorized(agent.head(url))
-        .call()
-        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    let status = response.status().as_u16();
-    if !(200..400).contains(&status) {
-        bail!(
-            "{url}: HTTP {status}{}",
-            if matches!(status, 401 | 403) {
-                ": not authorized (set HF_TOKEN for a gated or private model)"
-            } else {
-                ""
-            }
-        );
-    }
-    let header = |names: &[&str]| {
-        names.iter().find_map(|h| {
-            response
-                .headers()
-                .get(*h)?
-                .to_str()
-                .ok()
-                .map(str::to_string)
-        })
+    let head = |follow: bool| -> Result<ureq::http::Response<ureq::Body>> {
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+        if !follow {
+            config = config.max_redirects(0).max_redirects_will_error(false);
+        }
+        let agent: ureq::Agent = config.build().into();
+        let response = authorized(agent.head(url))
+            .header("Accept-Encoding", "identity")
+            .call()
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        if !(200..400).contains(&status) {
+            bail!(
+                "{url}: HTTP {status}{}",
+                if matches!(status, 401 | 403) {
+                    ": not authorized (set HF_TOKEN for a gated or private model)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(response)
     };
-    let etag = header(&["x-linked-etag", "etag"])
-        .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
-        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    let size = header(&["x-linked-size", "content-length"]).and_then(|v| v.trim().parse().ok());
+    let header = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+        r.headers()
+            .get(name)?
+            .to_str()
+            .ok()
+            .map(|v| v.trim().to_string())
+    };
+    let etag_of = |e: String| {
+        Some(e.trim_start_matches("W/").trim_matches('"').to_string())
+            .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    };
+    let first = head(false)?;
+    if (200..300).contains(&first.status().as_u16()) {
+        let etag = header(&first, "x-linked-etag").or_else(|| header(&first, "etag"));
+        let size = header(&first, "x-linked-size").or_else(|| header(&first, "content-length"));
+        return Ok((etag.and_then(etag_of), size.and_then(|v| v.parse().ok())));
+    }
+    let linked_etag = header(&first, "x-linked-etag").and_then(etag_of);
+    let linked_size = header(&first, "x-linked-size").and_then(|v| v.parse().ok());
+    if linked_etag.is_some() && linked_size.is_some() {
+        return Ok((linked_etag, linked_size));
+    }
+    let last = head(true)?;
+    if !(200..300).contains(&last.status().as_u16()) {
+        return Ok((linked_etag, linked_size));
+    }
+    let etag = linked_etag.or_else(|| header(&last, "etag").and_then(etag_of));
+    let size = linked_size.or_else(|| header(&last, "content-length").and_then(|v| v.parse().ok()));
     Ok((etag, size))
+}
+
+/// The range a 206 answer holds, from its `Content-Range: bytes FIRST-LAST/TOTAL`: FIRST.
+fn range_start(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    let v = response.headers().get("content-range")?.to_str().ok()?;
+    v.trim()
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Downloads `url` into `blob`, through `BLOB.incomplete` (huggingface_hub's name for a blob
 /// on its way), then a rename. A partial file left by a download that was cut short is
-/// continued with a Range request, not restarted; a server that ignores the range sends the
-/// whole file, which replaces it. The partial file is locked while it is written, so two
-/// processes never write one blob.
+/// continued with a Range request, not restarted; a server that ignores the range (or
+/// answers another one) sends the whole file, which replaces it; a partial file the server
+/// says is already whole (416 naming its length) is taken as it is. The partial file is
+/// locked while it is written, so two processes never write one blob.
 fn fetch_blob(url: &str, blob: &Path, size: Option<u64>, file: &str) -> Result<()> {
     let partial = PathBuf::from(format!("{}.incomplete", blob.display()));
     let mut out = std::fs::OpenOptions::new()
@@ -117,6 +149,11 @@ fn fetch_blob(url: &str, blob: &Path, size: Option<u64>, file: &str) -> Result<(
             "{}: another process is downloading {file} into it; wait for it to finish",
             partial.display()
         );
+    }
+    if blob.exists() {
+        // Another process finished it while this one waited to open the partial file.
+        let _ = std::fs::remove_file(&partial);
+        return Ok(());
     }
     let mut have = out.metadata()?.len();
     if size.is_some_and(|s| have > s) {
@@ -131,30 +168,59 @@ fn fetch_blob(url: &str, blob: &Path, size: Option<u64>, file: &str) -> Result<(
         .expect("the template is valid"),
     );
     if Some(have) != size {
-        let mut request = authorized(ureq::get(url));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = authorized(agent.get(url)).header("Accept-Encoding", "identity");
         if have > 0 {
             request = request.header("Range", &format!("bytes={have}-"));
         }
         let mut response = request.call().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-        if have > 0 && response.status().as_u16() != 206 {
-            // The whole file came back: start over.
+        let status = response.status().as_u16();
+        let whole_already = status == 416
+            && have > 0
+            && response
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().strip_prefix("bytes */"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                == Some(have);
+        if status == 416 && !whole_already {
+            // The partial file is not a prefix the server recognises: start over.
             out.set_len(0)?;
             have = 0;
+            response = authorized(agent.get(url))
+                .header("Accept-Encoding", "identity")
+                .call()
+                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         }
-        bar.set_position(have);
-        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf).with_context(|| {
-                format!("{url}: reading (run again to continue from {} bytes)", have)
-            })?;
-            if n == 0 {
-                break;
+        let status = response.status().as_u16();
+        if !whole_already {
+            if !(200..300).contains(&status) {
+                bail!("{url}: HTTP {status}");
             }
-            out.write_all(&buf[..n])
-                .with_context(|| format!("cannot write {}", partial.display()))?;
-            have += n as u64;
-            bar.inc(n as u64);
+            if have > 0 && (status != 206 || range_start(&response) != Some(have)) {
+                // The whole file came back, or another range: start over.
+                out.set_len(0)?;
+                have = 0;
+            }
+            bar.set_position(have);
+            let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf).with_context(|| {
+                    format!("{url}: reading (run again to continue from {have} bytes)")
+                })?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])
+                    .with_context(|| format!("cannot write {}", partial.display()))?;
+                have += n as u64;
+                bar.inc(n as u64);
+            }
         }
     }
     bar.finish_and_clear();

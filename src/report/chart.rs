@@ -38,6 +38,9 @@ pub struct Chart {
     pub series: Vec<Series>,
 }
 
+/// The largest axis bound a chart is drawn with.
+const LARGEST: f64 = 1e300;
+
 /// Width and height of every chart, in pixels.
 pub const SIZE: (u32, u32) = (640, 360);
 
@@ -68,6 +71,14 @@ impl Chart {
             Some(r) => r,
             None => padded(all().map(|p| p.1), 0.05, 0.5),
         };
+        // Values near f64's limits (a judge's 1e308) would make infinite axes, on which the
+        // plotting library's tick search never ends: such a chart is not drawn.
+        if ![x0, x1, y0, y1]
+            .iter()
+            .all(|v| v.is_finite() && v.abs() < LARGEST)
+        {
+            return Ok(None);
+        }
         let mut text = String::new();
         {
             let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
@@ -135,12 +146,13 @@ fn padded(values: impl Iterator<Item = f64>, share: f64, flat: f64) -> (f64, f64
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
-    let span = hi - lo;
-    if span <= 1e-12 * lo.abs().max(1.0) {
+    // Halved first, so that the span of values near f64's limits does not overflow.
+    let half_span = hi / 2.0 - lo / 2.0;
+    if half_span <= 0.5e-12 * lo.abs().max(1.0) {
         let w = flat * lo.abs().max(1.0);
         return (lo - w, hi + w);
     }
-    (lo - share * span, hi + share * span)
+    (lo - 2.0 * share * half_span, hi + 2.0 * share * half_span)
 }
 
 #[cfg(test)]
@@ -197,5 +209,16 @@ mod tests {
             .svg()
             .unwrap()
             .is_some());
+        // Values near f64's limits give no chart rather than infinite axes.
+        for points in [
+            vec![(0.0, 0.0), (1.0, 1.75e308)],
+            vec![(0.0, 1.3e308)],
+            vec![(0.0, -1e308), (1.0, 1e308)],
+        ] {
+            let c = chart(vec![Series::new("a", points.clone())]);
+            assert!(c.svg().unwrap().is_none(), "{points:?}");
+        }
+        let wide = chart(vec![Series::new("a", [(0.0, -1e200), (1.0, 1e200)])]);
+        assert!(wide.svg().unwrap().is_some());
     }
 }

@@ -183,7 +183,11 @@ pub fn run_demo(out: &Path, quick: bool, device: Placement) -> Result<()> {
         let done = run.run(&mut |so_far| {
             let mut all = finished.clone();
             all.push(TpoSeries::read(&dir, label, thoughts, so_far)?);
-            tpo_page(&title, &all).write(&out.join("report.html"))
+            // A report that cannot be written is a warning, never the end of the run.
+            if let Err(e) = tpo_page(&title, &all).write(&out.join("report.html")) {
+                eprintln!("warning: no report this time: {e:#}");
+            }
+            Ok(())
         })?;
         finished.push(TpoSeries::read(&dir, label, thoughts, &done)?);
         rows.push(done);

@@ -345,8 +345,16 @@ impl TpoRun {
         Ok(rows)
     }
 
-    /// RUN_DIR/report.html with `rows` and every DPO update written so far.
+    /// RUN_DIR/report.html with `rows` and every DPO update written so far. A report that
+    /// cannot be written is a warning, never the end of a run.
     fn write_report(&self, rows: &[IterationSummary]) -> Result<()> {
+        if let Err(e) = self.try_write_report(rows) {
+            eprintln!("[{}] warning: no report this time: {e:#}", self.label);
+        }
+        Ok(())
+    }
+
+    fn try_write_report(&self, rows: &[IterationSummary]) -> Result<()> {
         super::report::tpo_page(
             &format!("TPO run {}", self.dir.display()),
             &[self.series(rows)?],

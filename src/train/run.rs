@@ -131,8 +131,17 @@ impl RunDir {
         self
     }
 
-    /// Writes the report now, or when `REPORT_EVERY` has passed since the last one.
+    /// Writes the report now, or when `REPORT_EVERY` has passed since the last one. A report
+    /// that cannot be written is a warning, never the end of a run.
     fn write_report(&mut self, now: bool) -> Result<()> {
+        if let Err(e) = self.try_write_report(now) {
+            eprintln!("warning: no report this time: {e:#}");
+            self.reported = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    fn try_write_report(&mut self, now: bool) -> Result<()> {
         let Some((title, dpo)) = &self.report else {
             return Ok(());
         };

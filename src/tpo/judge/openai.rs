@@ -1,5 +1,6 @@
 //! `--judge openai:BASE_URL`: an LLM judge served behind an OpenAI-compatible
-//! chat-completions API (vLLM, SGLang, llama.cpp's server, TGI, OpenAI itself).
+//! chat-completions API (vLLM, SGLang, llama.cpp's server, TGI; OpenAI's chat models that
+//! take `max_tokens` and `temperature`).
 //!
 //! Each response (pointwise) or each ordered pair of responses (pairwise) becomes one
 //! request: the prompt template filled with the instruction and the response(s), sent as one
@@ -16,7 +17,8 @@
 //!   what each try met; nothing already written is lost, and `--resume` judges again.
 //! - **Any other HTTP error** (400, 401, 404...) is not retried: the run stops with the
 //!   status and the server's message.
-//! - **The answer cannot be read** (no score, no verdict): the request is asked again, with
+//! - **The answer cannot be read** (no score, no verdict; an empty message; an answer cut
+//!   at `max_tokens`; a `<think>` block never closed): the request is asked again, with
 //!   temperature 0.7 so that a deterministic server does not repeat itself, at most
 //!   `--judge-retries` more times. Still unreadable, it is counted and reported, never
 //!   guessed: a pairwise battle counts as a tie (the paper's rule for a judge error: it
@@ -50,6 +52,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BODY: u64 = 16 << 20;
 /// Most unreadable answers quoted in an error.
 const QUOTED_ANSWERS: usize = 3;
+/// What an answer cut at `max_tokens` is read as: nothing a reader accepts.
+const CUT: &str = "(the answer was cut at max_tokens before it ended)";
 
 /// The judge `openai:BASE_URL` names, asked as `opts.llm` says.
 pub fn open(base: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
@@ -92,6 +96,8 @@ struct Client {
     backoff: Duration,
     concurrency: usize,
     max_tokens: usize,
+    /// Set when a request has failed: the others send nothing more.
+    stop: AtomicBool,
 }
 
 /// How one try of a request ended, when it did not give an answer.
@@ -136,7 +142,8 @@ impl Client {
         }
         let key = std::env::var(&llm.api_key_env)
             .ok()
-            .filter(|k| !k.trim().is_empty());
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
@@ -154,6 +161,7 @@ impl Client {
             backoff,
             concurrency: llm.concurrency,
             max_tokens: llm.max_tokens,
+            stop: AtomicBool::new(false),
         };
         client.model = match &llm.model {
             Some(m) if !m.trim().is_empty() => m.clone(),
@@ -221,6 +229,9 @@ impl Client {
         let tries = self.retries.saturating_add(1);
         let mut met = Vec::new();
         for attempt in 0..tries {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(format!("{url}: not sent: another request failed"));
+            }
             match call() {
                 Ok(body) => return Ok(body),
                 Err(Failure::Fatal(why)) => return Err(format!("{url}: {why}")),
@@ -271,18 +282,25 @@ impl Client {
             .header("Content-Type", "application/json")
             .send(body);
         let text = self.body_of(response)?;
-        let content = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .map(str::to_string)
-        });
-        content.ok_or_else(|| Failure::Transient {
-            why: format!(
-                "the answer is not a chat completion with a text message: {}",
-                quote(&text)
-            ),
-            wait: None,
-        })
+        let Some(choice) = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["choices"].get(0).cloned())
+            .filter(|c| c["message"].is_object())
+        else {
+            return Err(Failure::Transient {
+                why: format!("the answer is not a chat completion: {}", quote(&text)),
+                wait: None,
+            });
+        };
+        // A message with no text (a reasoning model that spent its tokens thinking) or an
+        // answer cut at max_tokens is an answer that cannot be read, not a failed request.
+        if choice["finish_reason"].as_str() == Some("length") {
+            return Ok(CUT.to_string());
+        }
+        Ok(choice["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// The body of a successful response, or how the try failed.
@@ -372,7 +390,7 @@ impl Client {
         read: fn(&str) -> std::result::Result<T, String>,
     ) -> std::result::Result<std::result::Result<T, String>, String> {
         let mut last = String::new();
-        for attempt in 0..=self.retries {
+        for attempt in 0..self.retries.saturating_add(1) {
             let temperature = if attempt == 0 { 0.0 } else { RETRY_TEMPERATURE };
             let answer = self.ask(prompt, temperature)?;
             match read(&answer) {
@@ -393,14 +411,15 @@ impl Client {
     ) -> Result<Vec<std::result::Result<T, String>>> {
         let n = prompts.len();
         let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
+        let stop = &self.stop;
+        stop.store(false, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel();
         let mut out: Vec<Option<std::result::Result<T, String>>> = (0..n).map(|_| None).collect();
         let mut failed: Option<String> = None;
         std::thread::scope(|scope| {
             for _ in 0..self.concurrency.min(n) {
                 let tx = tx.clone();
-                let (next, stop) = (&next, &stop);
+                let next = &next;
                 scope.spawn(move || loop {
                     if stop.load(Ordering::SeqCst) {
                         break;
@@ -476,7 +495,7 @@ impl Judge for OpenAiPointwise {
                 self.describe(),
                 unreadable.len(),
                 results.len(),
-                self.client.retries + 1
+                self.client.retries.saturating_add(1)
             );
             for why in unreadable.iter().take(QUOTED_ANSWERS) {
                 msg.push_str(&format!("\n  {why}"));
@@ -528,7 +547,7 @@ impl PairwiseJudge for OpenAiPairwise {
                 self.describe(),
                 unreadable.len(),
                 results.len(),
-                self.client.retries + 1,
+                self.client.retries.saturating_add(1),
                 self.unreadable
             );
         }

@@ -101,11 +101,14 @@ fn verdict_word(word: &str) -> Option<Preference> {
     }
 }
 
-/// The text after a reasoning model's thinking: what follows the last `</think>`, if any.
+/// The text after a reasoning model's thinking: what follows the last `</think>`, if any;
+/// nothing when a `<think>` block is never closed (the answer was cut while thinking).
 fn without_thinking(answer: &str) -> &str {
+    let open = answer.rfind("<think>");
     match answer.rfind("</think>") {
-        Some(end) => &answer[end + "</think>".len()..],
-        None => answer,
+        Some(end) if open.is_none_or(|o| o < end) => &answer[end + "</think>".len()..],
+        _ if open.is_some() => "",
+        _ => answer,
     }
 }
 
@@ -271,6 +274,7 @@ mod tests {
             "I would score it highly.",
             "The 3rd point is wrong.",
             "<think>Score: 9</think>\nI cannot decide.",
+            "<think>Response A is fine. Score: 9? maybe lower",
             "{\"score\": null}",
             "Underscore: 5",
         ] {
@@ -315,6 +319,7 @@ mod tests {
             "[[C is best]]",
             "Response A is better than B",
             "<think>[[A]]</think> I cannot say.",
+            "<think>I lean to [[B]] but",
         ] {
             let e = read_verdict(answer).expect_err(answer);
             assert!(e.contains("no verdict found"), "{answer:?}: {e}");
