@@ -576,6 +576,8 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
             "pairwise",
             "--judge-concurrency",
             "3",
+            "--judge-max-tokens",
+            "333",
             "--judge-api-key-env",
             "TPO_JUDGE_KEY",
         ])
@@ -593,11 +595,13 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
     // 0 and 1 beside the seed's (2 evaluations x 2 prompts x 2 orders).
     assert_eq!(chats.len(), 4 * 6 + 2 * 2 * 2, "{}", chats.len());
     assert!(chats.iter().all(|c| c.auth == format!("Bearer {key}")));
+    assert!(chats.iter().all(|c| c.body["max_tokens"] == 333));
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["judge_llm"]["mode"], "pairwise");
     assert_eq!(cfg["judge_llm"]["model"], Value::Null);
     assert_eq!(cfg["judge_llm"]["api_key_env"], "TPO_JUDGE_KEY");
+    assert_eq!(cfg["judge_llm"]["max_tokens"], 333);
     let cands = jsonl(&out.join("iter-1/candidates.jsonl"));
     assert!(cands.iter().all(|p| p["candidates"]
         .as_array()

@@ -60,6 +60,10 @@ pub struct TpoArgs {
     /// openai: judges: requests in flight at once.
     #[arg(long, default_value_t = 8)]
     judge_concurrency: usize,
+    /// openai: judges: most tokens of one answer (an answer cut there is unreadable: give a
+    /// reasoning judge room to think).
+    #[arg(long, default_value_t = 1024)]
+    judge_max_tokens: usize,
     /// openai: judges: the environment variable holding the API key (sent as a bearer
     /// token; never logged or recorded).
     #[arg(long, default_value = "OPENAI_API_KEY")]
@@ -165,6 +169,7 @@ pub fn run_train(args: TpoArgs, device: Placement) -> Result<()> {
         rest.judge_mode = defaults.judge_mode;
         rest.judge_prompt = None;
         rest.judge_concurrency = defaults.judge_concurrency;
+        rest.judge_max_tokens = defaults.judge_max_tokens;
         rest.judge_api_key_env = defaults.judge_api_key_env.clone();
         if !only_demo_flags(&rest) {
             bail!(
@@ -229,6 +234,7 @@ fn llm_options(args: &TpoArgs) -> Result<LlmJudgeOptions> {
         prompt,
         prompt_file: args.judge_prompt.clone(),
         concurrency: args.judge_concurrency,
+        max_tokens: args.judge_max_tokens,
         api_key_env: args.judge_api_key_env.clone(),
         ..LlmJudgeOptions::default()
     })

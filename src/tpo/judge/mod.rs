@@ -179,7 +179,7 @@ pub fn open_judge(spec: &str, opts: &JudgeOptions) -> Result<Box<dyn Judge>> {
     }
     if kind != "openai" && opts.llm != LlmJudgeOptions::default() {
         bail!(
-            "--judge {spec}: --judge-model, --judge-mode, --judge-prompt, --judge-concurrency and --judge-api-key-env are for openai: judges only"
+            "--judge {spec}: --judge-model, --judge-mode, --judge-prompt, --judge-concurrency, --judge-max-tokens and --judge-api-key-env are for openai: judges only"
         );
     }
     Ok(match kind {

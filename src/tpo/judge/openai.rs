@@ -4,7 +4,8 @@
 //!
 //! Each response (pointwise) or each ordered pair of responses (pairwise) becomes one
 //! request: the prompt template filled with the instruction and the response(s), sent as one
-//! user message to `BASE_URL/chat/completions` with temperature 0. The answer's text is read
+//! user message to `BASE_URL/chat/completions` with temperature 0 and `max_tokens`
+//! (`--judge-max-tokens`). The answer's text is read
 //! by [`super::verdict`]: a score, or a verdict A, B or tie. Pairwise verdicts, asked in
 //! both orders, become scores by ELO ([`super::elo`]), as the paper's pairwise judge does.
 //!
@@ -138,7 +139,7 @@ impl Client {
             bail!("--judge-concurrency 0: expected at least 1");
         }
         if llm.max_tokens == 0 {
-            bail!("judge max tokens 0: expected at least 1");
+            bail!("--judge-max-tokens 0: expected at least 1");
         }
         let key = std::env::var(&llm.api_key_env)
             .ok()
