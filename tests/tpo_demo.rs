@@ -107,6 +107,10 @@ fn check_report(out: &Path, n: usize) {
         assert!(own.contains(&format!(
             "<figure id=\"heldout-score\" data-series=\"{arm}\">"
         )));
+        // One run's page marks where an iteration's updates end (all but the last).
+        let loss = own.split("<figure id=\"dpo-loss\"").nth(1).unwrap();
+        let loss = &loss[..loss.find("</figure>").unwrap()];
+        assert_eq!(loss.matches("stroke=\"#969696\"").count(), n - 1, "{arm}");
     }
 
     let Some(dom) = chromium(&["--dump-dom".into()], &out.join("report.html")) else {

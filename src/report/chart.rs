@@ -36,6 +36,8 @@ pub struct Chart {
     /// A fixed y range (a rate: 0 to 1); None: fitted to the points.
     pub y_range: Option<(f64, f64)>,
     pub series: Vec<Series>,
+    /// x positions of thin vertical lines (where one TPO iteration's updates end).
+    pub marks: Vec<f64>,
 }
 
 /// The largest axis bound a chart is drawn with.
@@ -99,15 +101,24 @@ impl Chart {
                 .label_style(("sans-serif", 15))
                 .axis_desc_style(("sans-serif", 16))
                 // Iterations and updates are whole numbers: no tick between them.
+                // (The tick positions are sums of steps: 2 may come as 1.9999999999999998.)
                 .x_label_formatter(&|x| {
-                    if x.fract() == 0.0 {
-                        format!("{x:.0}")
+                    if (x - x.round()).abs() < 1e-9 * x.abs().max(1.0) {
+                        format!("{:.0}", x.round())
                     } else {
                         String::new()
                     }
                 })
                 .draw()
                 .map_err(|e| fail(&e))?;
+            for &m in self.marks.iter().filter(|m| (x0..=x1).contains(*m)) {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(m, y0), (m, y1)],
+                        RGBColor(150, 150, 150).stroke_width(1),
+                    )))
+                    .map_err(|e| fail(&e))?;
+            }
             for (i, s) in self.series.iter().enumerate() {
                 let colour = COLOURS[i % COLOURS.len()];
                 chart
@@ -167,6 +178,7 @@ mod tests {
             y_label: "loss".into(),
             y_range: None,
             series,
+            marks: vec![],
         }
     }
 
@@ -220,5 +232,13 @@ mod tests {
         }
         let wide = chart(vec![Series::new("a", [(0.0, -1e200), (1.0, 1e200)])]);
         assert!(wide.svg().unwrap().is_some());
+    }
+
+    #[test]
+    fn marks_inside_the_axis_are_drawn_as_grey_lines() {
+        let mut c = chart(vec![Series::new("a", [(1.0, 0.3), (4.0, 0.5)])]);
+        c.marks = vec![2.5, 3.5, 40.0];
+        let svg = c.svg().unwrap().unwrap();
+        assert_eq!(svg.matches("stroke=\"#969696\"").count(), 2, "{svg}");
     }
 }

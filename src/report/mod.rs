@@ -146,6 +146,7 @@ mod tests {
                         y_label: "score".into(),
                         y_range: Some((0.0, 1.0)),
                         series: vec![Series::new("tpo", [(0.0, 0.1), (1.0, 0.4)])],
+                        marks: vec![],
                     },
                     Chart {
                         id: "pairs".into(),
@@ -154,6 +155,7 @@ mod tests {
                         y_label: "pairs".into(),
                         y_range: None,
                         series: vec![],
+                        marks: vec![],
                     },
                 ],
                 table: Some("| a | <b> |".into()),

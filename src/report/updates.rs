@@ -33,6 +33,7 @@ pub fn by_update(
             })
             .filter(|s| !s.points.is_empty())
             .collect(),
+        marks: vec![],
     }
 }
 

@@ -22,6 +22,9 @@ pub struct TpoSeries {
     /// The DPO updates so far, iteration after iteration, as in each
     /// `iter-T/train/metrics.jsonl` (the last one may be an iteration still training).
     pub updates: Vec<Map<String, Value>>,
+    /// How many of `updates` the iterations up to each one hold (one per iteration that
+    /// trained).
+    pub iteration_ends: Vec<usize>,
 }
 
 impl TpoSeries {
@@ -33,6 +36,7 @@ impl TpoSeries {
         rows: &[IterationSummary],
     ) -> Result<TpoSeries> {
         let mut updates = vec![];
+        let mut iteration_ends = vec![];
         for t in 1.. {
             let iteration = dir.join(format!("iter-{t}"));
             if !iteration.is_dir() {
@@ -41,6 +45,7 @@ impl TpoSeries {
             let path = iteration.join("train").join("metrics.jsonl");
             if path.exists() {
                 updates.extend(read_jsonl::<Map<String, Value>>(&path)?);
+                iteration_ends.push(updates.len());
             }
         }
         Ok(TpoSeries {
@@ -48,6 +53,7 @@ impl TpoSeries {
             thoughts,
             rows: rows.to_vec(),
             updates,
+            iteration_ends,
         })
     }
 }
@@ -89,6 +95,7 @@ fn by_iteration(
             .into_iter()
             .filter(|s| !s.points.is_empty())
             .collect(),
+        marks: vec![],
     }
 }
 
@@ -147,6 +154,17 @@ pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
         .iter()
         .map(|r| (r.label.clone(), r.updates.as_slice()))
         .collect();
+    // One run's iterations are marked where their updates end (several runs' would not
+    // line up).
+    let marks: Vec<f64> = match runs {
+        [one] => one
+            .iteration_ends
+            .iter()
+            .filter(|&&e| e < one.updates.len())
+            .map(|&e| e as f64 + 0.5)
+            .collect(),
+        _ => vec![],
+    };
     let dpo = vec![
         by_update("dpo-loss", "DPO loss", "loss", None, &updates),
         by_update(
@@ -163,7 +181,13 @@ pub fn tpo_page(title: &str, runs: &[TpoSeries]) -> Page {
             None,
             &updates,
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|c| Chart {
+        marks: marks.clone(),
+        ..c
+    })
+    .collect();
     let tables = runs
         .iter()
         .map(|r| format!("{}\n{}", r.label, table(&r.rows, r.thoughts)))
