@@ -304,7 +304,7 @@ fn matmul_case<T: Storage>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: 
     let mut db = gpu.stream.clone_htod(&vec![0.5f32; oc]).unwrap();
     gpu.matmul_backward(
         &mut dx,
-        &mut dw,
+        Some(&mut dw),
         with_bias.then_some(&mut db),
         &gdy,
         &gx,
@@ -321,6 +321,25 @@ fn matmul_case<T: Storage>(gpu: &Gpu, n: usize, c: usize, oc: usize, with_bias: 
         let db = gpu.stream.clone_dtoh(&db).unwrap();
         assert_close(&format!("{what} dbias"), &db, &want_db, 1e-4);
     }
+    // A frozen weight: dinp alone, the same as with the weight's gradient.
+    let mut dx_only = nans::<T>(gpu, n * c);
+    gpu.matmul_backward(
+        &mut dx_only,
+        None::<&mut cudarc::driver::CudaSlice<f32>>,
+        None,
+        &gdy,
+        &gx,
+        &gw,
+        n,
+        c,
+        oc,
+    )
+    .unwrap();
+    assert_eq!(
+        download(gpu, &dx_only),
+        download(gpu, &dx),
+        "{what}: dinp without the weight's gradient"
+    );
 }
 
 #[test]

@@ -126,10 +126,13 @@ pub trait Ops {
         oc: usize,
     ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
+    /// dinp: (N, C) = dout @ weight, assigned; dweight (OC, C) += dout^T @ inp and dbias
+    /// (OC) += dout's column sums. `dweight` None: the weight is frozen, its gradient is
+    /// never formed (nor the bias's: `dbias` must be None too).
     fn matmul_backward(
         &self,
         dinp: &mut Self::Buf<Self::S>,
-        dweight: Self::G<'_>,
+        dweight: Option<Self::G<'_>>,
         dbias: Option<Self::G<'_>>,
         dout: &Self::Buf<Self::S>,
         inp: &Self::Buf<Self::S>,

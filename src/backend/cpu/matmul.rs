@@ -181,10 +181,6 @@ pub fn matmul_backward(
         return Ok(());
     }
     let slabs = slab_count(n * c * oc);
-    // Enough rows per slab that rows x C stays above the dot-product path.
-    let row_align = SLAB_ALIGN.max(DOT_PATH_MAX_ELEMENTS / c.max(1) + 1);
-    let row_bounds = slab_bounds(n, slabs, row_align);
-    let dinp_slabs = grad_slabs(dinp, &row_bounds, c);
     let oc_bounds = slab_bounds(oc, slabs, SLAB_ALIGN);
     let mut dweight_slabs = grad_slabs(dweight, &oc_bounds, c);
     if let Some(dbias) = dbias {
@@ -195,24 +191,6 @@ pub fn matmul_backward(
             slab.dbias = Some(part.grad);
         }
     }
-    let dinp_slab = |slab: GradSlab| {
-        let (r0, r1) = (slab.r0, slab.r1);
-        // SAFETY: slab.grad is rows r0..r1 of dinp, (r1 - r0, c); it reads rows r0..r1 of
-        // dout, (r1 - r0, oc), and all of weight, (oc, c), bounded by the checks above.
-        unsafe {
-            gemm_k_blocked(
-                slab.grad.as_mut_ptr(),
-                c,
-                false,
-                K_BLOCK,
-                Operand::new(&dout[r0 * oc..], oc, 1),
-                Operand::new(weight, c, 1),
-                r1 - r0,
-                c,
-                oc,
-            );
-        }
-    };
     let dweight_slab = |slab: GradSlab| {
         let (o0, o1) = (slab.r0, slab.r1);
         // SAFETY: slab.grad is rows o0..o1 of dweight, (o1 - o0, c); it reads columns o0..o1
@@ -239,15 +217,74 @@ pub fn matmul_backward(
         }
     };
     if slabs == 1 {
-        run_slabs(dinp_slabs, dinp_slab);
+        dinp_product(dinp, dout, weight, n, c, oc, slabs);
         run_slabs(dweight_slabs, dweight_slab);
     } else {
         rayon::join(
-            || run_slabs(dinp_slabs, dinp_slab),
+            || dinp_product(dinp, dout, weight, n, c, oc, slabs),
             || run_slabs(dweight_slabs, dweight_slab),
         );
     }
     Ok(())
+}
+
+/// dinp (N, C) = dout (N, OC) @ weight (OC, C) alone: the backward through a frozen weight,
+/// whose gradient is never formed. The same products, bit for bit, as `matmul_backward`'s
+/// dinp.
+pub fn matmul_backward_dx(
+    dinp: &mut [f32],
+    dout: &[f32],
+    weight: &[f32],
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_lens("matmul_backward dinp", &[dinp.len()], n * c)?;
+    check_lens("matmul_backward weight", &[weight.len()], oc * c)?;
+    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    if oc == 0 {
+        dinp.fill(0.0);
+        return Ok(());
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    dinp_product(dinp, dout, weight, n, c, oc, slab_count(n * c * oc));
+    Ok(())
+}
+
+/// dinp = dout @ weight over `slabs` row slabs (checked shapes, n and oc positive).
+fn dinp_product(
+    dinp: &mut [f32],
+    dout: &[f32],
+    weight: &[f32],
+    n: usize,
+    c: usize,
+    oc: usize,
+    slabs: usize,
+) {
+    // Enough rows per slab that rows x C stays above the dot-product path.
+    let row_align = SLAB_ALIGN.max(DOT_PATH_MAX_ELEMENTS / c.max(1) + 1);
+    let row_bounds = slab_bounds(n, slabs, row_align);
+    let dinp_slabs = grad_slabs(dinp, &row_bounds, c);
+    run_slabs(dinp_slabs, |slab: GradSlab| {
+        let (r0, r1) = (slab.r0, slab.r1);
+        // SAFETY: slab.grad is rows r0..r1 of dinp, (r1 - r0, c); it reads rows r0..r1 of
+        // dout, (r1 - r0, oc), and all of weight, (oc, c), bounded by the callers' checks.
+        unsafe {
+            gemm_k_blocked(
+                slab.grad.as_mut_ptr(),
+                c,
+                false,
+                K_BLOCK,
+                Operand::new(&dout[r0 * oc..], oc, 1),
+                Operand::new(weight, c, 1),
+                r1 - r0,
+                c,
+                oc,
+            );
+        }
+    });
 }
 
 /// How many slabs a product of `macs` multiply-adds is split into: two per thread.
@@ -581,6 +618,17 @@ mod tests {
             pool.install(|| backward(&dout, &inp, &w, &dweight0, Some(&dbias0), n, c, oc))
         };
         let one = on_threads(1);
+        for threads in [1, 2, 3] {
+            // A frozen weight's backward: the same dinp, bit for bit, and nothing else.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut dx = vec![f32::NAN; n * c];
+            pool.install(|| matmul_backward_dx(&mut dx, &dout, &w, n, c, oc))
+                .unwrap();
+            assert!(dx == one.dinp, "dinp alone differs on {threads} threads");
+        }
         for threads in [2, 3] {
             let got = on_threads(threads);
             assert!(got.dinp == one.dinp, "dinp differs on {threads} threads");

@@ -101,6 +101,38 @@ pub fn matmul_backward_bf16(
     Ok(())
 }
 
+/// dinp (N, C) = dout @ weight alone (a frozen weight: no gradient of it is formed); the
+/// same product, bit for bit, as `matmul_backward_bf16`'s dinp.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_dx_bf16(
+    path: Bf16Path,
+    dinp: &mut [f32],
+    dout: &[f32],
+    weight: &[f32],
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_lens("matmul_backward dinp", &[dinp.len()], n * c)?;
+    check_lens("matmul_backward weight", &[weight.len()], oc * c)?;
+    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    // SAFETY: dinp (n, c), dout (n, oc), weight (oc, c): checked above.
+    unsafe {
+        gemm_bf16(
+            path,
+            dinp.as_mut_ptr(),
+            c,
+            false,
+            Strided::new(dout, oc, 1),
+            Strided::new(weight, c, 1),
+            n,
+            c,
+            oc,
+        );
+    }
+    Ok(())
+}
+
 /// dweight (OC, C) += dout (N, OC)^T @ inp (N, C).
 pub fn dweight_bf16(
     path: Bf16Path,
@@ -210,6 +242,24 @@ mod tests {
             close(&dw, &want_dw, &mag_dw, &format!("{path:?} dweight"));
             // The bias gradient is an f32 sum of f32 values, exactly as the f32 op's.
             assert_eq!(db, want_db, "{path:?} dbias");
+        }
+    }
+
+    /// A frozen weight's backward gives the full backward's dinp, bit for bit, on every
+    /// path this CPU has.
+    #[test]
+    fn dinp_alone_is_the_full_backwards_dinp() {
+        let (n, c, oc) = (37, 70, 45);
+        let (inp, weight, dout) = (randn(n * c, 1), randn(oc * c, 2), randn(n * oc, 3));
+        for path in Bf16Path::ALL.into_iter().filter(|p| p.available()) {
+            let (mut full, mut dw) = (vec![0.0; n * c], vec![0.0; oc * c]);
+            matmul_backward_bf16(
+                path, &mut full, &mut dw, None, &dout, &inp, &weight, n, c, oc,
+            )
+            .unwrap();
+            let mut alone = vec![f32::NAN; n * c];
+            matmul_backward_dx_bf16(path, &mut alone, &dout, &weight, n, c, oc).unwrap();
+            assert!(alone == full, "{path}");
         }
     }
 

@@ -244,7 +244,7 @@ impl Ops for Cpu {
     fn matmul_backward(
         &self,
         dinp: &mut Vec<f32>,
-        dweight: &mut [f32],
+        dweight: Option<&mut [f32]>,
         dbias: Option<&mut [f32]>,
         dout: &Vec<f32>,
         inp: &Vec<f32>,
@@ -253,8 +253,13 @@ impl Ops for Cpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        self.products
-            .backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc)
+        match (dweight, dbias) {
+            (Some(dweight), dbias) => self
+                .products
+                .backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc),
+            (None, None) => self.products.backward_dx(dinp, dout, weight, n, c, oc),
+            (None, Some(_)) => bail!("matmul_backward: a bias gradient without the weight's"),
+        }
     }
     fn residual_forward(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
         residual::residual_forward(x, y)
@@ -499,5 +504,56 @@ impl Ops for Cpu {
     }
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(adamw::sum_squares(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::randn;
+
+    /// The op's frozen-weight form: the same dinp, the weight's gradient never touched;
+    /// a bias gradient without the weight's is refused.
+    #[test]
+    fn a_frozen_weights_backward_gives_dinp_alone() {
+        let (n, c, oc) = (40, 33, 21);
+        let (inp, weight, dout) = (randn(n * c, 5), randn(oc * c, 6), randn(n * oc, 7));
+        let cpu = Cpu::F32;
+        let (mut full, mut dw) = (vec![0.0; n * c], vec![0.0; oc * c]);
+        cpu.matmul_backward(
+            &mut full,
+            Some(&mut dw),
+            None,
+            &dout,
+            &inp,
+            &weight,
+            n,
+            c,
+            oc,
+        )
+        .unwrap();
+        let mut alone = vec![f32::NAN; n * c];
+        cpu.matmul_backward(&mut alone, None, None, &dout, &inp, &weight, n, c, oc)
+            .unwrap();
+        assert!(alone == full);
+        assert!(dw.iter().any(|x| *x != 0.0));
+        let mut db = vec![0.0; oc];
+        let e = cpu
+            .matmul_backward(
+                &mut alone,
+                None,
+                Some(&mut db),
+                &dout,
+                &inp,
+                &weight,
+                n,
+                c,
+                oc,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("bias gradient without the weight's"),
+            "{e}"
+        );
     }
 }

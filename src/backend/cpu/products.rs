@@ -57,6 +57,25 @@ impl Products {
             ),
         }
     }
+
+    /// dinp (N, C) = dout (N, OC) @ weight (OC, C) alone: the backward through a frozen
+    /// weight.
+    pub fn backward_dx(
+        self,
+        dinp: &mut [f32],
+        dout: &[f32],
+        weight: &[f32],
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        match self {
+            Products::F32 => matmul::matmul_backward_dx(dinp, dout, weight, n, c, oc),
+            Products::Bf16(path) => {
+                matmul_bf16::matmul_backward_dx_bf16(path, dinp, dout, weight, n, c, oc)
+            }
+        }
+    }
 }
 
 /// A weight (OC, C) that many products read in a row (the LM head over its chunks): with

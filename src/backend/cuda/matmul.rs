@@ -5,7 +5,7 @@
 
 use super::{check_lens, Dest, Gpu, Storage};
 use crate::backend::kernels;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, PushKernelArg};
 use std::ffi::c_void;
@@ -158,11 +158,13 @@ impl Gpu {
 
     /// dinp: (N, C) assigned; dweight: (OC, C) and dbias: (OC) f32 accumulated; dout:
     /// (N, OC); inp: (N, C); weight: (OC, C). Twin of `cpu::matmul::matmul_backward`.
+    /// `dweight` None: a frozen weight, whose gradient is never formed (twin of
+    /// `matmul_backward_dx`; `dbias` must be None too).
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul_backward<T: Storage>(
+    pub fn matmul_backward<T: Storage, D: DevicePtrMut<f32>>(
         &self,
         dinp: &mut impl DevicePtrMut<T>,
-        dweight: &mut impl DevicePtrMut<f32>,
+        mut dweight: Option<&mut D>,
         dbias: Option<&mut dyn Dest<f32>>,
         dout: &impl DevicePtr<T>,
         inp: &impl DevicePtr<T>,
@@ -172,7 +174,12 @@ impl Gpu {
         oc: usize,
     ) -> Result<()> {
         check_lens("matmul dinp", &[dinp.len(), inp.len()], n * c)?;
-        check_lens("matmul dweight", &[dweight.len(), weight.len()], oc * c)?;
+        check_lens("matmul weight", &[weight.len()], oc * c)?;
+        if let Some(dweight) = dweight.as_ref() {
+            check_lens("matmul dweight", &[dweight.len()], oc * c)?;
+        } else if dbias.is_some() {
+            bail!("matmul_backward: a bias gradient without the weight's");
+        }
         check_lens("matmul dout", &[dout.len()], n * oc)?;
         if let Some(dbias) = dbias.as_ref() {
             check_lens("matmul dbias", &[dbias.len()], oc)?;
@@ -202,21 +209,23 @@ impl Gpu {
                 (dy, T::CUDA_TYPE, oc),
                 (dx, T::CUDA_TYPE, c),
             )?;
-            let dw = self.ptr_mut(dweight);
-            // dweight^T (C, OC) += inp^T (C, N) @ dout (N, OC), into f32.
-            self.gemm(
-                Gemm {
-                    transa: false,
-                    transb: true,
-                    m: c,
-                    n: oc,
-                    k: n,
-                    beta: 1.0,
-                },
-                (x, T::CUDA_TYPE, c),
-                (dy, T::CUDA_TYPE, oc),
-                (dw, cudaDataType::CUDA_R_32F, c),
-            )?;
+            if let Some(dweight) = dweight.as_mut() {
+                let dw = self.ptr_mut(*dweight);
+                // dweight^T (C, OC) += inp^T (C, N) @ dout (N, OC), into f32.
+                self.gemm(
+                    Gemm {
+                        transa: false,
+                        transb: true,
+                        m: c,
+                        n: oc,
+                        k: n,
+                        beta: 1.0,
+                    },
+                    (x, T::CUDA_TYPE, c),
+                    (dy, T::CUDA_TYPE, oc),
+                    (dw, cudaDataType::CUDA_R_32F, c),
+                )?;
+            }
         }
         if let Some(dbias) = dbias {
             // dbias += the column sums of dout.

@@ -215,7 +215,7 @@ impl<T: Storage> Ops for CudaOps<T> {
     fn matmul_backward(
         &self,
         dinp: &mut DevBuf<T>,
-        mut dweight: ViewMut<'_, f32>,
+        mut dweight: Option<ViewMut<'_, f32>>,
         mut dbias: Option<ViewMut<'_, f32>>,
         dout: &DevBuf<T>,
         inp: &DevBuf<T>,
@@ -226,7 +226,7 @@ impl<T: Storage> Ops for CudaOps<T> {
     ) -> Result<()> {
         let dbias = dbias.as_mut().map(|d| d as &mut dyn Dest<f32>);
         self.gpu
-            .matmul_backward(dinp, &mut dweight, dbias, dout, inp, &weight, n, c, oc)
+            .matmul_backward(dinp, dweight.as_mut(), dbias, dout, inp, &weight, n, c, oc)
     }
     fn residual_forward(&self, x: &mut DevBuf<T>, y: &DevBuf<T>) -> Result<()> {
         self.gpu.residual_forward(x, y)

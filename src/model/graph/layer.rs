@@ -119,7 +119,7 @@ pub(crate) fn layer_backward<O: Ops>(
     let down = O::grads(grads, w.down_proj.clone());
     ops.matmul_backward(
         &mut g.dact,
-        down,
+        Some(down),
         None,
         &g.dx,
         &st.act,
@@ -134,7 +134,7 @@ pub(crate) fn layer_backward<O: Ops>(
     let wgu = net.w(&gate_up);
     ops.matmul_backward(
         &mut g.dh,
-        dgate_up,
+        Some(dgate_up),
         None,
         &g.dgate_up,
         &st.h_mlp,
@@ -161,7 +161,7 @@ pub(crate) fn layer_backward<O: Ops>(
     let o = O::grads(grads, w.o_proj.clone());
     ops.matmul_backward(
         &mut g.datt,
-        o,
+        Some(o),
         None,
         &g.dx,
         &st.att,
@@ -188,7 +188,7 @@ pub(crate) fn layer_backward<O: Ops>(
             let (dw, db) = O::grads_pair(grads, wr, b)?;
             ops.matmul_backward(
                 &mut g.dh,
-                dw,
+                Some(dw),
                 Some(db),
                 &g.dqkv,
                 &st.h_attn,
@@ -201,7 +201,15 @@ pub(crate) fn layer_backward<O: Ops>(
         None => {
             let dw = O::grads(grads, wr);
             ops.matmul_backward(
-                &mut g.dh, dw, None, &g.dqkv, &st.h_attn, wqkv, n, c, qkv_dim,
+                &mut g.dh,
+                Some(dw),
+                None,
+                &g.dqkv,
+                &st.h_attn,
+                wqkv,
+                n,
+                c,
+                qkv_dim,
             )?;
         }
     }
