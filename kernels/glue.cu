@@ -37,6 +37,32 @@ extern "C" __global__ void copy_columns_bf16(__nv_bfloat16* dst, long dst_stride
     copy_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width);
 }
 
+// dst[r, dst_off + j] = (add ? dst[r, dst_off + j] : 0) + scale * src[r, src_off + j]: a block
+// of columns scaled into another buffer's (LoRA's scaled update of a fused projection's block,
+// and the block of its gradient). Sums in f32.
+template <typename T>
+__device__ void scale_cols(T* dst, long dst_stride, long dst_off, const T* src, long src_stride,
+                           long src_off, long rows, long width, float scale, int add) {
+    const long n = rows * width;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / width, j = i % width;
+        T* d = dst + r * dst_stride + dst_off + j;
+        const float v = scale * to_f32(src[r * src_stride + src_off + j]);
+        *d = from_f32<T>(add ? to_f32(*d) + v : v);
+    }
+}
+extern "C" __global__ void scale_columns_f32(float* dst, long dst_stride, long dst_off,
+                                             const float* src, long src_stride, long src_off,
+                                             long rows, long width, float scale, int add) {
+    scale_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width, scale, add);
+}
+extern "C" __global__ void scale_columns_bf16(__nv_bfloat16* dst, long dst_stride, long dst_off,
+                                              const __nv_bfloat16* src, long src_stride,
+                                              long src_off, long rows, long width, float scale,
+                                              int add) {
+    scale_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width, scale, add);
+}
+
 // Row m of dst (M, C) = row idx[m] of src (gather); row idx[m] of dst = row m of src
 // (scatter). One block per m.
 template <typename T>

@@ -678,6 +678,54 @@ fn glue_kernels_move_what_the_cpu_model_moves() {
     assert!(gpu
         .copy_columns((&mut dense, at(13, 1)), (&s, at(stride, 7)), rows, 13)
         .is_err());
+    // Scaled blocks, added and assigned, as the CPU twin does them (bit for bit: the added
+    // scale is a power of two, so a fused multiply-add rounds as the CPU's two steps do).
+    let mut cpu_wide = vec![5.0f32; rows * 20];
+    tpo_engine::backend::cpu::glue::scale_columns(
+        &mut cpu_wide,
+        at(20, 3),
+        &src,
+        at(stride, 7),
+        rows,
+        13,
+        0.25,
+        true,
+    )
+    .unwrap();
+    let mut gpu_wide = upload::<f32>(&gpu, &vec![5.0; rows * 20]);
+    gpu.scale_columns(
+        (&mut gpu_wide, at(20, 3)),
+        (&s, at(stride, 7)),
+        rows,
+        13,
+        0.25,
+        true,
+    )
+    .unwrap();
+    assert_eq!(download(&gpu, &gpu_wide), cpu_wide);
+    let mut cpu_dense = vec![0.0f32; rows * 13];
+    tpo_engine::backend::cpu::glue::scale_columns(
+        &mut cpu_dense,
+        at(13, 0),
+        &cpu_wide,
+        at(20, 3),
+        rows,
+        13,
+        -3.0,
+        false,
+    )
+    .unwrap();
+    let mut gpu_dense = nans::<f32>(&gpu, rows * 13);
+    gpu.scale_columns(
+        (&mut gpu_dense, at(13, 0)),
+        (&gpu_wide, at(20, 3)),
+        rows,
+        13,
+        -3.0,
+        false,
+    )
+    .unwrap();
+    assert_eq!(download(&gpu, &gpu_dense), cpu_dense);
 
     // Gather rows 30, 2, 11 of src, then scatter them to rows 0, 36, 5 of a zero buffer.
     let idx = gpu.stream.clone_htod(&[30i32, 2, 11]).unwrap();

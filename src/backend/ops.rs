@@ -10,7 +10,7 @@
 //! Shape letters as in `backend`.
 
 use super::rope_table::RopeTable;
-use super::settings::{AdamW, AttentionDims};
+use super::settings::{AdamW, AttentionDims, Columns};
 use super::storage::{Elem, Storage};
 use anyhow::Result;
 use std::ops::Range;
@@ -251,6 +251,22 @@ pub trait Ops {
         v: &Self::Buf<Self::S>,
         qd: usize,
         kvd: usize,
+    ) -> Result<()>;
+    /// dst's block (+)= scale * src's block: `width` columns at `to` of each of `rows` rows
+    /// of dst, from those at `from` of src; added when `accumulate`, else assigned (LoRA's
+    /// scaled update of one projection's block of a fused product, and that block of its
+    /// gradient).
+    #[allow(clippy::too_many_arguments)]
+    fn scale_columns(
+        &self,
+        dst: &mut Self::Buf<Self::S>,
+        to: Columns,
+        src: &Self::Buf<Self::S>,
+        from: Columns,
+        rows: usize,
+        width: usize,
+        scale: f32,
+        accumulate: bool,
     ) -> Result<()>;
     /// dst row i = src row rows[i]; dst: (R, C).
     fn gather_rows(

@@ -41,3 +41,11 @@ impl SamplingParams {
         top_k: 0,
     };
 }
+
+/// Where a block of columns sits in a row-major buffer: rows of `stride` elements, the
+/// block starting at column `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Columns {
+    pub stride: usize,
+    pub offset: usize,
+}

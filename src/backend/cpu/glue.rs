@@ -2,6 +2,7 @@
 //! parts and joined back, and rows gathered or scattered by index. Twin of `cuda::glue`.
 
 use super::check_rows;
+use crate::backend::settings::Columns;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -65,6 +66,47 @@ fn check_qkv(op: &str, qkv: usize, q: usize, kv: [usize; 2], qd: usize, kvd: usi
     check_rows(&format!("{op} k, v"), &kv, n, kvd)
 }
 
+/// dst's block (+)= scale * src's block: `width` columns at `to` of each of `rows` rows of
+/// dst, from those at `from` of src; added when `accumulate`, else assigned. LoRA's scaled
+/// update of a fused projection's block of columns, and that block of its gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn scale_columns(
+    dst: &mut [f32],
+    to: Columns,
+    src: &[f32],
+    from: Columns,
+    rows: usize,
+    width: usize,
+    scale: f32,
+    accumulate: bool,
+) -> Result<()> {
+    for (what, len, at) in [("dst", dst.len(), to), ("src", src.len(), from)] {
+        if at.offset + width > at.stride || len != rows * at.stride {
+            bail!(
+                "scale_columns {what}: {width} columns at {} do not fit rows of {} in {len} elements ({rows} rows)",
+                at.offset,
+                at.stride
+            );
+        }
+    }
+    if rows * width == 0 {
+        return Ok(());
+    }
+    dst.par_chunks_mut(to.stride)
+        .zip(src.par_chunks(from.stride))
+        .with_min_len(64)
+        .for_each(|(d, s)| {
+            let d = &mut d[to.offset..to.offset + width];
+            let s = &s[from.offset..from.offset + width];
+            if accumulate {
+                d.iter_mut().zip(s).for_each(|(d, s)| *d += scale * s);
+            } else {
+                d.iter_mut().zip(s).for_each(|(d, s)| *d = scale * s);
+            }
+        });
+    Ok(())
+}
+
 /// dst: (R, C) row i = src row rows[i].
 pub fn gather_rows(dst: &mut [f32], src: &[f32], rows: &[i32], c: usize) -> Result<()> {
     check_indexed("gather_rows", dst.len(), src.len(), rows, c)?;
@@ -101,6 +143,81 @@ fn check_indexed(op: &str, indexed: usize, other: usize, rows: &[i32], c: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_of_columns_is_scaled_into_another_assigned_or_added() {
+        let (rows, src_stride, dst_stride) = (5, 9, 12);
+        let src: Vec<f32> = (0..rows * src_stride).map(|x| x as f32).collect();
+        let at = |stride, offset| Columns { stride, offset };
+        let mut dst = vec![1.0f32; rows * dst_stride];
+        // Columns 2..6 of src, times 0.5, added to columns 7..11 of dst.
+        scale_columns(
+            &mut dst,
+            at(dst_stride, 7),
+            &src,
+            at(src_stride, 2),
+            rows,
+            4,
+            0.5,
+            true,
+        )
+        .unwrap();
+        for r in 0..rows {
+            for j in 0..dst_stride {
+                let want = if (7..11).contains(&j) {
+                    1.0 + 0.5 * src[r * src_stride + 2 + j - 7]
+                } else {
+                    1.0
+                };
+                assert_eq!(dst[r * dst_stride + j], want, "row {r} column {j}");
+            }
+        }
+        // Assigned: what was there does not count.
+        let mut dense = vec![f32::NAN; rows * 4];
+        scale_columns(
+            &mut dense,
+            at(4, 0),
+            &dst,
+            at(dst_stride, 7),
+            rows,
+            4,
+            -2.0,
+            false,
+        )
+        .unwrap();
+        for r in 0..rows {
+            for j in 0..4 {
+                assert_eq!(dense[r * 4 + j], -2.0 * dst[r * dst_stride + 7 + j]);
+            }
+        }
+        // A block that does not fit its rows is an error naming the side.
+        let e = scale_columns(
+            &mut dense,
+            at(4, 1),
+            &src,
+            at(src_stride, 0),
+            rows,
+            4,
+            1.0,
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("scale_columns dst"), "{e}");
+        let e = scale_columns(
+            &mut dense,
+            at(4, 0),
+            &src,
+            at(src_stride, 0),
+            rows + 1,
+            4,
+            1.0,
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("scale_columns dst"), "{e}");
+    }
 
     #[test]
     fn split_then_join_is_the_identity_and_rows_move_where_told() {

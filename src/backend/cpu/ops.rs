@@ -12,7 +12,7 @@ use super::products::Products;
 use super::{adamw, check_lens, embedding, glue, matmul_bf16, residual, rmsnorm, rope, swiglu};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
-use crate::backend::settings::{AdamW, AttentionDims};
+use crate::backend::settings::{AdamW, AttentionDims, Columns};
 use crate::backend::storage::Elem;
 use anyhow::{bail, Result};
 use std::ops::Range;
@@ -379,6 +379,19 @@ impl Ops for Cpu {
         kvd: usize,
     ) -> Result<()> {
         glue::qkv_join(qkv, q, k, v, qd, kvd)
+    }
+    fn scale_columns(
+        &self,
+        dst: &mut Vec<f32>,
+        to: Columns,
+        src: &Vec<f32>,
+        from: Columns,
+        rows: usize,
+        width: usize,
+        scale: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        glue::scale_columns(dst, to, src, from, rows, width, scale, accumulate)
     }
     fn gather_rows(
         &self,

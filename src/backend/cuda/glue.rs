@@ -5,13 +5,7 @@ use crate::backend::kernels;
 use anyhow::{Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
-/// Where a block of columns sits in a row-major buffer: rows of `stride` elements, the
-/// block starting at column `offset`.
-#[derive(Clone, Copy, Debug)]
-pub struct Columns {
-    pub stride: usize,
-    pub offset: usize,
-}
+pub use crate::backend::settings::Columns;
 
 impl Gpu {
     /// x += y, elementwise (the residual stream, or two gradient branches meeting). Twin of
@@ -108,6 +102,46 @@ impl Gpu {
         // SAFETY: the arguments match the kernel; every row's block fits its buffer
         // (checked above).
         unsafe { launch.launch(Self::elementwise(rows * width)) }.context("copy_columns")?;
+        Ok(())
+    }
+
+    /// dst's block (+)= scale * src's block: `width` columns of each of `rows` rows, added
+    /// when `accumulate`, else assigned. Twin of `cpu::glue::scale_columns`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scale_columns<T: Storage>(
+        &self,
+        (dst, to): (&mut impl DevicePtrMut<T>, Columns),
+        (src, from): (&impl DevicePtr<T>, Columns),
+        rows: usize,
+        width: usize,
+        scale: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        for (what, len, at) in [("dst", dst.len(), to), ("src", src.len(), from)] {
+            check_block("scale_columns", what, len, at, rows, width)?;
+        }
+        if rows * width == 0 {
+            return Ok(());
+        }
+        let f = self.function(T::kernel(kernels::glue::SCALE_COLUMNS))?;
+        let (d, s) = (self.ptr_mut(dst), self.ptr(src));
+        let ints = [to.stride, to.offset, from.stride, from.offset, rows, width].map(|x| x as i64);
+        let add = i32::from(accumulate);
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(&d)
+            .arg(&ints[0])
+            .arg(&ints[1])
+            .arg(&s)
+            .arg(&ints[2])
+            .arg(&ints[3])
+            .arg(&ints[4])
+            .arg(&ints[5])
+            .arg(&scale)
+            .arg(&add);
+        // SAFETY: the arguments match the kernel; every row's block fits its buffer
+        // (checked above).
+        unsafe { launch.launch(Self::elementwise(rows * width)) }.context("scale_columns")?;
         Ok(())
     }
 
@@ -254,4 +288,23 @@ mod tests {
             );
         }
     }
+}
+
+/// Whether `width` columns at `at` fit each of `rows` rows of a buffer of `len` elements.
+fn check_block(
+    op: &str,
+    what: &str,
+    len: usize,
+    at: Columns,
+    rows: usize,
+    width: usize,
+) -> Result<()> {
+    if at.offset + width > at.stride || len != rows * at.stride {
+        anyhow::bail!(
+            "{op} {what}: {width} columns at {} do not fit rows of {} in {len} elements ({rows} rows)",
+            at.offset,
+            at.stride
+        );
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use super::rope::DeviceRope;
 use super::{Bias, DecodeDims, Dest, Gpu, Storage};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
-use crate::backend::settings::{AdamW, AttentionDims};
+use crate::backend::settings::{AdamW, AttentionDims, Columns};
 use crate::backend::storage::Elem;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, DeviceSlice};
@@ -354,6 +354,20 @@ impl<T: Storage> Ops for CudaOps<T> {
         kvd: usize,
     ) -> Result<()> {
         self.gpu.qkv_join(qkv, q, k, v, qd, kvd)
+    }
+    fn scale_columns(
+        &self,
+        dst: &mut DevBuf<T>,
+        to: Columns,
+        src: &DevBuf<T>,
+        from: Columns,
+        rows: usize,
+        width: usize,
+        scale: f32,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.gpu
+            .scale_columns((dst, to), (src, from), rows, width, scale, accumulate)
     }
     fn gather_rows(
         &self,
