@@ -272,24 +272,6 @@ pub(crate) fn column_segments(n: usize) -> (usize, usize) {
     (n.div_ceil(seg), seg)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::column_segments;
-
-    #[test]
-    fn column_segments_cover_every_row_once() {
-        for n in [1, 2, 63, 64, 65, 1000, 16_384, 16_385, 1 << 20] {
-            let (segs, seg) = column_segments(n);
-            assert!((1..=256).contains(&segs), "{n}: {segs}");
-            // Segments 0..segs-1 are full and the last one is not empty.
-            assert!(
-                (segs - 1) * seg < n && segs * seg >= n,
-                "{n}: {segs} x {seg}"
-            );
-        }
-    }
-}
-
 /// Whether `width` columns at `at` fit each of `rows` rows of a buffer of `len` elements.
 fn check_block(
     op: &str,
@@ -307,4 +289,22 @@ fn check_block(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::column_segments;
+
+    #[test]
+    fn column_segments_cover_every_row_once() {
+        for n in [1, 2, 63, 64, 65, 1000, 16_384, 16_385, 1 << 20] {
+            let (segs, seg) = column_segments(n);
+            assert!((1..=256).contains(&segs), "{n}: {segs}");
+            // Segments 0..segs-1 are full and the last one is not empty.
+            assert!(
+                (segs - 1) * seg < n && segs * seg >= n,
+                "{n}: {segs} x {seg}"
+            );
+        }
+    }
 }
