@@ -3,6 +3,7 @@
 mod config_file;
 mod format;
 mod generate;
+mod merge;
 mod task;
 mod tpo;
 mod train;
@@ -56,6 +57,8 @@ enum Command {
     Sft(train::SftArgs),
     /// Summed log-prob of each completion given its prompt.
     Logprobs(train::LogprobsArgs),
+    /// Fold a LoRA adapter (PEFT's format) into its base model: a full checkpoint.
+    Merge(merge::MergeArgs),
     /// Write a small Llama checkpoint with random weights and a trained BPE tokenizer.
     InitModel {
         /// The checkpoint directory to create (must not exist).
@@ -93,6 +96,7 @@ pub fn run() -> Result<()> {
         Command::Sft(args) => train::run_sft(args, placement),
         Command::Logprobs(args) => train::run_logprobs(args, placement),
         Command::TaskData(args) => task::run(args),
+        Command::Merge(args) => merge::run_merge(args),
         Command::InitModel { out, spec } => {
             make_tiny_model(&out, &spec)?;
             eprintln!("wrote {}", out.display());

@@ -7,7 +7,9 @@ pub mod config;
 pub mod cuda;
 pub mod forward;
 pub mod graph;
+pub mod lora;
 pub mod params;
+pub mod peft;
 pub mod weights;
 
 pub use config::{Architecture, Head, ModelConfig};
