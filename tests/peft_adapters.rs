@@ -161,3 +161,95 @@ fn merge_writes_a_checkpoint_with_the_adapted_logits() {
     );
     assert!(!out2.exists());
 }
+
+fn run(args: &[&std::ffi::OsStr]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
+        .args(["--threads", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{args:?}: {stderr}");
+    stderr
+}
+
+/// `--adapter` on logprobs and generate: the same numbers and tokens as the merged model.
+#[test]
+fn an_adapter_flag_reads_as_the_merged_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixture("chat");
+    let model = Model::load(&base).unwrap();
+    let lora = LoraConfig::new(4, 8.0, false, 0.0, Target::ALL.to_vec()).unwrap();
+    let mut adapter = Adapter::init(&model.config, lora, 5);
+    for l in adapter.layout.linears.clone() {
+        for (j, x) in adapter.params[l.b.clone()].iter_mut().enumerate() {
+            *x = 0.05 * ((j % 7) as f32 - 3.0);
+        }
+    }
+    let dir = tmp.path().join("adapter");
+    peft::save(&dir, &adapter, "tests/fixtures/chat").unwrap();
+    let merged = tmp.path().join("merged");
+    run(&[
+        "merge".as_ref(),
+        "--model".as_ref(),
+        base.as_os_str(),
+        "--adapter".as_ref(),
+        dir.as_os_str(),
+        "--out".as_ref(),
+        merged.as_os_str(),
+    ]);
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"Name a river.\", \"completion\": \"The Nile, and the Amazon.\"}\n",
+    )
+    .unwrap();
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"Tell me about rivers.\"}\n").unwrap();
+    let mut outputs = vec![];
+    for (name, model_args) in [
+        (
+            "adapter",
+            vec![base.as_os_str(), "--adapter".as_ref(), dir.as_os_str()],
+        ),
+        ("merged", vec![merged.as_os_str()]),
+        ("base", vec![base.as_os_str()]),
+    ] {
+        let lp = tmp.path().join(format!("{name}-logprobs.jsonl"));
+        let mut args: Vec<&std::ffi::OsStr> = vec!["logprobs".as_ref(), "--model".as_ref()];
+        args.extend(&model_args);
+        args.extend([
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--out".as_ref(),
+            lp.as_os_str(),
+        ]);
+        run(&args);
+        let gen = tmp.path().join(format!("{name}-generate.jsonl"));
+        let mut args: Vec<&std::ffi::OsStr> = vec!["generate".as_ref(), "--model".as_ref()];
+        args.extend(&model_args);
+        args.extend([
+            "--prompts".as_ref(),
+            prompts.as_os_str(),
+            "--out".as_ref(),
+            gen.as_os_str(),
+            "--temperature".as_ref(),
+            "0".as_ref(),
+            "--max-new-tokens".as_ref(),
+            "12".as_ref(),
+        ]);
+        run(&args);
+        outputs.push((
+            std::fs::read_to_string(&lp).unwrap(),
+            std::fs::read_to_string(&gen).unwrap(),
+        ));
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "--adapter reads as the merged model"
+    );
+    assert_ne!(
+        outputs[0].0, outputs[2].0,
+        "the adapter changes the log-probs"
+    );
+}

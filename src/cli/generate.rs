@@ -28,6 +28,9 @@ pub struct GenerateArgs {
     /// org/name[@revision] in the Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter (PEFT's format, a directory or a Hub id) merged into the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// JSONL, one {"prompt": ...} or {"messages": [...]} per line.
     #[arg(long)]
     prompts: PathBuf,
@@ -141,10 +144,13 @@ pub fn run_generate(mut args: GenerateArgs, device: Placement) -> Result<()> {
         .transpose()?;
     let control = args.format.control(thought.is_some())?;
     control.check(thought.is_some(), args.max_new_tokens)?;
-    Inputs::default()
+    let mut inputs = Inputs::default()
         .file("--prompts", &args.prompts)
-        .dir("--model", &args.model)
-        .check_output("--out", &args.out)?;
+        .dir("--model", &args.model);
+    if let Some(adapter) = &args.adapter {
+        inputs = inputs.dir("--adapter", adapter);
+    }
+    inputs.check_output("--out", &args.out)?;
     let device = super::open_device(device)?;
     let started = Instant::now();
     // The prompts are read and checked before the weights: bad input costs no loading.
@@ -202,7 +208,15 @@ pub fn run_generate(mut args: GenerateArgs, device: Placement) -> Result<()> {
             .min(config.max_context);
         memory::generation(&config, seqs, positions, cpu.kept_bytes()).check("generate")?;
     }
-    let model = Model::load_with_config(&args.model, config)?;
+    let adapter = args
+        .adapter
+        .as_ref()
+        .map(|a| crate::model::peft::load_flag(a, &config))
+        .transpose()?;
+    let mut model = Model::load_with_config(&args.model, config)?;
+    if let Some(adapter) = &adapter {
+        adapter.merge_into(&model.layout, &mut model.params)?;
+    }
     let load_secs = started.elapsed().as_secs_f64();
 
     let opts = GenerateOptions {

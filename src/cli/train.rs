@@ -123,6 +123,9 @@ pub struct LogprobsArgs {
     /// Checkpoint directory, or a Hub id org/name[@revision] in the Hugging Face cache.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter (PEFT's format, a directory or a Hub id) merged into the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// JSONL, one {"prompt", "completion"} per line.
     #[arg(long)]
     input: PathBuf,
@@ -453,15 +456,26 @@ pub fn run_logprobs(mut args: LogprobsArgs, device: Placement) -> Result<()> {
         bail!("--micro-batch-tokens 0: expected at least 1");
     }
     args.model = resolve_flag("--model", &args.model)?;
-    Inputs::default()
+    let mut inputs = Inputs::default()
         .file("--input", &args.input)
-        .dir("--model", &args.model)
-        .check_output("--out", &args.out)?;
+        .dir("--model", &args.model);
+    if let Some(adapter) = &args.adapter {
+        inputs = inputs.dir("--adapter", adapter);
+    }
+    inputs.check_output("--out", &args.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.model)?;
     let data = read_completions(&args.input, &encoder(&loaded, args.no_chat_template))?;
     memory::scoring(&loaded.config, args.micro_batch_tokens).check_on(&device, "logprobs")?;
-    let model = loaded.weights()?;
+    let adapter = args
+        .adapter
+        .as_ref()
+        .map(|a| crate::model::peft::load_flag(a, &loaded.config))
+        .transpose()?;
+    let mut model = loaded.weights()?;
+    if let Some(adapter) = &adapter {
+        adapter.merge_into(&model.layout, &mut model.params)?;
+    }
     let seqs: Vec<Vec<u32>> = data
         .iter()
         .map(|e| [e.prompt.as_slice(), &e.completion].concat())

@@ -24,6 +24,7 @@ fn wanted(name: &str) -> bool {
             | "special_tokens_map.json"
             | "chat_template.jinja"
             | "model.safetensors.index.json"
+            | "adapter_config.json"
     ) || base.ends_with(".safetensors")
 }
 
@@ -254,8 +255,11 @@ pub fn download(repo: &Path, id: &str, revision: &str) -> Result<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    if !files.iter().any(|f| f == "config.json") {
-        bail!("{id}@{revision}: the repository has no config.json: not a model checkpoint");
+    if !files
+        .iter()
+        .any(|f| f == "config.json" || f == "adapter_config.json")
+    {
+        bail!("{id}@{revision}: the repository has no config.json (nor adapter_config.json): not a model checkpoint or adapter");
     }
     let snapshot = repo.join("snapshots").join(&commit);
     let blobs = repo.join("blobs");

@@ -92,6 +92,13 @@ pub fn save(dir: &Path, adapter: &Adapter, base_model: &str) -> Result<()> {
     })
 }
 
+/// Reads the adapter a `--adapter` flag names (a directory, or a Hub id in the Hugging Face
+/// cache) for a model of `cfg`: to be merged once the weights are loaded.
+pub fn load_flag(flag: &Path, cfg: &ModelConfig) -> Result<Adapter> {
+    let dir = crate::io::hub::resolve_flag("--adapter", flag)?;
+    load(&dir, cfg).with_context(|| format!("--adapter {}", flag.display()))
+}
+
 /// The adapter in `dir` (ours or PEFT's) for a model of `cfg`.
 pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Adapter> {
     let config_path = dir.join(CONFIG_FILE);
