@@ -253,3 +253,60 @@ fn an_adapter_flag_reads_as_the_merged_model() {
         "the adapter changes the log-probs"
     );
 }
+
+/// The adapter applied in the graph, unmerged (s * (x A^T) B^T added to each adapted
+/// Linear, q/k/v and gate/up into their blocks of the fused products), gives PEFT's logits
+/// as well: the forward LoRA training will run.
+#[test]
+fn pefts_adapter_in_the_graph_unmerged_gives_pefts_logits() {
+    let dir = fixture("peft-lora");
+    let model = Model::load(&fixture("llama")).unwrap();
+    let adapter = peft::load(&dir, &model.config).unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    // Two sequences in one pass (the prompt split at 6): packing must not leak between them.
+    let mut caches = [model.new_cache(), model.new_cache()];
+    let mut refs: Vec<_> = caches.iter_mut().collect();
+    let got = model
+        .forward_adapted(
+            Some(&adapter),
+            &[&ids[..], &ids[..6]],
+            &mut refs,
+            LogitRows::All,
+        )
+        .unwrap();
+    let v = model.config.vocab_size;
+    let whole = &got[..ids.len() * v];
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = max_abs_diff(whole, &want);
+    assert!(
+        err <= 1e-4 && err <= 2e-5 * scale,
+        "max error {err}, max logit {scale}"
+    );
+    let part = &got[ids.len() * v..];
+    assert!(
+        max_abs_diff(part, &want[..6 * v]) <= 1e-4,
+        "the second sequence"
+    );
+    // Without the adapter, the same call is the base model's.
+    let mut cache = model.new_cache();
+    let base = model
+        .forward_adapted(None, &[&ids[..]], &mut [&mut cache], LogitRows::All)
+        .unwrap();
+    assert!(max_abs_diff(&base, &want) > 100.0 * err.max(1e-6));
+}

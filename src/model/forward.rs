@@ -109,6 +109,7 @@ impl Model {
             layout: &self.layout,
             weights: &self.params,
             inv_freq: &self.inv_freq,
+            lora: None,
         }
     }
 
@@ -128,13 +129,31 @@ impl Model {
         caches: &mut [&mut KvCache],
         rows: LogitRows,
     ) -> Result<Vec<f32>> {
+        self.forward_adapted(None, seqs, caches, rows)
+    }
+
+    /// `forward` with a LoRA adapter applied in the graph, unmerged (each adapted Linear
+    /// adds s * (x A^T) B^T), as PEFT runs one.
+    pub fn forward_adapted(
+        &self,
+        adapter: Option<&crate::model::lora::Adapter>,
+        seqs: &[&[u32]],
+        caches: &mut [&mut KvCache],
+        rows: LogitRows,
+    ) -> Result<Vec<f32>> {
         if seqs.len() != caches.len() {
             bail!("{} sequences with {} caches", seqs.len(), caches.len());
         }
         if self.config.head != Head::CausalLm {
             bail!("only a causal LM has logits");
         }
-        let net = self.net();
+        let mut net = self.net();
+        net.lora = adapter.map(|a| crate::model::graph::LoraNet {
+            layout: &a.layout,
+            weights: &a.params,
+            r: a.config.r,
+            scale: a.config.scale() as f32,
+        });
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let mut acts = Activations::new(&net, tokens.len(), false)?;
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();

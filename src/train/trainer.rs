@@ -143,6 +143,7 @@ impl<O: Ops> Trainer<O> {
                 layout: &model.layout,
                 weights: O::forward_weights(&master, &weights)?,
                 inv_freq: &model.inv_freq,
+                lora: None,
             };
             Activations::new(&net, rows, true)?
         };
@@ -205,6 +206,7 @@ impl<O: Ops> Trainer<O> {
             layout: &self.layout,
             weights: O::forward_weights(&self.master, &self.weights)?,
             inv_freq: &self.inv_freq,
+            lora: None,
         };
         let (acts, grads) = (&mut self.acts, &mut self.grads);
         let (metrics, tokens) =

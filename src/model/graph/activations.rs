@@ -6,6 +6,7 @@
 use super::Net;
 use crate::backend::ops::Ops;
 use crate::model::config::ModelConfig;
+use crate::model::lora::Target;
 use anyhow::Result;
 
 /// What one layer's forward keeps for its backward. Shapes per the `backend` legend.
@@ -23,6 +24,9 @@ pub(crate) struct LayerState<O: Ops> {
     pub h_mlp: O::Buf<O::S>,   // (N, C) post_attention_layernorm output
     pub gate_up: O::Buf<O::S>, // (N, 2I) each row gate, then up
     pub act: O::Buf<O::S>,     // (N, I)
+    /// With an adapter: t = x A^T, (N, r), of each adapted Linear, in `Target::ALL`'s
+    /// order (empty for a Linear the adapter leaves alone); what its backward reads.
+    pub lora_t: Vec<O::Buf<O::S>>,
 }
 
 /// Activation gradients of one layer's backward, reused from layer to layer.
@@ -46,9 +50,12 @@ pub struct Activations<O: Ops> {
     /// Rows the buffers were allocated for.
     rows: usize,
     pub(crate) layers: Vec<LayerState<O>>,
-    pub(crate) x: O::Buf<O::S>,        // (N, C) the residual stream
-    pub(crate) h: O::Buf<O::S>,        // (N, C)
-    pub(crate) qkv: O::Buf<O::S>,      // (N, (H + 2 Hkv) * D)
+    pub(crate) x: O::Buf<O::S>,   // (N, C) the residual stream
+    pub(crate) h: O::Buf<O::S>,   // (N, C)
+    pub(crate) qkv: O::Buf<O::S>, // (N, (H + 2 Hkv) * D)
+    /// With an adapter: u = t B^T of one Linear, (N, out), before it is scaled into the
+    /// Linear's output.
+    pub(crate) lora_u: O::Buf<O::S>,
     pub(crate) x_scored: O::Buf<O::S>, // (M, C) the residual stream leaving the last layer
     pub(crate) hidden: O::Buf<O::S>,   // (M, C) final-norm output of the scored rows
     pub(crate) logp: O::Buf<f32>,      // (M)
@@ -59,6 +66,27 @@ pub struct Activations<O: Ops> {
     pub(crate) head_in: O::Buf<O::S>,
     pub(crate) head_norm: O::Buf<O::S>,
     pub(crate) head_out: O::Buf<f32>,
+}
+
+/// The width of t = x A^T for the Linear `target`: the adapter's rank where it adapts that
+/// Linear, else 0.
+fn lora_rank<O: Ops>(net: &Net<O>, target: Target) -> usize {
+    match &net.lora {
+        Some(l) if l.layout.linears.iter().any(|a| a.target == target) => l.r,
+        _ => 0,
+    }
+}
+
+/// The widest output of an adapted Linear (0 without an adapter).
+fn lora_out<O: Ops>(net: &Net<O>) -> usize {
+    net.lora.as_ref().map_or(0, |l| {
+        l.layout
+            .linears
+            .iter()
+            .map(|a| a.out_dim)
+            .max()
+            .unwrap_or(0)
+    })
 }
 
 /// The widths of the per-row buffers: (C, QD, KVD, I, H).
@@ -96,6 +124,10 @@ impl<O: Ops> Activations<O> {
                 h_mlp: a(c)?,
                 gate_up: a(2 * im)?,
                 act: a(im)?,
+                lora_t: Target::ALL
+                    .iter()
+                    .map(|&t| a(lora_rank(net, t)))
+                    .collect::<Result<_>>()?,
             });
         }
         let grads = if backward {
@@ -122,6 +154,7 @@ impl<O: Ops> Activations<O> {
             x: a(c)?,
             h: a(c)?,
             qkv: a(qd + 2 * kvd)?,
+            lora_u: a(lora_out(net))?,
             x_scored: a(0)?,
             hidden: a(0)?,
             logp: ops.alloc::<f32>(0, STAGE)?,
@@ -181,7 +214,11 @@ impl<O: Ops> Activations<O> {
                 ops.set_len(buf, n * w)?;
             }
             ops.set_len(&mut st.lse, n * h)?;
+            for (buf, &t) in st.lora_t.iter_mut().zip(&Target::ALL) {
+                ops.set_len(buf, n * lora_rank(net, t))?;
+            }
         }
+        ops.set_len(&mut self.lora_u, n * lora_out(net))?;
         for (buf, len) in [
             (&mut self.x, n * c),
             (&mut self.h, n * c),

@@ -26,6 +26,7 @@ impl<O: Ops> Net<'_, O> {
         x: &mut O::Buf<O::S>,
         h: &mut O::Buf<O::S>,
         qkv: &mut O::Buf<O::S>,
+        lora_u: &mut O::Buf<O::S>,
     ) -> Result<()> {
         let c = self.config.hidden_size;
         let n = O::len(x) / c;
@@ -34,7 +35,7 @@ impl<O: Ops> Net<'_, O> {
         let kept = layers.len();
         for (l, w) in self.layout.layers.iter().enumerate() {
             let st = &mut layers[l % kept];
-            layer_forward(self, l, w, st, x, h, qkv, attend, rope, n)?;
+            layer_forward(self, l, w, st, x, h, qkv, lora_u, attend, rope, n)?;
         }
         Ok(())
     }
@@ -66,9 +67,14 @@ impl<O: Ops> Net<'_, O> {
         let table = RopeTable::for_positions(self.inv_freq, positions);
         let (ids, rope) = (ops.tokens(tokens)?, ops.rope(table)?);
         let Activations {
-            layers, x, h, qkv, ..
+            layers,
+            x,
+            h,
+            qkv,
+            lora_u,
+            ..
         } = acts;
-        self.layers_forward(&ids, &rope, attend, layers, x, h, qkv)
+        self.layers_forward(&ids, &rope, attend, layers, x, h, qkv, lora_u)
     }
 
     /// Fresh whole sequences packed into one pass (positions from 0): the residual stream

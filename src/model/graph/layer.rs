@@ -3,8 +3,11 @@
 //! x_out = x_mid + down(swiglu(gate_up(norm(x_mid)))).
 
 use super::activations::{GradScratch, LayerState};
+use super::lora::lora_forward;
 use super::Net;
 use crate::backend::ops::Ops;
+use crate::backend::settings::Columns;
+use crate::model::lora::Target;
 use crate::model::params::LayerParams;
 use anyhow::{bail, Result};
 
@@ -18,7 +21,8 @@ pub enum Attend<'p, 'c, O: Ops> {
 }
 
 /// The forward of layer l (weights `w`) over the packed rows of x: (N, C), in place. `st`
-/// receives what the backward needs; `h`: (N, C) and `qkv`: (N, QD + 2 KVD) are scratch.
+/// receives what the backward needs; `h`: (N, C), `qkv`: (N, QD + 2 KVD) and `lora_u`
+/// (an adapter's products) are scratch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_forward<O: Ops>(
     net: &Net<O>,
@@ -28,11 +32,13 @@ pub(crate) fn layer_forward<O: Ops>(
     x: &mut O::Buf<O::S>,
     h: &mut O::Buf<O::S>,
     qkv: &mut O::Buf<O::S>,
+    lora_u: &mut O::Buf<O::S>,
     attend: &mut Attend<O>,
     rope: &O::Rope,
     n: usize,
 ) -> Result<()> {
     let ops = net.ops;
+    let at = |stride, offset| Columns { stride, offset };
     let cfg = net.config;
     let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -56,6 +62,11 @@ pub(crate) fn layer_forward<O: Ops>(
         c,
         qd + 2 * kvd,
     )?;
+    for (target, offset) in [(Target::Q, 0), (Target::K, qd), (Target::V, qd + kvd)] {
+        let cols = at(qd + 2 * kvd, offset);
+        let t = &mut st.lora_t[target as usize];
+        lora_forward(net, l, target, &st.h_attn, qkv, cols, t, lora_u, n)?;
+    }
     ops.qkv_split(&mut st.q, &mut st.k, &mut st.v, qkv, qd, kvd)?;
     ops.rope_forward(&mut st.q, rope, dims.n_head)?;
     ops.rope_forward(&mut st.k, rope, dims.n_kv_head)?;
@@ -72,6 +83,8 @@ pub(crate) fn layer_forward<O: Ops>(
         }
     }
     ops.matmul_forward(h, &st.att, net.w(&w.o_proj), None, n, qd, c)?;
+    let t = &mut st.lora_t[Target::O as usize];
+    lora_forward(net, l, Target::O, &st.att, h, at(c, 0), t, lora_u, n)?;
     ops.residual_forward(x, h)?;
 
     if save {
@@ -88,8 +101,25 @@ pub(crate) fn layer_forward<O: Ops>(
         c,
         2 * im,
     )?;
+    for (target, offset) in [(Target::Gate, 0), (Target::Up, im)] {
+        let t = &mut st.lora_t[target as usize];
+        let cols = at(2 * im, offset);
+        lora_forward(
+            net,
+            l,
+            target,
+            &st.h_mlp,
+            &mut st.gate_up,
+            cols,
+            t,
+            lora_u,
+            n,
+        )?;
+    }
     ops.swiglu_forward(&mut st.act, &st.gate_up, im)?;
     ops.matmul_forward(h, &st.act, net.w(&w.down_proj), None, n, im, c)?;
+    let t = &mut st.lora_t[Target::Down as usize];
+    lora_forward(net, l, Target::Down, &st.act, h, at(c, 0), t, lora_u, n)?;
     ops.residual_forward(x, h)
 }
 

@@ -62,12 +62,13 @@ impl<O: Ops> Net<'_, O> {
             x,
             h,
             qkv,
+            lora_u,
             x_scored,
             hidden,
             ..
         } = acts;
         let mut attend = Attend::Packed(&b.seqs, None);
-        self.layers_forward(&b.tokens, &b.rope, &mut attend, layers, x, h, qkv)?;
+        self.layers_forward(&b.tokens, &b.rope, &mut attend, layers, x, h, qkv, lora_u)?;
         // Only the scored rows go through the final norm and the LM head.
         ops.gather_rows(x_scored, x, &b.scored_rows, c)?;
         ops.rmsnorm_forward(hidden, x_scored, self.w(&lay.norm), cfg.rms_norm_eps, c)

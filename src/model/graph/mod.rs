@@ -13,6 +13,7 @@ pub mod batch;
 pub mod infer;
 pub mod layer;
 pub mod logprobs;
+pub(crate) mod lora;
 pub mod model_on;
 
 pub use activations::Activations;
@@ -25,6 +26,15 @@ use crate::backend::ops::Ops;
 use crate::backend::settings::AttentionDims;
 use std::ops::Range;
 
+/// A LoRA adapter's weights on the device the net runs on: every A (r, in) and B (out, r)
+/// in one buffer, laid out by `layout`; each adapted Linear adds s * (x A^T) B^T.
+pub struct LoraNet<'a, O: Ops> {
+    pub layout: &'a crate::model::lora::LoraLayout,
+    pub weights: &'a O::Buf<O::S>,
+    pub r: usize,
+    pub scale: f32,
+}
+
 /// A model's weights on one device, with what the graph needs to run them.
 pub struct Net<'a, O: Ops> {
     pub ops: &'a O,
@@ -34,6 +44,8 @@ pub struct Net<'a, O: Ops> {
     pub weights: &'a O::Buf<O::S>,
     /// Rotary inverse frequencies: (D/2).
     pub inv_freq: &'a [f64],
+    /// A LoRA adapter the forward adds to its targets (None: the model alone).
+    pub lora: Option<LoraNet<'a, O>>,
 }
 
 impl<'a, O: Ops> Net<'a, O> {

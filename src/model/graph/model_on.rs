@@ -45,6 +45,7 @@ impl<O: Ops> ModelOn<O> {
             layout: &self.layout,
             weights: &self.weights,
             inv_freq: &self.inv_freq,
+            lora: None,
         }
     }
 }
