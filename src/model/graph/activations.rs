@@ -43,6 +43,11 @@ pub(crate) struct GradScratch<O: Ops> {
     pub dqkv: O::Buf<O::S>,      // (N, (H + 2 Hkv) * D)
     pub dx_scored: O::Buf<O::S>, // (M, C)
     pub dhidden: O::Buf<O::S>,   // (M, C)
+    /// With an adapter: s times one Linear's output gradient (N, out), its t's gradient
+    /// (N, r) and its input's share (N, in).
+    pub lora_dy: O::Buf<O::S>,
+    pub lora_dt: O::Buf<O::S>,
+    pub lora_dx: O::Buf<O::S>,
 }
 
 /// The saved activations of the last forward and the scratch of the backward.
@@ -86,6 +91,13 @@ fn lora_out<O: Ops>(net: &Net<O>) -> usize {
             .map(|a| a.out_dim)
             .max()
             .unwrap_or(0)
+    })
+}
+
+/// The widest input of an adapted Linear (0 without an adapter).
+fn lora_in<O: Ops>(net: &Net<O>) -> usize {
+    net.lora.as_ref().map_or(0, |l| {
+        l.layout.linears.iter().map(|a| a.in_dim).max().unwrap_or(0)
     })
 }
 
@@ -144,6 +156,9 @@ impl<O: Ops> Activations<O> {
                 dqkv: a(qd + 2 * kvd)?,
                 dx_scored: a(0)?,
                 dhidden: a(0)?,
+                lora_dy: a(lora_out(net))?,
+                lora_dt: a(net.lora.as_ref().map_or(0, |l| l.r))?,
+                lora_dx: a(lora_in(net))?,
             })
         } else {
             None
@@ -246,6 +261,9 @@ impl<O: Ops> Activations<O> {
             ] {
                 ops.set_len(buf, len)?;
             }
+            ops.set_len(&mut g.lora_dy, n * lora_out(net))?;
+            ops.set_len(&mut g.lora_dt, n * net.lora.as_ref().map_or(0, |l| l.r))?;
+            ops.set_len(&mut g.lora_dx, n * lora_in(net))?;
             ops.reserve(&mut g.dx_scored, m * c, STAGE)?;
             ops.reserve(&mut g.dhidden, m * c, STAGE)?;
         }

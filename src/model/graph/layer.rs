@@ -3,7 +3,7 @@
 //! x_out = x_mid + down(swiglu(gate_up(norm(x_mid)))).
 
 use super::activations::{GradScratch, LayerState};
-use super::lora::lora_forward;
+use super::lora::{lora_backward, lora_forward, LoraScratch};
 use super::Net;
 use crate::backend::ops::Ops;
 use crate::backend::settings::Columns;
@@ -123,20 +123,41 @@ pub(crate) fn layer_forward<O: Ops>(
     ops.residual_forward(x, h)
 }
 
-/// The backward of layer `w`: g.dx: (N, C) the gradient of the layer's output becomes that
-/// of its input; parameter gradients accumulate into `grads`.
+/// The backward of layer l (weights `w`): g.dx: (N, C) the gradient of the layer's output
+/// becomes that of its input; parameter gradients accumulate into `grads`, and with an
+/// adapter, the adapter's into `lora_grads` (its layout).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_backward<O: Ops>(
     net: &Net<O>,
+    l: usize,
     w: &LayerParams,
     st: &LayerState<O>,
     g: &mut GradScratch<O>,
     grads: &mut O::Buf<f32>,
+    mut lora_grads: Option<&mut O::Buf<f32>>,
     seqs: &O::Seqs,
     rope: &O::Rope,
     n: usize,
 ) -> Result<()> {
     let ops = net.ops;
+    let at = |stride, offset| Columns { stride, offset };
+    // The adapter's share of Linear `target`: from the output gradient `dy` (its block
+    // `cols`), with the forward's input `x`, into the input gradient `dx`.
+    macro_rules! lora {
+        ($target:expr, $dy:ident, $cols:expr, $x:expr, $dx:ident) => {
+            if let Some(lg) = lora_grads.as_deref_mut() {
+                let scratch = LoraScratch {
+                    dy: &mut g.lora_dy,
+                    dt: &mut g.lora_dt,
+                    dx: &mut g.lora_dx,
+                };
+                let t = &st.lora_t[$target as usize];
+                lora_backward(
+                    net, l, $target, &g.$dy, $cols, $x, t, &mut g.$dx, scratch, lg, n,
+                )?;
+            }
+        };
+    }
     let cfg = net.config;
     let (c, im) = (cfg.hidden_size, cfg.intermediate_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -158,6 +179,7 @@ pub(crate) fn layer_backward<O: Ops>(
         im,
         c,
     )?;
+    lora!(Target::Down, dx, at(c, 0), &st.act, dact);
     ops.swiglu_backward(&mut g.dgate_up, &g.dact, &st.gate_up, im)?;
     let gate_up = w.gate_up_proj();
     let dgate_up = O::grads(grads, gate_up.clone());
@@ -173,6 +195,8 @@ pub(crate) fn layer_backward<O: Ops>(
         c,
         2 * im,
     )?;
+    lora!(Target::Gate, dgate_up, at(2 * im, 0), &st.h_mlp, dh);
+    lora!(Target::Up, dgate_up, at(2 * im, im), &st.h_mlp, dh);
     let post = &w.post_attention_layernorm;
     let dpost = O::grads(grads, post.clone());
     ops.rmsnorm_backward(
@@ -200,6 +224,7 @@ pub(crate) fn layer_backward<O: Ops>(
         qd,
         c,
     )?;
+    lora!(Target::O, dx, at(c, 0), &st.att, datt);
     ops.attention_backward(
         &mut g.dq, &mut g.dk, &mut g.dv, &g.datt, &st.q, &st.k, &st.v, &st.att, &st.lse, seqs, dims,
     )?;
@@ -243,6 +268,10 @@ pub(crate) fn layer_backward<O: Ops>(
             )?;
         }
     }
+    let width = qd + 2 * kvd;
+    lora!(Target::Q, dqkv, at(width, 0), &st.h_attn, dh);
+    lora!(Target::K, dqkv, at(width, qd), &st.h_attn, dh);
+    lora!(Target::V, dqkv, at(width, qd + kvd), &st.h_attn, dh);
     let pre = &w.input_layernorm;
     let dpre = O::grads(grads, pre.clone());
     ops.rmsnorm_backward(&mut g.dnorm_in, dpre, &g.dh, &st.x_in, net.w(pre), eps, c)?;

@@ -87,6 +87,27 @@ impl<O: Ops> Net<'_, O> {
         loss: &mut GroupLoss,
         grads: &mut O::Buf<f32>,
     ) -> Result<Vec<f64>> {
+        self.sequence_logprobs_with_grads(batch, acts, groups, loss, grads, None)
+    }
+
+    /// `sequence_logprobs_with_grad` with the net's adapter's gradients too, accumulated
+    /// into `lora_grads` (the adapter's layout).
+    pub fn sequence_logprobs_with_grads(
+        &self,
+        batch: &TrainBatch,
+        acts: &mut Activations<O>,
+        groups: &[usize],
+        loss: &mut GroupLoss,
+        grads: &mut O::Buf<f32>,
+        lora_grads: Option<&mut O::Buf<f32>>,
+    ) -> Result<Vec<f64>> {
+        if let (Some(lg), Some(lora)) = (lora_grads.as_ref(), self.lora.as_ref()) {
+            if O::len(lg) != lora.layout.len {
+                bail!("the adapter's gradient buffer does not match its layout");
+            }
+        } else if lora_grads.is_some() {
+            bail!("adapter gradients asked of a net without an adapter");
+        }
         if groups.iter().sum::<usize>() != batch.seqs.len() {
             bail!("the loss groups do not cover the batch");
         }
@@ -161,7 +182,7 @@ impl<O: Ops> Net<'_, O> {
             &row_ranges,
             &mut grad,
         )?;
-        self.body_backward(&b, acts, grads)?;
+        self.body_backward(&b, acts, grads, lora_grads)?;
         Ok(sums)
     }
 
@@ -172,6 +193,7 @@ impl<O: Ops> Net<'_, O> {
         b: &DeviceBatch<O>,
         acts: &mut Activations<O>,
         grads: &mut O::Buf<f32>,
+        mut lora_grads: Option<&mut O::Buf<f32>>,
     ) -> Result<()> {
         let ops = self.ops;
         let lay = self.layout;
@@ -197,8 +219,9 @@ impl<O: Ops> Net<'_, O> {
         // (N, C) gradient of the residual stream: zero except at the scored rows.
         ops.zero(&mut g.dx)?;
         ops.scatter_rows(&mut g.dx, &g.dx_scored, &b.scored_rows, c)?;
-        for (w, st) in lay.layers.iter().zip(layers.iter()).rev() {
-            layer_backward(self, w, st, g, grads, &b.seqs, &b.rope, b.n)?;
+        for (l, (w, st)) in lay.layers.iter().zip(layers.iter()).enumerate().rev() {
+            let lg = lora_grads.as_deref_mut();
+            layer_backward(self, l, w, st, g, grads, lg, &b.seqs, &b.rope, b.n)?;
         }
         let dembed = O::grads(grads, lay.embed_tokens.clone());
         ops.embedding_backward(dembed, &g.dx, &b.tokens, c)
