@@ -1,6 +1,7 @@
-// The data movement around the math kernels: residual adds, column slices of row-major
-// buffers (the fused q/k/v projection split into q, k and v, and joined back), and rows
-// gathered or scattered by index (the scored rows of a batch, new rows of a KV cache).
+// The data movement around the math kernels: residual adds, column blocks of row-major
+// buffers, scaled (the fused q/k/v projection split into q, k and v and joined back, LoRA's
+// scaled blocks), and rows gathered or scattered by index (the scored rows of a batch, new
+// rows of a KV cache).
 // CPU twins: src/backend/cpu/glue.rs and src/backend/cpu/residual.rs.
 #include "common.cuh"
 
@@ -13,28 +14,6 @@ __device__ void add(T* x, const T* y, long n) {
 extern "C" __global__ void residual_forward_f32(float* x, const float* y, long n) { add(x, y, n); }
 extern "C" __global__ void residual_forward_bf16(__nv_bfloat16* x, const __nv_bfloat16* y, long n) {
     add(x, y, n);
-}
-
-// dst[r, dst_off + j] = src[r, src_off + j] for r < rows, j < width; rows of dst_stride and
-// src_stride elements.
-template <typename T>
-__device__ void copy_cols(T* dst, long dst_stride, long dst_off, const T* src, long src_stride,
-                          long src_off, long rows, long width) {
-    const long n = rows * width;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const long r = i / width, j = i % width;
-        dst[r * dst_stride + dst_off + j] = src[r * src_stride + src_off + j];
-    }
-}
-extern "C" __global__ void copy_columns_f32(float* dst, long dst_stride, long dst_off,
-                                            const float* src, long src_stride, long src_off,
-                                            long rows, long width) {
-    copy_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width);
-}
-extern "C" __global__ void copy_columns_bf16(__nv_bfloat16* dst, long dst_stride, long dst_off,
-                                             const __nv_bfloat16* src, long src_stride,
-                                             long src_off, long rows, long width) {
-    copy_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width);
 }
 
 // dst[r, dst_off + j] = (add ? dst[r, dst_off + j] : 0) + scale * src[r, src_off + j]: a block

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::http::{read_request, reply};
 use common::{chat_fixture, s, write};
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,28 +138,17 @@ fn hub_server() -> (String, Arc<Mutex<Vec<String>>>) {
     let log = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
+            let Ok(stream) = stream else { continue };
+            let Some(request) = read_request(&stream) else {
                 continue;
-            }
-            let (mut auth, mut from) = (String::new(), 0usize);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if lower.starts_with("authorization:") {
-                    auth = line.trim().to_string();
-                }
-                if let Some(r) = lower.strip_prefix("range: bytes=") {
-                    from = r.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
-            let method = request.split_whitespace().next().unwrap_or("").to_string();
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            };
+            let (method, path) = (request.method.as_str(), request.path.as_str());
+            let auth = request.header("authorization").unwrap_or("");
+            let from: usize = request
+                .header("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+                .unwrap_or(0);
             let range = if from > 0 {
                 format!(" from {from}")
             } else {
@@ -218,14 +207,7 @@ fn hub_server() -> (String, Arc<Mutex<Vec<String>>>) {
             } else {
                 ("404 Not Found", String::new(), b"no such repo".to_vec())
             };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            if method != "HEAD" {
-                let _ = stream.write_all(&body);
-            }
+            reply(&stream, method, status, &headers, &body);
         }
     });
     (addr, seen)

@@ -4,10 +4,10 @@
 
 mod common;
 
+use common::http::{read_request, reply};
 use common::{chat_fixture, jsonl, s, write};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -89,38 +89,16 @@ impl Server {
     }
 
     fn serve(&self, stream: TcpStream, models: &[String]) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut request = String::new();
-        if reader.read_line(&mut request).is_err() {
+        let Some(request) = read_request(&stream) else {
             return;
-        }
-        let (mut auth, mut length) = (String::new(), 0usize);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-            let lower = line.to_ascii_lowercase();
-            if lower.starts_with("authorization:") {
-                auth = line["authorization:".len()..].trim().to_string();
-            }
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+        };
+        let (path, auth) = (
+            request.path.as_str(),
+            request.header("authorization").unwrap_or("").to_string(),
+        );
         let reply = |status: &str, headers: &str, body: &str| {
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
-                body.len()
-            );
-            let mut stream = &stream;
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
+            let headers = format!("Content-Type: application/json\r\n{headers}");
+            reply(&stream, &request.method, status, &headers, body.as_bytes());
         };
         if path == "/v1/models" {
             let data: Vec<Value> = models
@@ -136,7 +114,7 @@ impl Server {
         if path != "/v1/chat/completions" {
             return reply("404 Not Found", "", "{\"error\": \"no such route\"}");
         }
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
         self.seen.lock().unwrap().push(Seen {
             auth,
             body: body.clone(),
@@ -542,15 +520,17 @@ fn prompts(dir: &Path) -> std::path::PathBuf {
     write(&dir.join("prompts.jsonl"), &text)
 }
 
-/// `train` with a pairwise openai: judge: the key reaches the server and nothing else.
-#[test]
-fn a_run_judged_by_a_served_model_never_records_its_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&["judge"], Duration::ZERO);
-    let out = tmp.path().join("run");
-    let key = "sk-test-5f3a9c-never-written";
+/// A small direct-mode `train` run judged by `server` (1 iteration of 4 prompts, K 3, 2
+/// held out), with `extra` flags and `env`: its stderr, once it has succeeded.
+fn small_run(
+    tmp: &Path,
+    server: &Server,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .env("TPO_JUDGE_KEY", key)
+        .envs(env.iter().copied())
         .args([
             "--threads",
             "2",
@@ -559,7 +539,7 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
             s(&chat_fixture()),
             "--prompts",
         ])
-        .arg(prompts(tmp.path()))
+        .arg(prompts(tmp))
         .args([
             "--heldout-prompts",
             "2",
@@ -572,6 +552,31 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
             "--no-thoughts",
             "--batch-size",
             "2",
+        ])
+        .args(extra)
+        .arg("--judge")
+        .arg(format!("openai:{}", server.url))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+/// `train` with a pairwise openai: judge: the key reaches the server and nothing else.
+#[test]
+fn a_run_judged_by_a_served_model_never_records_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&["judge"], Duration::ZERO);
+    let out = tmp.path().join("run");
+    let key = "sk-test-5f3a9c-never-written";
+    let stderr = small_run(
+        tmp.path(),
+        &server,
+        &out,
+        &[
             "--judge-mode",
             "pairwise",
             "--judge-concurrency",
@@ -580,15 +585,9 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
             "333",
             "--judge-api-key-env",
             "TPO_JUDGE_KEY",
-        ])
-        .arg("--judge")
-        .arg(format!("openai:{}", server.url))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+        ],
+        &[("TPO_JUDGE_KEY", key)],
+    );
     assert!(!stderr.contains(key));
     let chats = server.chats();
     // 4 training prompts x 3 x 2 ordered battles, plus the held-out answers of iterations
@@ -612,41 +611,13 @@ fn a_run_judged_by_a_served_model_never_records_its_key() {
     // that answer is recorded unscored, left out of the means, and the run goes on.
     let out2 = tmp.path().join("run-pointwise");
     server.fail_next(&[Fault::Garbage, Fault::Garbage, Fault::Garbage]);
-    let output = Command::new(env!("CARGO_BIN_EXE_tpo-engine"))
-        .args([
-            "--threads",
-            "2",
-            "train",
-            "--model",
-            s(&chat_fixture()),
-            "--prompts",
-        ])
-        .arg(prompts(tmp.path()))
-        .args([
-            "--heldout-prompts",
-            "2",
-            "--iterations",
-            "1",
-            "--samples",
-            "3",
-            "--max-new-tokens",
-            "8",
-            "--no-thoughts",
-            "--batch-size",
-            "2",
-            "--judge-concurrency",
-            "1",
-            "--judge-model",
-            "judge",
-        ])
-        .arg("--judge")
-        .arg(format!("openai:{}", server.url))
-        .arg("--out")
-        .arg(&out2)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let stderr = small_run(
+        tmp.path(),
+        &server,
+        &out2,
+        &["--judge-concurrency", "1", "--judge-model", "judge"],
+        &[],
+    );
     assert!(
         stderr.contains("1 of 4 answers gave no readable score after 3 tries"),
         "{stderr}"

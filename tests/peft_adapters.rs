@@ -29,6 +29,28 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The fixture's input ids, and the logits PEFT computed on them with its adapter: (T, V).
+fn pefts_logits(dir: &Path) -> (Vec<u32>, Vec<f32>) {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let want = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (ids, want)
+}
+
 #[test]
 fn pefts_adapter_merged_by_us_gives_pefts_logits() {
     let dir = fixture("peft-lora");
@@ -40,23 +62,7 @@ fn pefts_adapter_merged_by_us_gives_pefts_logits() {
         adapter.config.targets,
         vec![Target::Q, Target::V, Target::O, Target::Gate, Target::Down]
     );
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids: Vec<u32> = expected["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let want: Vec<f32> = st
-        .tensor("logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let (ids, want) = pefts_logits(&dir);
 
     let base = logits_of(&model, &ids);
     adapter
@@ -262,23 +268,7 @@ fn pefts_adapter_in_the_graph_unmerged_gives_pefts_logits() {
     let dir = fixture("peft-lora");
     let model = Model::load(&fixture("llama")).unwrap();
     let adapter = peft::load(&dir, &model.config).unwrap();
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids: Vec<u32> = expected["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    let bytes = std::fs::read(dir.join("logits.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let want: Vec<f32> = st
-        .tensor("logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let (ids, want) = pefts_logits(&dir);
     // Two sequences in one pass (the prompt split at 6): packing must not leak between them.
     let mut caches = [model.new_cache(), model.new_cache()];
     let mut refs: Vec<_> = caches.iter_mut().collect();

@@ -173,11 +173,15 @@ fn fetch_blob(url: &str, blob: &Path, size: Option<u64>, file: &str) -> Result<(
             .http_status_as_error(false)
             .build()
             .into();
-        let mut request = authorized(agent.get(url)).header("Accept-Encoding", "identity");
-        if have > 0 {
-            request = request.header("Range", &format!("bytes={have}-"));
-        }
-        let mut response = request.call().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        // The file from byte `from` on (0: all of it).
+        let get = |from: u64| {
+            let mut request = authorized(agent.get(url)).header("Accept-Encoding", "identity");
+            if from > 0 {
+                request = request.header("Range", &format!("bytes={from}-"));
+            }
+            request.call().map_err(|e| anyhow::anyhow!("{url}: {e}"))
+        };
+        let mut response = get(have)?;
         let status = response.status().as_u16();
         let whole_already = status == 416
             && have > 0
@@ -192,10 +196,7 @@ fn fetch_blob(url: &str, blob: &Path, size: Option<u64>, file: &str) -> Result<(
             // The partial file is not a prefix the server recognises: start over.
             out.set_len(0)?;
             have = 0;
-            response = authorized(agent.get(url))
-                .header("Accept-Encoding", "identity")
-                .call()
-                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            response = get(0)?;
         }
         let status = response.status().as_u16();
         if !whole_already {

@@ -4,6 +4,7 @@
 
 pub mod devices;
 pub mod gpu;
+pub mod http;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

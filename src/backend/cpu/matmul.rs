@@ -87,6 +87,20 @@ pub(super) fn check_forward(
     Ok(())
 }
 
+/// The frozen-weight backward's shape checks: dinp (n, c), dout (n, oc), weight (oc, c).
+pub(super) fn check_backward_dx(
+    dinp: &[f32],
+    dout: &[f32],
+    weight: &[f32],
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    check_lens("matmul_backward dinp", &[dinp.len()], n * c)?;
+    check_lens("matmul_backward weight", &[weight.len()], oc * c)?;
+    check_lens("matmul_backward dout", &[dout.len()], n * oc)
+}
+
 /// The backward's shape checks: dinp and inp (n, c), dweight and a weight of `weight`
 /// elements (oc, c), dout (n, oc), a dbias of `dbias` elements (oc).
 #[allow(clippy::too_many_arguments)]
@@ -239,9 +253,7 @@ pub fn matmul_backward_dx(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    check_lens("matmul_backward dinp", &[dinp.len()], n * c)?;
-    check_lens("matmul_backward weight", &[weight.len()], oc * c)?;
-    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    check_backward_dx(dinp, dout, weight, n, c, oc)?;
     if oc == 0 {
         dinp.fill(0.0);
         return Ok(());

@@ -4,7 +4,7 @@
 
 use super::bf16::{gemm_bf16, gemm_bf16_packed, Bf16Path, PackedRhs, Strided};
 use super::check_lens;
-use super::matmul::{add_bias, check_backward, check_forward};
+use super::matmul::{add_bias, check_backward, check_backward_dx, check_forward};
 use anyhow::Result;
 
 /// out: (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC), as `matmul::matmul_forward`.
@@ -77,21 +77,7 @@ pub fn matmul_backward_bf16(
 ) -> Result<()> {
     let dbias_len = dbias.as_ref().map(|d| d.len());
     check_backward(dinp, dweight, dbias_len, dout, inp, weight.len(), n, c, oc)?;
-    // SAFETY: every buffer's size is checked above: dinp (n, c), dweight (oc, c), dout
-    // (n, oc), inp (n, c), weight (oc, c).
-    unsafe {
-        gemm_bf16(
-            path,
-            dinp.as_mut_ptr(),
-            c,
-            false,
-            Strided::new(dout, oc, 1),
-            Strided::new(weight, c, 1),
-            n,
-            c,
-            oc,
-        );
-    }
+    matmul_backward_dx_bf16(path, dinp, dout, weight, n, c, oc)?;
     dweight_bf16(path, dweight, dout, inp, n, c, oc)?;
     if let Some(dbias) = dbias {
         for row in dout.chunks_exact(oc) {
@@ -101,8 +87,8 @@ pub fn matmul_backward_bf16(
     Ok(())
 }
 
-/// dinp (N, C) = dout @ weight alone (a frozen weight: no gradient of it is formed); the
-/// same product, bit for bit, as `matmul_backward_bf16`'s dinp.
+/// dinp (N, C) = dout @ weight alone (a frozen weight: no gradient of it is formed), the
+/// dinp of `matmul_backward_bf16`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_dx_bf16(
     path: Bf16Path,
@@ -113,9 +99,7 @@ pub fn matmul_backward_dx_bf16(
     c: usize,
     oc: usize,
 ) -> Result<()> {
-    check_lens("matmul_backward dinp", &[dinp.len()], n * c)?;
-    check_lens("matmul_backward weight", &[weight.len()], oc * c)?;
-    check_lens("matmul_backward dout", &[dout.len()], n * oc)?;
+    check_backward_dx(dinp, dout, weight, n, c, oc)?;
     // SAFETY: dinp (n, c), dout (n, oc), weight (oc, c): checked above.
     unsafe {
         gemm_bf16(

@@ -66,43 +66,16 @@ impl Gpu {
         self.copy_columns((qkv, at(width, qd + kvd)), (v, at(kvd, 0)), n, kvd)
     }
 
-    /// Copies `width` columns of each of `rows` rows from src to dst.
+    /// Copies `width` columns of each of `rows` rows from src to dst: `scale_columns` with
+    /// a scale of 1, assigned (exact in f32 and bf16).
     pub fn copy_columns<T: Storage>(
         &self,
-        (dst, to): (&mut impl DevicePtrMut<T>, Columns),
-        (src, from): (&impl DevicePtr<T>, Columns),
+        dst: (&mut impl DevicePtrMut<T>, Columns),
+        src: (&impl DevicePtr<T>, Columns),
         rows: usize,
         width: usize,
     ) -> Result<()> {
-        for (what, len, at) in [("dst", dst.len(), to), ("src", src.len(), from)] {
-            if at.offset + width > at.stride || len != rows * at.stride {
-                anyhow::bail!(
-                    "copy_columns {what}: {width} columns at {} do not fit rows of {} in {len} elements ({rows} rows)",
-                    at.offset,
-                    at.stride
-                );
-            }
-        }
-        if rows * width == 0 {
-            return Ok(());
-        }
-        let f = self.function(T::kernel(kernels::glue::COPY_COLUMNS))?;
-        let (d, s) = (self.ptr_mut(dst), self.ptr(src));
-        let ints = [to.stride, to.offset, from.stride, from.offset, rows, width].map(|x| x as i64);
-        let mut launch = self.stream.launch_builder(&f);
-        launch
-            .arg(&d)
-            .arg(&ints[0])
-            .arg(&ints[1])
-            .arg(&s)
-            .arg(&ints[2])
-            .arg(&ints[3])
-            .arg(&ints[4])
-            .arg(&ints[5]);
-        // SAFETY: the arguments match the kernel; every row's block fits its buffer
-        // (checked above).
-        unsafe { launch.launch(Self::elementwise(rows * width)) }.context("copy_columns")?;
-        Ok(())
+        self.scale_columns(dst, src, rows, width, 1.0, false)
     }
 
     /// dst's block (+)= scale * src's block: `width` columns of each of `rows` rows, added

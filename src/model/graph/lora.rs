@@ -3,11 +3,21 @@
 //! t = x A^T kept for the backward, and the backward: with dy the Linear's output gradient,
 //! dt = s dy B, dB += s dy^T t, dA += dt^T x, and dx += dt A.
 
-use super::Net;
+use super::{LoraNet, Net};
 use crate::backend::ops::Ops;
 use crate::backend::settings::Columns;
-use crate::model::lora::Target;
+use crate::model::lora::{AdaptedLinear, Target};
 use anyhow::Result;
+
+/// The net's adapter and its Linear `target` of layer `l`, where it adapts that Linear.
+fn adapted<'n, O: Ops>(
+    net: &'n Net<O>,
+    l: usize,
+    target: Target,
+) -> Option<(&'n LoraNet<'n, O>, &'n AdaptedLinear)> {
+    let lora = net.lora.as_ref()?;
+    Some((lora, lora.layout.find(l, target)?))
+}
 
 /// Adds the adapter's s * (x A^T) B^T of Linear `target` of layer `l` to the block `cols`
 /// of `out`: x (N, in), t (N, r) receives x A^T, `u` is scratch for t B^T (N, out). Does
@@ -24,10 +34,7 @@ pub(crate) fn lora_forward<O: Ops>(
     u: &mut O::Buf<O::S>,
     n: usize,
 ) -> Result<()> {
-    let Some(lora) = &net.lora else {
-        return Ok(());
-    };
-    let Some(linear) = lora.layout.find(l, target) else {
+    let Some((lora, linear)) = adapted(net, l, target) else {
         return Ok(());
     };
     let ops = net.ops;
@@ -69,10 +76,7 @@ pub(crate) fn lora_backward<O: Ops>(
     grads: &mut O::Buf<f32>,
     n: usize,
 ) -> Result<()> {
-    let Some(lora) = &net.lora else {
-        return Ok(());
-    };
-    let Some(linear) = lora.layout.find(l, target) else {
+    let Some((lora, linear)) = adapted(net, l, target) else {
         return Ok(());
     };
     let ops = net.ops;
@@ -107,22 +111,8 @@ mod tests {
     use crate::backend::rng::Rng;
     use crate::model::graph::{Activations, LoraNet, ScoredSequence, TrainBatch};
     use crate::model::lora::{Adapter, LoraConfig, Target};
-    use crate::model::weights::StorageDtype;
-    use crate::model::{Model, ModelConfig, ParamLayout};
-
-    fn model() -> Model {
-        let config = ModelConfig::from_json(&serde_json::json!({
-            "architectures": ["LlamaForCausalLM"], "hidden_size": 16, "intermediate_size": 24,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "vocab_size": 40, "max_position_embeddings": 64,
-        }))
-        .unwrap();
-        let mut rng = Rng::new(9);
-        let params = (0..ParamLayout::new(&config).len)
-            .map(|_| 0.3 * rng.normal())
-            .collect();
-        Model::from_params(config, params, StorageDtype::F32)
-    }
+    use crate::model::Model;
+    use crate::train::trainer::tests::tiny_model;
 
     /// (summed log-probs, parameter gradients, adapter gradients) of `model` (with
     /// `adapter` in its graph, if any) on two sequences, d(loss)/d(sum) = (1, -0.5).
@@ -169,7 +159,7 @@ mod tests {
     /// scale s in the backward makes this fail (worst error 0.27 of 0.51).
     #[test]
     fn adapter_gradients_are_the_merged_weights_gradient_through_s_b_a() {
-        let base = model();
+        let base = tiny_model();
         let lora = LoraConfig::new(3, 6.0, false, 0.0, Target::ALL.to_vec()).unwrap();
         let mut adapter = Adapter::init(&base.config, lora, 4);
         let mut rng = Rng::new(5);
@@ -178,7 +168,7 @@ mod tests {
                 *x = 0.2 * rng.normal();
             }
         }
-        let mut merged = model();
+        let mut merged = tiny_model();
         adapter
             .merge_into(&merged.layout, &mut merged.params)
             .unwrap();
@@ -230,7 +220,7 @@ mod tests {
     /// gradients, bit for bit; B has gradients from the first step, A none yet.
     #[test]
     fn a_fresh_adapter_changes_nothing_but_has_gradients() {
-        let base = model();
+        let base = tiny_model();
         let lora = LoraConfig::new(2, 4.0, false, 0.0, vec![Target::Q, Target::Down]).unwrap();
         let adapter = Adapter::init(&base.config, lora, 8);
         let (sums, g, lg) = grads(&base, Some(&adapter));
