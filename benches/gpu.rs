@@ -405,7 +405,7 @@ impl Bench {
                 )?;
                 gpu.logprobs_backward(
                     &mut dhidden,
-                    &mut dweight,
+                    Some(&mut dweight),
                     &dlogp,
                     &hidden,
                     &weight,

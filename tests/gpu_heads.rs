@@ -59,7 +59,7 @@ fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
     let mut want_dw = dw0.clone();
     logprobs_backward(
         &mut want_dh,
-        &mut want_dw,
+        Some(&mut want_dw),
         &dlogp,
         &hidden,
         &weight,
@@ -91,7 +91,7 @@ fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
     let glse = gpu.stream.clone_htod(&lse).unwrap();
     gpu.logprobs_backward(
         &mut dh,
-        &mut dw,
+        Some(&mut dw),
         &gdlogp,
         &gh,
         &gw,
@@ -111,6 +111,26 @@ fn logprobs_case<T: Storage>(gpu: &Gpu, m: usize, c: usize, v: usize, chunk: usi
     );
     let dw = gpu.stream.clone_dtoh(&dw).unwrap();
     assert_close(&format!("{what} dweight"), &dw, &want_dw, tol::<T>());
+    // A frozen head: the same d(hidden) without the weight's product.
+    let mut frozen = nans::<T>(gpu, m * c);
+    let no_dw: Option<&mut cudarc::driver::CudaSlice<f32>> = None;
+    gpu.logprobs_backward(
+        &mut frozen,
+        no_dw,
+        &gdlogp,
+        &gh,
+        &gw,
+        &gt,
+        &glse,
+        c,
+        v,
+        &mut scratch,
+    )
+    .unwrap();
+    assert!(
+        download(gpu, &frozen) == download(gpu, &dh),
+        "{what}: a frozen head changes d(hidden)"
+    );
 }
 
 #[test]

@@ -51,11 +51,20 @@ fn rmsnorm_case<T: Storage>(gpu: &Gpu, n: usize, c: usize) {
 
     let mut want_dx = vec![0.0; n * c];
     let mut want_dw = vec![0.25; c]; // accumulated into
-    rmsnorm_backward(&mut want_dx, &mut want_dw, &dy, &x, &w, eps, c).unwrap();
+    rmsnorm_backward(&mut want_dx, Some(&mut want_dw), &dy, &x, &w, eps, c).unwrap();
     let mut dx = nans::<T>(gpu, n * c);
     let mut dw = gpu.stream.clone_htod(&vec![0.25f32; c]).unwrap();
-    gpu.rmsnorm_backward(&mut dx, &mut dw, &gdy, &gx, &gw, eps, c)
+    gpu.rmsnorm_backward(&mut dx, Some(&mut dw), &gdy, &gx, &gw, eps, c)
         .unwrap();
+    // A frozen weight: the same d(input), no column sums.
+    let mut frozen = nans::<T>(gpu, n * c);
+    let no_dw: Option<&mut cudarc::driver::CudaSlice<f32>> = None;
+    gpu.rmsnorm_backward(&mut frozen, no_dw, &gdy, &gx, &gw, eps, c)
+        .unwrap();
+    assert!(
+        down(&frozen) == down(&dx),
+        "rmsnorm {n}x{c}: frozen dinp differs"
+    );
     assert_close(
         &format!("rmsnorm dinp {n}x{c}"),
         &down(&dx),

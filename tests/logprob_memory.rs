@@ -84,7 +84,7 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
     let backward = || {
         logprobs_backward(
             &mut dhidden,
-            &mut dweight,
+            Some(&mut dweight),
             &dlogp,
             &hidden,
             &weight,
@@ -103,7 +103,7 @@ fn peaks(m: usize, c: usize, v: usize, chunk: usize) -> (usize, usize) {
         logprobs_fused(
             &mut logp[..chunk],
             &mut dhidden[..chunk * c],
-            &mut dweight,
+            Some(&mut dweight),
             &hidden[..chunk * c],
             &weight,
             &targets[..chunk],

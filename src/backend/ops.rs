@@ -93,7 +93,8 @@ pub trait Ops {
         tokens: &Self::Tokens,
         c: usize,
     ) -> Result<()>;
-    /// out, inp: (N, C); weight: (C).
+    /// out, inp: (N, C); weight: (C). The backward: dinp assigned, dweight accumulated
+    /// (None: the weight is frozen, its gradient is not formed).
     fn rmsnorm_forward(
         &self,
         out: &mut Self::Buf<Self::S>,
@@ -106,7 +107,7 @@ pub trait Ops {
     fn rmsnorm_backward(
         &self,
         dinp: &mut Self::Buf<Self::S>,
-        dweight: Self::G<'_>,
+        dweight: Option<Self::G<'_>>,
         dout: &Self::Buf<Self::S>,
         inp: &Self::Buf<Self::S>,
         weight: Self::W<'_>,
@@ -298,13 +299,13 @@ pub trait Ops {
         v: usize,
         scratch: &mut Self::LogitsScratch,
     ) -> Result<()>;
-    /// dhidden: (M, C) assigned and dweight: (V, C) accumulated from dlogp: (M), the
-    /// logits recomputed from hidden.
+    /// dhidden: (M, C) assigned and dweight: (V, C) accumulated (None: a frozen head) from
+    /// dlogp: (M), the logits recomputed from hidden.
     #[allow(clippy::too_many_arguments)]
     fn logprobs_backward(
         &self,
         dhidden: &mut Self::Buf<Self::S>,
-        dweight: Self::G<'_>,
+        dweight: Option<Self::G<'_>>,
         dlogp: &Self::Buf<f32>,
         hidden: &Self::Buf<Self::S>,
         weight: Self::W<'_>,
@@ -317,7 +318,7 @@ pub trait Ops {
     /// Forward and backward over loss groups: `groups` are consecutive row ranges covering
     /// 0..M, and `grad(g, logp)` turns the log-probs of group g's rows (on the host) into
     /// d(loss)/d(logp) of those rows. logp: (M) written; dhidden: (M, C) assigned; dweight
-    /// accumulated. The CPU runs groups that fit a chunk of logits in one pass (logits
+    /// accumulated (None: a frozen head). The CPU runs groups that fit a chunk of logits in one pass (logits
     /// kept between the two halves); a device computes every log-prob, asks `grad` of each
     /// group, then recomputes the logits for the backward.
     #[allow(clippy::too_many_arguments)]
@@ -325,7 +326,7 @@ pub trait Ops {
         &self,
         logp: &mut Self::Buf<f32>,
         dhidden: &mut Self::Buf<Self::S>,
-        dweight: Self::G<'_>,
+        dweight: Option<Self::G<'_>>,
         hidden: &Self::Buf<Self::S>,
         weight: Self::W<'_>,
         targets: &Self::Buf<u32>,

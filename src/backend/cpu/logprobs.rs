@@ -84,13 +84,13 @@ fn forward_on(
     Ok(())
 }
 
-/// dhidden: (M, C) assigned; dweight: (V, C) accumulated; dlogp: (M) the loss gradient of
+/// dhidden: (M, C) assigned; dweight: (V, C) accumulated (None: the head is frozen); dlogp: (M) the loss gradient of
 /// each row's log-prob; hidden, weight, targets, `scratch` as in the forward; lse: (M) from
 /// it.
 #[allow(clippy::too_many_arguments)]
 pub fn logprobs_backward(
     dhidden: &mut [f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dlogp: &[f32],
     hidden: &[f32],
     weight: &[f32],
@@ -112,7 +112,7 @@ pub fn logprobs_backward(
 fn backward_on(
     head: &mut Prepared,
     dhidden: &mut [f32],
-    dweight: &mut [f32],
+    mut dweight: Option<&mut [f32]>,
     dlogp: &[f32],
     hidden: &[f32],
     weight: &[f32],
@@ -125,7 +125,7 @@ fn backward_on(
     let op = "logprobs_backward";
     let m = targets.len();
     check_lens(&format!("{op} dlogp, lse"), &[dlogp.len(), lse.len()], m)?;
-    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
+    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], weight_lens(weight, &dweight));
     check_head(op, &h_lens, &w_lens, targets, c, v)?;
     let chunk = scratch.chunk(op)?;
     let logits = &mut scratch.logits;
@@ -143,7 +143,7 @@ fn backward_on(
             .for_each(|(((row, &lse), &g), &t)| one_hot_minus_softmax(row, lse, g, t));
         head.backward(
             &mut dhidden[r0 * c..(r0 + rows) * c],
-            dweight,
+            dweight.as_deref_mut(),
             dlogits,
             h,
             rows,
@@ -160,7 +160,7 @@ fn backward_on(
 pub fn logprobs_fused(
     logp: &mut [f32],
     dhidden: &mut [f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     hidden: &[f32],
     weight: &[f32],
     targets: &[u32],
@@ -182,7 +182,7 @@ fn fused_on(
     head: &mut Prepared,
     logp: &mut [f32],
     dhidden: &mut [f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     hidden: &[f32],
     weight: &[f32],
     targets: &[u32],
@@ -194,7 +194,7 @@ fn fused_on(
     let op = "logprobs_fused";
     let m = targets.len();
     check_lens(&format!("{op} logp"), &[logp.len()], m)?;
-    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
+    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], weight_lens(weight, &dweight));
     check_head(op, &h_lens, &w_lens, targets, c, v)?;
     let chunk = scratch.chunk(op)?;
     if m > chunk {
@@ -266,6 +266,13 @@ impl LogitsScratch {
     }
 }
 
+/// The lengths of the LM head and of its gradient where one is formed.
+fn weight_lens(weight: &[f32], dweight: &Option<&mut [f32]>) -> Vec<usize> {
+    let mut lens = vec![weight.len()];
+    lens.extend(dweight.as_ref().map(|d| d.len()));
+    lens
+}
+
 /// Checks hidden (and dhidden): M rows of C, weight (and dweight): V rows of C, for the M
 /// targets, each below V.
 fn check_head(
@@ -294,7 +301,7 @@ fn check_head(
 pub fn logprobs_with_grad(
     logp: &mut [f32],
     dhidden: &mut [f32],
-    dweight: &mut [f32],
+    mut dweight: Option<&mut [f32]>,
     hidden: &[f32],
     weight: &[f32],
     targets: &[u32],
@@ -307,7 +314,7 @@ pub fn logprobs_with_grad(
     let op = "logprobs_with_grad";
     let m = targets.len();
     check_lens(&format!("{op} logp"), &[logp.len()], m)?;
-    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], [weight.len(), dweight.len()]);
+    let (h_lens, w_lens) = ([hidden.len(), dhidden.len()], weight_lens(weight, &dweight));
     check_head(op, &h_lens, &w_lens, targets, c, v)?;
     if groups.first().is_some_and(|g| g.start != 0)
         || groups.windows(2).any(|w| w[0].end != w[1].start)
@@ -340,7 +347,7 @@ pub fn logprobs_with_grad(
                 &mut head,
                 &mut logp[rows.clone()],
                 dh,
-                dweight,
+                dweight.as_deref_mut(),
                 h,
                 weight,
                 t,
@@ -393,7 +400,19 @@ pub fn logprobs_with_grad(
                 );
             }
             let head = &mut head;
-            backward_on(head, dh, dweight, &dlogp, h, weight, t, &lse, c, v, scratch)?;
+            backward_on(
+                head,
+                dh,
+                dweight.as_deref_mut(),
+                &dlogp,
+                h,
+                weight,
+                t,
+                &lse,
+                c,
+                v,
+                scratch,
+            )?;
         }
         if let Some(e) = failed.take() {
             return Err(e);
@@ -491,7 +510,7 @@ mod tests {
             let mut dw = dw0.clone();
             logprobs_backward(
                 &mut dh,
-                &mut dw,
+                Some(&mut dw),
                 &dlogp,
                 &hidden,
                 &weight,
@@ -503,6 +522,12 @@ mod tests {
             )
             .unwrap();
             assert_close(&dh, &want_dh, 1e-5, 1e-4);
+            // A frozen head: the same d(hidden), bit for bit.
+            let mut frozen = vec![f32::NAN; m * c];
+            let scratch = &mut LogitsScratch::new(chunk);
+            let (h, w, t) = (&hidden, &weight, &targets);
+            logprobs_backward(&mut frozen, None, &dlogp, h, w, t, &lse, c, v, scratch).unwrap();
+            assert!(frozen == dh);
             let want_dw_acc: Vec<f64> = want_dw
                 .iter()
                 .zip(&dw0)
@@ -531,7 +556,7 @@ mod tests {
         logprobs_fused(
             &mut logp,
             &mut dh,
-            &mut dw,
+            Some(&mut dw),
             &hidden,
             &weight,
             &targets,
@@ -612,7 +637,7 @@ mod tests {
         assert_eq!(
             err(logprobs_backward(
                 &mut dh,
-                &mut dw,
+                Some(&mut dw),
                 &logp,
                 &hidden,
                 &weight,
@@ -629,7 +654,7 @@ mod tests {
             err(logprobs_fused(
                 &mut logp,
                 &mut dh,
-                &mut dw,
+                Some(&mut dw),
                 &hidden,
                 &weight,
                 &[0, 1, 2],

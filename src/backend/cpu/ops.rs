@@ -220,7 +220,7 @@ impl Ops for Cpu {
     fn rmsnorm_backward(
         &self,
         dinp: &mut Vec<f32>,
-        dweight: &mut [f32],
+        dweight: Option<&mut [f32]>,
         dout: &Vec<f32>,
         inp: &Vec<f32>,
         weight: &[f32],
@@ -427,7 +427,7 @@ impl Ops for Cpu {
     fn logprobs_backward(
         &self,
         dhidden: &mut Vec<f32>,
-        dweight: &mut [f32],
+        dweight: Option<&mut [f32]>,
         dlogp: &Vec<f32>,
         hidden: &Vec<f32>,
         weight: &[f32],
@@ -445,7 +445,7 @@ impl Ops for Cpu {
         &self,
         logp: &mut Vec<f32>,
         dhidden: &mut Vec<f32>,
-        dweight: &mut [f32],
+        dweight: Option<&mut [f32]>,
         hidden: &Vec<f32>,
         weight: &[f32],
         targets: &Vec<u32>,

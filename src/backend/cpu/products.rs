@@ -118,22 +118,31 @@ impl Prepared<'_> {
         matmul_bf16::forward_packed(path, out, inp, packed, None, n, c, oc)
     }
 
-    /// dinp (N, C) assigned; dweight (OC, C) accumulated; from dout (N, OC) and inp (N, C).
+    /// dinp (N, C) assigned; dweight (OC, C) accumulated (None: the weight is frozen, its
+    /// gradient is not formed); from dout (N, OC) and inp (N, C).
     pub fn backward(
         &mut self,
         dinp: &mut [f32],
-        dweight: &mut [f32],
+        dweight: Option<&mut [f32]>,
         dout: &[f32],
         inp: &[f32],
         n: usize,
     ) -> Result<()> {
         let (c, oc, weight) = (self.c, self.oc, self.weight);
         let Products::Bf16(path) = self.products else {
-            return self
-                .products
-                .backward(dinp, dweight, None, dout, inp, weight, n, c, oc);
+            return match dweight {
+                Some(dw) => self
+                    .products
+                    .backward(dinp, dw, None, dout, inp, weight, n, c, oc),
+                None => self.products.backward_dx(dinp, dout, weight, n, c, oc),
+            };
         };
-        super::matmul::check_backward(dinp, dweight, None, dout, inp, weight.len(), n, c, oc)?;
+        match dweight.as_deref() {
+            Some(dw) => {
+                super::matmul::check_backward(dinp, dw, None, dout, inp, weight.len(), n, c, oc)?
+            }
+            None => super::matmul::check_backward_dx(dinp, dout, weight, n, c, oc)?,
+        }
         // SAFETY: weight is (oc, c) (checked above), read as itself.
         let packed = self
             .backward
@@ -144,7 +153,10 @@ impl Prepared<'_> {
             gemm_bf16_packed(path, dinp.as_mut_ptr(), c, false, dout_rows, packed, n);
         }
         // dweight += dout^T @ inp reads no weight: the plain product.
-        matmul_bf16::dweight_bf16(path, dweight, dout, inp, n, c, oc)
+        match dweight {
+            Some(dw) => matmul_bf16::dweight_bf16(path, dw, dout, inp, n, c, oc),
+            None => Ok(()),
+        }
     }
 }
 
@@ -189,8 +201,13 @@ mod tests {
             head.forward(&mut got, &inp, n).unwrap();
             assert_eq!(got, want, "{products}");
             let (mut di, mut dw) = (vec![f32::NAN; n * c], vec![0.5; oc * c]);
-            head.backward(&mut di, &mut dw, &dout, &inp, n).unwrap();
-            assert_eq!((di, dw), (want_di, want_dw), "{products}");
+            head.backward(&mut di, Some(&mut dw), &dout, &inp, n)
+                .unwrap();
+            assert_eq!((&di, dw), (&want_di, want_dw), "{products}");
+            // A frozen weight: the same d(input), no gradient.
+            let mut frozen = vec![f32::NAN; n * c];
+            head.backward(&mut frozen, None, &dout, &inp, n).unwrap();
+            assert_eq!(frozen, di, "{products}");
         }
     }
 }

@@ -40,7 +40,8 @@ pub fn rmsnorm_forward(
     Ok(())
 }
 
-/// dinp: (N, C) assigned; dweight: (C) accumulated; dout, inp: (N, C); weight: (C).
+/// dinp: (N, C) assigned; dweight: (C) accumulated (None: the weight is frozen, its
+/// gradient is not summed); dout, inp: (N, C); weight: (C).
 /// The per-row 1/rms is recomputed from inp (one dot product per row) rather than saved.
 ///
 /// With r = 1/rms and y = x r w: dx = r (w dy) - x r^3 / C * sum(w dy x), dw += sum over
@@ -48,7 +49,7 @@ pub fn rmsnorm_forward(
 /// then added in block order, so it is the same whatever the thread count.
 pub fn rmsnorm_backward(
     dinp: &mut [f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -62,7 +63,10 @@ pub fn rmsnorm_backward(
         n,
         c,
     )?;
-    check_lens("rmsnorm_backward weight", &[weight.len(), dweight.len()], c)?;
+    check_lens("rmsnorm_backward weight", &[weight.len()], c)?;
+    if let Some(dw) = dweight.as_ref() {
+        check_lens("rmsnorm_backward dweight", &[dw.len()], c)?;
+    }
     if n == 0 {
         return Ok(());
     }
@@ -81,6 +85,9 @@ pub fn rmsnorm_backward(
             .zip(partials.par_chunks_mut(c))
             .for_each(|(((dx, dy), x), p)| backward_rows(dx, p, dy, x, weight, eps, c));
     }
+    let Some(dweight) = dweight else {
+        return Ok(());
+    };
     for partial in partials.chunks_exact(c) {
         for (dw, p) in dweight.iter_mut().zip(partial) {
             *dw += p;
@@ -161,12 +168,16 @@ mod tests {
             let eps = 1e-5;
             let mut dinp = vec![f32::NAN; n * c];
             let mut dweight = dweight0.clone();
-            rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &w, eps, c).unwrap();
+            rmsnorm_backward(&mut dinp, Some(&mut dweight), &dout, &x, &w, eps, c).unwrap();
             let (x64, w64, eps64) = (to_f64(&x), to_f64(&w), eps as f64);
             let want_dinp = numeric_grad(&x64, |x| weighted_sum(&dout, &naive(x, &w64, eps64, c)));
             let want_dw = numeric_grad(&w64, |w| weighted_sum(&dout, &naive(&x64, w, eps64, c)));
             assert_close(&dinp, &want_dinp, GRAD_TOL, GRAD_TOL);
             assert_close(&dweight, &plus(&want_dw, &dweight0), GRAD_TOL, GRAD_TOL);
+            // A frozen weight: the same input gradient, bit for bit.
+            let mut frozen = vec![f32::NAN; n * c];
+            rmsnorm_backward(&mut frozen, None, &dout, &x, &w, eps, c).unwrap();
+            assert!(frozen == dinp);
         }
     }
 
@@ -183,8 +194,10 @@ mod tests {
                 .unwrap();
             let mut dinp = vec![f32::NAN; n * c];
             let mut dweight = dweight0.clone();
-            pool.install(|| rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &w, 1e-5, c))
-                .unwrap();
+            pool.install(|| {
+                rmsnorm_backward(&mut dinp, Some(&mut dweight), &dout, &x, &w, 1e-5, c)
+            })
+            .unwrap();
             (dinp, dweight)
         };
         let one = on_threads(1);
@@ -222,7 +235,7 @@ mod tests {
         assert_eq!(
             err(rmsnorm_backward(
                 &mut [0.0; 15],
-                &mut [0.0; 5],
+                Some(&mut [0.0; 5]),
                 &x,
                 &x,
                 &w,

@@ -158,10 +158,10 @@ impl Gpu {
     /// gradient of each row's log-prob; hidden, weight, targets as in the forward; lse: (M)
     /// from it; scratch as in the forward (plus, for bf16, (chunk, V) gradient rows).
     #[allow(clippy::too_many_arguments)]
-    pub fn logprobs_backward<T: Storage>(
+    pub fn logprobs_backward<T: Storage, D: DevicePtrMut<f32>>(
         &self,
         dhidden: &mut impl DevicePtrMut<T>,
-        dweight: &mut impl DevicePtrMut<f32>,
+        dweight: Option<&mut D>,
         dlogp: &impl DevicePtr<f32>,
         hidden: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
@@ -179,14 +179,13 @@ impl Gpu {
             m,
             c,
         )?;
-        check_rows(
-            "logprobs_backward weight",
-            &[weight.len(), dweight.len()],
-            v,
-            c,
-        )?;
+        let mut weight_lens = vec![weight.len()];
+        weight_lens.extend(dweight.as_ref().map(|d| d.len()));
+        check_rows("logprobs_backward weight", &weight_lens, v, c)?;
         scratch.check("logprobs_backward", v)?;
-        let (dhidden, dweight) = (self.ptr_mut(dhidden), self.ptr_mut(dweight));
+        let dhidden = self.ptr_mut(dhidden);
+        // None: a frozen head, whose gradient product is skipped.
+        let dweight = dweight.map(|d| self.ptr_mut(d));
         let (dlogp, hidden, weight) = (self.ptr(dlogp), self.ptr(hidden), self.ptr(weight));
         let (targets, lse) = (self.ptr(targets), self.ptr(lse));
         let logits = self.ptr_mut(&mut scratch.logits);
@@ -233,6 +232,9 @@ impl Gpu {
                 (dh, T::CUDA_TYPE, c),
             )?;
             // dweight^T (C, V) += hidden^T (C, rows) @ dlogits (rows, V), into f32.
+            let Some(dweight) = dweight else {
+                continue;
+            };
             self.gemm(
                 Gemm {
                     transa: false,

@@ -189,7 +189,7 @@ impl<T: Storage> Ops for CudaOps<T> {
     fn rmsnorm_backward(
         &self,
         dinp: &mut DevBuf<T>,
-        mut dweight: ViewMut<'_, f32>,
+        mut dweight: Option<ViewMut<'_, f32>>,
         dout: &DevBuf<T>,
         inp: &DevBuf<T>,
         weight: View<'_, T>,
@@ -197,7 +197,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         c: usize,
     ) -> Result<()> {
         self.gpu
-            .rmsnorm_backward(dinp, &mut dweight, dout, inp, &weight, eps, c)
+            .rmsnorm_backward(dinp, dweight.as_mut(), dout, inp, &weight, eps, c)
     }
     fn matmul_forward(
         &self,
@@ -404,7 +404,7 @@ impl<T: Storage> Ops for CudaOps<T> {
     fn logprobs_backward(
         &self,
         dhidden: &mut DevBuf<T>,
-        mut dweight: ViewMut<'_, f32>,
+        mut dweight: Option<ViewMut<'_, f32>>,
         dlogp: &DevBuf<f32>,
         hidden: &DevBuf<T>,
         weight: View<'_, T>,
@@ -416,7 +416,7 @@ impl<T: Storage> Ops for CudaOps<T> {
     ) -> Result<()> {
         self.gpu.logprobs_backward(
             dhidden,
-            &mut dweight,
+            dweight.as_mut(),
             dlogp,
             hidden,
             &weight,
@@ -431,7 +431,7 @@ impl<T: Storage> Ops for CudaOps<T> {
         &self,
         logp: &mut DevBuf<f32>,
         dhidden: &mut DevBuf<T>,
-        dweight: ViewMut<'_, f32>,
+        dweight: Option<ViewMut<'_, f32>>,
         hidden: &DevBuf<T>,
         weight: View<'_, T>,
         targets: &DevBuf<u32>,

@@ -35,10 +35,10 @@ impl Gpu {
     /// dinp (N, C) assigned; dweight (C) accumulated (f32); dout, inp: (N, C); weight: (C).
     /// Twin of `cpu::rmsnorm::rmsnorm_backward`.
     #[allow(clippy::too_many_arguments)]
-    pub fn rmsnorm_backward<T: Storage>(
+    pub fn rmsnorm_backward<T: Storage, D: DevicePtrMut<f32>>(
         &self,
         dinp: &mut impl DevicePtrMut<T>,
-        dweight: &mut impl DevicePtrMut<f32>,
+        dweight: Option<&mut D>,
         dout: &impl DevicePtr<T>,
         inp: &impl DevicePtr<T>,
         weight: &impl DevicePtr<T>,
@@ -52,7 +52,10 @@ impl Gpu {
             n,
             c,
         )?;
-        check_lens("rmsnorm_backward weight", &[weight.len(), dweight.len()], c)?;
+        check_lens("rmsnorm_backward weight", &[weight.len()], c)?;
+        if let Some(dw) = dweight.as_ref() {
+            check_lens("rmsnorm_backward dweight", &[dw.len()], c)?;
+        }
         if n == 0 {
             return Ok(());
         }
@@ -76,7 +79,10 @@ impl Gpu {
             .arg(&c32);
         // SAFETY: as in rmsnorm_forward; scratch holds at least N x C.
         unsafe { launch.launch(Self::rows(n)) }.context("rmsnorm_backward")?;
-        // dweight += the column sums of the per-row terms.
+        // dweight += the column sums of the per-row terms (none for a frozen weight).
+        let Some(dweight) = dweight else {
+            return Ok(());
+        };
         self.column_sums::<f32>(dweight, &scratch.slice(..n * c), n, c)
             .context("rmsnorm_backward dweight")?;
         Ok(())

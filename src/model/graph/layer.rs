@@ -124,8 +124,9 @@ pub(crate) fn layer_forward<O: Ops>(
 }
 
 /// The backward of layer l (weights `w`): g.dx: (N, C) the gradient of the layer's output
-/// becomes that of its input; parameter gradients accumulate into `grads`, and with an
-/// adapter, the adapter's into `lora_grads` (its layout).
+/// becomes that of its input; parameter gradients accumulate into `grads` (None: the
+/// model's weights are frozen and no gradient of theirs is formed), and with an adapter,
+/// the adapter's into `lora_grads` (its layout).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_backward<O: Ops>(
     net: &Net<O>,
@@ -133,7 +134,7 @@ pub(crate) fn layer_backward<O: Ops>(
     w: &LayerParams,
     st: &LayerState<O>,
     g: &mut GradScratch<O>,
-    grads: &mut O::Buf<f32>,
+    mut grads: Option<&mut O::Buf<f32>>,
     mut lora_grads: Option<&mut O::Buf<f32>>,
     seqs: &O::Seqs,
     rope: &O::Rope,
@@ -167,10 +168,10 @@ pub(crate) fn layer_backward<O: Ops>(
     // clearing.
 
     // MLP: x_out = x_mid + down(swiglu(gate_up(norm(x_mid)))).
-    let down = O::grads(grads, w.down_proj.clone());
+    let down = grad_of::<O>(&mut grads, &w.down_proj);
     ops.matmul_backward(
         &mut g.dact,
-        Some(down),
+        down,
         None,
         &g.dx,
         &st.act,
@@ -182,11 +183,11 @@ pub(crate) fn layer_backward<O: Ops>(
     lora!(Target::Down, dx, at(c, 0), &st.act, dact);
     ops.swiglu_backward(&mut g.dgate_up, &g.dact, &st.gate_up, im)?;
     let gate_up = w.gate_up_proj();
-    let dgate_up = O::grads(grads, gate_up.clone());
+    let dgate_up = grad_of::<O>(&mut grads, &gate_up);
     let wgu = net.w(&gate_up);
     ops.matmul_backward(
         &mut g.dh,
-        Some(dgate_up),
+        dgate_up,
         None,
         &g.dgate_up,
         &st.h_mlp,
@@ -198,7 +199,7 @@ pub(crate) fn layer_backward<O: Ops>(
     lora!(Target::Gate, dgate_up, at(2 * im, 0), &st.h_mlp, dh);
     lora!(Target::Up, dgate_up, at(2 * im, im), &st.h_mlp, dh);
     let post = &w.post_attention_layernorm;
-    let dpost = O::grads(grads, post.clone());
+    let dpost = grad_of::<O>(&mut grads, post);
     ops.rmsnorm_backward(
         &mut g.dnorm_in,
         dpost,
@@ -212,10 +213,10 @@ pub(crate) fn layer_backward<O: Ops>(
     ops.residual_forward(&mut g.dx, &g.dnorm_in)?;
 
     // Attention: x_mid = x_in + o(attention(rope(q), rope(k), v)).
-    let o = O::grads(grads, w.o_proj.clone());
+    let o = grad_of::<O>(&mut grads, &w.o_proj);
     ops.matmul_backward(
         &mut g.datt,
-        Some(o),
+        o,
         None,
         &g.dx,
         &st.att,
@@ -235,8 +236,8 @@ pub(crate) fn layer_backward<O: Ops>(
     let wr = w.qkv_proj();
     let wqkv = net.w(&wr);
     let qkv_dim = qd + 2 * kvd;
-    match w.qkv_bias() {
-        Some(b) => {
+    match (w.qkv_bias(), grads.as_deref_mut()) {
+        (Some(b), Some(grads)) => {
             if wr.end != b.start {
                 bail!("the qkv bias does not follow the qkv weights");
             }
@@ -253,18 +254,10 @@ pub(crate) fn layer_backward<O: Ops>(
                 qkv_dim,
             )?;
         }
-        None => {
-            let dw = O::grads(grads, wr);
+        (_, grads) => {
+            let dw = grads.map(|grads| O::grads(grads, wr));
             ops.matmul_backward(
-                &mut g.dh,
-                Some(dw),
-                None,
-                &g.dqkv,
-                &st.h_attn,
-                wqkv,
-                n,
-                c,
-                qkv_dim,
+                &mut g.dh, dw, None, &g.dqkv, &st.h_attn, wqkv, n, c, qkv_dim,
             )?;
         }
     }
@@ -273,7 +266,15 @@ pub(crate) fn layer_backward<O: Ops>(
     lora!(Target::K, dqkv, at(width, qd), &st.h_attn, dh);
     lora!(Target::V, dqkv, at(width, qd + kvd), &st.h_attn, dh);
     let pre = &w.input_layernorm;
-    let dpre = O::grads(grads, pre.clone());
+    let dpre = grad_of::<O>(&mut grads, pre);
     ops.rmsnorm_backward(&mut g.dnorm_in, dpre, &g.dh, &st.x_in, net.w(pre), eps, c)?;
     ops.residual_forward(&mut g.dx, &g.dnorm_in)
+}
+
+/// The gradient of the weights in `r`, where the model's weights have gradients.
+fn grad_of<'g, O: Ops>(
+    grads: &'g mut Option<&mut O::Buf<f32>>,
+    r: &std::ops::Range<usize>,
+) -> Option<O::G<'g>> {
+    grads.as_deref_mut().map(|g| O::grads(g, r.clone()))
 }

@@ -87,18 +87,20 @@ impl<O: Ops> Net<'_, O> {
         loss: &mut GroupLoss,
         grads: &mut O::Buf<f32>,
     ) -> Result<Vec<f64>> {
-        self.sequence_logprobs_with_grads(batch, acts, groups, loss, grads, None)
+        self.sequence_logprobs_with_grads(batch, acts, groups, loss, Some(grads), None)
     }
 
     /// `sequence_logprobs_with_grad` with the net's adapter's gradients too, accumulated
-    /// into `lora_grads` (the adapter's layout).
+    /// into `lora_grads` (the adapter's layout). `grads` None: the model's weights are
+    /// frozen, and no gradient of theirs is formed; only the activations' gradients flow
+    /// through them.
     pub fn sequence_logprobs_with_grads(
         &self,
         batch: &TrainBatch,
         acts: &mut Activations<O>,
         groups: &[usize],
         loss: &mut GroupLoss,
-        grads: &mut O::Buf<f32>,
+        mut grads: Option<&mut O::Buf<f32>>,
         lora_grads: Option<&mut O::Buf<f32>>,
     ) -> Result<Vec<f64>> {
         if let (Some(lg), Some(lora)) = (lora_grads.as_ref(), self.lora.as_ref()) {
@@ -111,8 +113,11 @@ impl<O: Ops> Net<'_, O> {
         if groups.iter().sum::<usize>() != batch.seqs.len() {
             bail!("the loss groups do not cover the batch");
         }
-        if O::len(grads) != self.layout.len {
+        if grads.as_ref().is_some_and(|g| O::len(g) != self.layout.len) {
             bail!("the gradient buffer does not match the model");
+        }
+        if grads.is_none() && lora_grads.is_none() {
+            bail!("a backward with nothing to train");
         }
         if acts.grads.is_none() || acts.layers.len() != self.layout.layers.len() {
             bail!("these activations were made without room for a backward");
@@ -168,7 +173,9 @@ impl<O: Ops> Net<'_, O> {
         acts.logits_scratch(self)?;
         let grad_scratch = acts.grads.as_mut().expect("checked above");
         let head = self.w(&lay.lm_head);
-        let dhead = O::grads(grads, lay.lm_head.clone());
+        let dhead = grads
+            .as_deref_mut()
+            .map(|g| O::grads(g, lay.lm_head.clone()));
         ops.logprobs_with_grad(
             &mut acts.logp,
             &mut grad_scratch.dhidden,
@@ -192,7 +199,7 @@ impl<O: Ops> Net<'_, O> {
         &self,
         b: &DeviceBatch<O>,
         acts: &mut Activations<O>,
-        grads: &mut O::Buf<f32>,
+        mut grads: Option<&mut O::Buf<f32>>,
         mut lora_grads: Option<&mut O::Buf<f32>>,
     ) -> Result<()> {
         let ops = self.ops;
@@ -206,7 +213,7 @@ impl<O: Ops> Net<'_, O> {
             ..
         } = acts;
         let g = scratch.as_mut().expect("the caller checked");
-        let dnorm = O::grads(grads, lay.norm.clone());
+        let dnorm = grads.as_deref_mut().map(|g| O::grads(g, lay.norm.clone()));
         ops.rmsnorm_backward(
             &mut g.dx_scored,
             dnorm,
@@ -220,11 +227,17 @@ impl<O: Ops> Net<'_, O> {
         ops.zero(&mut g.dx)?;
         ops.scatter_rows(&mut g.dx, &g.dx_scored, &b.scored_rows, c)?;
         for (l, (w, st)) in lay.layers.iter().zip(layers.iter()).enumerate().rev() {
-            let lg = lora_grads.as_deref_mut();
-            layer_backward(self, l, w, st, g, grads, lg, &b.seqs, &b.rope, b.n)?;
+            let (pg, lg) = (grads.as_deref_mut(), lora_grads.as_deref_mut());
+            layer_backward(self, l, w, st, g, pg, lg, &b.seqs, &b.rope, b.n)?;
         }
-        let dembed = O::grads(grads, lay.embed_tokens.clone());
-        ops.embedding_backward(dembed, &g.dx, &b.tokens, c)
+        // A frozen embedding table: the residual stream's gradient ends here.
+        match grads {
+            Some(grads) => {
+                let dembed = O::grads(grads, lay.embed_tokens.clone());
+                ops.embedding_backward(dembed, &g.dx, &b.tokens, c)
+            }
+            None => Ok(()),
+        }
     }
 }
 

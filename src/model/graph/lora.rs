@@ -117,6 +117,15 @@ mod tests {
     /// (summed log-probs, parameter gradients, adapter gradients) of `model` (with
     /// `adapter` in its graph, if any) on two sequences, d(loss)/d(sum) = (1, -0.5).
     fn grads(model: &Model, adapter: Option<&Adapter>) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
+        grads_of(model, adapter, false)
+    }
+
+    /// `grads` with the model's weights frozen (no gradient of theirs formed) if `frozen`.
+    fn grads_of(
+        model: &Model,
+        adapter: Option<&Adapter>,
+        frozen: bool,
+    ) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
         let mut net = model.net();
         net.lora = adapter.map(|a| LoraNet {
             layout: &a.layout,
@@ -146,7 +155,7 @@ mod tests {
                 &mut acts,
                 &[2],
                 &mut |_, _| Ok(vec![1.0, -0.5]),
-                &mut g,
+                (!frozen).then_some(&mut g),
                 lora_grads,
             )
             .unwrap();
@@ -173,6 +182,11 @@ mod tests {
             .merge_into(&merged.layout, &mut merged.params)
             .unwrap();
         let (sums, _, lora_grads) = grads(&base, Some(&adapter));
+        // Frozen base weights: the same adapter gradients, bit for bit, and none of theirs.
+        let (frozen_sums, untouched, frozen_grads) = grads_of(&base, Some(&adapter), true);
+        assert_eq!(frozen_sums, sums);
+        assert!(frozen_grads == lora_grads);
+        assert!(untouched.iter().all(|g| *g == 0.0));
         let (merged_sums, dw_all, _) = grads(&merged, None);
         for (a, b) in sums.iter().zip(&merged_sums) {
             assert!(
