@@ -11,6 +11,7 @@ use crate::generate::{self, Completion, GenerateOptions, GenerateStats};
 use crate::model::cuda::GpuModel;
 use crate::model::graph::Net;
 use crate::model::graph::{Activations, ScoredSequence};
+use crate::model::lora::Adapter;
 use crate::model::Model;
 use crate::train::batching::{micro_batches, score_on, working_rows};
 use crate::train::trainer::{micro_batch_rows, train_on, RunSink, TrainSummary};
@@ -134,9 +135,12 @@ fn classify_on<O: Ops>(
 }
 
 /// Trains `model` on `examples` on `device` (CUDA: bf16 weights and activations, f32
-/// master weights and AdamW state); `model` holds the trained weights at the end.
+/// master weights and AdamW state); `model` holds the trained weights at the end. With
+/// `adapter`, trains the adapter alone over `model`'s frozen weights (held in the storage
+/// type: bf16 on a GPU), and `adapter` holds the trained adapter at the end.
 pub fn train(
     model: &mut Model,
+    adapter: Option<&mut Adapter>,
     examples: &[Example],
     cfg: &TrainConfig,
     sink: &mut dyn RunSink,
@@ -147,10 +151,10 @@ pub fn train(
     }
     let rows = micro_batch_rows(examples, cfg);
     match device {
-        Device::Cpu(cpu) => train_on(cpu.clone(), model, examples, cfg, sink, rows),
+        Device::Cpu(cpu) => train_on(cpu.clone(), model, adapter, examples, cfg, sink, rows),
         Device::Cuda(gpu) => {
             let ops = CudaOps::<half::bf16>::new(gpu.clone());
-            train_on(ops, model, examples, cfg, sink, rows)
+            train_on(ops, model, adapter, examples, cfg, sink, rows)
         }
     }
 }

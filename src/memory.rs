@@ -170,6 +170,27 @@ pub fn training(cfg: &ModelConfig, tokens: usize) -> Need {
     }
 }
 
+/// LoRA training on micro-batches of `tokens`: the model's frozen f32 weights (4 bytes a
+/// parameter, no gradient or optimizer state), the adapter's `adapter` parameters with
+/// their gradient, AdamW moments, roll-back copy and master (20 bytes each), and the
+/// activations the backward keeps, as in full training (the adapters' own products add
+/// r floats per token and Linear, a few percent).
+pub fn lora_training(cfg: &ModelConfig, adapter: u64, tokens: usize) -> Need {
+    let full = training(cfg, tokens);
+    let acts = full.parts[1].clone();
+    Need {
+        parts: vec![
+            ("frozen weights".into(), params(cfg).saturating_mul(4)),
+            (
+                "adapter weights, gradients, optimizer state and roll-back copy".into(),
+                adapter.saturating_mul(20),
+            ),
+            acts,
+        ],
+        lower: "--micro-batch-tokens",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use tpo_engine::generate::{generate_on, Completion, GenerateOptions};
 use tpo_engine::model::graph::ScoredSequence;
 use tpo_engine::model::weights::StorageDtype;
 use tpo_engine::model::{Model, ModelConfig, ParamLayout};
-use tpo_engine::train::trainer::RunSink;
+use tpo_engine::train::trainer::{RunSink, Trained};
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
@@ -119,10 +119,10 @@ impl RunSink for Losses {
         self.0.push(line["loss"].as_f64().unwrap());
         Ok(())
     }
-    fn after_step(&mut self, _: &Model, _: usize, _: bool) -> Result<()> {
+    fn after_step(&mut self, _: Trained, _: usize, _: bool) -> Result<()> {
         Ok(())
     }
-    fn keep_last_good(&mut self, _: &Model, _: usize) -> Result<String> {
+    fn keep_last_good(&mut self, _: Trained, _: usize) -> Result<String> {
         Ok(String::new())
     }
     fn progress(&mut self, _: usize, _: f64, _: f64) {}
@@ -159,7 +159,15 @@ fn dpo_losses(cpu: Cpu) -> Vec<f64> {
         seed: 3,
     };
     let mut sink = Losses::default();
-    train(&mut model, &examples, &cfg, &mut sink, &Device::Cpu(cpu)).unwrap();
+    train(
+        &mut model,
+        None,
+        &examples,
+        &cfg,
+        &mut sink,
+        &Device::Cpu(cpu),
+    )
+    .unwrap();
     assert_eq!(sink.0.len(), 4);
     sink.0
 }

@@ -21,6 +21,7 @@ use tpo_engine::generate::steer::{Phase, Steering};
 use tpo_engine::generate::{generate, GenerateOptions};
 use tpo_engine::model::cuda::GpuModel;
 use tpo_engine::model::graph::{Activations, ModelOn, ScoredSequence, TrainBatch};
+use tpo_engine::model::lora::{Adapter, LoraConfig, Target};
 use tpo_engine::model::Model;
 use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
 use tpo_engine::train::trainer::{micro_batch_rows, Trainer};
@@ -234,17 +235,46 @@ fn train_config() -> TrainConfig {
 }
 
 on_every_device!(three_updates_track_the_cpu_trainer, trainer_case);
+on_every_device!(three_lora_updates_track_the_cpu_trainer, lora_trainer_case);
+
+fn trainer_case<O: Ops>(ops: O, tol: Tolerance) {
+    trainer_case_with(ops, tol, None);
+}
+
+/// A LoRA adapter (rank 4, every Linear, B nonzero so that A trains from the first step)
+/// trained over the frozen model, on `ops` against the CPU.
+fn lora_trainer_case<O: Ops>(ops: O, tol: Tolerance) {
+    let config = Model::load_config(&fixture("qwen2")).unwrap();
+    let lora = LoraConfig::new(4, 8.0, false, 0.0, Target::ALL.to_vec()).unwrap();
+    let mut adapter = Adapter::init(&config, lora, 5);
+    for (i, l) in adapter.layout.linears.clone().iter().enumerate() {
+        for (j, x) in adapter.params[l.b.clone()].iter_mut().enumerate() {
+            *x = 0.01 * (((i * 31 + j * 7) % 13) as f32 - 6.0);
+        }
+    }
+    trainer_case_with(ops, tol, Some(adapter));
+}
 
 /// Three AdamW updates by the one trainer on `ops` against the same on the CPU, then a
-/// roll-back, which restores exactly the weights from before the last update.
-fn trainer_case<O: Ops>(ops: O, tol: Tolerance) {
+/// roll-back, which restores exactly the weights from before the last update. With
+/// `adapter`, the trainer trains it over the frozen model, which it gives back unchanged.
+fn trainer_case_with<O: Ops>(ops: O, tol: Tolerance, adapter: Option<Adapter>) {
     let examples = examples();
     let cfg = train_config();
     let mut cpu_model = Model::load(&fixture("qwen2")).unwrap();
     let mut dev_model = Model::load(&fixture("qwen2")).unwrap();
+    let base = cpu_model.params.clone();
+    let (mut cpu_adapter, mut dev_adapter) = (adapter.clone(), adapter);
     let rows = micro_batch_rows(&examples, &cfg);
-    let mut cpu = Trainer::new(Cpu::F32, &mut cpu_model, &cfg, rows).unwrap();
-    let mut dev = Trainer::new(ops, &mut dev_model, &cfg, rows).unwrap();
+    let mut cpu = Trainer::new(Cpu::F32, &mut cpu_model, cpu_adapter.as_mut(), &cfg, rows).unwrap();
+    let mut dev = Trainer::new(ops, &mut dev_model, dev_adapter.as_mut(), &cfg, rows).unwrap();
+    // The weights each trains: the model's or the adapter's.
+    fn host<'a>(model: &'a mut Model, adapter: &'a mut Option<Adapter>) -> &'a mut Vec<f32> {
+        match adapter {
+            Some(a) => &mut a.params,
+            None => &mut model.params,
+        }
+    }
     // One pair per update: three updates, each at the full learning rate.
     let batches: Vec<Vec<usize>> = (0..examples.len()).map(|i| vec![i]).collect();
     assert_eq!(batches.len(), 3);
@@ -252,9 +282,11 @@ fn trainer_case<O: Ops>(ops: O, tol: Tolerance) {
     let mut before_last = vec![];
     for (step, b) in batches.iter().enumerate() {
         if step + 1 == total {
-            dev.lend_weights(&mut dev_model).unwrap();
-            before_last = dev_model.params.clone();
-            dev.take_back_weights(&mut dev_model).unwrap();
+            dev.lend_weights(host(&mut dev_model, &mut dev_adapter))
+                .unwrap();
+            before_last = host(&mut dev_model, &mut dev_adapter).clone();
+            dev.take_back_weights(host(&mut dev_model, &mut dev_adapter))
+                .unwrap();
         }
         let want = cpu
             .step(&examples, b, step, total)
@@ -280,16 +312,32 @@ fn trainer_case<O: Ops>(ops: O, tol: Tolerance) {
         );
         assert_eq!(got.tokens, want.tokens);
     }
-    cpu.lend_weights(&mut cpu_model).unwrap();
-    dev.lend_weights(&mut dev_model).unwrap();
+    cpu.lend_weights(host(&mut cpu_model, &mut cpu_adapter))
+        .unwrap();
+    dev.lend_weights(host(&mut dev_model, &mut dev_adapter))
+        .unwrap();
     if tol == Tolerance::F32 {
-        assert_params_close(&dev_model.params, &cpu_model.params);
+        assert_params_close(
+            host(&mut dev_model, &mut dev_adapter),
+            host(&mut cpu_model, &mut cpu_adapter),
+        );
     }
     // Rolling back restores the weights from before the last update, exactly.
-    dev.take_back_weights(&mut dev_model).unwrap();
+    dev.take_back_weights(host(&mut dev_model, &mut dev_adapter))
+        .unwrap();
     dev.roll_back().unwrap();
-    dev.lend_weights(&mut dev_model).unwrap();
-    assert!(dev_model.params == before_last, "{tol:?}: roll-back");
+    dev.lend_weights(host(&mut dev_model, &mut dev_adapter))
+        .unwrap();
+    assert!(
+        *host(&mut dev_model, &mut dev_adapter) == before_last,
+        "{tol:?}: roll-back"
+    );
+    if dev_adapter.is_some() {
+        // The frozen model comes back as it was.
+        cpu.release(&mut cpu_model).unwrap();
+        dev.release(&mut dev_model).unwrap();
+        assert!(cpu_model.params == base && dev_model.params == base);
+    }
 }
 
 /// Adam divides by the gradient's root mean square, so an element whose gradient is near

@@ -22,7 +22,7 @@ use tpo_engine::engine::train;
 use tpo_engine::model::graph::{Activations, ScoredSequence, TrainBatch};
 use tpo_engine::model::Model;
 use tpo_engine::train::loss::{dpo_loss, DpoTotals, PairLogps};
-use tpo_engine::train::trainer::RunSink;
+use tpo_engine::train::trainer::{RunSink, Trained};
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
 };
@@ -223,10 +223,10 @@ impl RunSink for Recorder {
         self.lines.push(line.clone());
         Ok(())
     }
-    fn after_step(&mut self, _: &Model, _: usize, _: bool) -> Result<()> {
+    fn after_step(&mut self, _: Trained, _: usize, _: bool) -> Result<()> {
         Ok(())
     }
-    fn keep_last_good(&mut self, _: &Model, _: usize) -> Result<String> {
+    fn keep_last_good(&mut self, _: Trained, _: usize) -> Result<String> {
         Ok(String::new())
     }
     fn progress(&mut self, _: usize, _: f64, _: f64) {}
@@ -270,7 +270,7 @@ fn three_adamw_updates_match_pytorch() {
         seed: 7,
     };
     let mut rec = Recorder::default();
-    train(&mut model, &ex, &train_cfg, &mut rec, &Device::CPU).unwrap();
+    train(&mut model, None, &ex, &train_cfg, &mut rec, &Device::CPU).unwrap();
     let losses = floats(&adamw["losses"]);
     let norms = floats(&adamw["grad_norms"]);
     assert_eq!(rec.lines.len(), 3);

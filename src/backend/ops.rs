@@ -339,6 +339,13 @@ pub trait Ops {
 
     // The optimizer's state and the weights' way to and from the host model.
 
+    /// A LoRA run's frozen model weights, in the storage type, from the host model's f32
+    /// ones: the CPU takes them (`host` is left empty until `frozen_to_host`); a device
+    /// converts and copies them (the host keeps its own).
+    fn frozen_from_host(&self, host: &mut Vec<f32>) -> Result<Self::Buf<Self::S>>;
+    /// Gives the frozen weights back at the end of the run (the CPU moves them back where
+    /// `host` is empty; a device frees its copy).
+    fn frozen_to_host(&self, frozen: Self::Buf<Self::S>, host: &mut Vec<f32>) -> Result<()>;
     /// The f32 master weights from the host model's: the CPU takes them (`host` is left
     /// empty until `lend_to_host`); a device copies them.
     fn master_from_host(&self, host: &mut Vec<f32>) -> Result<Self::Buf<f32>>;

@@ -3,6 +3,7 @@
 mod config_file;
 mod format;
 mod generate;
+mod lora;
 mod merge;
 mod task;
 mod tpo;

@@ -1,5 +1,6 @@
 //! `tpo-engine dpo`, `sft` and `logprobs`: training and scoring on the run's device.
 
+use super::lora::LoraArgs;
 use crate::backend::device::{Device, Placement};
 use crate::engine::{train, Engine};
 use crate::generate::{end_token, PromptMode};
@@ -9,6 +10,7 @@ use crate::io::write_atomic;
 use crate::memory;
 use crate::model::config::ModelConfig;
 use crate::model::graph::ScoredSequence;
+use crate::model::lora::Adapter;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::data::{read_completions, read_pairs, TextEncoder, REF_CHOSEN, REF_REJECTED};
@@ -35,6 +37,8 @@ pub struct TrainArgs {
     out: PathBuf,
     #[command(flatten)]
     pub optim: OptimArgs,
+    #[command(flatten)]
+    pub lora: LoraArgs,
 }
 
 /// The optimizer and batching flags of every training command.
@@ -186,13 +190,21 @@ fn encoder<'a>(l: &'a Loaded, no_chat_template: bool) -> TextEncoder<'a> {
     }
 }
 
-/// Summed log-probs of each example's sequences under `model` (the DPO reference).
+/// Summed log-probs of each example's sequences under `model` with `adapter` (the DPO
+/// reference: the starting policy). An adapter that changes the model is merged into a
+/// copy for the pass, which is dropped after it.
 fn reference_logps(
     model: &Model,
+    adapter: Option<&Adapter>,
     device: &Device,
     examples: &[Example],
     micro_batch_tokens: usize,
 ) -> Result<Vec<f64>> {
+    let merged = match adapter {
+        Some(a) if !a.is_identity() => Some(a.merged(model)?),
+        _ => None,
+    };
+    let model = merged.as_ref().unwrap_or(model);
     let bar = progress_bar(2 * examples.len(), "reference log-probs");
     let logps = Engine::new(model, device)?
         .score_examples(examples, micro_batch_tokens, &|n| bar.inc(n as u64))?;
@@ -304,13 +316,18 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
 }
 
 pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
+    let base_name = args.train.model.display().to_string();
     args.train.model = resolve_flag("--model", &args.train.model)?;
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
-    Inputs::default()
+    args.train.lora.config()?;
+    let mut inputs = Inputs::default()
         .file("--pairs", &args.pairs)
-        .dir("--model", &args.train.model)
-        .check_output("--out", &args.train.out)?;
+        .dir("--model", &args.train.model);
+    if let Some(adapter) = &args.train.lora.adapter {
+        inputs = inputs.dir("--adapter", adapter);
+    }
+    inputs.check_output("--out", &args.train.out)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
@@ -319,7 +336,9 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(pairs.len(), &cfg);
-    memory::training(&loaded.config, cfg.micro_batch_tokens).check_on(&device, "dpo")?;
+    let mut adapter = args.train.lora.adapter(&loaded.config, cfg.seed)?;
+    training_memory(&loaded.config, adapter.as_ref(), cfg.micro_batch_tokens)
+        .check_on(&device, "dpo")?;
     let model = loaded.weights()?;
     // The output is claimed (created and locked) before the work that fills it.
     let mut run = RunDir::create(
@@ -329,6 +348,9 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
         total,
     )?
     .with_report(&format!("dpo run {}", args.train.out.display()), true);
+    if adapter.is_some() {
+        run = run.with_adapters(&base_name);
+    }
 
     // The reference is the starting model: its log-probs are computed once, here, and stored
     // with the pairs, so no second model is resident while training.
@@ -346,22 +368,22 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
         .collect();
     if pairs[0].reference.is_none() {
         // A failed pass gives the claimed output back as it was.
-        let filled = reference_logps(&model, &device, &examples, cfg.micro_batch_tokens)
-            .and_then(|logps| {
-                if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
-                    bail!(
-                        "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
-                        args.pairs.display(),
-                        pairs[i / 2].line,
-                        logps[i],
-                        args.train.model.display()
-                    );
-                }
-                for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
-                    e.reference = lp.to_vec();
-                }
-                Ok(())
-            });
+        let (a, budget) = (adapter.as_ref(), cfg.micro_batch_tokens);
+        let filled = reference_logps(&model, a, &device, &examples, budget).and_then(|logps| {
+            if let Some(i) = logps.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "{}:{}: the reference log-prob is {}: the model {} produces non-finite values",
+                    args.pairs.display(),
+                    pairs[i / 2].line,
+                    logps[i],
+                    args.train.model.display()
+                );
+            }
+            for (e, lp) in examples.iter_mut().zip(logps.chunks_exact(2)) {
+                e.reference = lp.to_vec();
+            }
+            Ok(())
+        });
         if let Err(e) = filled {
             run.discard();
             return Err(e);
@@ -379,19 +401,46 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
     write_atomic(&run.out.join("pairs.jsonl"), text.as_bytes())?;
 
     eprintln!(
-        "{} pairs; reference log-probs in {ref_secs:.2}s; {total} updates",
-        pairs.len()
+        "{} pairs; reference log-probs in {ref_secs:.2}s; {total} updates{}",
+        pairs.len(),
+        adapter_line(adapter.as_ref())
     );
-    finish(model, &examples, &cfg, &mut run, &device)
+    finish(model, adapter.as_mut(), &examples, &cfg, &mut run, &device)
+}
+
+/// What a LoRA run trains, for the start line.
+fn adapter_line(adapter: Option<&Adapter>) -> String {
+    adapter.map_or(String::new(), |a| {
+        format!(
+            "; LoRA r {} (scale {}) on {} Linears: {} trained parameters",
+            a.config.r,
+            a.config.scale(),
+            a.layout.linears.len(),
+            a.layout.len
+        )
+    })
+}
+
+/// What training holds in memory: the whole model's state, or a LoRA run's.
+fn training_memory(cfg: &ModelConfig, adapter: Option<&Adapter>, tokens: usize) -> memory::Need {
+    match adapter {
+        Some(a) => memory::lora_training(cfg, a.layout.len as u64, tokens),
+        None => memory::training(cfg, tokens),
+    }
 }
 
 pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
+    let base_name = args.train.model.display().to_string();
     args.train.model = resolve_flag("--model", &args.train.model)?;
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
-    Inputs::default()
+    args.train.lora.config()?;
+    let mut inputs = Inputs::default()
         .file("--data", &args.data)
-        .dir("--model", &args.train.model)
-        .check_output("--out", &args.train.out)?;
+        .dir("--model", &args.train.model);
+    if let Some(adapter) = &args.train.lora.adapter {
+        inputs = inputs.dir("--adapter", adapter);
+    }
+    inputs.check_output("--out", &args.train.out)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
@@ -400,7 +449,9 @@ pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
-    memory::training(&loaded.config, cfg.micro_batch_tokens).check_on(&device, "sft")?;
+    let mut adapter = args.train.lora.adapter(&loaded.config, cfg.seed)?;
+    training_memory(&loaded.config, adapter.as_ref(), cfg.micro_batch_tokens)
+        .check_on(&device, "sft")?;
     let model = loaded.weights()?;
     let mut run = RunDir::create(
         &args.train.out,
@@ -409,6 +460,9 @@ pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
         total,
     )?
     .with_report(&format!("sft run {}", args.train.out.display()), false);
+    if adapter.is_some() {
+        run = run.with_adapters(&base_name);
+    }
     let examples: Vec<Example> = data
         .iter()
         .map(|e| Example {
@@ -417,18 +471,23 @@ pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
             reference: vec![],
         })
         .collect();
-    eprintln!("{} examples; {total} updates", data.len());
-    finish(model, &examples, &cfg, &mut run, &device)
+    eprintln!(
+        "{} examples; {total} updates{}",
+        data.len(),
+        adapter_line(adapter.as_ref())
+    );
+    finish(model, adapter.as_mut(), &examples, &cfg, &mut run, &device)
 }
 
 fn finish(
     mut model: Model,
+    adapter: Option<&mut Adapter>,
     examples: &[Example],
     cfg: &TrainConfig,
     run: &mut RunDir,
     device: &Device,
 ) -> Result<()> {
-    let summary = train(&mut model, examples, cfg, run, device)?;
+    let summary = train(&mut model, adapter, examples, cfg, run, device)?;
     run.finish_progress();
     let metric = |name: &str| {
         summary

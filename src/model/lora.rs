@@ -222,6 +222,25 @@ impl Adapter {
         }
     }
 
+    /// Whether the adapter leaves its base model as it is (every B zero, as a new one).
+    pub fn is_identity(&self) -> bool {
+        self.layout
+            .linears
+            .iter()
+            .all(|l| self.params[l.b.clone()].iter().all(|&x| x == 0.0))
+    }
+
+    /// `base` with the adapter folded in: a new model (the base is left as it is).
+    pub fn merged(&self, base: &super::Model) -> Result<super::Model> {
+        let mut params = base.params.clone();
+        self.merge_into(&base.layout, &mut params)?;
+        Ok(super::Model::from_params(
+            base.config.clone(),
+            params,
+            base.dtype,
+        ))
+    }
+
     /// The merged weights: W += s * B @ A for every adapted Linear of `base` (laid out by
     /// `layout`), summed in f64.
     pub fn merge_into(&self, layout: &ParamLayout, base: &mut [f32]) -> Result<()> {
@@ -333,12 +352,14 @@ pub(crate) mod tests {
         let mut merged = base.clone();
         adapter.merge_into(&layout, &mut merged).unwrap();
         assert_eq!(merged, base, "B = 0: the base model exactly");
+        assert!(adapter.is_identity());
 
         // With B set, one weight by hand: W[o][i] + s * sum_k B[o][k] A[k][i], s = 2.
         let down = adapter.layout.find(1, Target::Down).unwrap().clone();
         for (j, x) in adapter.params[down.b.clone()].iter_mut().enumerate() {
             *x = 0.01 * (j as f32 + 1.0);
         }
+        assert!(!adapter.is_identity());
         let mut merged = base.clone();
         adapter.merge_into(&layout, &mut merged).unwrap();
         let w0 = Target::Down.base_range(&layout, 1).start;

@@ -28,11 +28,16 @@ pub fn tensor_name(layer: usize, target: Target, which: &str) -> String {
 
 /// adapter_config.json's fields, as PEFT writes them for a LoRA of a causal LM.
 pub fn config_json(lora: &LoraConfig, base_model: &str) -> Value {
+    // PEFT's own files hold a whole alpha as an integer.
+    let alpha = match lora.alpha.fract() == 0.0 && lora.alpha.abs() < 1e15 {
+        true => json!(lora.alpha as i64),
+        false => json!(lora.alpha),
+    };
     json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "r": lora.r,
-        "lora_alpha": lora.alpha,
+        "lora_alpha": alpha,
         "use_rslora": lora.rslora,
         "lora_dropout": lora.dropout,
         "target_modules": lora.targets.iter().map(|t| t.name()).collect::<Vec<_>>(),

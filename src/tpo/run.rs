@@ -689,7 +689,14 @@ impl TpoRun {
         if let Some(id) = &self.run_id {
             crate::io::write_atomic(&train_dir.join(STAGE_OWNER), id.as_bytes())?;
         }
-        let result = train(&mut model, &examples, &cfg, &mut sink, &self.rt.device);
+        let result = train(
+            &mut model,
+            None,
+            &examples,
+            &cfg,
+            &mut sink,
+            &self.rt.device,
+        );
         sink.finish_progress();
         result.with_context(|| format!("iteration {t}: training"))?;
         Ok(true)

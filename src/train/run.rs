@@ -4,16 +4,15 @@
 //! OUT/metrics.jsonl        one line per optimizer update (TRL's metric names)
 //! OUT/pairs.jsonl          dpo: the pairs with their reference log-probs
 //! OUT/checkpoint-STEP/     every --save-steps updates, and the last good weights on a stop
-//! OUT/model/               the trained model
+//! OUT/model/               the trained model (a LoRA run: OUT/adapter/, PEFT's format)
 //! OUT/report.html          dpo and sft: the curves so far (every 10 s of updates, and at the end)
 //! ```
-//! Every checkpoint is a Hugging Face directory written atomically; metrics lines are
-//! appended and flushed one whole line at a time.
+//! Every checkpoint is a Hugging Face directory (a LoRA run's: a PEFT adapter directory)
+//! written atomically; metrics lines are appended and flushed one whole line at a time.
 
-use super::trainer::RunSink;
+use super::trainer::{RunSink, Trained};
 use crate::checkpoint::save_checkpoint;
 use crate::io::run_lock::{RunLock, LOCK_FILE};
-use crate::model::Model;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
@@ -40,6 +39,8 @@ pub struct RunDir {
     _lock: RunLock,
     /// Whether OUT did not exist before this run.
     created: bool,
+    /// A LoRA run: the base model's name in the adapters' config (None: full training).
+    adapter_base: Option<String>,
 }
 
 impl RunDir {
@@ -109,6 +110,7 @@ impl RunDir {
             reported: None,
             _lock: lock,
             created,
+            adapter_base: None,
         })
     }
 
@@ -154,12 +156,35 @@ impl RunDir {
         Ok(())
     }
 
+    /// A LoRA run: it writes adapters, naming `base` (the `--model` given) as their base
+    /// model.
+    pub fn with_adapters(mut self, base: &str) -> RunDir {
+        self.adapter_base = Some(base.to_string());
+        self
+    }
+
     pub fn checkpoint_dir(&self, step: usize) -> PathBuf {
         self.out.join(format!("checkpoint-{step}"))
     }
 
+    /// Where the trained weights go: OUT/model, or a LoRA run's OUT/adapter.
     pub fn model_dir(&self) -> PathBuf {
-        self.out.join("model")
+        match self.adapter_base {
+            Some(_) => self.out.join("adapter"),
+            None => self.out.join("model"),
+        }
+    }
+
+    /// Writes the trained weights as `dir`: a checkpoint, or an adapter in PEFT's format.
+    fn save(&self, dir: &Path, trained: Trained) -> Result<()> {
+        match (trained, &self.adapter_base) {
+            (Trained::Model(model), None) => save_checkpoint(dir, &self.source, model),
+            (Trained::Adapter(adapter), Some(base)) => crate::model::peft::save(dir, adapter, base),
+            _ => bail!(
+                "{}: the run and what it trains disagree (a model or an adapter)",
+                self.out.display()
+            ),
+        }
     }
 
     pub fn finish_progress(&self) {
@@ -188,20 +213,20 @@ impl RunSink for RunDir {
         last || (self.save_steps > 0 && step.is_multiple_of(self.save_steps))
     }
 
-    fn after_step(&mut self, model: &Model, step: usize, last: bool) -> Result<()> {
+    fn after_step(&mut self, trained: Trained, step: usize, last: bool) -> Result<()> {
         if self.save_steps > 0 && step.is_multiple_of(self.save_steps) {
-            save_checkpoint(&self.checkpoint_dir(step), &self.source, model)?;
+            self.save(&self.checkpoint_dir(step), trained)?;
             self.saved.push(step);
         }
         if last {
             self.bar.set_message("saving the model");
-            save_checkpoint(&self.model_dir(), &self.source, model)?;
+            self.save(&self.model_dir(), trained)?;
             self.write_report(true)?;
         }
         Ok(())
     }
 
-    fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String> {
+    fn keep_last_good(&mut self, trained: Trained, good_steps: usize) -> Result<String> {
         self.bar.abandon();
         self.write_report(true)?;
         // A checkpoint saved after the next update holds the weights that gave the bad value.
@@ -214,14 +239,19 @@ impl RunSink for RunDir {
             String::new()
         };
         if good_steps == 0 {
-            return Ok(format!(
-                "the last good weights are the starting model's, in {}{bad}",
-                self.source.display()
-            ));
+            let start = match self.adapter_base {
+                Some(_) => "the starting adapter's",
+                None => "the starting model's, in ",
+            };
+            let source = match self.adapter_base {
+                Some(_) => String::new(),
+                None => self.source.display().to_string(),
+            };
+            return Ok(format!("the last good weights are {start}{source}{bad}"));
         }
         let dir = self.checkpoint_dir(good_steps);
         if !self.saved.contains(&good_steps) {
-            save_checkpoint(&dir, &self.source, model)?;
+            self.save(&dir, trained)?;
         }
         Ok(format!(
             "the last good weights (after update {good_steps}, the last with a finite loss and gradient) are in {}{bad}",

@@ -10,7 +10,8 @@ use crate::backend::ops::Ops;
 use crate::backend::rng::Rng;
 use crate::backend::settings::AdamW;
 use crate::model::graph::logprobs::GroupLoss;
-use crate::model::graph::{Activations, Net, ScoredSequence, TrainBatch};
+use crate::model::graph::{Activations, LoraNet, Net, ScoredSequence, TrainBatch};
+use crate::model::lora::{Adapter, LoraLayout};
 use crate::model::{Model, ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -57,21 +58,29 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+/// What a run trains, as the sink sees it after an update: the whole model, or a LoRA
+/// adapter over the model's frozen weights.
+#[derive(Clone, Copy)]
+pub enum Trained<'a> {
+    Model(&'a Model),
+    Adapter(&'a Adapter),
+}
+
 /// Where a run's outputs go; the trainer calls it, the caller decides the files.
 pub trait RunSink {
     /// One metrics line per update.
     fn metrics(&mut self, line: &Map<String, Value>) -> Result<()>;
-    /// Whether `after_step` will read the model's weights after update `step` (a device
+    /// Whether `after_step` will read the trained weights after update `step` (a device
     /// trainer copies them to the host only then).
     fn wants_model(&self, _step: usize, _last: bool) -> bool {
         true
     }
     /// Called after every update; saves a checkpoint when it wants one.
-    fn after_step(&mut self, model: &Model, step: usize, last: bool) -> Result<()>;
-    /// Training is stopping on a non-finite loss or gradient; `model` has been rolled back
-    /// to the weights after `good_steps` updates, the last that gave a finite loss and
-    /// gradient (0: the starting model). Returns what to tell the user about them.
-    fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String>;
+    fn after_step(&mut self, trained: Trained, step: usize, last: bool) -> Result<()>;
+    /// Training is stopping on a non-finite loss or gradient; `trained` has been rolled
+    /// back to the weights after `good_steps` updates, the last that gave a finite loss and
+    /// gradient (0: the starting weights). Returns what to tell the user about them.
+    fn keep_last_good(&mut self, trained: Trained, good_steps: usize) -> Result<String>;
     /// Progress after an update: (step, loss, tokens/s).
     fn progress(&mut self, step: usize, loss: f64, tokens_per_s: f64);
 }
@@ -89,16 +98,23 @@ pub fn total_steps(examples: usize, cfg: &TrainConfig) -> usize {
     cfg.epochs * examples.div_ceil(cfg.batch_size)
 }
 
-/// The trainer of one device, written once over the op set: the f32 master weights (and
-/// the storage-type copy the forward reads, where the device keeps one), AdamW moments,
-/// the gradient buffer, the weights before the last update (to roll back to) and the
-/// activations, all allocated once and reused from step to step.
+/// The trainer of one device, written once over the op set: the f32 master weights of
+/// what it trains (and the storage-type copy the forward reads, where the device keeps
+/// one), AdamW moments, the gradient buffer, the weights before the last update (to roll
+/// back to) and the activations, all allocated once and reused from step to step.
+///
+/// What it trains is the whole model (P = its parameters), or a LoRA adapter (P = the
+/// adapter's): then the model's weights are frozen, held once in the storage type, with no
+/// master, moments, gradient or roll-back copy, and the backward forms no gradient of
+/// theirs.
 pub struct Trainer<O: Ops> {
     cfg: TrainConfig,
     ops: O,
     config: ModelConfig,
     layout: ParamLayout,
     inv_freq: Vec<f64>,
+    /// LoRA: the model's frozen weights and the adapter's shape.
+    frozen: Option<Frozen<O>>,
     master: O::Buf<f32>,           // (P)
     weights: Option<O::Buf<O::S>>, // (P) the forward's copy (none on the CPU)
     previous: O::Buf<f32>,         // (P) valid once an update has been applied
@@ -122,29 +138,61 @@ pub struct StepOutcome {
     pub tokens: usize,
 }
 
+/// A LoRA run's frozen model weights and its adapter's shape.
+struct Frozen<O: Ops> {
+    weights: O::Buf<O::S>, // (model's P)
+    layout: LoraLayout,
+    r: usize,
+    scale: f32,
+}
+
 const STATE: &str = "for the weights, gradients and AdamW state";
 
 impl<O: Ops> Trainer<O> {
-    /// Takes `model`'s weights (the CPU moves them: `model.params` is empty until
-    /// `lend_weights`) and makes room for micro-batches of up to `rows` tokens.
-    pub fn new(ops: O, model: &mut Model, cfg: &TrainConfig, rows: usize) -> Result<Self> {
+    /// Takes the weights it trains: `model`'s, or with `adapter`, the adapter's, with
+    /// `model`'s frozen (the CPU moves them: the host's vectors are empty until
+    /// `lend_weights` and `release`), and makes room for micro-batches of up to `rows`
+    /// tokens.
+    pub fn new(
+        ops: O,
+        model: &mut Model,
+        adapter: Option<&mut Adapter>,
+        cfg: &TrainConfig,
+        rows: usize,
+    ) -> Result<Self> {
         if cfg.batch_size == 0 || cfg.micro_batch_tokens == 0 {
             bail!("the batch size and the tokens per micro-batch must be positive");
         }
-        let p = model.layout.len;
-        let master = ops.master_from_host(&mut model.params)?;
+        let (frozen, master, runs) = match adapter {
+            None => {
+                let runs = decay_runs(&model.config, &model.layout);
+                (None, ops.master_from_host(&mut model.params)?, runs)
+            }
+            Some(adapter) => {
+                if adapter.config.dropout > 0.0 {
+                    bail!(
+                        "LoRA dropout {} is not supported yet: train with --lora-dropout 0",
+                        adapter.config.dropout
+                    );
+                }
+                let frozen = Frozen {
+                    weights: ops.frozen_from_host(&mut model.params)?,
+                    layout: adapter.layout.clone(),
+                    r: adapter.config.r,
+                    scale: adapter.config.scale() as f32,
+                };
+                // Every adapter tensor is a matrix: all of them decay.
+                let runs = vec![(0..adapter.layout.len, true)];
+                let master = ops.master_from_host(&mut adapter.params)?;
+                (Some(frozen), master, runs)
+            }
+        };
+        let p = O::len(&master);
         let mut weights = None;
         ops.refresh_weights(&mut weights, &master)?;
-        let runs = decay_runs(&model.config, &model.layout);
         let acts = {
-            let net = Net {
-                ops: &ops,
-                config: &model.config,
-                layout: &model.layout,
-                weights: O::forward_weights(&master, &weights)?,
-                inv_freq: &model.inv_freq,
-                lora: None,
-            };
+            let trained = O::forward_weights(&master, &weights)?;
+            let net = net_of(&ops, model, frozen.as_ref(), trained);
             Activations::new(&net, rows, true)?
         };
         Ok(Trainer {
@@ -152,6 +200,7 @@ impl<O: Ops> Trainer<O> {
             config: model.config.clone(),
             layout: model.layout.clone(),
             inv_freq: model.inv_freq.clone(),
+            frozen,
             previous: ops.alloc(p, STATE)?,
             m: ops.alloc(p, STATE)?,
             v: ops.alloc(p, STATE)?,
@@ -166,15 +215,23 @@ impl<O: Ops> Trainer<O> {
         })
     }
 
-    /// Puts the trainer's weights in `model.params` (see `Ops::lend_to_host`).
-    pub fn lend_weights(&mut self, model: &mut Model) -> Result<()> {
-        self.ops.lend_to_host(&mut self.master, &mut model.params)
+    /// Puts the weights it trains in `host`, the model's or the adapter's parameters
+    /// (see `Ops::lend_to_host`).
+    pub fn lend_weights(&mut self, host: &mut Vec<f32>) -> Result<()> {
+        self.ops.lend_to_host(&mut self.master, host)
     }
 
     /// Takes them back before the next update.
-    pub fn take_back_weights(&mut self, model: &mut Model) -> Result<()> {
-        self.ops
-            .return_from_host(&mut self.master, &mut model.params)
+    pub fn take_back_weights(&mut self, host: &mut Vec<f32>) -> Result<()> {
+        self.ops.return_from_host(&mut self.master, host)
+    }
+
+    /// Ends a LoRA run: the frozen model weights go back to `model` (a no-op otherwise).
+    pub fn release(&mut self, model: &mut Model) -> Result<()> {
+        match self.frozen.take() {
+            Some(f) => self.ops.frozen_to_host(f.weights, &mut model.params),
+            None => Ok(()),
+        }
     }
 
     /// Restores the weights from before the last update (a no-op when there was none).
@@ -200,18 +257,29 @@ impl<O: Ops> Trainer<O> {
         let lr = self.cfg.optimizer.lr_at(step, total);
         let ops = &self.ops;
         ops.zero(&mut self.grads)?;
-        let net = Net {
+        let trained = O::forward_weights(&self.master, &self.weights)?;
+        let mut net = Net {
             ops,
             config: &self.config,
             layout: &self.layout,
-            weights: O::forward_weights(&self.master, &self.weights)?,
+            weights: trained,
             inv_freq: &self.inv_freq,
             lora: None,
         };
+        if let Some(f) = &self.frozen {
+            net.weights = &f.weights;
+            net.lora = Some(f.lora_net(trained));
+        }
+        let lora = self.frozen.is_some();
         let (acts, grads) = (&mut self.acts, &mut self.grads);
         let (metrics, tokens) =
             accumulate_gradients(examples, batch, &self.cfg, &mut |tb, groups, loss| {
-                net.sequence_logprobs_with_grad(tb, acts, groups, loss, grads)
+                // LoRA: the gradient buffer is the adapter's, and the model's is none.
+                let (model_grads, lora_grads) = match lora {
+                    false => (Some(&mut *grads), None),
+                    true => (None, Some(&mut *grads)),
+                };
+                net.sequence_logprobs_with_grads(tb, acts, groups, loss, model_grads, lora_grads)
                     .map(|_| ())
             })?;
         let loss = metrics["loss"].as_f64().unwrap_or(f64::NAN);
@@ -254,7 +322,7 @@ impl<O: Ops> Trainer<O> {
             grad_scale: scale as f32,
         };
         let runs = if o.weight_decay == 0.0 {
-            vec![(0..self.layout.len, false)]
+            vec![(0..O::len(&self.master), false)]
         } else {
             self.runs.clone()
         };
@@ -271,6 +339,36 @@ impl<O: Ops> Trainer<O> {
             )?;
         }
         Ok(())
+    }
+}
+
+impl<O: Ops> Frozen<O> {
+    /// The adapter in the graph, its weights `trained`.
+    fn lora_net<'a>(&'a self, trained: &'a O::Buf<O::S>) -> LoraNet<'a, O> {
+        LoraNet {
+            layout: &self.layout,
+            weights: trained,
+            r: self.r,
+            scale: self.scale,
+        }
+    }
+}
+
+/// The graph over `model`'s config, reading `trained` as the model's weights, or with
+/// `frozen`, the frozen weights with `trained` as the adapter's.
+fn net_of<'a, O: Ops>(
+    ops: &'a O,
+    model: &'a Model,
+    frozen: Option<&'a Frozen<O>>,
+    trained: &'a O::Buf<O::S>,
+) -> Net<'a, O> {
+    Net {
+        ops,
+        config: &model.config,
+        layout: &model.layout,
+        weights: frozen.map_or(trained, |f| &f.weights),
+        inv_freq: &model.inv_freq,
+        lora: frozen.map(|f| f.lora_net(trained)),
     }
 }
 
@@ -291,32 +389,51 @@ pub fn micro_batch_rows(examples: &[Example], cfg: &TrainConfig) -> usize {
     cfg.micro_batch_tokens.min(batch).max(largest)
 }
 
-/// Trains `model` with `ops` (see `engine::train`).
+/// Trains `model`, or with `adapter`, the adapter over `model`'s frozen weights, with
+/// `ops` (see `engine::train`).
 pub(crate) fn train_on<O: Ops>(
     ops: O,
     model: &mut Model,
+    mut adapter: Option<&mut Adapter>,
     examples: &[Example],
     cfg: &TrainConfig,
     sink: &mut dyn RunSink,
     rows: usize,
 ) -> Result<TrainSummary> {
-    let mut trainer = Trainer::new(ops, model, cfg, rows)?;
-    let result = train_with(&mut trainer, model, examples, cfg, sink);
-    // Whatever happened, the model holds the trainer's last weights: the CPU's are moved
-    // back into it where they are not there yet, a device's copied (after a failure too;
-    // a second failure then does not hide the first).
-    if model.params.is_empty() || result.is_err() {
-        let lent = trainer.lend_weights(model);
+    let mut trainer = Trainer::new(ops, model, adapter.as_deref_mut(), cfg, rows)?;
+    let mut result = train_with(&mut trainer, model, &mut adapter, examples, cfg, sink);
+    // Whatever happened, the host holds the trainer's last weights: the CPU's are moved
+    // back where they are not there yet, a device's copied (after a failure too; a second
+    // failure then does not hide the first). A LoRA run's frozen weights go back too.
+    let host = match adapter {
+        Some(a) => &mut a.params,
+        None => &mut model.params,
+    };
+    if host.is_empty() || result.is_err() {
+        let lent = trainer.lend_weights(host);
         if result.is_ok() {
-            lent?;
+            result = lent.and(result);
         }
     }
+    let released = trainer.release(model);
+    if result.is_ok() {
+        result = released.and(result);
+    }
     result
+}
+
+/// The weights a run trains, as its sink sees them.
+fn trained<'a>(model: &'a Model, adapter: &'a Option<&mut Adapter>) -> Trained<'a> {
+    match adapter {
+        Some(a) => Trained::Adapter(a),
+        None => Trained::Model(model),
+    }
 }
 
 fn train_with<O: Ops>(
     trainer: &mut Trainer<O>,
     model: &mut Model,
+    adapter: &mut Option<&mut Adapter>,
     examples: &[Example],
     cfg: &TrainConfig,
     sink: &mut dyn RunSink,
@@ -348,9 +465,9 @@ fn train_with<O: Ops>(
                     // These weights gave the bad value: the last good ones are those before
                     // the update that made them.
                     trainer.roll_back()?;
-                    trainer.lend_weights(model)?;
+                    trainer.lend_weights(host_params(model, adapter))?;
                     let kept = sink
-                        .keep_last_good(model, step - 1)
+                        .keep_last_good(trained(model, adapter), step - 1)
                         .with_context(|| stopped.clone())?;
                     bail!("{stopped}; {kept}");
                 }
@@ -375,10 +492,10 @@ fn train_with<O: Ops>(
             );
             let last = step == total;
             if last || sink.wants_model(step, last) {
-                trainer.lend_weights(model)?;
-                sink.after_step(model, step, last)?;
+                trainer.lend_weights(host_params(model, adapter))?;
+                sink.after_step(trained(model, adapter), step, last)?;
                 if !last {
-                    trainer.take_back_weights(model)?;
+                    trainer.take_back_weights(host_params(model, adapter))?;
                 }
             }
             last_metrics = line;
@@ -390,6 +507,17 @@ fn train_with<O: Ops>(
         secs: started.elapsed().as_secs_f64(),
         last_metrics,
     })
+}
+
+/// The host's vector of the weights a run trains.
+fn host_params<'a>(
+    model: &'a mut Model,
+    adapter: &'a mut Option<&mut Adapter>,
+) -> &'a mut Vec<f32> {
+    match adapter {
+        Some(a) => &mut a.params,
+        None => &mut model.params,
+    }
 }
 
 /// A forward and backward over one micro-batch: (batch, loss groups, loss) as
@@ -591,6 +719,13 @@ pub(crate) mod tests {
         }
     }
 
+    fn params(trained: Trained<'_>) -> &[f32] {
+        match trained {
+            Trained::Model(m) => &m.params,
+            Trained::Adapter(a) => &a.params,
+        }
+    }
+
     /// Records the weights after each update and what the stop keeps.
     #[derive(Default)]
     struct Recorder {
@@ -602,12 +737,12 @@ pub(crate) mod tests {
         fn metrics(&mut self, _: &Map<String, Value>) -> Result<()> {
             Ok(())
         }
-        fn after_step(&mut self, model: &Model, _: usize, _: bool) -> Result<()> {
-            self.after.push(model.params.clone());
+        fn after_step(&mut self, trained: Trained, _: usize, _: bool) -> Result<()> {
+            self.after.push(params(trained).to_vec());
             Ok(())
         }
-        fn keep_last_good(&mut self, model: &Model, good_steps: usize) -> Result<String> {
-            self.kept = Some((good_steps, model.params.clone()));
+        fn keep_last_good(&mut self, trained: Trained, good_steps: usize) -> Result<String> {
+            self.kept = Some((good_steps, params(trained).to_vec()));
             Ok("kept".into())
         }
         fn progress(&mut self, _: usize, _: f64, _: f64) {}
@@ -622,8 +757,8 @@ pub(crate) mod tests {
         let third = shuffled(examples.len(), cfg.seed, 0)[2];
         examples[third].reference[0] = f64::NAN;
         let mut rec = Recorder::default();
-        let err =
-            crate::engine::train(&mut model, &examples, &cfg, &mut rec, &Device::CPU).unwrap_err();
+        let err = crate::engine::train(&mut model, None, &examples, &cfg, &mut rec, &Device::CPU)
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("training stopped at step 3: the loss is NaN"),

@@ -460,6 +460,15 @@ impl Ops for Cpu {
         )
     }
 
+    fn frozen_from_host(&self, host: &mut Vec<f32>) -> Result<Vec<f32>> {
+        Ok(std::mem::take(host))
+    }
+    fn frozen_to_host(&self, frozen: Vec<f32>, host: &mut Vec<f32>) -> Result<()> {
+        if host.is_empty() {
+            *host = frozen;
+        }
+        Ok(())
+    }
     fn master_from_host(&self, host: &mut Vec<f32>) -> Result<Vec<f32>> {
         Ok(std::mem::take(host))
     }

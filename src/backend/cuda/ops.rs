@@ -464,6 +464,13 @@ impl<T: Storage> Ops for CudaOps<T> {
         )
     }
 
+    fn frozen_from_host(&self, host: &mut Vec<f32>) -> Result<DevBuf<T>> {
+        let stored: Vec<T> = host.iter().map(|&x| T::from_f32(x)).collect();
+        self.upload(&stored, "for the frozen model weights")
+    }
+    fn frozen_to_host(&self, _frozen: DevBuf<T>, _host: &mut Vec<f32>) -> Result<()> {
+        Ok(())
+    }
     fn master_from_host(&self, host: &mut Vec<f32>) -> Result<DevBuf<f32>> {
         self.upload(host, "for the weights, gradients and AdamW state")
     }
