@@ -813,3 +813,56 @@ fn a_run_never_adopts_a_stage_it_did_not_write() {
         assert!(stage.join("model").join("config.json").exists());
     }
 }
+
+/// The first update's metric `key` of iteration t's training.
+fn first_update(out: &Path, t: usize, key: &str) -> f64 {
+    let lines = jsonl(&out.join(format!("iter-{t}/train/metrics.jsonl")));
+    lines[0][key].as_f64().unwrap()
+}
+
+#[test]
+fn a_lora_run_chains_its_adapters_over_the_frozen_seed_and_resumes_to_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lora");
+    let mut args = run_args(tmp.path(), &out);
+    args.extend(["--lora-r", "4", "--lr", "2e-2"].map(String::from));
+    let r = run_vec(&args);
+    assert!(r.ok, "{}", r.stderr);
+    let config = tpo_engine::model::Model::load_config(&chat_fixture()).unwrap();
+    let mut adapters = vec![];
+    for t in [1, 2] {
+        let train = out.join(format!("iter-{t}/train"));
+        assert!(
+            !train.join("model").exists(),
+            "iteration {t} wrote a full model"
+        );
+        let adapter = tpo_engine::model::peft::load(&train.join("adapter"), &config).unwrap();
+        assert!(!adapter.is_identity(), "iteration {t}'s adapter has learnt");
+        // Iteration t starts from the policy of t-1, which is its reference too.
+        assert!(first_update(&out, t, "rewards/margins").abs() < 1e-4);
+        assert!((first_update(&out, t, "loss") - std::f64::consts::LN_2).abs() < 1e-4);
+        adapters.push(adapter.params);
+    }
+    assert!(
+        adapters[0] != adapters[1],
+        "iteration 2 trained its adapter on"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["lora"]["r"], 4);
+    assert!(
+        r.stderr.contains(s(&out.join("iter-2/train/adapter"))),
+        "{}",
+        r.stderr
+    );
+
+    // Killed before iteration 2 trained: the resumed run gives the same files.
+    let expected = snapshot(&out);
+    for f in ["iter-2/eval.jsonl", "iter-2/summary.json"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    std::fs::remove_dir_all(out.join("iter-2/train")).unwrap();
+    let r = tpo(&["train", "--resume", "--out", s(&out)]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_same(&snapshot(&out), &expected, "resumed LoRA run");
+}

@@ -1,10 +1,11 @@
 //! `tpo-engine train`: the TPO loop, or with no arguments the built-in demonstration.
 
 use super::format::FormatArgs;
+use super::lora::LoraArgs;
 use super::train::{dpo_config, train_config, DpoLossArgs, OptimArgs};
 use crate::backend::device::Placement;
 use crate::io::outputs::Inputs;
-use crate::tpo::config::{Reference, Sampling, TpoConfig};
+use crate::tpo::config::{LoraTraining, Reference, Sampling, TpoConfig};
 use crate::tpo::judge::{JudgeMode, LlmJudgeOptions};
 use crate::tpo::prompts::{prompt_line_limit, read_prompt_file};
 use crate::tpo::run::JudgeChanges;
@@ -116,6 +117,8 @@ pub struct TpoArgs {
     loss: DpoLossArgs,
     #[command(flatten)]
     optim: OptimArgs,
+    #[command(flatten)]
+    lora: LoraArgs,
     /// Run directory (created; with --resume, an existing run to continue).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -242,6 +245,34 @@ fn llm_options(args: &TpoArgs) -> Result<LlmJudgeOptions> {
 
 type Prompts = Vec<serde_json::Map<String, serde_json::Value>>;
 
+/// A LoRA run's settings from the flags (None: the whole model trains); a starting
+/// adapter is read (and checked against the model) here.
+fn lora_training(args: &TpoArgs, model: &std::path::Path) -> Result<Option<LoraTraining>> {
+    let given = args.model.as_ref().expect("checked by the caller");
+    let base_name = given.display().to_string();
+    let config = crate::model::Model::load_config(model)?;
+    let Some(adapter) = args.lora.adapter(&config, args.optim.seed)? else {
+        return Ok(None);
+    };
+    let start = match &args.lora.adapter {
+        Some(flag) => Some(
+            crate::io::hub::resolve_flag("--adapter", flag)?
+                .canonicalize()
+                .with_context(|| format!("--adapter {}: no such directory", flag.display()))?,
+        ),
+        None => None,
+    };
+    let lora = &adapter.config;
+    Ok(Some(LoraTraining {
+        start,
+        r: lora.r,
+        alpha: lora.alpha,
+        rslora: lora.rslora,
+        targets: lora.targets.iter().map(|t| t.name().to_string()).collect(),
+        base_name,
+    }))
+}
+
 fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
     let model = args.model.as_ref().expect("checked by the caller");
     let model = crate::io::hub::resolve_flag("--model", model)?
@@ -297,6 +328,7 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
     }
     let dpo = dpo_config(&args.loss)?;
     let train = train_config(&args.optim, Objective::Dpo(dpo), 1e-6)?;
+    let lora = lora_training(args, &model)?;
     let cfg = TpoConfig {
         model,
         judge,
@@ -332,6 +364,7 @@ fn resolve(args: &TpoArgs) -> Result<(TpoConfig, Prompts, Prompts)> {
         seed: args.optim.seed,
         chat_template: !args.optim.no_chat_template,
         format: args.format.control(!args.no_thoughts)?,
+        lora,
     };
     Ok((cfg, pool, heldout))
 }

@@ -82,6 +82,39 @@ pub struct TpoConfig {
     /// Decoding-time control of the thought format (off in runs made before it existed).
     #[serde(default)]
     pub format: FormatControl,
+    /// LoRA: each iteration trains the adapter over the frozen seed (None: the whole model).
+    #[serde(default)]
+    pub lora: Option<LoraTraining>,
+}
+
+/// A run that trains a LoRA adapter: iteration t continues the adapter of iteration t-1,
+/// over the seed's frozen weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoraTraining {
+    /// The adapter of iteration 0 (PEFT's format); None: a new one of the shape below.
+    pub start: Option<PathBuf>,
+    pub r: usize,
+    pub alpha: f64,
+    pub rslora: bool,
+    /// PEFT module names.
+    pub targets: Vec<String>,
+    /// The base model's name in the adapters' config: the --model given.
+    pub base_name: String,
+}
+
+impl LoraTraining {
+    /// The adapter's shape.
+    pub fn config(&self) -> Result<crate::model::lora::LoraConfig> {
+        let targets = self
+            .targets
+            .iter()
+            .map(|n| {
+                crate::model::lora::Target::parse(n)
+                    .with_context(|| format!("LoRA target {n:?}: not a module of the blocks"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        crate::model::lora::LoraConfig::new(self.r, self.alpha, self.rslora, 0.0, targets)
+    }
 }
 
 impl TpoConfig {

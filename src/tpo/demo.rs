@@ -67,6 +67,7 @@ pub(crate) fn config(seed_dir: &Path, plan: &DemoPlan, thoughts: bool) -> Result
             max_thought_tokens: None,
         },
         model: seed_dir.canonicalize()?,
+        lora: None,
         judge: format!("builtin:{}", JUDGE_NAME),
         judge_timeout_secs: 60.0,
         judge_retries: 0,

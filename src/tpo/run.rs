@@ -32,6 +32,7 @@ use crate::backend::settings::SamplingParams;
 use crate::engine::train;
 use crate::generate::{end_token, eos_ids, PromptMode};
 use crate::io::run_lock::RunLock;
+use crate::model::lora::Adapter;
 use crate::model::{Model, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::run::RunDir;
@@ -221,7 +222,7 @@ impl TpoRun {
         // A stage killed before it recorded its owner has no model yet and is redone.
         let owner = match std::fs::read_to_string(stage.join(STAGE_OWNER)) {
             Ok(owner) => owner,
-            Err(_) if !stage.join("model").exists() => return Ok(()),
+            Err(_) if !self.trained_dir(t).exists() => return Ok(()),
             Err(_) => String::new(),
         };
         if owner.trim() != id {
@@ -313,18 +314,61 @@ impl TpoRun {
         self.dir.join(format!("iter-{t}"))
     }
 
+    /// Where iteration t's training writes what it trains: train/model, or a LoRA run's
+    /// train/adapter.
+    fn trained_dir(&self, t: usize) -> PathBuf {
+        let train = self.iter_dir(t).join("train");
+        match self.cfg.lora {
+            Some(_) => train.join("adapter"),
+            None => train.join("model"),
+        }
+    }
+
     /// The checkpoint of iteration t: the seed for 0; a trained model, or the previous
-    /// iteration's when t made no pairs.
+    /// iteration's when t made no pairs. A LoRA run's is its adapter (`adapter_dir`), or
+    /// the seed while there is none.
     pub fn model_dir(&self, t: usize) -> PathBuf {
+        if self.cfg.lora.is_some() {
+            return self
+                .adapter_dir(t)
+                .unwrap_or_else(|| self.cfg.model.clone());
+        }
         if t == 0 {
             return self.cfg.model.clone();
         }
-        let trained = self.iter_dir(t).join("train").join("model");
+        let trained = self.trained_dir(t);
         if trained.exists() {
             trained
         } else {
             self.model_dir(t - 1)
         }
+    }
+
+    /// A LoRA run's adapter of iteration t: the starting one (if any) for 0; a trained one,
+    /// or the previous iteration's when t made no pairs.
+    fn adapter_dir(&self, t: usize) -> Option<PathBuf> {
+        let lora = self.cfg.lora.as_ref()?;
+        if t == 0 {
+            return lora.start.clone();
+        }
+        let trained = self.trained_dir(t);
+        if trained.exists() {
+            Some(trained)
+        } else {
+            self.adapter_dir(t - 1)
+        }
+    }
+
+    /// The policy of iteration t: its checkpoint, or a LoRA run's seed with the adapter of
+    /// iteration t merged in.
+    fn policy(&self, t: usize) -> Result<Model> {
+        let Some(dir) = self.adapter_dir(t) else {
+            return Model::load(&self.model_dir(t));
+        };
+        let mut model = Model::load(&self.cfg.model)?;
+        let adapter = crate::model::peft::load(&dir, &model.config)?;
+        adapter.merge_into(&model.layout, &mut model.params)?;
+        Ok(model)
     }
 
     /// Runs every unfinished stage of every iteration; returns the summary rows.
@@ -454,7 +498,7 @@ impl TpoRun {
                 prompts.len()
             ),
         );
-        let model = Model::load(&self.model_dir(t - 1))?;
+        let model = self.policy(t - 1)?;
         let refs: Vec<&Map<String, Value>> = prompts.iter().collect();
         let ids = self.rt.render_all(&self.cfg, &refs, self.thoughts())?;
         let samples = self.rt.sample(
@@ -551,11 +595,10 @@ impl TpoRun {
         );
         let mut examples = pair_examples(&self.rt, &self.cfg, &prompts, &pairs, self.thoughts())?;
         if !examples.is_empty() {
-            let reference = match self.cfg.reference {
-                super::config::Reference::Previous => self.model_dir(t - 1),
-                super::config::Reference::Seed => self.cfg.model.clone(),
+            let model = match self.cfg.reference {
+                super::config::Reference::Previous => self.policy(t - 1)?,
+                super::config::Reference::Seed => self.policy(0)?,
             };
-            let model = Model::load(&reference)?;
             reference_logps(
                 &model,
                 &mut examples,
@@ -612,11 +655,12 @@ impl TpoRun {
         Ok(())
     }
 
-    /// DPO on the pairs, from the policy of iteration t-1; the checkpoint is train/model.
+    /// DPO on the pairs, from the policy of iteration t-1; the checkpoint is train/model
+    /// (a LoRA run: the adapter, train/adapter, continuing that of iteration t-1).
     fn train_stage(&mut self, t: usize) -> Result<bool> {
         self.check_stage_owner(t)?;
         let train_dir = self.iter_dir(t).join("train");
-        if train_dir.join("model").exists() || self.iter_dir(t).join("no-pairs").exists() {
+        if self.trained_dir(t).exists() || self.iter_dir(t).join("no-pairs").exists() {
             return Ok(false);
         }
         let prompts: Vec<PromptCandidates> =
@@ -682,16 +726,32 @@ impl TpoRun {
             t,
             &format!("DPO on {} pairs: {total} updates", examples.len()),
         );
-        let source = self.model_dir(t - 1);
-        let mut model = Model::load(&source)?;
+        let (source, mut model, mut adapter) = match &self.cfg.lora {
+            None => {
+                let source = self.model_dir(t - 1);
+                let model = Model::load(&source)?;
+                (source, model, None)
+            }
+            Some(lora) => {
+                let model = Model::load(&self.cfg.model)?;
+                let adapter = match self.adapter_dir(t - 1) {
+                    Some(dir) => crate::model::peft::load(&dir, &model.config)?,
+                    None => Adapter::init(&model.config, lora.config()?, self.cfg.seed),
+                };
+                (self.cfg.model.clone(), model, Some(adapter))
+            }
+        };
         let mut sink = RunDir::create(&train_dir, &source, self.cfg.save_steps, total)?
             .with_report(&format!("[{}] DPO of iteration {t}", self.label), true);
+        if let Some(lora) = &self.cfg.lora {
+            sink = sink.with_adapters(&lora.base_name);
+        }
         if let Some(id) = &self.run_id {
             crate::io::write_atomic(&train_dir.join(STAGE_OWNER), id.as_bytes())?;
         }
         let result = train(
             &mut model,
-            None,
+            adapter.as_mut(),
             &examples,
             &cfg,
             &mut sink,
@@ -708,14 +768,14 @@ impl TpoRun {
         if out.exists() {
             return Ok(false);
         }
-        let cands = self.answer_heldout(&self.cfg.model.clone(), false, 0)?;
+        let cands = self.answer_heldout(0, false)?;
         write_jsonl(&out, &cands)?;
         Ok(true)
     }
 
-    /// One answer per held-out prompt from the model in `dir`, parsed.
-    fn answer_heldout(&self, dir: &Path, thoughts: bool, t: usize) -> Result<Vec<Candidate>> {
-        let model = Model::load(dir)?;
+    /// One answer per held-out prompt from the policy of iteration t, parsed.
+    fn answer_heldout(&self, t: usize, thoughts: bool) -> Result<Vec<Candidate>> {
+        let model = self.policy(t)?;
         let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
         let ids = self.rt.render_all(&self.cfg, &refs, thoughts)?;
         self.eval_samples(&model, &ids, thoughts, t)?
@@ -766,7 +826,7 @@ impl TpoRun {
             &format!("evaluating on {} held-out prompts", self.heldout.len()),
         );
         let seed: Vec<Candidate> = read_jsonl(&self.dir.join("eval-seed.jsonl"))?;
-        let cands = self.answer_heldout(&self.model_dir(t), self.thoughts(), t)?;
+        let cands = self.answer_heldout(t, self.thoughts())?;
         let refs: Vec<&Map<String, Value>> = self.heldout.iter().collect();
         let instructions = instructions(&refs);
         let shown = |c: &Candidate| {
