@@ -145,7 +145,14 @@ impl TpoRun {
                 .min(model.max_context);
             let sampling = crate::memory::generation(&model, seqs, positions, cpu.kept_bytes())
                 .lowered_by("--gen-batch-size (or --max-new-tokens)");
-            let training = crate::memory::training(&model, run.cfg.micro_batch_tokens);
+            let tokens = run.cfg.micro_batch_tokens;
+            let training = match &run.cfg.lora {
+                Some(lora) => {
+                    let layout = crate::model::lora::LoraLayout::new(&model, &lora.config()?);
+                    crate::memory::lora_training(&model, layout.len as u64, tokens)
+                }
+                None => crate::memory::training(&model, tokens),
+            };
             if sampling.total() > training.total() {
                 sampling.check("train (its sampling stage)")?;
             } else {
