@@ -17,6 +17,9 @@ pub const AVAILABLE_VAR: &str = "TPO_MEMORY_AVAILABLE";
 pub struct Need {
     parts: Vec<(String, u64)>,
     lower: &'static str,
+    /// What to do instead when the parts the flag cannot lower (all but the last) are
+    /// beyond the machine already.
+    instead: Option<&'static str>,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -54,12 +57,19 @@ impl Need {
             .iter()
             .map(|(what, bytes)| format!("{what} {:.1} GiB", *bytes as f64 / GIB))
             .collect();
+        let fixed: u64 = self.parts[..self.parts.len().saturating_sub(1)]
+            .iter()
+            .map(|p| p.1)
+            .fold(0, u64::saturating_add);
+        let advice = match self.instead {
+            Some(instead) if fixed > free => instead.to_string(),
+            _ => format!("lower {}", self.lower),
+        };
         bail!(
-            "{command} would need about {:.1} GiB of memory ({}), and this machine has {:.1} GiB available; lower {}",
+            "{command} would need about {:.1} GiB of memory ({}), and this machine has {:.1} GiB available; {advice}",
             self.total() as f64 / GIB,
             parts.join(", "),
             free as f64 / GIB,
-            self.lower
         )
     }
 }
@@ -110,6 +120,7 @@ pub fn generation(cfg: &ModelConfig, seqs: usize, positions: usize, kept_bytes: 
             ("logits".into(), logits),
         ],
         lower: "--batch-size (or --max-new-tokens)",
+        instead: None,
     }
 }
 
@@ -122,6 +133,7 @@ pub fn checkpoint(cfg: &ModelConfig, stored: u64) -> Need {
             ("the file's bytes".into(), p.saturating_mul(stored)),
         ],
         lower: "--hidden, --layers, --intermediate or --vocab",
+        instead: None,
     }
 }
 
@@ -142,6 +154,7 @@ pub fn scoring(cfg: &ModelConfig, tokens: usize) -> Need {
             ),
         ],
         lower: "--micro-batch-tokens",
+        instead: None,
     }
 }
 
@@ -167,6 +180,9 @@ pub fn training(cfg: &ModelConfig, tokens: usize) -> Need {
             (format!("activations of {tokens}-token micro-batches"), acts),
         ],
         lower: "--micro-batch-tokens",
+        instead: Some(
+            "the weights and their training state alone are beyond it: train a LoRA adapter instead (--lora-r 16: 4 bytes a frozen weight in place of 20)",
+        ),
     }
 }
 
@@ -188,6 +204,45 @@ pub fn lora_training(cfg: &ModelConfig, adapter: u64, tokens: usize) -> Need {
             acts,
         ],
         lower: "--micro-batch-tokens",
+        instead: None,
+    }
+}
+
+/// The device memory of LoRA TPO on a GPU (bf16 weights and activations), a formula that
+/// has not run on a device: the frozen weights in bf16 (2 bytes a parameter); the adapter's
+/// f32 master, roll-back copy, gradient and two AdamW moments plus its bf16 copy (22 bytes
+/// an adapter parameter); the activations the backward keeps for micro-batches of `tokens`,
+/// in bf16 (half the CPU's f32 count); and the bf16 KV caches of `kv_tokens` sampled
+/// tokens (K candidates x their length). Sampling and training run one after the other,
+/// but the frozen weights serve both, so the larger of the two working sets counts.
+pub fn lora_training_on_gpu(
+    cfg: &ModelConfig,
+    adapter: u64,
+    tokens: usize,
+    kv_tokens: usize,
+) -> Need {
+    let acts = training(cfg, tokens).parts[1].1 / 2;
+    let kv = (kv_tokens as u64)
+        .saturating_mul(cfg.num_hidden_layers as u64)
+        .saturating_mul(floats(&[(2, cfg.kv_dim())]) / 2);
+    let (work, what) = match acts > kv {
+        true => (
+            acts,
+            format!("bf16 activations of {tokens}-token micro-batches"),
+        ),
+        false => (kv, format!("bf16 KV caches of {kv_tokens} tokens")),
+    };
+    Need {
+        parts: vec![
+            ("bf16 frozen weights".into(), params(cfg).saturating_mul(2)),
+            (
+                "adapter state (f32 master, roll-back, gradient, moments; bf16 copy)".into(),
+                adapter.saturating_mul(22),
+            ),
+            (what, work),
+        ],
+        lower: "--micro-batch-tokens",
+        instead: None,
     }
 }
 
@@ -229,7 +284,19 @@ mod tests {
         let err = need.check("dpo").unwrap_err().to_string();
         std::env::set_var(AVAILABLE_VAR, need.total().to_string());
         let ok = need.check("dpo");
+        // Llama-3.2-1B's shape on 22 GiB: its weights' training state alone is beyond it,
+        // so the advice is LoRA, which fits.
+        let b1 = llama(2048, 16, 32, 8, 8192, 128256, true);
+        std::env::set_var(AVAILABLE_VAR, (22u64 << 30).to_string());
+        let full_1b = training(&b1, 4096).check("dpo").unwrap_err().to_string();
+        let lora_1b = lora_training(&b1, rank_16(&b1), 4096).check("dpo");
         std::env::remove_var(AVAILABLE_VAR);
+        assert!(
+            full_1b.contains("train a LoRA adapter instead (--lora-r 16"),
+            "{full_1b}"
+        );
+        assert!(!full_1b.contains("lower --micro-batch-tokens"), "{full_1b}");
+        lora_1b.unwrap();
         assert!(
             err.contains("dpo would need about") && err.contains("--micro-batch-tokens"),
             "{err}"
@@ -239,5 +306,73 @@ mod tests {
             "{err}"
         );
         ok.unwrap();
+    }
+
+    fn llama(
+        c: usize,
+        layers: usize,
+        heads: usize,
+        kv: usize,
+        i: usize,
+        v: usize,
+        tied: bool,
+    ) -> ModelConfig {
+        ModelConfig::from_json(&serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": c, "intermediate_size": i,
+            "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "vocab_size": v, "tie_word_embeddings": tied,
+        }))
+        .unwrap()
+    }
+
+    /// The adapter parameters of rank 16 on every Linear.
+    fn rank_16(cfg: &ModelConfig) -> u64 {
+        let all = crate::model::lora::Target::ALL.to_vec();
+        let lora = crate::model::lora::LoraConfig::new(16, 32.0, false, 0.0, all).unwrap();
+        crate::model::lora::LoraLayout::new(cfg, &lora).len as u64
+    }
+
+    /// Llama-3.2-1B's shape on a 24 GiB machine: full training needs more than it has
+    /// (20 bytes a parameter), a rank-16 LoRA about two thirds of it.
+    #[test]
+    fn lora_fits_the_1b_shape_in_24_gib_and_full_training_does_not() {
+        let c = llama(2048, 16, 32, 8, 8192, 128256, true);
+        let gib = |n: u64| n as f64 / GIB;
+        let full = training(&c, 4096);
+        let adapter = rank_16(&c);
+        assert_eq!(adapter, 16 * 16 * (4096 + 2560 + 2560 + 4096 + 3 * 10240));
+        let lora = lora_training(&c, adapter, 4096);
+        assert!(gib(full.total()) > 24.0, "{}", gib(full.total()));
+        assert!(gib(lora.total()) < 18.0, "{}", gib(lora.total()));
+        // Only the weights' share differs: 4 bytes a frozen parameter, 20 an adapter one.
+        assert_eq!(full.total() - lora.total(), 16 * params(&c) - 20 * adapter);
+    }
+
+    /// The formula on a GPU of 80 GB (not run): Llama-3.1-8B fits with 4096-token
+    /// micro-batches and the KV caches of 8 candidates of 1024 tokens; a 34B Llama
+    /// (CodeLlama-34B's shape) fits with 512-token micro-batches; 70B's frozen weights alone
+    /// are beyond it.
+    #[test]
+    fn on_an_80_gb_gpu_lora_fits_8b_and_34b_but_not_70b() {
+        let gb = |n: u64| n as f64 / 1e9;
+        let kv_tokens = 8 * 1024;
+        let b8 = llama(4096, 32, 32, 8, 14336, 128256, false);
+        let need = lora_training_on_gpu(&b8, rank_16(&b8), 4096, kv_tokens);
+        assert!(
+            (35.0..40.0).contains(&gb(need.total())),
+            "{}",
+            gb(need.total())
+        );
+        let b34 = llama(8192, 48, 64, 8, 22016, 32000, false);
+        let need = lora_training_on_gpu(&b34, rank_16(&b34), 512, kv_tokens);
+        assert!(
+            (70.0..80.0).contains(&gb(need.total())),
+            "{}",
+            gb(need.total())
+        );
+        let need = lora_training_on_gpu(&b34, rank_16(&b34), 4096, kv_tokens);
+        assert!(gb(need.total()) > 80.0);
+        let b70 = llama(8192, 80, 64, 8, 28672, 128256, false);
+        assert!(gb(params(&b70) * 2) > 80.0);
     }
 }

@@ -269,6 +269,65 @@ pub trait Ops {
         scale: f32,
         accumulate: bool,
     ) -> Result<()>;
+    /// out[:, cols] += scale * inp (N, C) @ weight (OC, C)^T: a product added into a block of
+    /// OC columns of a wider output (a LoRA adapter's share of a fused projection).
+    /// `scratch` may hold the product on its way: the default goes through
+    /// `matmul_forward` and `scale_columns`; the CPU adds in place.
+    #[allow(clippy::too_many_arguments)]
+    fn add_product(
+        &self,
+        out: &mut Self::Buf<Self::S>,
+        cols: Columns,
+        inp: &Self::Buf<Self::S>,
+        weight: Self::W<'_>,
+        n: usize,
+        c: usize,
+        oc: usize,
+        scale: f32,
+        scratch: &mut Self::Buf<Self::S>,
+    ) -> Result<()> {
+        self.set_len(scratch, n * oc)?;
+        self.matmul_forward(scratch, inp, weight, None, n, c, oc)?;
+        let dense = Columns {
+            stride: oc,
+            offset: 0,
+        };
+        self.scale_columns(out, cols, scratch, dense, n, oc, scale, true)
+    }
+    /// The backward of `add_product`: dinp (N, C) = scale * dout[:, cols] @ weight, added
+    /// when `accumulate` (else assigned); dweight (OC, C) += scale * dout[:, cols]^T @ inp.
+    /// The default goes through a scaled copy of the block (`scratch.0`) and, when it
+    /// accumulates, the input gradient's (`scratch.1`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_product_backward(
+        &self,
+        dinp: &mut Self::Buf<Self::S>,
+        accumulate: bool,
+        dweight: Self::G<'_>,
+        dout: &Self::Buf<Self::S>,
+        cols: Columns,
+        inp: &Self::Buf<Self::S>,
+        weight: Self::W<'_>,
+        n: usize,
+        c: usize,
+        oc: usize,
+        scale: f32,
+        scratch: (&mut Self::Buf<Self::S>, &mut Self::Buf<Self::S>),
+    ) -> Result<()> {
+        let (dy, dx) = scratch;
+        self.set_len(dy, n * oc)?;
+        let dense = Columns {
+            stride: oc,
+            offset: 0,
+        };
+        self.scale_columns(dy, dense, dout, cols, n, oc, scale, false)?;
+        if !accumulate {
+            return self.matmul_backward(dinp, Some(dweight), None, dy, inp, weight, n, c, oc);
+        }
+        self.set_len(dx, n * c)?;
+        self.matmul_backward(dx, Some(dweight), None, dy, inp, weight, n, c, oc)?;
+        self.residual_forward(dinp, dx)
+    }
     /// dst row i = src row rows[i]; dst: (R, C).
     fn gather_rows(
         &self,

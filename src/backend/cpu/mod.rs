@@ -7,6 +7,7 @@ pub mod attention;
 mod attention_rows;
 mod attention_tiled;
 pub mod bf16;
+pub mod block_products;
 pub mod embedding;
 pub mod glue;
 pub mod kv_cache;

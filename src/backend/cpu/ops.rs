@@ -9,7 +9,10 @@ use super::matmul::{add_bias, check_forward};
 use super::packed_f32::{self, PackedF32};
 use super::packed_weights::PackedWeights;
 use super::products::Products;
-use super::{adamw, check_lens, embedding, glue, matmul_bf16, residual, rmsnorm, rope, swiglu};
+use super::{
+    adamw, block_products, check_lens, embedding, glue, matmul_bf16, residual, rmsnorm, rope,
+    swiglu,
+};
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
 use crate::backend::settings::{AdamW, AttentionDims, Columns};
@@ -392,6 +395,40 @@ impl Ops for Cpu {
         accumulate: bool,
     ) -> Result<()> {
         glue::scale_columns(dst, to, src, from, rows, width, scale, accumulate)
+    }
+    fn add_product(
+        &self,
+        out: &mut Vec<f32>,
+        cols: Columns,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        n: usize,
+        c: usize,
+        oc: usize,
+        scale: f32,
+        _scratch: &mut Vec<f32>,
+    ) -> Result<()> {
+        block_products::add_product(out, cols, inp, weight, n, c, oc, scale)
+    }
+    fn add_product_backward(
+        &self,
+        dinp: &mut Vec<f32>,
+        accumulate: bool,
+        dweight: &mut [f32],
+        dout: &Vec<f32>,
+        cols: Columns,
+        inp: &Vec<f32>,
+        weight: &[f32],
+        n: usize,
+        c: usize,
+        oc: usize,
+        scale: f32,
+        _scratch: (&mut Vec<f32>, &mut Vec<f32>),
+    ) -> Result<()> {
+        let (dx, dw) = (dinp, dweight);
+        block_products::add_product_backward(
+            dx, accumulate, dw, dout, cols, inp, weight, n, c, oc, scale,
+        )
     }
     fn gather_rows(
         &self,

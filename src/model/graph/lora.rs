@@ -1,7 +1,9 @@
 //! A LoRA adapter in the layer graph: each adapted Linear W of a layer adds s * (x A^T) B^T
 //! to its output (or to its block of a fused q/k/v or gate/up output), as PEFT does, with
 //! t = x A^T kept for the backward, and the backward: with dy the Linear's output gradient,
-//! dt = s dy B, dB += s dy^T t, dA += dt^T x, and dx += dt A.
+//! dt = s dy B, dB += s dy^T t, dA += dt^T x, and dx += dt A. The products that meet a
+//! block of the output (`Ops::add_product` and its backward) read and write it in place
+//! where the device can (the CPU).
 
 use super::{LoraNet, Net};
 use crate::backend::ops::Ops;
@@ -42,13 +44,7 @@ pub(crate) fn lora_forward<O: Ops>(
     let a = O::weights(lora.weights, linear.a.clone());
     let b = O::weights(lora.weights, linear.b.clone());
     ops.matmul_forward(t, x, a, None, n, linear.in_dim, r)?;
-    ops.set_len(u, n * out_dim)?;
-    ops.matmul_forward(u, t, b, None, n, r, out_dim)?;
-    let dense = Columns {
-        stride: out_dim,
-        offset: 0,
-    };
-    ops.scale_columns(out, cols, u, dense, n, out_dim, lora.scale, true)
+    ops.add_product(out, cols, t, b, n, r, out_dim, lora.scale, u)
 }
 
 /// The scratch of one adapted Linear's backward.
@@ -81,29 +77,23 @@ pub(crate) fn lora_backward<O: Ops>(
     };
     let ops = net.ops;
     let (r, out_dim, in_dim) = (lora.r, linear.out_dim, linear.in_dim);
-    let dense = |w| Columns {
-        stride: w,
-        offset: 0,
-    };
-    ops.set_len(scratch.dy, n * out_dim)?;
-    ops.scale_columns(
-        scratch.dy,
-        dense(out_dim),
-        dy,
-        cols,
-        n,
-        out_dim,
-        lora.scale,
-        false,
-    )?;
+    // dt = s dy B and dB += s dy^T t: the backward of out[:, cols] += s t B^T.
     let b = O::weights(lora.weights, linear.b.clone());
     let db = O::grads(grads, linear.b.clone());
-    ops.matmul_backward(scratch.dt, Some(db), None, scratch.dy, t, b, n, r, out_dim)?;
+    let (dy_scratch, dx_scratch) = (scratch.dy, scratch.dx);
+    ops.set_len(scratch.dt, n * r)?;
+    let s = lora.scale;
+    let sc = (&mut *dy_scratch, &mut *dx_scratch);
+    ops.add_product_backward(scratch.dt, false, db, dy, cols, t, b, n, r, out_dim, s, sc)?;
+    // dx += dt A and dA += dt^T x: the backward of t = x A^T.
     let a = O::weights(lora.weights, linear.a.clone());
     let da = O::grads(grads, linear.a.clone());
-    ops.set_len(scratch.dx, n * in_dim)?;
-    ops.matmul_backward(scratch.dx, Some(da), None, scratch.dt, x, a, n, in_dim, r)?;
-    ops.residual_forward(dx, scratch.dx)
+    let dense = Columns {
+        stride: r,
+        offset: 0,
+    };
+    let sc = (dy_scratch, dx_scratch);
+    ops.add_product_backward(dx, true, da, scratch.dt, dense, x, a, n, in_dim, r, 1.0, sc)
 }
 
 #[cfg(test)]
