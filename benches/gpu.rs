@@ -665,7 +665,7 @@ impl Bench {
         };
         let mut model = model;
         let ops = CudaOps::<bf16>::new(self.gpu.clone());
-        let mut trainer = Trainer::new(ops, &mut model, &cfg, micro)?;
+        let mut trainer = Trainer::new(ops, &mut model, None, &cfg, micro)?;
         drop(model);
         let setup_s = started.elapsed().as_secs_f64();
         let examples: Vec<Example> = (0..pairs)

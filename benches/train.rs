@@ -3,7 +3,9 @@
 //! forward, fused log-probs, DPO loss, backward, gradient norm and AdamW; the reference
 //! log-probs are precomputed, as in `tpo-engine dpo`. Tokens/s of the update = 2048 / time.
 //! The id is `dpo_train_step/SHAPE-8x256` with f32 products and `dpo_train_step_bf16/...`
-//! with bf16 ones on the best bf16 kernel this CPU has (`TPO_CPU_BF16` forces one).
+//! with bf16 ones on the best bf16 kernel this CPU has (`TPO_CPU_BF16` forces one);
+//! `dpo_train_step_lora/...` and `dpo_train_step_lora_bf16/...` train a rank-16 LoRA
+//! adapter on every Linear over the frozen model instead.
 //! scripts/bench-train.sh runs them beside PyTorch.
 
 mod common;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tpo_engine::backend::cpu::bf16::Bf16Path;
 use tpo_engine::backend::cpu::{Cpu, Products};
 use tpo_engine::backend::rng::Rng;
+use tpo_engine::model::lora::{Adapter, LoraConfig, Target};
 use tpo_engine::train::trainer::{micro_batch_rows, Trainer};
 use tpo_engine::train::{
     DpoConfig, DpoLossType, Example, LrSchedule, Objective, OptimizerConfig, TrainConfig,
@@ -24,16 +27,24 @@ const SEQ_LEN: usize = 256;
 const PROMPT_LEN: usize = 64;
 
 fn dpo_train_step(c: &mut Criterion) {
-    update(c, "dpo_train_step", Cpu::F32);
+    update(c, "dpo_train_step", Cpu::F32, false);
     let path = Bf16Path::chosen().expect("TPO_CPU_BF16 names a kernel this CPU runs");
     eprintln!("bf16 products on {path}");
     let products = Products::Bf16(path);
-    update(c, "dpo_train_step_bf16", Cpu::new(products));
+    update(c, "dpo_train_step_bf16", Cpu::new(products), false);
+    update(c, "dpo_train_step_lora", Cpu::F32, true);
+    update(c, "dpo_train_step_lora_bf16", Cpu::new(products), true);
 }
 
-/// The update with `cpu`'s products, as benchmark group `name`.
-fn update(c: &mut Criterion, name: &str, cpu: Cpu) {
+/// The update with `cpu`'s products, as benchmark group `name`; with `lora`, of a rank-16
+/// adapter on every Linear.
+fn update(c: &mut Criterion, name: &str, cpu: Cpu, lora: bool) {
     let mut model = bench_model();
+    let mut adapter = lora.then(|| {
+        let all = Target::ALL.to_vec();
+        let config = LoraConfig::new(16, 32.0, false, 0.0, all).expect("a LoRA config");
+        Adapter::init(&model.config, config, 1)
+    });
     let (shape, _) = bench_shape();
     let vocab = model.config.vocab_size;
     let mut rng = Rng::new(4);
@@ -79,7 +90,8 @@ fn update(c: &mut Criterion, name: &str, cpu: Cpu) {
         seed: 0,
     };
     let rows = micro_batch_rows(&examples, &cfg);
-    let mut trainer = Trainer::new(cpu, &mut model, &cfg, rows).expect("a trainer");
+    let mut trainer =
+        Trainer::new(cpu, &mut model, adapter.as_mut(), &cfg, rows).expect("a trainer");
     let batch: Vec<usize> = (0..PAIRS).collect();
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements((2 * PAIRS * SEQ_LEN) as u64));

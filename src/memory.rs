@@ -159,18 +159,32 @@ pub fn scoring(cfg: &ModelConfig, tokens: usize) -> Need {
 }
 
 /// Training on micro-batches of `tokens`: f32 weights, gradients, AdamW's two moments and
-/// the roll-back copy (20 bytes a parameter), and the activations the backward keeps.
+/// the roll-back copy (20 bytes a parameter), and the activations: what each layer keeps
+/// for the backward (its input, its two norms' outputs and the residual between, q, k, v,
+/// the attention's output and log-normalisers, gate/up and their product), and what one
+/// layer's forward and backward work in (`graph::Activations`). The LM head's chunk of
+/// logits (at most 32 MiB) comes on top.
 pub fn training(cfg: &ModelConfig, tokens: usize) -> Need {
     let p = params(cfg);
+    let (c, qd, kvd, im) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
     let per_token_layer = floats(&[
-        (6, cfg.hidden_size),
-        (2, cfg.q_dim()),
-        (2, cfg.kv_dim()),
-        (3, cfg.intermediate_size),
+        (4, c),
+        (2, qd),
+        (2, kvd),
+        (3, im),
+        (1, cfg.num_attention_heads),
     ]);
-    let acts = (tokens as u64)
-        .saturating_mul(cfg.num_hidden_layers as u64)
-        .saturating_mul(per_token_layer);
+    let per_token = floats(&[(5, c), (4, qd), (6, kvd), (3, im)]);
+    let acts = (tokens as u64).saturating_mul(
+        (cfg.num_hidden_layers as u64)
+            .saturating_mul(per_token_layer)
+            .saturating_add(per_token),
+    );
     Need {
         parts: vec![
             (
@@ -273,8 +287,9 @@ mod tests {
         let kv = 64 * 160 * 30 * 2 * 192 * 4;
         assert_eq!(g.total(), p * 8 + kv + 64 * 49152 * 4);
         let t = training(&c, 4096);
-        let per = 4 * (6 * 576 + 2 * 576 + 2 * 192 + 3 * 1536) as u64;
-        assert_eq!(t.total(), p * 20 + 4096 * 30 * per);
+        let per_layer = 4 * (4 * 576 + 2 * 576 + 2 * 192 + 3 * 1536 + 9) as u64;
+        let per = 4 * (5 * 576 + 4 * 576 + 6 * 192 + 3 * 1536) as u64;
+        assert_eq!(t.total(), p * 20 + 4096 * (30 * per_layer + per));
     }
 
     #[test]

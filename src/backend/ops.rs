@@ -19,6 +19,12 @@ use std::ops::Range;
 /// `grad(group, logp)`.
 pub type RowGrad<'a> = dyn FnMut(usize, &[f32]) -> Result<Vec<f32>> + 'a;
 
+/// Two scratch buffers of the storage type.
+pub type Scratch2<'a, O> = (
+    &'a mut <O as Ops>::Buf<<O as Ops>::S>,
+    &'a mut <O as Ops>::Buf<<O as Ops>::S>,
+);
+
 pub trait Ops {
     /// The storage type of weights and activations.
     type S: Storage;
@@ -312,7 +318,7 @@ pub trait Ops {
         c: usize,
         oc: usize,
         scale: f32,
-        scratch: (&mut Self::Buf<Self::S>, &mut Self::Buf<Self::S>),
+        scratch: Scratch2<'_, Self>,
     ) -> Result<()> {
         let (dy, dx) = scratch;
         self.set_len(dy, n * oc)?;

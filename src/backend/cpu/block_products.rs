@@ -25,6 +25,13 @@ struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
+impl Ptr {
+    /// The pointer (a method, so that closures capture the whole `Ptr`, which is Send).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A matrix operand: element (i, j) at ptr + i * rs + j * cs.
 #[derive(Clone, Copy)]
 struct View {
@@ -140,11 +147,10 @@ pub fn add_product(
     };
     (0..n.div_ceil(SLAB)).into_par_iter().for_each(|s| {
         let (r0, rows) = (s * SLAB, SLAB.min(n - s * SLAB));
-        let dst = dst;
         // SAFETY: slab s writes rows r0..r0 + rows of the block alone; every operand's
         // extent is checked above.
         unsafe {
-            let at = dst.0.add(r0 * cols.stride + cols.offset);
+            let at = dst.get().add(r0 * cols.stride + cols.offset);
             product(
                 at,
                 cols.stride,
@@ -205,10 +211,9 @@ pub fn add_product_backward(
     let dx = Ptr(dinp.as_mut_ptr());
     (0..n.div_ceil(SLAB)).into_par_iter().for_each(|s| {
         let (r0, rows) = (s * SLAB, SLAB.min(n - s * SLAB));
-        let dx = dx;
         // SAFETY: slab s writes rows r0..r0 + rows of dinp alone.
         unsafe {
-            let at = dx.0.add(r0 * c);
+            let at = dx.get().add(r0 * c);
             product(at, c, accumulate, dy.at(r0, 0), w, rows, c, oc, scale);
         }
     });
@@ -223,16 +228,38 @@ pub fn add_product_backward(
     if oc >= c {
         (0..oc.div_ceil(SLAB)).into_par_iter().for_each(|s| {
             let (o0, m) = (s * SLAB, SLAB.min(oc - s * SLAB));
-            let dw = dw;
             // SAFETY: slab s writes rows o0..o0 + m of dweight alone.
-            unsafe { product(dw.0.add(o0 * c), c, true, dyt.at(o0, 0), x, m, c, n, scale) }
+            unsafe {
+                product(
+                    dw.get().add(o0 * c),
+                    c,
+                    true,
+                    dyt.at(o0, 0),
+                    x,
+                    m,
+                    c,
+                    n,
+                    scale,
+                )
+            }
         });
     } else {
         (0..c.div_ceil(SLAB)).into_par_iter().for_each(|s| {
             let (j0, width) = (s * SLAB, SLAB.min(c - s * SLAB));
-            let dw = dw;
             // SAFETY: slab s writes columns j0..j0 + width of dweight alone.
-            unsafe { product(dw.0.add(j0), c, true, dyt, x.at(0, j0), oc, width, n, scale) }
+            unsafe {
+                product(
+                    dw.get().add(j0),
+                    c,
+                    true,
+                    dyt,
+                    x.at(0, j0),
+                    oc,
+                    width,
+                    n,
+                    scale,
+                )
+            }
         });
     }
     Ok(())
@@ -244,6 +271,7 @@ mod tests {
     use crate::backend::cpu::testutil::randn;
 
     /// out[:, block] += scale * x W^T in f64, the block `cols` of rows of `stride`.
+    #[allow(clippy::too_many_arguments)]
     fn naive_add(
         out: &mut [f64],
         cols: Columns,
