@@ -300,3 +300,37 @@ fn pefts_adapter_in_the_graph_unmerged_gives_pefts_logits() {
         .unwrap();
     assert!(max_abs_diff(&base, &want) > 100.0 * err.max(1e-6));
 }
+
+/// PEFT reads an adapter we trained and wrote (tests/fixtures/lora-ours, made by
+/// scripts/make-lora-ours-fixture.sh: `sft --lora-r 4` on the chat fixture, then
+/// PeftModel.from_pretrained, which must take every tensor): its logits are ours, unmerged
+/// and merged.
+#[test]
+fn peft_reads_our_trained_adapter_as_we_do() {
+    let dir = fixture("lora-ours");
+    let mut model = Model::load(&fixture("chat")).unwrap();
+    let adapter = peft::load(&dir, &model.config).unwrap();
+    assert!(!adapter.is_identity(), "the fixture's adapter has learnt");
+    let (ids, want) = pefts_logits(&dir);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut cache = model.new_cache();
+    let unmerged = model
+        .forward_adapted(Some(&adapter), &[&ids[..]], &mut [&mut cache], LogitRows::All)
+        .unwrap();
+    let base = logits_of(&model, &ids);
+    assert!(
+        max_abs_diff(&base, &want) > 100.0 * 2e-5 * scale,
+        "the adapter changes PEFT's logits"
+    );
+    adapter
+        .merge_into(&model.layout, &mut model.params)
+        .unwrap();
+    let merged = logits_of(&model, &ids);
+    for (what, got) in [("unmerged", &unmerged), ("merged", &merged)] {
+        let err = max_abs_diff(got, &want);
+        assert!(
+            err <= 1e-4 && err <= 2e-5 * scale,
+            "{what}: max error {err}, max logit {scale}"
+        );
+    }
+}
