@@ -42,6 +42,35 @@ extern "C" __global__ void scale_columns_bf16(__nv_bfloat16* dst, long dst_strid
     scale_cols(dst, dst_stride, dst_off, src, src_stride, src_off, rows, width, scale, add);
 }
 
+// dst[i] = (add ? dst[i] : 0) + (u_i >= p ? src[i] / (1 - p) : 0): inverted dropout (LoRA's, on
+// an adapted Linear's input) whose mask is a function of (seed, i) alone, u_i the top 24
+// bits of splitmix64(seed ^ i * golden) over 2^24, so the backward draws it again. CPU twin:
+// src/backend/cpu/dropout.rs.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+template <typename T>
+__device__ void drop(T* dst, const T* src, long n, float p, unsigned long long seed, int add) {
+    const float scale = 1.0f / (1.0f - p);
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const unsigned long long bits = mix64(seed ^ ((unsigned long long)i * 0x9e3779b97f4a7c15ULL));
+        const float u = (float)(bits >> 40) * (1.0f / 16777216.0f);
+        const float v = u >= p ? to_f32(src[i]) * scale : 0.0f;
+        dst[i] = from_f32<T>(add ? to_f32(dst[i]) + v : v);
+    }
+}
+extern "C" __global__ void dropout_f32(float* dst, const float* src, long n, float p,
+                                       unsigned long long seed, int add) {
+    drop(dst, src, n, p, seed, add);
+}
+extern "C" __global__ void dropout_bf16(__nv_bfloat16* dst, const __nv_bfloat16* src, long n,
+                                        float p, unsigned long long seed, int add) {
+    drop(dst, src, n, p, seed, add);
+}
+
 // Row m of dst (M, C) = row idx[m] of src (gather); row idx[m] of dst = row m of src
 // (scatter). One block per m.
 template <typename T>

@@ -761,6 +761,21 @@ fn glue_kernels_move_what_the_cpu_model_moves() {
         assert_eq!(&got[r * stride..(r + 1) * stride], want, "row {r}");
     }
 
+    // LoRA dropout: the same mask as the CPU's from the same seed (its uniforms are exact
+    // in f32 on both), assigned and added, over more elements than one launch's grid.
+    let n = 3_000_017;
+    let values = random(n, 44);
+    let mut cpu_drop = vec![0.0f32; n];
+    tpo_engine::backend::cpu::dropout::dropout(&mut cpu_drop, &values, 0.1, 77, false).unwrap();
+    let gv = upload::<f32>(&gpu, &values);
+    let mut gd = nans::<f32>(&gpu, n);
+    gpu.dropout(&mut gd, &gv, 0.1, 77, false).unwrap();
+    assert_eq!(download(&gpu, &gd), cpu_drop, "dropout assigned");
+    let mut cpu_added = cpu_drop.clone();
+    tpo_engine::backend::cpu::dropout::dropout(&mut cpu_added, &values, 0.1, 78, true).unwrap();
+    gpu.dropout(&mut gd, &gv, 0.1, 78, true).unwrap();
+    assert_eq!(download(&gpu, &gd), cpu_added, "dropout added");
+
     // The residual add, in bf16: x + y rounded once.
     let (x, y) = (random(1001, 42), random(1001, 43));
     let xr = round_to::<bf16>(x.clone());

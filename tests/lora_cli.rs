@@ -207,7 +207,10 @@ fn bad_lora_flags_are_refused_before_anything_is_written() {
         (vec!["--lora-alpha", "4"], "--lora-alpha needs --lora-r"),
         (vec!["--lora-r", "4", "--adapter", "x"], "give one of them"),
         (vec!["--lora-r", "0"], "rank 0"),
-        (vec!["--lora-r", "4", "--lora-dropout", "0.1"], "only 0"),
+        (
+            vec!["--lora-r", "4", "--lora-dropout", "1"],
+            "dropout 1: expected at least 0",
+        ),
         (
             vec!["--lora-r", "4", "--lora-targets", "qkv"],
             "no module \"qkv\"",
@@ -233,4 +236,54 @@ fn bad_lora_flags_are_refused_before_anything_is_written() {
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
         assert!(!out.exists(), "{flags:?} left {}", out.display());
     }
+}
+
+#[test]
+fn lora_dropout_is_recorded_and_a_run_with_it_is_the_same_on_any_thread_count() {
+    let tmp = TempDir::new().unwrap();
+    let data = write(
+        &tmp.path().join("sft.jsonl"),
+        r#"{"prompt": "Name a color.", "completion": "Blue, like the sky."}
+{"prompt": "Say hello.", "completion": "Hello there, friend!"}
+"#,
+    );
+    let train = |name: &str, threads: &str, dropout: &str| {
+        let out = tmp.path().join(name);
+        let run = run_on_threads(
+            threads,
+            [
+                "sft",
+                "--model",
+                s(&chat_fixture()),
+                "--data",
+                s(&data),
+                "--out",
+                s(&out),
+                "--lora-r",
+                "4",
+                "--lora-dropout",
+                dropout,
+                "--lr",
+                "3e-2",
+                "--epochs",
+                "4",
+                "--batch-size",
+                "1",
+            ],
+        );
+        assert!(run.ok, "{}", run.stderr);
+        std::fs::read(out.join("adapter").join(peft::WEIGHTS_FILE)).unwrap()
+    };
+    let one = train("one", "1", "0.2");
+    assert!(
+        train("two", "2", "0.2") == one,
+        "the masks depend on the thread count"
+    );
+    assert!(
+        train("none", "2", "0") != one,
+        "dropout changes the training"
+    );
+    let config = Model::load_config(&chat_fixture()).unwrap();
+    let adapter = peft::load(&tmp.path().join("one/adapter"), &config).unwrap();
+    assert_eq!(adapter.config.dropout, 0.2);
 }

@@ -164,6 +164,7 @@ fn loss_and_grads(
         weights: &adapter.params,
         r: adapter.config.r,
         scale: adapter.config.scale() as f32,
+        dropout: None,
     });
     let mut acts = Activations::new(&net, batch.len(), true).unwrap();
     let mut grads = vec![0.0f32; adapter.layout.len];

@@ -315,7 +315,12 @@ fn peft_reads_our_trained_adapter_as_we_do() {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     let mut cache = model.new_cache();
     let unmerged = model
-        .forward_adapted(Some(&adapter), &[&ids[..]], &mut [&mut cache], LogitRows::All)
+        .forward_adapted(
+            Some(&adapter),
+            &[&ids[..]],
+            &mut [&mut cache],
+            LogitRows::All,
+        )
         .unwrap();
     let base = logits_of(&model, &ids);
     assert!(

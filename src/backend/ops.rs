@@ -275,6 +275,17 @@ pub trait Ops {
         scale: f32,
         accumulate: bool,
     ) -> Result<()>;
+    /// dst (+)= dropout(src): inverted dropout with probability p, its mask a function of
+    /// (seed, element index) alone (so a backward draws it again); added when
+    /// `accumulate`, else assigned. dst and src hold the same number of elements.
+    fn dropout(
+        &self,
+        dst: &mut Self::Buf<Self::S>,
+        src: &Self::Buf<Self::S>,
+        p: f32,
+        seed: u64,
+        accumulate: bool,
+    ) -> Result<()>;
     /// out[:, cols] += scale * inp (N, C) @ weight (OC, C)^T: a product added into a block of
     /// OC columns of a wider output (a LoRA adapter's share of a fused projection).
     /// `scratch` may hold the product on its way: the default goes through

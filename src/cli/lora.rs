@@ -23,7 +23,8 @@ pub struct LoraArgs {
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long)]
     pub lora_rslora: bool,
-    /// Dropout on the adapter's input (only 0 is supported for now).
+    /// Dropout on each adapted Linear's input to its adapter while training (PEFT's
+    /// lora_dropout). Default 0.
     #[arg(long)]
     pub lora_dropout: Option<f64>,
     /// The Linear modules to adapt, by PEFT's names, comma-separated: q_proj, k_proj,
@@ -79,12 +80,6 @@ impl LoraArgs {
             targets,
         )
         .map_err(|e| anyhow::anyhow!("--lora-*: {e:#}"))?;
-        if lora.dropout > 0.0 {
-            bail!(
-                "--lora-dropout {}: only 0 is supported for now",
-                lora.dropout
-            );
-        }
         Ok(Some(lora))
     }
 
@@ -97,15 +92,7 @@ impl LoraArgs {
         let Some(flag) = &self.adapter else {
             return Ok(None);
         };
-        let adapter = peft::load_flag(flag, cfg)?;
-        if adapter.config.dropout > 0.0 {
-            bail!(
-                "--adapter {}: its lora_dropout is {}, and only 0 is supported for training for now",
-                flag.display(),
-                adapter.config.dropout
-            );
-        }
-        Ok(Some(adapter))
+        Ok(Some(peft::load_flag(flag, cfg)?))
     }
 }
 
@@ -164,7 +151,10 @@ mod tests {
         assert!(err(bad).contains("no module \"qkv\""));
         assert!(err(args(Some(0))).contains("rank 0"));
         let mut dropout = args(Some(2));
-        dropout.lora_dropout = Some(0.1);
-        assert!(err(dropout).contains("only 0"));
+        dropout.lora_dropout = Some(1.5);
+        assert!(err(dropout).contains("dropout 1.5"));
+        let mut dropout = args(Some(2));
+        dropout.lora_dropout = Some(0.05);
+        assert_eq!(dropout.config().unwrap().unwrap().dropout, 0.05);
     }
 }

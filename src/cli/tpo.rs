@@ -268,6 +268,7 @@ fn lora_training(args: &TpoArgs, model: &std::path::Path) -> Result<Option<LoraT
         r: lora.r,
         alpha: lora.alpha,
         rslora: lora.rslora,
+        dropout: lora.dropout,
         targets: lora.targets.iter().map(|t| t.name().to_string()).collect(),
         base_name,
     }))

@@ -153,6 +153,7 @@ impl Model {
             weights: &a.params,
             r: a.config.r,
             scale: a.config.scale() as f32,
+            dropout: None,
         });
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let mut acts = Activations::new(&net, tokens.len(), false)?;

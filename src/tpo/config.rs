@@ -96,6 +96,9 @@ pub struct LoraTraining {
     pub r: usize,
     pub alpha: f64,
     pub rslora: bool,
+    /// LoRA dropout while training.
+    #[serde(default)]
+    pub dropout: f64,
     /// PEFT module names.
     pub targets: Vec<String>,
     /// The base model's name in the adapters' config: the --model given.
@@ -113,7 +116,7 @@ impl LoraTraining {
                     .with_context(|| format!("LoRA target {n:?}: not a module of the blocks"))
             })
             .collect::<Result<Vec<_>>>()?;
-        crate::model::lora::LoraConfig::new(self.r, self.alpha, self.rslora, 0.0, targets)
+        crate::model::lora::LoraConfig::new(self.r, self.alpha, self.rslora, self.dropout, targets)
     }
 }
 

@@ -7,10 +7,11 @@ use super::batching::micro_batches;
 use super::loss::{dpo_loss, sft_loss, DpoConfig, DpoTotals, PairLogps};
 use super::optimizer::{clip_scale, decay_runs, OptimizerConfig};
 use crate::backend::ops::Ops;
+use crate::backend::rng::splitmix64;
 use crate::backend::rng::Rng;
 use crate::backend::settings::AdamW;
 use crate::model::graph::logprobs::GroupLoss;
-use crate::model::graph::{Activations, LoraNet, Net, ScoredSequence, TrainBatch};
+use crate::model::graph::{Activations, LoraDropout, LoraNet, Net, ScoredSequence, TrainBatch};
 use crate::model::lora::{Adapter, LoraLayout};
 use crate::model::{Model, ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
@@ -144,6 +145,8 @@ struct Frozen<O: Ops> {
     layout: LoraLayout,
     r: usize,
     scale: f32,
+    /// LoRA dropout's probability (0: none).
+    dropout: f32,
 }
 
 const STATE: &str = "for the weights, gradients and AdamW state";
@@ -169,17 +172,12 @@ impl<O: Ops> Trainer<O> {
                 (None, ops.master_from_host(&mut model.params)?, runs)
             }
             Some(adapter) => {
-                if adapter.config.dropout > 0.0 {
-                    bail!(
-                        "LoRA dropout {} is not supported yet: train with --lora-dropout 0",
-                        adapter.config.dropout
-                    );
-                }
                 let frozen = Frozen {
                     weights: ops.frozen_from_host(&mut model.params)?,
                     layout: adapter.layout.clone(),
                     r: adapter.config.r,
                     scale: adapter.config.scale() as f32,
+                    dropout: adapter.config.dropout as f32,
                 };
                 // Every adapter tensor is a matrix: all of them decay.
                 let runs = vec![(0..adapter.layout.len, true)];
@@ -272,8 +270,15 @@ impl<O: Ops> Trainer<O> {
         }
         let lora = self.frozen.is_some();
         let (acts, grads) = (&mut self.acts, &mut self.grads);
+        let step_seed = splitmix64(self.cfg.seed ^ splitmix64(step as u64 + 1));
+        let mut micro = 0u64;
         let (metrics, tokens) =
             accumulate_gradients(examples, batch, &self.cfg, &mut |tb, groups, loss| {
+                // LoRA dropout draws new masks for every micro-batch of every update.
+                if let Some(d) = net.lora.as_mut().and_then(|l| l.dropout.as_mut()) {
+                    d.seed = splitmix64(step_seed ^ micro.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                }
+                micro += 1;
                 // LoRA: the gradient buffer is the adapter's, and the model's is none.
                 let (model_grads, lora_grads) = match lora {
                     false => (Some(&mut *grads), None),
@@ -343,13 +348,18 @@ impl<O: Ops> Trainer<O> {
 }
 
 impl<O: Ops> Frozen<O> {
-    /// The adapter in the graph, its weights `trained`.
+    /// The adapter in the graph, its weights `trained` (with dropout where it has some; the
+    /// trainer draws each pass's seed).
     fn lora_net<'a>(&'a self, trained: &'a O::Buf<O::S>) -> LoraNet<'a, O> {
         LoraNet {
             layout: &self.layout,
             weights: trained,
             r: self.r,
             scale: self.scale,
+            dropout: (self.dropout > 0.0).then_some(LoraDropout {
+                p: self.dropout,
+                seed: 0,
+            }),
         }
     }
 }

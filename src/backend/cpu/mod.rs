@@ -8,6 +8,7 @@ mod attention_rows;
 mod attention_tiled;
 pub mod bf16;
 pub mod block_products;
+pub mod dropout;
 pub mod embedding;
 pub mod glue;
 pub mod kv_cache;

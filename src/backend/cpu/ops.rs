@@ -10,8 +10,8 @@ use super::packed_f32::{self, PackedF32};
 use super::packed_weights::PackedWeights;
 use super::products::Products;
 use super::{
-    adamw, block_products, check_lens, embedding, glue, matmul_bf16, residual, rmsnorm, rope,
-    swiglu,
+    adamw, block_products, check_lens, dropout, embedding, glue, matmul_bf16, residual, rmsnorm,
+    rope, swiglu,
 };
 use crate::backend::ops::{Ops, RowGrad};
 use crate::backend::rope_table::RopeTable;
@@ -395,6 +395,16 @@ impl Ops for Cpu {
         accumulate: bool,
     ) -> Result<()> {
         glue::scale_columns(dst, to, src, from, rows, width, scale, accumulate)
+    }
+    fn dropout(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        p: f32,
+        seed: u64,
+        accumulate: bool,
+    ) -> Result<()> {
+        dropout::dropout(dst, src, p, seed, accumulate)
     }
     fn add_product(
         &self,

@@ -2,7 +2,7 @@
 
 use super::{check_lens, check_rows, Dest, Gpu, Storage};
 use crate::backend::kernels;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 pub use crate::backend::settings::Columns;
@@ -115,6 +115,42 @@ impl Gpu {
         // SAFETY: the arguments match the kernel; every row's block fits its buffer
         // (checked above).
         unsafe { launch.launch(Self::elementwise(rows * width)) }.context("scale_columns")?;
+        Ok(())
+    }
+
+    /// dst (+)= dropout(src) with probability p, the mask drawn from (seed, element index):
+    /// added when `accumulate`, else assigned. Twin of `cpu::dropout::dropout`.
+    pub fn dropout<T: Storage>(
+        &self,
+        dst: &mut impl DevicePtrMut<T>,
+        src: &impl DevicePtr<T>,
+        p: f32,
+        seed: u64,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = src.len();
+        if dst.len() != n {
+            bail!("dropout: a buffer of {} elements, expected {n}", dst.len());
+        }
+        if !(0.0..1.0).contains(&p) {
+            bail!("dropout: probability {p}, expected at least 0 and below 1");
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function(T::kernel(kernels::glue::DROPOUT))?;
+        let (d, s) = (self.ptr_mut(dst), self.ptr(src));
+        let (len, add) = (n as i64, i32::from(accumulate));
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(&d)
+            .arg(&s)
+            .arg(&len)
+            .arg(&p)
+            .arg(&seed)
+            .arg(&add);
+        // SAFETY: the arguments match the kernel; both buffers hold n elements (checked).
+        unsafe { launch.launch(Self::elementwise(n)) }.context("dropout")?;
         Ok(())
     }
 

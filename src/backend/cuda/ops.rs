@@ -369,6 +369,16 @@ impl<T: Storage> Ops for CudaOps<T> {
         self.gpu
             .scale_columns((dst, to), (src, from), rows, width, scale, accumulate)
     }
+    fn dropout(
+        &self,
+        dst: &mut DevBuf<T>,
+        src: &DevBuf<T>,
+        p: f32,
+        seed: u64,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.gpu.dropout(dst, src, p, seed, accumulate)
+    }
     fn gather_rows(
         &self,
         dst: &mut DevBuf<T>,

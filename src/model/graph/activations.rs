@@ -59,8 +59,11 @@ pub struct Activations<O: Ops> {
     pub(crate) h: O::Buf<O::S>,   // (N, C)
     pub(crate) qkv: O::Buf<O::S>, // (N, (H + 2 Hkv) * D)
     /// With an adapter: u = t B^T of one Linear, (N, out), before it is scaled into the
-    /// Linear's output.
+    /// Linear's output (where the device cannot add it in place).
     pub(crate) lora_u: O::Buf<O::S>,
+    /// With LoRA dropout: one Linear's dropped input, (N, in), in its forward and again in
+    /// its backward.
+    pub(crate) lora_x: O::Buf<O::S>,
     pub(crate) x_scored: O::Buf<O::S>, // (M, C) the residual stream leaving the last layer
     pub(crate) hidden: O::Buf<O::S>,   // (M, C) final-norm output of the scored rows
     pub(crate) logp: O::Buf<f32>,      // (M)
@@ -99,6 +102,14 @@ fn lora_in<O: Ops>(net: &Net<O>) -> usize {
     net.lora.as_ref().map_or(0, |l| {
         l.layout.linears.iter().map(|a| a.in_dim).max().unwrap_or(0)
     })
+}
+
+/// The widest input of an adapted Linear where the adapter drops its inputs out (else 0).
+fn lora_dropped_in<O: Ops>(net: &Net<O>) -> usize {
+    match net.lora.as_ref().is_some_and(|l| l.dropout.is_some()) {
+        true => lora_in(net),
+        false => 0,
+    }
 }
 
 /// The widths of the per-row buffers: (C, QD, KVD, I, H).
@@ -170,6 +181,7 @@ impl<O: Ops> Activations<O> {
             h: a(c)?,
             qkv: a(qd + 2 * kvd)?,
             lora_u: a(lora_out(net))?,
+            lora_x: a(lora_dropped_in(net))?,
             x_scored: a(0)?,
             hidden: a(0)?,
             logp: ops.alloc::<f32>(0, STAGE)?,
@@ -234,6 +246,7 @@ impl<O: Ops> Activations<O> {
             }
         }
         ops.set_len(&mut self.lora_u, n * lora_out(net))?;
+        ops.set_len(&mut self.lora_x, n * lora_dropped_in(net))?;
         for (buf, len) in [
             (&mut self.x, n * c),
             (&mut self.h, n * c),

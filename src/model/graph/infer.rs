@@ -27,6 +27,7 @@ impl<O: Ops> Net<'_, O> {
         h: &mut O::Buf<O::S>,
         qkv: &mut O::Buf<O::S>,
         lora_u: &mut O::Buf<O::S>,
+        lora_x: &mut O::Buf<O::S>,
     ) -> Result<()> {
         let c = self.config.hidden_size;
         let n = O::len(x) / c;
@@ -35,7 +36,8 @@ impl<O: Ops> Net<'_, O> {
         let kept = layers.len();
         for (l, w) in self.layout.layers.iter().enumerate() {
             let st = &mut layers[l % kept];
-            layer_forward(self, l, w, st, x, h, qkv, lora_u, attend, rope, n)?;
+            let lora = (&mut *lora_u, &mut *lora_x);
+            layer_forward(self, l, w, st, x, h, qkv, lora, attend, rope, n)?;
         }
         Ok(())
     }
@@ -72,9 +74,10 @@ impl<O: Ops> Net<'_, O> {
             h,
             qkv,
             lora_u,
+            lora_x,
             ..
         } = acts;
-        self.layers_forward(&ids, &rope, attend, layers, x, h, qkv, lora_u)
+        self.layers_forward(&ids, &rope, attend, layers, x, h, qkv, lora_u, lora_x)
     }
 
     /// Fresh whole sequences packed into one pass (positions from 0): the residual stream

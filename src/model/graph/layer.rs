@@ -5,11 +5,17 @@
 use super::activations::{GradScratch, LayerState};
 use super::lora::{lora_backward, lora_forward, LoraScratch};
 use super::Net;
-use crate::backend::ops::Ops;
+use crate::backend::ops::{Ops, Scratch2};
 use crate::backend::settings::Columns;
 use crate::model::lora::Target;
 use crate::model::params::LayerParams;
 use anyhow::{bail, Result};
+
+/// An adapter's gradient buffer (its layout) and the scratch of a dropped input.
+pub(crate) type AdapterGrads<'a, O> = (
+    &'a mut <O as Ops>::Buf<f32>,
+    &'a mut <O as Ops>::Buf<<O as Ops>::S>,
+);
 
 /// What a layer's attention reads its keys and values from.
 pub enum Attend<'p, 'c, O: Ops> {
@@ -21,8 +27,8 @@ pub enum Attend<'p, 'c, O: Ops> {
 }
 
 /// The forward of layer l (weights `w`) over the packed rows of x: (N, C), in place. `st`
-/// receives what the backward needs; `h`: (N, C), `qkv`: (N, QD + 2 KVD) and `lora_u`
-/// (an adapter's products) are scratch.
+/// receives what the backward needs; `h`: (N, C), `qkv`: (N, QD + 2 KVD) and `lora` (an
+/// adapter's product and dropped input) are scratch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_forward<O: Ops>(
     net: &Net<O>,
@@ -32,7 +38,7 @@ pub(crate) fn layer_forward<O: Ops>(
     x: &mut O::Buf<O::S>,
     h: &mut O::Buf<O::S>,
     qkv: &mut O::Buf<O::S>,
-    lora_u: &mut O::Buf<O::S>,
+    lora: Scratch2<'_, O>,
     attend: &mut Attend<O>,
     rope: &O::Rope,
     n: usize,
@@ -44,6 +50,7 @@ pub(crate) fn layer_forward<O: Ops>(
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let dims = net.attention_dims();
     let eps = cfg.rms_norm_eps;
+    let (lora_u, lora_x) = lora;
 
     // The residual stream is saved only where a backward will read it.
     let save = O::len(&st.x_in) > 0;
@@ -65,7 +72,8 @@ pub(crate) fn layer_forward<O: Ops>(
     for (target, offset) in [(Target::Q, 0), (Target::K, qd), (Target::V, qd + kvd)] {
         let cols = at(qd + 2 * kvd, offset);
         let t = &mut st.lora_t[target as usize];
-        lora_forward(net, l, target, &st.h_attn, qkv, cols, t, lora_u, n)?;
+        let work = (&mut *lora_u, &mut *lora_x);
+        lora_forward(net, l, target, &st.h_attn, qkv, cols, t, work, n)?;
     }
     ops.qkv_split(&mut st.q, &mut st.k, &mut st.v, qkv, qd, kvd)?;
     ops.rope_forward(&mut st.q, rope, dims.n_head)?;
@@ -84,7 +92,8 @@ pub(crate) fn layer_forward<O: Ops>(
     }
     ops.matmul_forward(h, &st.att, net.w(&w.o_proj), None, n, qd, c)?;
     let t = &mut st.lora_t[Target::O as usize];
-    lora_forward(net, l, Target::O, &st.att, h, at(c, 0), t, lora_u, n)?;
+    let work = (&mut *lora_u, &mut *lora_x);
+    lora_forward(net, l, Target::O, &st.att, h, at(c, 0), t, work, n)?;
     ops.residual_forward(x, h)?;
 
     if save {
@@ -104,29 +113,30 @@ pub(crate) fn layer_forward<O: Ops>(
     for (target, offset) in [(Target::Gate, 0), (Target::Up, im)] {
         let t = &mut st.lora_t[target as usize];
         let cols = at(2 * im, offset);
-        lora_forward(
-            net,
-            l,
-            target,
-            &st.h_mlp,
-            &mut st.gate_up,
-            cols,
-            t,
-            lora_u,
-            n,
-        )?;
+        let work = (&mut *lora_u, &mut *lora_x);
+        lora_forward(net, l, target, &st.h_mlp, &mut st.gate_up, cols, t, work, n)?;
     }
     ops.swiglu_forward(&mut st.act, &st.gate_up, im)?;
     ops.matmul_forward(h, &st.act, net.w(&w.down_proj), None, n, im, c)?;
     let t = &mut st.lora_t[Target::Down as usize];
-    lora_forward(net, l, Target::Down, &st.act, h, at(c, 0), t, lora_u, n)?;
+    lora_forward(
+        net,
+        l,
+        Target::Down,
+        &st.act,
+        h,
+        at(c, 0),
+        t,
+        (lora_u, lora_x),
+        n,
+    )?;
     ops.residual_forward(x, h)
 }
 
 /// The backward of layer l (weights `w`): g.dx: (N, C) the gradient of the layer's output
 /// becomes that of its input; parameter gradients accumulate into `grads` (None: the
 /// model's weights are frozen and no gradient of theirs is formed), and with an adapter,
-/// the adapter's into `lora_grads` (its layout).
+/// the adapter's into `lora.0` (its layout), `lora.1` the scratch of a dropped input.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_backward<O: Ops>(
     net: &Net<O>,
@@ -135,7 +145,7 @@ pub(crate) fn layer_backward<O: Ops>(
     st: &LayerState<O>,
     g: &mut GradScratch<O>,
     mut grads: Option<&mut O::Buf<f32>>,
-    mut lora_grads: Option<&mut O::Buf<f32>>,
+    mut lora: Option<AdapterGrads<'_, O>>,
     seqs: &O::Seqs,
     rope: &O::Rope,
     n: usize,
@@ -146,13 +156,15 @@ pub(crate) fn layer_backward<O: Ops>(
     // `cols`), with the forward's input `x`, into the input gradient `dx`.
     macro_rules! lora {
         ($target:expr, $dy:ident, $cols:expr, $x:expr, $dx:ident) => {
-            if let Some(lg) = lora_grads.as_deref_mut() {
+            if let Some((lg, dropped)) = lora.as_mut() {
                 let scratch = LoraScratch {
                     dy: &mut g.lora_dy,
                     dt: &mut g.lora_dt,
                     dx: &mut g.lora_dx,
+                    x: &mut **dropped,
                 };
                 let t = &st.lora_t[$target as usize];
+                let lg = &mut **lg;
                 lora_backward(
                     net, l, $target, &g.$dy, $cols, $x, t, &mut g.$dx, scratch, lg, n,
                 )?;

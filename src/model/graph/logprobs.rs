@@ -63,12 +63,24 @@ impl<O: Ops> Net<'_, O> {
             h,
             qkv,
             lora_u,
+            lora_x,
             x_scored,
             hidden,
             ..
         } = acts;
         let mut attend = Attend::Packed(&b.seqs, None);
-        self.layers_forward(&b.tokens, &b.rope, &mut attend, layers, x, h, qkv, lora_u)?;
+        let lora = (lora_u, lora_x);
+        self.layers_forward(
+            &b.tokens,
+            &b.rope,
+            &mut attend,
+            layers,
+            x,
+            h,
+            qkv,
+            lora.0,
+            lora.1,
+        )?;
         // Only the scored rows go through the final norm and the LM head.
         ops.gather_rows(x_scored, x, &b.scored_rows, c)?;
         ops.rmsnorm_forward(hidden, x_scored, self.w(&lay.norm), cfg.rms_norm_eps, c)
@@ -209,6 +221,7 @@ impl<O: Ops> Net<'_, O> {
         let Activations {
             layers,
             x_scored,
+            lora_x,
             grads: scratch,
             ..
         } = acts;
@@ -228,6 +241,7 @@ impl<O: Ops> Net<'_, O> {
         ops.scatter_rows(&mut g.dx, &g.dx_scored, &b.scored_rows, c)?;
         for (l, (w, st)) in lay.layers.iter().zip(layers.iter()).enumerate().rev() {
             let (pg, lg) = (grads.as_deref_mut(), lora_grads.as_deref_mut());
+            let lg = lg.map(|lg| (lg, &mut *lora_x));
             layer_backward(self, l, w, st, g, pg, lg, &b.seqs, &b.rope, b.n)?;
         }
         // A frozen embedding table: the residual stream's gradient ends here.

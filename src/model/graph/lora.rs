@@ -6,7 +6,7 @@
 //! where the device can (the CPU).
 
 use super::{LoraNet, Net};
-use crate::backend::ops::Ops;
+use crate::backend::ops::{Ops, Scratch2};
 use crate::backend::settings::Columns;
 use crate::model::lora::{AdaptedLinear, Target};
 use anyhow::Result;
@@ -21,8 +21,9 @@ fn adapted<'n, O: Ops>(
     Some((lora, lora.layout.find(l, target)?))
 }
 
-/// Adds the adapter's s * (x A^T) B^T of Linear `target` of layer `l` to the block `cols`
-/// of `out`: x (N, in), t (N, r) receives x A^T, `u` is scratch for t B^T (N, out). Does
+/// Adds the adapter's s * (dropout(x) A^T) B^T of Linear `target` of layer `l` to the block
+/// `cols` of `out`: x (N, in), t (N, r) receives dropout(x) A^T; `work` is scratch: t B^T
+/// (N, out) where the device cannot add it in place, and the dropped x (N, in). Does
 /// nothing where the net has no adapter or the adapter leaves that Linear alone.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lora_forward<O: Ops>(
@@ -33,25 +34,49 @@ pub(crate) fn lora_forward<O: Ops>(
     out: &mut O::Buf<O::S>,
     cols: Columns,
     t: &mut O::Buf<O::S>,
-    u: &mut O::Buf<O::S>,
+    work: Scratch2<'_, O>,
     n: usize,
 ) -> Result<()> {
     let Some((lora, linear)) = adapted(net, l, target) else {
         return Ok(());
     };
     let ops = net.ops;
+    let (u, dropped) = work;
     let (r, out_dim) = (lora.r, linear.out_dim);
+    let x = dropped_input(net, l, target, x, dropped, n * linear.in_dim)?;
     let a = O::weights(lora.weights, linear.a.clone());
     let b = O::weights(lora.weights, linear.b.clone());
     ops.matmul_forward(t, x, a, None, n, linear.in_dim, r)?;
     ops.add_product(out, cols, t, b, n, r, out_dim, lora.scale, u)
 }
 
-/// The scratch of one adapted Linear's backward.
+/// The input the adapter of Linear `target` of layer `l` reads: x itself, or with dropout,
+/// x dropped out into `dropped` (`len` elements), its mask drawn from the pass's seed and
+/// the Linear (the same in the forward and the backward).
+fn dropped_input<'x, O: Ops>(
+    net: &Net<O>,
+    l: usize,
+    target: Target,
+    x: &'x O::Buf<O::S>,
+    dropped: &'x mut O::Buf<O::S>,
+    len: usize,
+) -> Result<&'x O::Buf<O::S>> {
+    let Some(d) = net.lora.as_ref().and_then(|lora| lora.dropout) else {
+        return Ok(x);
+    };
+    net.ops.set_len(dropped, len)?;
+    net.ops
+        .dropout(dropped, x, d.p, d.seed_of(l, target), false)?;
+    Ok(dropped)
+}
+
+/// The scratch of one adapted Linear's backward: what the default block products use (dy,
+/// dx), t's gradient (dt), and the dropped input (x).
 pub(crate) struct LoraScratch<'s, O: Ops> {
     pub dy: &'s mut O::Buf<O::S>,
     pub dt: &'s mut O::Buf<O::S>,
     pub dx: &'s mut O::Buf<O::S>,
+    pub x: &'s mut O::Buf<O::S>,
 }
 
 /// The backward of the adapter's share of Linear `target` of layer `l`: from `dy`, the
@@ -92,14 +117,24 @@ pub(crate) fn lora_backward<O: Ops>(
         stride: r,
         offset: 0,
     };
-    let sc = (dy_scratch, dx_scratch);
-    ops.add_product_backward(dx, true, da, scratch.dt, dense, x, a, n, in_dim, r, 1.0, sc)
+    let Some(d) = lora.dropout else {
+        let sc = (dy_scratch, dx_scratch);
+        return ops
+            .add_product_backward(dx, true, da, scratch.dt, dense, x, a, n, in_dim, r, 1.0, sc);
+    };
+    // With dropout, t = dropout(x) A^T: dA += dt^T dropout(x), and x's share is
+    // dropout(dt A) under the same mask, drawn again.
+    let xd = dropped_input(net, l, target, x, scratch.x, n * in_dim)?;
+    ops.set_len(dx_scratch, n * in_dim)?;
+    let dt = &*scratch.dt;
+    ops.matmul_backward(dx_scratch, Some(da), None, dt, xd, a, n, in_dim, r)?;
+    ops.dropout(dx, dx_scratch, d.p, d.seed_of(l, target), true)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::backend::rng::Rng;
-    use crate::model::graph::{Activations, LoraNet, ScoredSequence, TrainBatch};
+    use crate::model::graph::{Activations, LoraDropout, LoraNet, ScoredSequence, TrainBatch};
     use crate::model::lora::{Adapter, LoraConfig, Target};
     use crate::model::Model;
     use crate::train::trainer::tests::tiny_model;
@@ -116,12 +151,23 @@ mod tests {
         adapter: Option<&Adapter>,
         frozen: bool,
     ) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
+        grads_dropped(model, adapter, frozen, None)
+    }
+
+    /// `grads_of` with LoRA dropout.
+    fn grads_dropped(
+        model: &Model,
+        adapter: Option<&Adapter>,
+        frozen: bool,
+        dropout: Option<LoraDropout>,
+    ) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
         let mut net = model.net();
         net.lora = adapter.map(|a| LoraNet {
             layout: &a.layout,
             weights: &a.params,
             r: a.config.r,
             scale: a.config.scale() as f32,
+            dropout,
         });
         let seqs: Vec<Vec<u32>> = vec![
             (0..9).map(|t| (t * 7 + 3) % 40).collect(),
@@ -247,6 +293,59 @@ mod tests {
             sum_abs(|l| l.a.clone()),
             0.0,
             "with B = 0, A has no gradient yet"
+        );
+    }
+
+    /// With dropout, the adapter's gradients are those of the loss under its masks: a
+    /// central finite difference along a random direction of every A and B matches their
+    /// directional derivative. The masks matter (no dropout gives other gradients), the same
+    /// seed gives the same ones, another seed others.
+    #[test]
+    fn gradients_under_dropout_match_a_finite_difference() {
+        let base = tiny_model();
+        let lora = LoraConfig::new(3, 6.0, false, 0.3, Target::ALL.to_vec()).unwrap();
+        let mut adapter = Adapter::init(&base.config, lora, 4);
+        let mut rng = Rng::new(6);
+        for l in adapter.layout.linears.clone() {
+            for x in &mut adapter.params[l.b.clone()] {
+                *x = 0.2 * rng.normal();
+            }
+        }
+        let d = LoraDropout { p: 0.3, seed: 11 };
+        let run = |a: &Adapter, d: Option<LoraDropout>| grads_dropped(&base, Some(a), true, d);
+        let (_, _, g) = run(&adapter, Some(d));
+        let loss = |sums: &[f64]| sums[0] - 0.5 * sums[1];
+        // Mostly along the gradient (a slope well above the rounding), and not only.
+        let rms = (g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / g.len() as f64).sqrt();
+        let dir: Vec<f64> = g
+            .iter()
+            .map(|x| *x as f64 + 0.5 * rms * rng.normal() as f64)
+            .collect();
+        let norm = dir.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let analytic: f64 = g.iter().zip(&dir).map(|(g, d)| *g as f64 * d / norm).sum();
+        let h = 2e-2;
+        let shifted = |sign: f64| {
+            let mut a = adapter.clone();
+            for (p, d) in a.params.iter_mut().zip(&dir) {
+                *p += (sign * h * d / norm) as f32;
+            }
+            loss(&run(&a, Some(d)).0)
+        };
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * h);
+        assert!(analytic.abs() > 0.1, "a direction with a slope: {analytic}");
+        assert!(
+            (numeric - analytic).abs() <= 2e-3 * analytic.abs().max(1.0),
+            "finite difference {numeric}, gradient {analytic}"
+        );
+        assert!(run(&adapter, None).2 != g, "the masks change the gradients");
+        assert!(
+            run(&adapter, Some(d)).2 == g,
+            "the same seed, the same masks"
+        );
+        let other = LoraDropout { seed: 12, ..d };
+        assert!(
+            run(&adapter, Some(other)).2 != g,
+            "another seed, other masks"
         );
     }
 }

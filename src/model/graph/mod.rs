@@ -27,12 +27,31 @@ use crate::backend::settings::AttentionDims;
 use std::ops::Range;
 
 /// A LoRA adapter's weights on the device the net runs on: every A (r, in) and B (out, r)
-/// in one buffer, laid out by `layout`; each adapted Linear adds s * (x A^T) B^T.
+/// in one buffer, laid out by `layout`; each adapted Linear adds s * (dropout(x) A^T) B^T.
 pub struct LoraNet<'a, O: Ops> {
     pub layout: &'a crate::model::lora::LoraLayout,
     pub weights: &'a O::Buf<O::S>,
     pub r: usize,
     pub scale: f32,
+    /// Dropout on the adapted Linears' inputs (training only; None: none).
+    pub dropout: Option<LoraDropout>,
+}
+
+/// LoRA dropout while training (PEFT's `lora_dropout`): the probability, and the seed of
+/// one pass's masks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl LoraDropout {
+    /// The mask seed of Linear `target` of layer `l`: each Linear draws its own mask, as
+    /// PEFT's per-module dropout does.
+    pub fn seed_of(&self, l: usize, target: crate::model::lora::Target) -> u64 {
+        let which = (l as u64) << 8 | target as u64;
+        crate::backend::rng::splitmix64(self.seed ^ crate::backend::rng::splitmix64(which))
+    }
 }
 
 /// A model's weights on one device, with what the graph needs to run them.
