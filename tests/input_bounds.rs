@@ -226,10 +226,29 @@ fn a_run_that_cannot_fit_the_memory_stops_before_loading() {
         "--out",
         s(&run_dir),
     ];
+    // Not even the weights' training state fits: the advice is LoRA.
     let (code, err) = with_memory("100000", &dpo);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("dpo would need about") && err.contains("--micro-batch-tokens"),
+        err.contains("dpo would need about") && err.contains("train a LoRA adapter instead"),
+        "{err}"
+    );
+    assert!(!run_dir.exists());
+    // The state fits and the activations do not: the advice is a smaller micro-batch.
+    let big_batches = [&dpo[..], &["--micro-batch-tokens", "100000000"]].concat();
+    let (code, err) = with_memory("1000000000", &big_batches);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("dpo would need about") && err.contains("lower --micro-batch-tokens"),
+        "{err}"
+    );
+    assert!(!run_dir.exists());
+    // A LoRA run is checked by its own estimate (frozen weights, the adapter's state).
+    let lora = [&dpo[..], &["--lora-r", "4"]].concat();
+    let (code, err) = with_memory("100000", &lora);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("frozen weights") && err.contains("adapter weights"),
         "{err}"
     );
     assert!(!run_dir.exists());
