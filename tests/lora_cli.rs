@@ -287,3 +287,68 @@ fn lora_dropout_is_recorded_and_a_run_with_it_is_the_same_on_any_thread_count() 
     let adapter = peft::load(&tmp.path().join("one/adapter"), &config).unwrap();
     assert_eq!(adapter.config.dropout, 0.2);
 }
+
+#[test]
+fn a_diverging_lora_run_keeps_the_last_good_adapter() {
+    let tmp = TempDir::new().unwrap();
+    let pairs = write(&tmp.path().join("pairs.jsonl"), PAIRS);
+    let model = chat_fixture();
+    let dpo = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "dpo",
+            "--model",
+            s(&model),
+            "--pairs",
+            s(&pairs),
+            "--out",
+            s(&out),
+            "--lora-r",
+            "4",
+            "--lr",
+            "1e30",
+            "--lr-schedule",
+            "constant",
+            "--batch-size",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        (tpo(&args), out)
+    };
+    // Warmup gives update 1 a learning rate of 0 and update 2 one of 5e29: B moves by
+    // about that, and the adapter's share of the next forward overflows f32 (the norms keep
+    // a moderate blow-up finite).
+    let (run, out) = dpo(
+        "diverge",
+        &["--warmup-steps", "2", "--epochs", "2", "--save-steps", "2"],
+    );
+    assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+    for needle in [
+        "training stopped at step 3",
+        "after update 1",
+        "checkpoint-1",
+        "checkpoint-2 holds the weights that gave it",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+    let config = Model::load_config(&model).unwrap();
+    let kept = peft::load(&out.join("checkpoint-1"), &config).unwrap();
+    assert!(kept.is_identity(), "update 1 had a learning rate of 0");
+    assert!(
+        !out.join("adapter").exists(),
+        "no final adapter from a failed run"
+    );
+
+    let (run, out) = dpo("diverge-at-once", &[]);
+    assert!(!run.ok && run.code == Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the starting adapter's"),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.join("checkpoint-1").exists());
+}

@@ -240,7 +240,7 @@ impl RunSink for RunDir {
         };
         if good_steps == 0 {
             let start = match self.adapter_base {
-                Some(_) => "the starting adapter's",
+                Some(_) => "the starting adapter's (a new adapter leaves the model as it is)",
                 None => "the starting model's, in ",
             };
             let source = match self.adapter_base {
