@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
@@ -82,41 +81,12 @@ def lora_params(model):
     return out
 
 
-def completion_logp(logits, ids, prompt_len):
-    logp = torch.log_softmax(logits[prompt_len - 1 : -1], dim=-1)
-    return logp.gather(-1, ids[prompt_len:, None]).sum()
-
-
 def loss_of(model, pairs, case):
-    """The DPO loss (sigmoid with label smoothing, plus NLL) and TRL's metrics."""
-    pi = {"chosen": [], "rejected": []}
-    for pair in pairs:
-        for side in pi:
-            ids = torch.tensor(pair["prompt"] + pair[side])
-            logits = model(input_ids=ids[None]).logits[0]
-            pi[side].append(completion_logp(logits, ids, len(pair["prompt"])))
-    pi_c, pi_r = torch.stack(pi["chosen"]), torch.stack(pi["rejected"])
-    dtype = pi_c.dtype
-    rho_c = torch.tensor(case["ref_chosen"], dtype=dtype)
-    rho_r = torch.tensor(case["ref_rejected"], dtype=dtype)
-    n_c = torch.tensor([len(p["chosen"]) for p in pairs], dtype=dtype)
-    beta, eps, alpha = case["beta"], case["label_smoothing"], case["nll_alpha"]
-    assert case["loss_type"] == "sigmoid"
-    z = beta * ((pi_c - rho_c) - (pi_r - rho_r))
-    loss = (-(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)).mean()
-    nll = -pi_c.sum() / n_c.sum()
-    loss = loss + alpha * nll
-    chosen, rejected = beta * (pi_c - rho_c), beta * (pi_r - rho_r)
-    metrics = {
-        "rewards/chosen": chosen.mean(),
-        "rewards/rejected": rejected.mean(),
-        "rewards/accuracies": (chosen > rejected).float().mean(),
-        "rewards/margins": (chosen - rejected).mean(),
-        "logps/chosen": pi_c.mean(),
-        "logps/rejected": pi_r.mean(),
-        "nll_loss": nll,
-    }
-    return loss, {k: v.detach().item() for k, v in metrics.items()}
+    """The DPO fixtures' loss (sigmoid with label smoothing, plus NLL) and TRL's metrics, as
+    their script computes them."""
+    refs = {"chosen": case["ref_chosen"], "rejected": case["ref_rejected"]}
+    loss, metrics, _, _ = train_fixtures.case_loss(model, pairs, case, refs)
+    return loss, {k: v.item() for k, v in metrics.items()}
 
 
 def global_norm(tensors):
@@ -195,6 +165,7 @@ def main():
     cfg_path = start / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = "tests/fixtures/llama"
+    cfg["target_modules"] = sorted(cfg["target_modules"])  # PEFT writes a set: any order
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     card = start / "README.md"
     if card.exists():

@@ -305,10 +305,7 @@ pub trait Ops {
     ) -> Result<()> {
         self.set_len(scratch, n * oc)?;
         self.matmul_forward(scratch, inp, weight, None, n, c, oc)?;
-        let dense = Columns {
-            stride: oc,
-            offset: 0,
-        };
+        let dense = Columns::dense(oc);
         self.scale_columns(out, cols, scratch, dense, n, oc, scale, true)
     }
     /// The backward of `add_product`: dinp (N, C) = scale * dout[:, cols] @ weight, added
@@ -333,10 +330,7 @@ pub trait Ops {
     ) -> Result<()> {
         let (dy, dx) = scratch;
         self.set_len(dy, n * oc)?;
-        let dense = Columns {
-            stride: oc,
-            offset: 0,
-        };
+        let dense = Columns::dense(oc);
         self.scale_columns(dy, dense, dout, cols, n, oc, scale, false)?;
         if !accumulate {
             return self.matmul_backward(dinp, Some(dweight), None, dy, inp, weight, n, c, oc);

@@ -49,3 +49,13 @@ pub struct Columns {
     pub stride: usize,
     pub offset: usize,
 }
+
+impl Columns {
+    /// Every column of rows of `width`: a dense buffer.
+    pub const fn dense(width: usize) -> Columns {
+        Columns {
+            stride: width,
+            offset: 0,
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The LoRA flags of the training commands: a new adapter (`--lora-r` and its shape) or
 //! one to continue (`--adapter`), checked before any weights are read.
 
+use crate::io::outputs::Inputs;
 use crate::model::config::ModelConfig;
 use crate::model::lora::{Adapter, LoraConfig, Target};
 use crate::model::peft;
@@ -56,6 +57,16 @@ impl LoraArgs {
         given
     }
 
+    /// Checks the flags, and adds `--adapter`'s directory to the inputs checked before any
+    /// work.
+    pub fn check<'a>(&'a self, inputs: Inputs<'a>) -> Result<Inputs<'a>> {
+        self.config()?;
+        Ok(match &self.adapter {
+            Some(adapter) => inputs.dir("--adapter", adapter),
+            None => inputs,
+        })
+    }
+
     /// The new adapter's config (None: no new adapter), checked.
     pub fn config(&self) -> Result<Option<LoraConfig>> {
         let shape = self.shape_flags();
@@ -71,7 +82,8 @@ impl LoraArgs {
         if self.adapter.is_some() {
             bail!("--lora-r makes a new adapter and --adapter continues one: give one of them");
         }
-        let targets = parse_targets(&self.lora_targets)?;
+        let targets = Target::parse_names(&self.lora_targets)
+            .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
         let lora = LoraConfig::new(
             r,
             self.lora_alpha.unwrap_or(DEFAULT_ALPHA),
@@ -94,25 +106,6 @@ impl LoraArgs {
         };
         Ok(Some(peft::load_flag(flag, cfg)?))
     }
-}
-
-/// PEFT module names (or all-linear) to targets; none given: every Linear of the blocks.
-pub fn parse_targets(names: &[String]) -> Result<Vec<Target>> {
-    if names.is_empty() || names.iter().any(|n| n == "all-linear") {
-        return Ok(Target::ALL.to_vec());
-    }
-    names
-        .iter()
-        .map(|n| {
-            Target::parse(n.trim()).ok_or_else(|| {
-                let known: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
-                anyhow::anyhow!(
-                    "--lora-targets: no module {n:?}; expected {} or all-linear",
-                    known.join(", ")
-                )
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -320,14 +320,13 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
     args.train.model = resolve_flag("--model", &args.train.model)?;
     let dpo = dpo_config(&args.loss)?;
     let cfg = train_config(&args.train.optim, Objective::Dpo(dpo), 1e-6)?;
-    args.train.lora.config()?;
-    let mut inputs = Inputs::default()
+    let inputs = Inputs::default()
         .file("--pairs", &args.pairs)
         .dir("--model", &args.train.model);
-    if let Some(adapter) = &args.train.lora.adapter {
-        inputs = inputs.dir("--adapter", adapter);
-    }
-    inputs.check_output("--out", &args.train.out)?;
+    args.train
+        .lora
+        .check(inputs)?
+        .check_output("--out", &args.train.out)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
@@ -336,9 +335,7 @@ pub fn run_dpo(mut args: DpoArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(pairs.len(), &cfg);
-    let mut adapter = args.train.lora.adapter(&loaded.config, cfg.seed)?;
-    training_memory(&loaded.config, adapter.as_ref(), cfg.micro_batch_tokens)
-        .check_on(&device, "dpo")?;
+    let mut adapter = trained_adapter(&args.train.lora, &loaded.config, &cfg, &device, "dpo")?;
     let model = loaded.weights()?;
     // The output is claimed (created and locked) before the work that fills it.
     let mut run = RunDir::create(
@@ -421,26 +418,36 @@ fn adapter_line(adapter: Option<&Adapter>) -> String {
     })
 }
 
-/// What training holds in memory: the whole model's state, or a LoRA run's.
-fn training_memory(cfg: &ModelConfig, adapter: Option<&Adapter>, tokens: usize) -> memory::Need {
-    match adapter {
-        Some(a) => memory::lora_training(cfg, a.layout.len as u64, tokens),
-        None => memory::training(cfg, tokens),
-    }
+/// The adapter a training command trains (None: the whole model), once what the run
+/// will hold in memory, the whole model's state or a LoRA run's, is found to fit.
+fn trained_adapter(
+    lora: &LoraArgs,
+    model: &ModelConfig,
+    cfg: &TrainConfig,
+    device: &Device,
+    command: &str,
+) -> Result<Option<Adapter>> {
+    let adapter = lora.adapter(model, cfg.seed)?;
+    let tokens = cfg.micro_batch_tokens;
+    let need = match &adapter {
+        Some(a) => memory::lora_training(model, a.layout.len as u64, tokens),
+        None => memory::training(model, tokens),
+    };
+    need.check_on(device, command)?;
+    Ok(adapter)
 }
 
 pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
     let base_name = args.train.model.display().to_string();
     args.train.model = resolve_flag("--model", &args.train.model)?;
     let cfg = train_config(&args.train.optim, Objective::Sft, 2e-5)?;
-    args.train.lora.config()?;
-    let mut inputs = Inputs::default()
+    let inputs = Inputs::default()
         .file("--data", &args.data)
         .dir("--model", &args.train.model);
-    if let Some(adapter) = &args.train.lora.adapter {
-        inputs = inputs.dir("--adapter", adapter);
-    }
-    inputs.check_output("--out", &args.train.out)?;
+    args.train
+        .lora
+        .check(inputs)?
+        .check_output("--out", &args.train.out)?;
     RunDir::check_free(&args.train.out)?;
     let device = super::open_device(device)?;
     let loaded = load(&args.train.model)?;
@@ -449,9 +456,7 @@ pub fn run_sft(mut args: SftArgs, device: Placement) -> Result<()> {
         &encoder(&loaded, args.train.optim.no_chat_template),
     )?;
     let total = total_steps(data.len(), &cfg);
-    let mut adapter = args.train.lora.adapter(&loaded.config, cfg.seed)?;
-    training_memory(&loaded.config, adapter.as_ref(), cfg.micro_batch_tokens)
-        .check_on(&device, "sft")?;
+    let mut adapter = trained_adapter(&args.train.lora, &loaded.config, &cfg, &device, "sft")?;
     let model = loaded.weights()?;
     let mut run = RunDir::create(
         &args.train.out,

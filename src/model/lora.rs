@@ -63,6 +63,25 @@ impl Target {
         Target::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// The targets PEFT module `names` name (or all-linear); none: every Linear.
+    pub fn parse_names(names: &[String]) -> Result<Vec<Target>> {
+        if names.is_empty() || names.iter().any(|n| n == "all-linear") {
+            return Ok(Target::ALL.to_vec());
+        }
+        names
+            .iter()
+            .map(|n| {
+                Target::parse(n.trim()).ok_or_else(|| {
+                    let known: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+                    anyhow::anyhow!(
+                        "no module {n:?}; expected {} or all-linear",
+                        known.join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// (out, in) of the Linear.
     pub fn shape(self, cfg: &ModelConfig) -> (usize, usize) {
         let (c, i) = (cfg.hidden_size, cfg.intermediate_size);

@@ -108,14 +108,7 @@ pub struct LoraTraining {
 impl LoraTraining {
     /// The adapter's shape.
     pub fn config(&self) -> Result<crate::model::lora::LoraConfig> {
-        let targets = self
-            .targets
-            .iter()
-            .map(|n| {
-                crate::model::lora::Target::parse(n)
-                    .with_context(|| format!("LoRA target {n:?}: not a module of the blocks"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let targets = crate::model::lora::Target::parse_names(&self.targets)?;
         crate::model::lora::LoraConfig::new(self.r, self.alpha, self.rslora, self.dropout, targets)
     }
 }

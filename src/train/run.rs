@@ -240,14 +240,12 @@ impl RunSink for RunDir {
         };
         if good_steps == 0 {
             let start = match self.adapter_base {
-                Some(_) => "the starting adapter's (a new adapter leaves the model as it is)",
-                None => "the starting model's, in ",
+                Some(_) => {
+                    "the starting adapter's (a new adapter leaves the model as it is)".to_string()
+                }
+                None => format!("the starting model's, in {}", self.source.display()),
             };
-            let source = match self.adapter_base {
-                Some(_) => String::new(),
-                None => self.source.display().to_string(),
-            };
-            return Ok(format!("the last good weights are {start}{source}{bad}"));
+            return Ok(format!("the last good weights are {start}{bad}"));
         }
         let dir = self.checkpoint_dir(good_steps);
         if !self.saved.contains(&good_steps) {

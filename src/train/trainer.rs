@@ -190,7 +190,15 @@ impl<O: Ops> Trainer<O> {
         ops.refresh_weights(&mut weights, &master)?;
         let acts = {
             let trained = O::forward_weights(&master, &weights)?;
-            let net = net_of(&ops, model, frozen.as_ref(), trained);
+            let (config, layout) = (&model.config, &model.layout);
+            let net = net_of(
+                &ops,
+                config,
+                layout,
+                &model.inv_freq,
+                frozen.as_ref(),
+                trained,
+            );
             Activations::new(&net, rows, true)?
         };
         Ok(Trainer {
@@ -256,18 +264,8 @@ impl<O: Ops> Trainer<O> {
         let ops = &self.ops;
         ops.zero(&mut self.grads)?;
         let trained = O::forward_weights(&self.master, &self.weights)?;
-        let mut net = Net {
-            ops,
-            config: &self.config,
-            layout: &self.layout,
-            weights: trained,
-            inv_freq: &self.inv_freq,
-            lora: None,
-        };
-        if let Some(f) = &self.frozen {
-            net.weights = &f.weights;
-            net.lora = Some(f.lora_net(trained));
-        }
+        let (config, layout, inv_freq) = (&self.config, &self.layout, &self.inv_freq);
+        let mut net = net_of(ops, config, layout, inv_freq, self.frozen.as_ref(), trained);
         let lora = self.frozen.is_some();
         let (acts, grads) = (&mut self.acts, &mut self.grads);
         let step_seed = splitmix64(self.cfg.seed ^ splitmix64(step as u64 + 1));
@@ -364,20 +362,22 @@ impl<O: Ops> Frozen<O> {
     }
 }
 
-/// The graph over `model`'s config, reading `trained` as the model's weights, or with
+/// The graph over a model of `config`, reading `trained` as the model's weights, or with
 /// `frozen`, the frozen weights with `trained` as the adapter's.
 fn net_of<'a, O: Ops>(
     ops: &'a O,
-    model: &'a Model,
+    config: &'a ModelConfig,
+    layout: &'a ParamLayout,
+    inv_freq: &'a [f64],
     frozen: Option<&'a Frozen<O>>,
     trained: &'a O::Buf<O::S>,
 ) -> Net<'a, O> {
     Net {
         ops,
-        config: &model.config,
-        layout: &model.layout,
+        config,
+        layout,
         weights: frozen.map_or(trained, |f| &f.weights),
-        inv_freq: &model.inv_freq,
+        inv_freq,
         lora: frozen.map(|f| f.lora_net(trained)),
     }
 }
@@ -415,10 +415,7 @@ pub(crate) fn train_on<O: Ops>(
     // Whatever happened, the host holds the trainer's last weights: the CPU's are moved
     // back where they are not there yet, a device's copied (after a failure too; a second
     // failure then does not hide the first). A LoRA run's frozen weights go back too.
-    let host = match adapter {
-        Some(a) => &mut a.params,
-        None => &mut model.params,
-    };
+    let host = host_params(model, &mut adapter);
     if host.is_empty() || result.is_err() {
         let lent = trainer.lend_weights(host);
         if result.is_ok() {

@@ -435,9 +435,8 @@ impl Ops for Cpu {
         scale: f32,
         _scratch: (&mut Vec<f32>, &mut Vec<f32>),
     ) -> Result<()> {
-        let (dx, dw) = (dinp, dweight);
         block_products::add_product_backward(
-            dx, accumulate, dw, dout, cols, inp, weight, n, c, oc, scale,
+            dinp, accumulate, dweight, dout, cols, inp, weight, n, c, oc, scale,
         )
     }
     fn gather_rows(

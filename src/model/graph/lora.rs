@@ -113,12 +113,8 @@ pub(crate) fn lora_backward<O: Ops>(
     // dx += dt A and dA += dt^T x: the backward of t = x A^T.
     let a = O::weights(lora.weights, linear.a.clone());
     let da = O::grads(grads, linear.a.clone());
-    let dense = Columns {
-        stride: r,
-        offset: 0,
-    };
     let Some(d) = lora.dropout else {
-        let sc = (dy_scratch, dx_scratch);
+        let (dense, sc) = (Columns::dense(r), (dy_scratch, dx_scratch));
         return ops
             .add_product_backward(dx, true, da, scratch.dt, dense, x, a, n, in_dim, r, 1.0, sc);
     };
