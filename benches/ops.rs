@@ -172,6 +172,7 @@ fn swiglu(c: &mut Criterion) {
 /// A packed attention batch: `rows_per_seq` query rows at the end of each of `seqs`
 /// caches of `cache_len` positions (the rows' own keys/values included, as in the model).
 struct AttentionCase {
+    dims: AttentionDims,
     q: Vec<f32>,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -180,8 +181,13 @@ struct AttentionCase {
 }
 
 impl AttentionCase {
-    fn new(seqs: usize, cache_len: usize, rows_per_seq: usize) -> AttentionCase {
-        let kvd = N_KV_HEAD * HEAD_DIM;
+    fn new(
+        dims: AttentionDims,
+        seqs: usize,
+        cache_len: usize,
+        rows_per_seq: usize,
+    ) -> AttentionCase {
+        let kvd = dims.n_kv_head * dims.head_dim;
         let n = seqs * rows_per_seq;
         let (mut row_seq, mut row_pos) = (vec![], vec![]);
         for s in 0..seqs {
@@ -189,7 +195,8 @@ impl AttentionCase {
             row_pos.extend(cache_len - rows_per_seq..cache_len);
         }
         AttentionCase {
-            q: randn(n * N_HEAD * HEAD_DIM, 1.0, 8),
+            dims,
+            q: randn(n * dims.n_head * dims.head_dim, 1.0, 8),
             k: (0..seqs)
                 .map(|s| randn(cache_len * kvd, 1.0, 100 + s as u64))
                 .collect(),
@@ -203,7 +210,7 @@ impl AttentionCase {
 
     /// Multiply-adds of q.k and of the weighted sum of v, two FLOPs each.
     fn flops(&self) -> u64 {
-        let per_key = 2 * 2 * HEAD_DIM * N_HEAD;
+        let per_key = 2 * 2 * self.dims.head_dim * self.dims.n_head;
         self.row_pos
             .iter()
             .map(|&p| (p + 1) * per_key)
@@ -218,9 +225,38 @@ fn attention(c: &mut Criterion) {
         n_kv_head: N_KV_HEAD,
         head_dim: HEAD_DIM,
     };
+    // The 135m shape's heads: 9 query heads over 3 kv heads of 64.
+    let dims_135m = AttentionDims {
+        n_head: 9,
+        n_kv_head: 3,
+        head_dim: 64,
+    };
     let cases = [
-        ("decode", "32seq_cache96", AttentionCase::new(32, 96, 1)),
-        ("prefill", "4seq_x32rows", AttentionCase::new(4, 32, 32)),
+        (
+            "decode",
+            "32seq_cache96",
+            AttentionCase::new(dims, 32, 96, 1),
+        ),
+        (
+            "prefill",
+            "4seq_x32rows",
+            AttentionCase::new(dims, 4, 32, 32),
+        ),
+        (
+            "decode_135m",
+            "64seq_cache40",
+            AttentionCase::new(dims_135m, 64, 40, 1),
+        ),
+        (
+            "decode_135m",
+            "64seq_cache96",
+            AttentionCase::new(dims_135m, 64, 96, 1),
+        ),
+        (
+            "decode_135m",
+            "64seq_cache160",
+            AttentionCase::new(dims_135m, 64, 160, 1),
+        ),
     ];
     for (name, param, case) in &cases {
         let kv: Vec<KvView> = case
@@ -230,7 +266,7 @@ fn attention(c: &mut Criterion) {
             .map(|(k, v)| KvView { k, v })
             .collect();
         let mut out = vec![0.0f32; case.q.len()];
-        let mut lse = vec![0.0f32; case.row_seq.len() * N_HEAD];
+        let mut lse = vec![0.0f32; case.row_seq.len() * case.dims.n_head];
         group.throughput(Throughput::Elements(case.flops()));
         group.bench_function(BenchmarkId::new(*name, param), |b| {
             b.iter(|| {
@@ -241,7 +277,7 @@ fn attention(c: &mut Criterion) {
                     &kv,
                     &case.row_seq,
                     &case.row_pos,
-                    dims,
+                    case.dims,
                 )
                 .unwrap()
             })

@@ -9,12 +9,13 @@
 //! many-row work as GEMMs on tiles (attention_tiled); this file holds the entry points, the
 //! split into parallel work, and the row-by-row path of decode steps over short caches.
 
+use super::attention_row_avx512;
 pub use super::attention_rows::KvView;
-use super::attention_rows::{scale, GroupOut};
+use super::attention_rows::{scale, softmax_in_place, GroupOut};
 use super::attention_tiled::{
     backward_task, forward_tile, tile_positions, BackwardTask, ForwardScratch,
 };
-use super::math::{dot, exp};
+use super::math::dot;
 use super::{check_lens, check_rows};
 use crate::backend::settings::AttentionDims;
 use anyhow::{bail, Result};
@@ -109,7 +110,7 @@ fn over_caches(
             r1 += 1;
         }
         let keys_seen: usize = row_pos[r0..r1].iter().map(|p| p + 1).sum();
-        if keys_seen >= TILED_MIN_KEYS {
+        if r1 - r0 > 1 && keys_seen >= TILED_MIN_KEYS {
             for t0 in (r0..r1).step_by(tile_positions(group)) {
                 let t1 = (t0 + tile_positions(group)).min(r1);
                 for g in 0..n_kv_head {
@@ -218,7 +219,10 @@ struct Scratch {
 }
 
 /// Row `row` of q (N, H, D), which sees `len` positions of its cache, for the query heads of
-/// kv head g: one head at a time, a dot product per key.
+/// kv head g. One pass over the keys scores every head of the group (a dot product per key
+/// and head), one pass over the values sums every head's output, so the group's keys and
+/// values are read once. Each head's arithmetic is that of a head on its own: its scores,
+/// max, exps and sum in key order, and its output summed over the keys in order.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend_row(
     dst: GroupOut,
@@ -242,29 +246,33 @@ pub(super) fn attend_row(
         "cache shorter than the row's position"
     );
     let qs = &q[(row * n_head + g * group) * d..][..group * d];
+    if attention_row_avx512::available(d) {
+        let (k, v) = (cache.k, cache.v);
+        attention_row_avx512::attend(dst, qs, k, v, kv_stride, g * d, len, d, scores);
+        return;
+    }
     let scale = scale(d);
-    for ((o, lse), qh) in dst
-        .out
-        .chunks_exact_mut(d)
+    // (group, len): each head's scores, then its softmax weights.
+    scores.clear();
+    scores.resize(group * len, 0.0);
+    for t in 0..len {
+        let k = &cache.k[t * kv_stride + g * d..][..d];
+        for (h, qh) in qs.chunks_exact(d).enumerate() {
+            scores[h * len + t] = dot(qh, k) * scale;
+        }
+    }
+    for ((s, lse), o) in scores
+        .chunks_exact_mut(len)
         .zip(dst.lse.iter_mut())
-        .zip(qs.chunks_exact(d))
+        .zip(dst.out.chunks_exact_mut(d))
     {
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for t in 0..len {
-            let s = dot(qh, &cache.k[t * kv_stride + g * d..][..d]) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-        }
-        let sum: f32 = scores.iter().sum();
-        *lse = max + sum.ln();
+        *lse = softmax_in_place(s);
         o.fill(0.0);
-        for (t, s) in scores.iter().enumerate() {
-            let w = s / sum;
-            let v = &cache.v[t * kv_stride + g * d..][..d];
+    }
+    for t in 0..len {
+        let v = &cache.v[t * kv_stride + g * d..][..d];
+        for (h, o) in dst.out.chunks_exact_mut(d).enumerate() {
+            let w = scores[h * len + t];
             for (o, v) in o.iter_mut().zip(v) {
                 *o += w * v;
             }

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+mod attention_row_avx512;
 mod attention_rows;
 mod attention_tiled;
 pub mod bf16;

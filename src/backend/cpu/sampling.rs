@@ -6,7 +6,7 @@
 //! toward the lowest token ids (top-k keeps exactly k tokens; transformers keeps every
 //! token tied with the k-th).
 
-use super::math::exp;
+use super::math::{exp, max};
 use crate::backend::rng::Rng;
 use crate::backend::settings::SamplingParams;
 
@@ -40,7 +40,7 @@ struct Kept {
 /// Fills `scratch.weights` with the unnormalised temperature-scaled probabilities and
 /// decides which tokens top-k and top-p keep.
 fn filter(logits: &[f32], params: &SamplingParams, scratch: &mut SamplerScratch) -> Kept {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(logits);
     let t = params.temperature;
     scratch.weights.clear();
     scratch
@@ -98,9 +98,21 @@ fn bucket(w: f32) -> usize {
 /// Every weight of a higher bucket is larger than any in it, so the nucleus is the higher
 /// buckets plus the largest few of this one.
 fn nucleus_by_buckets(weights: &[f32], top_p: f32, select: &mut Vec<(f32, u32)>) -> Kept {
+    // Four interleaved histograms, so that runs of weights in one bucket do not wait on
+    // each other's additions; summed bucket by bucket after.
+    let mut lanes = [[0.0f32; BUCKETS]; 4];
+    let chunks = weights.chunks_exact(4);
+    for &w in chunks.remainder() {
+        lanes[0][bucket(w)] += w;
+    }
+    for c in chunks {
+        for (lane, &w) in lanes.iter_mut().zip(c) {
+            lane[bucket(w)] += w;
+        }
+    }
     let mut mass = [0.0f32; BUCKETS];
-    for &w in weights {
-        mass[bucket(w)] += w;
+    for (b, m) in mass.iter_mut().enumerate() {
+        *m = (lanes[0][b] + lanes[1][b]) + (lanes[2][b] + lanes[3][b]);
     }
     let target = top_p * mass.iter().sum::<f32>();
     // Rounding may leave `target` a hair above the running sum: stop at the lowest bucket.
@@ -192,25 +204,82 @@ pub fn sample(
         return argmax(logits);
     }
     let kept = filter(logits, params, scratch);
-    let mut total = 0.0f32;
+    draw(&scratch.weights, &kept, rng.uniform())
+}
+
+/// Tokens per block of the draw's walk.
+const DRAW_BLOCK: usize = 512;
+
+/// The surviving token at which the running mass (in id order) first exceeds u times the
+/// total. Block by block: each block's kept mass is summed in 8 lanes, whole blocks below
+/// the draw are skipped, and only the block that holds it is walked token by token.
+fn draw(weights: &[f32], kept: &Kept, u: f32) -> u32 {
+    // (kept mass, ties kept before the block) of each block.
+    let mut blocks = Vec::with_capacity(weights.len().div_ceil(DRAW_BLOCK));
+    let mut ties = kept.ties;
+    for b in weights.chunks(DRAW_BLOCK) {
+        let mut acc = [0.0f32; 8];
+        let mut at_cutoff = 0usize;
+        let lanes = b.chunks_exact(8);
+        let tail = lanes.remainder();
+        for c in lanes {
+            for i in 0..8 {
+                acc[i] += if c[i] > kept.cutoff { c[i] } else { 0.0 };
+                at_cutoff += usize::from(c[i] == kept.cutoff);
+            }
+        }
+        let mut mass = acc.iter().sum::<f32>();
+        for &w in tail {
+            mass += if w > kept.cutoff { w } else { 0.0 };
+            at_cutoff += usize::from(w == kept.cutoff);
+        }
+        let tied = at_cutoff.min(ties);
+        if tied > 0 {
+            mass += tied as f32 * kept.cutoff;
+        }
+        blocks.push((mass, ties));
+        ties -= tied;
+    }
+    let total: f32 = blocks.iter().map(|b| b.0).sum();
+    let r = u * total;
+    let block_of = |i: usize| {
+        let tokens = &weights[i * DRAW_BLOCK..((i + 1) * DRAW_BLOCK).min(weights.len())];
+        let rule = Kept {
+            cutoff: kept.cutoff,
+            ties: blocks[i].1,
+        };
+        (tokens, rule)
+    };
+    let (mut acc, mut last_block) = (0.0f32, 0);
+    for (i, &(mass, _)) in blocks.iter().enumerate() {
+        if mass == 0.0 {
+            continue;
+        }
+        last_block = i;
+        if acc + mass <= r {
+            acc += mass;
+            continue;
+        }
+        let (tokens, rule) = block_of(i);
+        let mut found = None;
+        for_each_kept(tokens, &rule, |id, w| {
+            acc += w;
+            found = (r < acc).then_some(id);
+            found.is_none()
+        });
+        if let Some(id) = found {
+            return (i * DRAW_BLOCK) as u32 + id;
+        }
+        // The walk's sum fell a rounding short of the block's: the draw lies further on.
+    }
+    // Rounding can leave r at or past every kept token's running mass: the last is chosen.
+    let (tokens, rule) = block_of(last_block);
     let mut last = 0;
-    for_each_kept(&scratch.weights, &kept, |id, w| {
-        total += w;
+    for_each_kept(tokens, &rule, |id, _| {
         last = id;
         true
     });
-    let r = rng.uniform() * total;
-    let mut acc = 0.0f32;
-    let mut chosen = last;
-    for_each_kept(&scratch.weights, &kept, |id, w| {
-        acc += w;
-        if r < acc {
-            chosen = id;
-            return false;
-        }
-        true
-    });
-    chosen
+    (last_block * DRAW_BLOCK) as u32 + last
 }
 
 #[cfg(test)]
@@ -335,6 +404,80 @@ mod tests {
             if !kept.contains(&(id as u32)) {
                 assert_eq!(c, 0, "token {id} was filtered out but sampled");
             }
+        }
+    }
+
+    /// The draw by definition: the first kept token (in id order) whose running mass, in
+    /// f64, exceeds u times the kept total; None where u * total is within `slack` of a
+    /// token's boundary (rounding may put the draw on either side).
+    fn drawn_by_definition(weights: &[f32], kept: &Kept, u: f64, slack: f64) -> Option<u32> {
+        let mut kept_w = vec![];
+        for_each_kept(weights, kept, |id, w| {
+            kept_w.push((id, w as f64));
+            true
+        });
+        let total: f64 = kept_w.iter().map(|x| x.1).sum();
+        let r = u * total;
+        let mut acc = 0.0;
+        for &(id, w) in &kept_w {
+            acc += w;
+            if (r - acc).abs() < slack * total {
+                return None;
+            }
+            if r < acc {
+                return Some(id);
+            }
+        }
+        kept_w.last().map(|x| x.0)
+    }
+
+    #[test]
+    fn block_walk_draws_the_token_the_running_mass_gives() {
+        let mut rng = Rng::new(11);
+        let mut scratch = SamplerScratch::default();
+        let mut compared = 0;
+        for (v, top_p, top_k) in [
+            (3000, 0.95, 0),
+            (5000, 1.0, 0),
+            (1100, 0.5, 0),
+            (700, 0.9, 40),
+            (7, 0.9, 0),
+        ] {
+            let logits: Vec<f32> = (0..v).map(|_| 0.7 * rng.normal()).collect();
+            let p = SamplingParams {
+                temperature: 0.8,
+                top_p,
+                top_k,
+            };
+            let kept = filter(&logits, &p, &mut scratch);
+            let weights = scratch.weights.clone();
+            for i in 0..400 {
+                let u = (i as f32 + 0.5) / 400.0;
+                let got = draw(&weights, &kept, u);
+                if let Some(want) = drawn_by_definition(&weights, &kept, u as f64, 1e-5) {
+                    assert_eq!(got, want, "V {v}, top-p {top_p}, top-k {top_k}, u {u}");
+                    compared += 1;
+                }
+            }
+            // A draw at the very top of the mass takes the last kept token.
+            let last = drawn_by_definition(&weights, &kept, 1.0, 0.0).unwrap();
+            assert_eq!(draw(&weights, &kept, 1.0 - f32::EPSILON / 2.0), last);
+        }
+        assert!(
+            compared > 1900,
+            "only {compared} draws away from a boundary"
+        );
+        // Ties at the cutoff: the flat row keeps its first half, so every draw lands there,
+        // and spread evenly over it (1,200 tokens over three blocks).
+        let weights = vec![0.25f32; 2400];
+        let kept = Kept {
+            cutoff: 0.25,
+            ties: 1200,
+        };
+        for i in 0..100 {
+            let u = (i as f32 + 0.5) / 100.0;
+            let want = (u * 1200.0) as u32;
+            assert_eq!(draw(&weights, &kept, u), want, "u {u}");
         }
     }
 

@@ -1,0 +1,201 @@
+//! One query row's attention over its cache, for the query heads of one kv head, in AVX-512:
+//! the decode step's path on CPUs with AVX-512F, for head dims of 32, 64 or 128.
+//!
+//! A decode row sees its whole cache with one query per head, too little work for a GEMM:
+//! the tiled path's packing cost more than its products (about 20% of a 135m generation's
+//! time went to the gemm crate's packing and kernels on 3 x 64 tiles). Here one pass over
+//! the keys scores every head of the group, a dot product per key and head in 16 lanes; the
+//! softmax is `attend_row`'s; one pass over the values sums the outputs of up to 16 / (D/16)
+//! heads at once in registers. The keys and values are each read once from memory.
+//!
+//! Every head's result depends only on its own query and cache, in a fixed order, so it is
+//! the same whatever batch or thread it runs in. It differs from the portable row path and
+//! the tiled path by rounding (16-lane dot products).
+
+use super::attention_rows::GroupOut;
+
+/// Whether this CPU and head dim `d` take the AVX-512 row path.
+pub fn available(d: usize) -> bool {
+    matches!(d, 32 | 64 | 128) && super::packed_f32::available()
+}
+
+/// The group's outputs (group, D) and log-normalisers (group) for queries qs: (group, D)
+/// over `len` positions of k, v: each row t at t * kv_stride + off, D wide. scores:
+/// (group, len) scratch.
+///
+/// Panics unless `available(d)` and the slices hold what the shapes say; the caller checks.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend(
+    dst: GroupOut,
+    qs: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kv_stride: usize,
+    off: usize,
+    len: usize,
+    d: usize,
+    scores: &mut Vec<f32>,
+) {
+    assert!(
+        available(d),
+        "the AVX-512 row path needs AVX-512F and D of 32, 64 or 128"
+    );
+    let group = qs.len() / d;
+    assert!(
+        qs.len() == group * d
+            && dst.out.len() == group * d
+            && dst.lse.len() == group
+            && len > 0
+            && off + d <= kv_stride
+            && k.len() >= len * kv_stride
+            && v.len() >= len * kv_stride,
+        "shapes checked by the caller"
+    );
+    scores.clear();
+    scores.resize(group * len, 0.0);
+    let scale = super::attention_rows::scale(d);
+    // SAFETY: every read is of a key or value row t < len at t * kv_stride + off .. + d,
+    // within k and v (asserted), of the group's queries (group, d) and of scores
+    // (group, len); the CPU has AVX-512F (asserted through `available`).
+    unsafe {
+        match d {
+            32 => avx512::scores::<2>(scores, qs, k, kv_stride, off, len, scale),
+            64 => avx512::scores::<4>(scores, qs, k, kv_stride, off, len, scale),
+            _ => avx512::scores::<8>(scores, qs, k, kv_stride, off, len, scale),
+        }
+    }
+    for (s, lse) in scores.chunks_exact_mut(len).zip(dst.lse.iter_mut()) {
+        *lse = super::attention_rows::softmax_in_place(s);
+    }
+    // SAFETY: as above, for the value rows and out (group, d).
+    unsafe {
+        match d {
+            32 => avx512::weighted_values::<2, 8>(dst.out, scores, v, kv_stride, off, len),
+            64 => avx512::weighted_values::<4, 4>(dst.out, scores, v, kv_stride, off, len),
+            _ => avx512::weighted_values::<8, 2>(dst.out, scores, v, kv_stride, off, len),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Rows ahead of the one being read whose lines are prefetched.
+    const AHEAD: usize = 24;
+
+    /// scores[h][t] = (q[h] . k row t) * scale, for C chunks of 16 (D = 16 C).
+    ///
+    /// # Safety
+    /// As `super::attend`: rows t < len of k at t * kv_stride + off, D wide; q (group, D);
+    /// scores (group, len); AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores<const C: usize>(
+        scores: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        kv_stride: usize,
+        off: usize,
+        len: usize,
+        scale: f32,
+    ) {
+        let group = q.len() / (16 * C);
+        let k = k.as_ptr().add(off);
+        let q = q.as_ptr();
+        for t in 0..len {
+            let row = k.add(t * kv_stride);
+            if t + AHEAD < len {
+                let ahead = k.add((t + AHEAD) * kv_stride);
+                for c in 0..C {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(16 * c).cast());
+                }
+            }
+            let mut kc = [_mm512_setzero_ps(); C];
+            for (c, kc) in kc.iter_mut().enumerate() {
+                *kc = _mm512_loadu_ps(row.add(16 * c));
+            }
+            for h in 0..group {
+                let qh = q.add(h * 16 * C);
+                let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qh), kc[0]);
+                for (c, kc) in kc.iter().enumerate().skip(1) {
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16 * c)), *kc, acc);
+                }
+                *scores.get_unchecked_mut(h * len + t) = _mm512_reduce_add_ps(acc) * scale;
+            }
+        }
+    }
+
+    /// out[h] = sum over t of w[h][t] * v row t, for C chunks of 16 (D = 16 C), H heads'
+    /// sums at a time in registers (H C <= 16).
+    ///
+    /// # Safety
+    /// As `super::attend`: rows t < len of v at t * kv_stride + off, D wide; out (group, D);
+    /// w (group, len); AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_values<const C: usize, const H: usize>(
+        out: &mut [f32],
+        w: &[f32],
+        v: &[f32],
+        kv_stride: usize,
+        off: usize,
+        len: usize,
+    ) {
+        let group = out.len() / (16 * C);
+        let v = v.as_ptr().add(off);
+        for h0 in (0..group).step_by(H) {
+            let heads = (group - h0).min(H);
+            let mut acc = [[_mm512_setzero_ps(); C]; H];
+            for t in 0..len {
+                let row = v.add(t * kv_stride);
+                if h0 == 0 && t + AHEAD < len {
+                    let ahead = v.add((t + AHEAD) * kv_stride);
+                    for c in 0..C {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(16 * c).cast());
+                    }
+                }
+                let mut vc = [_mm512_setzero_ps(); C];
+                for (c, vc) in vc.iter_mut().enumerate() {
+                    *vc = _mm512_loadu_ps(row.add(16 * c));
+                }
+                for (h, acc) in acc.iter_mut().enumerate().take(heads) {
+                    let wt = _mm512_set1_ps(*w.get_unchecked((h0 + h) * len + t));
+                    for (acc, vc) in acc.iter_mut().zip(&vc) {
+                        *acc = _mm512_fmadd_ps(wt, *vc, *acc);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate().take(heads) {
+                let o = out.as_mut_ptr().add((h0 + h) * 16 * C);
+                for (c, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o.add(16 * c), *acc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    pub unsafe fn scores<const C: usize>(
+        _: &mut [f32],
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: f32,
+    ) {
+        unreachable!("AVX-512F is never available off x86_64")
+    }
+
+    pub unsafe fn weighted_values<const C: usize, const H: usize>(
+        _: &mut [f32],
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("AVX-512F is never available off x86_64")
+    }
+}
