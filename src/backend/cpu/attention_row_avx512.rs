@@ -199,3 +199,91 @@ mod avx512 {
         unreachable!("AVX-512F is never available off x86_64")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::testutil::randn;
+
+    /// One head's attention in f64: (out (D), lse).
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        off: usize,
+        len: usize,
+    ) -> (Vec<f64>, f64) {
+        let d = q.len();
+        let s: Vec<f64> = (0..len)
+            .map(|t| {
+                let kt = &k[t * stride + off..][..d];
+                q.iter()
+                    .zip(kt)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    / (d as f64).sqrt()
+            })
+            .collect();
+        let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = s.iter().map(|x| (x - max).exp()).sum();
+        let mut out = vec![0.0f64; d];
+        for (t, x) in s.iter().enumerate() {
+            let w = (x - max).exp() / sum;
+            for (o, vt) in out.iter_mut().zip(&v[t * stride + off..][..d]) {
+                *o += w * *vt as f64;
+            }
+        }
+        (out, max + sum.ln())
+    }
+
+    #[test]
+    fn every_head_dim_and_group_split_matches_f64() {
+        if !available(64) {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        assert!(!available(48) && !available(16), "only D of 32, 64, 128");
+        let mut seed = 1;
+        // Groups that fill the value pass's register batches exactly, leave a remainder, or
+        // are a single head; lengths across the prefetch distance.
+        for (d, group, n_kv) in [
+            (64, 3, 3),
+            (64, 8, 2),
+            (32, 9, 1),
+            (128, 3, 2),
+            (128, 1, 4),
+            (32, 1, 1),
+        ] {
+            for len in [1, 2, 23, 24, 25, 61] {
+                seed += 1;
+                let stride = n_kv * d;
+                let g = n_kv - 1;
+                let qs = randn(group * d, seed);
+                let k = randn(len * stride, seed + 100);
+                let v = randn(len * stride, seed + 200);
+                let (mut out, mut lse) = (vec![f32::NAN; group * d], vec![f32::NAN; group]);
+                let dst = GroupOut {
+                    out: &mut out,
+                    lse: &mut lse,
+                };
+                attend(dst, &qs, &k, &v, stride, g * d, len, d, &mut Vec::new());
+                for h in 0..group {
+                    let (want, want_lse) = reference(&qs[h * d..][..d], &k, &v, stride, g * d, len);
+                    let what = format!("D {d}, group {group}, len {len}, head {h}");
+                    assert!(
+                        (lse[h] as f64 - want_lse).abs() < 1e-5,
+                        "{what}: lse {} vs {want_lse}",
+                        lse[h]
+                    );
+                    for (i, (&o, &w)) in out[h * d..][..d].iter().zip(&want).enumerate() {
+                        assert!(
+                            (o as f64 - w).abs() < 1e-5,
+                            "{what}, element {i}: {o} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
