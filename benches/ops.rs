@@ -263,7 +263,7 @@ fn attention(c: &mut Criterion) {
             .k
             .iter()
             .zip(&case.v)
-            .map(|(k, v)| KvView { k, v })
+            .map(|(k, v)| KvView::new(k, v))
             .collect();
         let mut out = vec![0.0f32; case.q.len()];
         let mut lse = vec![0.0f32; case.row_seq.len() * case.dims.n_head];
@@ -310,9 +310,11 @@ fn attention_train(c: &mut Criterion) {
     let dout = randn(n * qd, 1.0, 12);
     let kv: Vec<KvView> = seqs
         .iter()
-        .map(|r| KvView {
-            k: &k[r.start * kvd..r.end * kvd],
-            v: &v[r.start * kvd..r.end * kvd],
+        .map(|r| {
+            KvView::new(
+                &k[r.start * kvd..r.end * kvd],
+                &v[r.start * kvd..r.end * kvd],
+            )
         })
         .collect();
     let (mut out, mut lse) = (vec![0.0f32; n * qd], vec![0.0f32; n * N_HEAD]);

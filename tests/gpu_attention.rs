@@ -68,9 +68,11 @@ fn attention_case<T: Storage>(
 
     let kv: Vec<KvView> = seqs
         .iter()
-        .map(|r| KvView {
-            k: &k[r.start * kvd..r.end * kvd],
-            v: &v[r.start * kvd..r.end * kvd],
+        .map(|r| {
+            KvView::new(
+                &k[r.start * kvd..r.end * kvd],
+                &v[r.start * kvd..r.end * kvd],
+            )
         })
         .collect();
     let (mut want, mut want_lse) = (vec![0.0; n * qd], vec![0.0; n * h]);

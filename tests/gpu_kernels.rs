@@ -522,10 +522,10 @@ fn decode_case<T: Storage>(
     let views: Vec<KvView> = (0..b)
         .map(|s| {
             let base = s * t_max * kv_row;
-            KvView {
-                k: &k[base..base + lens[s] * kv_row],
-                v: &v[base..base + lens[s] * kv_row],
-            }
+            KvView::new(
+                &k[base..base + lens[s] * kv_row],
+                &v[base..base + lens[s] * kv_row],
+            )
         })
         .collect();
     let row_seq: Vec<usize> = (0..b).collect();

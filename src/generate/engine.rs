@@ -14,6 +14,7 @@ use crate::model::Model;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -131,8 +132,9 @@ pub fn generate_on(
     let batch = opts.batch_size;
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
     let mut stats = GenerateStats::default();
-    // Prompts prefilled but not yet handed to all their samples: (cache, last logits).
-    let mut prefilled: HashMap<usize, (KvCache, Vec<f32>)> = HashMap::new();
+    // Prompts prefilled but not yet handed to all their samples: (cache, last logits). The
+    // samples continue the prompt's cache without copying it.
+    let mut prefilled: HashMap<usize, (Arc<KvCache>, Vec<f32>)> = HashMap::new();
     let mut live: Vec<Live> = Vec::with_capacity(batch.min(total));
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
 
@@ -164,22 +166,20 @@ pub fn generate_on(
                 check_finite(logits, "prefill")?;
                 let v = model.config.vocab_size;
                 for ((p, cache), row) in need.iter().zip(caches).zip(logits.chunks_exact(v)) {
-                    prefilled.insert(*p, (cache, row.to_vec()));
+                    prefilled.insert(*p, (Arc::new(cache), row.to_vec()));
                 }
                 stats.prefill_tokens += seqs.iter().map(|s| s.len()).sum::<usize>();
                 stats.prefill_secs += started.elapsed().as_secs_f64();
             }
             for (p, s) in pairs {
                 let limit = opts.max_new_tokens.min(ctx - prompts[p].len());
-                // The last sample takes the prompt's cache; the others copy it.
-                let (cache, logits) = if s + 1 == k {
-                    let (mut cache, logits) = prefilled.remove(&p).expect("prefilled above");
-                    cache.reserve(limit);
-                    (cache, logits)
+                let (prompt_cache, logits) = if s + 1 == k {
+                    prefilled.remove(&p).expect("prefilled above")
                 } else {
                     let (cache, logits) = &prefilled[&p];
-                    (cache.clone_with_room(limit), logits.clone())
+                    (Arc::clone(cache), logits.clone())
                 };
+                let cache = KvCache::continuing(prompt_cache, limit);
                 let mut seq = Live {
                     prompt: p,
                     sample: s,

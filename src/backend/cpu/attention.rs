@@ -86,7 +86,7 @@ fn over_caches(
         let Some(cache) = kv.get(s) else {
             bail!("{op}: row {r} of sequence {s}, of {} caches", kv.len());
         };
-        let positions = cache.k.len().min(cache.v.len()) / kvd;
+        let positions = cache.positions(kvd);
         if p >= positions {
             bail!("{op}: row {r} at position {p} of a cache of {positions} positions");
         }
@@ -104,6 +104,8 @@ fn over_caches(
             .expect("one work item per block")
     };
     let mut work = Vec::new();
+    // Sequences whose tiles need their cache in one piece (a shared prefix joined to it).
+    let mut to_join = vec![false; kv.len()];
     let mut r0 = 0;
     while r0 < n {
         let mut r1 = r0 + 1;
@@ -115,6 +117,7 @@ fn over_caches(
         // at the 135m shape it took 0.6 of the tiles' time (`benches/ops.rs`).
         let one_fast_row = r1 - r0 == 1 && attention_row_avx512::available(d);
         if keys_seen >= TILED_MIN_KEYS && !one_fast_row {
+            to_join[row_seq[r0]] |= kv[row_seq[r0]].has_prefix();
             for t0 in (r0..r1).step_by(tile_positions(group)) {
                 let t1 = (t0 + tile_positions(group)).min(r1);
                 for g in 0..n_kv_head {
@@ -136,6 +139,16 @@ fn over_caches(
         }
         r0 = r1;
     }
+    let joined: Vec<Option<(Vec<f32>, Vec<f32>)>> = kv
+        .iter()
+        .zip(&to_join)
+        .map(|(c, &join)| join.then(|| c.joined()))
+        .collect();
+    let tile_views: Vec<KvView> = kv
+        .iter()
+        .zip(&joined)
+        .map(|(c, j)| j.as_ref().map_or(*c, |(k, v)| KvView::new(k, v)))
+        .collect();
     work.into_par_iter()
         .for_each_init(Scratch::default, |scratch, work| match work {
             Work::Row { row, g, dst } => {
@@ -152,7 +165,7 @@ fn over_caches(
                 );
             }
             Work::Tile { rows, g, mut dst } => {
-                let (first_pos, cache) = (row_pos[rows.start], kv[row_seq[rows.start]]);
+                let (first_pos, cache) = (row_pos[rows.start], tile_views[row_seq[rows.start]]);
                 forward_tile(
                     &mut dst,
                     q,
@@ -228,12 +241,12 @@ struct Scratch {
 /// values are read once. Each head's arithmetic is that of a head on its own: its scores,
 /// max, exps and sum in key order, and its output summed over the keys in order.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attend_row(
+pub(super) fn attend_row<'a>(
     dst: GroupOut,
     q: &[f32],
     row: usize,
     len: usize,
-    cache: KvView,
+    cache: KvView<'a>,
     g: usize,
     dims: AttentionDims,
     scores: &mut Vec<f32>,
@@ -246,21 +259,34 @@ pub(super) fn attend_row(
     let group = n_head / n_kv_head;
     let kv_stride = n_kv_head * d;
     assert!(
-        cache.k.len() >= len * kv_stride && cache.v.len() >= len * kv_stride,
+        cache.positions(kv_stride) >= len,
         "cache shorter than the row's position"
     );
     let qs = &q[(row * n_head + g * group) * d..][..group * d];
+    // The cache's pieces cut to the row's `len` positions: (keys, values, positions).
+    let mut left = len;
+    let pieces = cache.pieces(kv_stride).map(|(k, v, n)| {
+        let n = n.min(left);
+        left -= n;
+        (k, v, n)
+    });
     if attention_row_avx512::available(d) {
-        let (k, v) = (cache.k, cache.v);
-        attention_row_avx512::attend(dst, qs, k, v, kv_stride, g * d, len, d, scores);
+        attention_row_avx512::attend(dst, qs, &pieces, kv_stride, g * d, d, scores);
         return;
     }
     let scale = scale(d);
     // (group, len): each head's scores, then its softmax weights.
     scores.clear();
     scores.resize(group * len, 0.0);
-    for t in 0..len {
-        let k = &cache.k[t * kv_stride + g * d..][..d];
+    // Row t's slice of kv head g in the keys (values) of the pieces, in position order.
+    let head = |rows: &'a [f32], n: usize| {
+        rows[..n * kv_stride]
+            .chunks_exact(kv_stride)
+            .map(move |r| &r[g * d..][..d])
+    };
+    let keys = pieces.iter().flat_map(|&(k, _, n)| head(k, n));
+    let values = pieces.iter().flat_map(|&(_, v, n)| head(v, n));
+    for (t, k) in keys.enumerate() {
         for (h, qh) in qs.chunks_exact(d).enumerate() {
             scores[h * len + t] = dot(qh, k) * scale;
         }
@@ -273,8 +299,7 @@ pub(super) fn attend_row(
         *lse = softmax_in_place(s);
         o.fill(0.0);
     }
-    for t in 0..len {
-        let v = &cache.v[t * kv_stride + g * d..][..d];
+    for (t, v) in values.enumerate() {
         for (h, o) in dst.out.chunks_exact_mut(d).enumerate() {
             let w = scores[h * len + t];
             for (o, v) in o.iter_mut().zip(v) {
@@ -330,9 +355,11 @@ pub fn attention_forward(
     let views: Vec<KvView> = seqs
         .seqs
         .iter()
-        .map(|s| KvView {
-            k: &k[s.start * kvd..s.end * kvd],
-            v: &v[s.start * kvd..s.end * kvd],
+        .map(|s| {
+            KvView::new(
+                &k[s.start * kvd..s.end * kvd],
+                &v[s.start * kvd..s.end * kvd],
+            )
         })
         .collect();
     over_caches(op, out, lse, q, &views, &seqs.row_seq, &seqs.row_pos, dims)
@@ -437,7 +464,7 @@ mod tests {
                 })
                 .collect();
             let q: Vec<f32> = seqs.iter().flat_map(|s| s.0.clone()).collect();
-            let kv: Vec<KvView> = seqs.iter().map(|s| KvView { k: &s.1, v: &s.2 }).collect();
+            let kv: Vec<KvView> = seqs.iter().map(|s| KvView::new(&s.1, &s.2)).collect();
             let (row_seq, row_pos, _) = pack(&lens);
             let mut out = vec![f32::NAN; q.len()];
             let mut lse = vec![f32::NAN; row_seq.len() * h];
@@ -476,7 +503,7 @@ mod tests {
             &mut out,
             &mut lse,
             last_q,
-            &[KvView { k: &k, v: &v }],
+            &[KvView::new(&k, &v)],
             &[0],
             &[t - 1],
             dims(h, hkv, d),
@@ -484,6 +511,62 @@ mod tests {
         .unwrap();
         assert_close(&out, &full[(t - 1) * h * d..], 1e-5, 1e-5);
         assert_close(&lse, &full_lse[(t - 1) * h..], 1e-5, 1e-5);
+    }
+
+    /// Samples that continue a shared prompt cache (a view in two pieces) get bit for bit
+    /// what a copy of the prompt in one piece gives: decode rows on the row paths (D 64 is
+    /// the AVX-512 kernel's where the CPU has it, D 8 the portable one's) and a run of
+    /// rows on the tiles (past 32 keys).
+    #[test]
+    fn a_shared_prompt_piece_gives_what_a_copied_prompt_gives() {
+        for (h, hkv, d) in [(9, 3, 64), (4, 2, 8)] {
+            let kvd = hkv * d;
+            let (prompt, own) = (37, [1usize, 6, 20]);
+            let pk = randn(prompt * kvd, 30);
+            let pv = randn(prompt * kvd, 31);
+            let ks: Vec<Vec<f32>> = own.iter().map(|&n| randn(n * kvd, 32 + n as u64)).collect();
+            let vs: Vec<Vec<f32>> = own.iter().map(|&n| randn(n * kvd, 52 + n as u64)).collect();
+            let shared: Vec<KvView> = ks
+                .iter()
+                .zip(&vs)
+                .map(|(k, v)| KvView {
+                    prefix_k: &pk,
+                    prefix_v: &pv,
+                    k,
+                    v,
+                })
+                .collect();
+            let copies: Vec<(Vec<f32>, Vec<f32>)> = shared.iter().map(|c| c.joined()).collect();
+            let copied: Vec<KvView> = copies.iter().map(|(k, v)| KvView::new(k, v)).collect();
+            // Each sample's rows: all its own positions (one decode row for the first).
+            let (mut row_seq, mut row_pos) = (vec![], vec![]);
+            for (s, &n) in own.iter().enumerate() {
+                row_seq.extend(std::iter::repeat_n(s, n));
+                row_pos.extend(prompt..prompt + n);
+            }
+            let q = randn(row_seq.len() * h * d, 33);
+            let run = |kv: &[KvView]| {
+                let mut out = vec![f32::NAN; q.len()];
+                let mut lse = vec![f32::NAN; row_seq.len() * h];
+                attention_over_caches(
+                    &mut out,
+                    &mut lse,
+                    &q,
+                    kv,
+                    &row_seq,
+                    &row_pos,
+                    dims(h, hkv, d),
+                )
+                .unwrap();
+                (out, lse)
+            };
+            let (got, want) = (run(&shared), run(&copied));
+            assert!(
+                got.0.iter().all(|x| x.is_finite()),
+                "D {d}: every output written"
+            );
+            assert_eq!(got, want, "D {d}");
+        }
     }
 
     /// The training forward (each sequence's views slices of the packed k/v) then the
@@ -504,9 +587,11 @@ mod tests {
             let dout = randn(n * qd, 113);
             let kv: Vec<KvView> = seqs
                 .iter()
-                .map(|r| KvView {
-                    k: &k[r.start * kvd..r.end * kvd],
-                    v: &v[r.start * kvd..r.end * kvd],
+                .map(|r| {
+                    KvView::new(
+                        &k[r.start * kvd..r.end * kvd],
+                        &v[r.start * kvd..r.end * kvd],
+                    )
                 })
                 .collect();
             let (mut out, mut lse) = (vec![0.0; n * qd], vec![0.0; n * h]);
@@ -591,7 +676,7 @@ mod tests {
             )),
             "attention_forward lse: a buffer of 11 elements, expected 12"
         );
-        let cache = KvView { k: &k, v: &v };
+        let cache = KvView::new(&k, &v);
         assert_eq!(
             err(attention_over_caches(
                 &mut out[..h * d],

@@ -19,20 +19,20 @@ pub fn available(d: usize) -> bool {
     matches!(d, 32 | 64 | 128) && super::packed_f32::available()
 }
 
+/// Keys, values and positions of one piece of a cache: rows t < n at t * kv_stride.
+pub(super) type Piece<'a> = (&'a [f32], &'a [f32], usize);
+
 /// The group's outputs (group, D) and log-normalisers (group) for queries qs: (group, D)
-/// over `len` positions of k, v: each row t at t * kv_stride + off, D wide. scores:
-/// (group, len) scratch.
+/// over the positions of `pieces` in order (a shared prefix, then the sequence's own rows):
+/// each piece's row t at t * kv_stride + off, D wide. scores: (group, positions) scratch.
 ///
 /// Panics unless `available(d)` and the slices hold what the shapes say; the caller checks.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attend(
     dst: GroupOut,
     qs: &[f32],
-    k: &[f32],
-    v: &[f32],
+    pieces: &[Piece; 2],
     kv_stride: usize,
     off: usize,
-    len: usize,
     d: usize,
     scores: &mut Vec<f32>,
 ) {
@@ -41,28 +41,36 @@ pub(super) fn attend(
         "the AVX-512 row path needs AVX-512F and D of 32, 64 or 128"
     );
     let group = qs.len() / d;
+    let len: usize = pieces.iter().map(|p| p.2).sum();
     assert!(
         qs.len() == group * d
             && dst.out.len() == group * d
             && dst.lse.len() == group
             && len > 0
             && off + d <= kv_stride
-            && k.len() >= len * kv_stride
-            && v.len() >= len * kv_stride,
+            && pieces
+                .iter()
+                .all(|&(k, v, n)| k.len() >= n * kv_stride && v.len() >= n * kv_stride),
         "shapes checked by the caller"
     );
     scores.clear();
     scores.resize(group * len, 0.0);
     let scale = super::attention_rows::scale(d);
-    // SAFETY: every read is of a key or value row t < len at t * kv_stride + off .. + d,
-    // within k and v (asserted), of the group's queries (group, d) and of scores
-    // (group, len); the CPU has AVX-512F (asserted through `available`).
-    unsafe {
-        match d {
-            32 => avx512::scores::<2>(scores, qs, k, kv_stride, off, len, scale),
-            64 => avx512::scores::<4>(scores, qs, k, kv_stride, off, len, scale),
-            _ => avx512::scores::<8>(scores, qs, k, kv_stride, off, len, scale),
+    let mut t0 = 0;
+    for &(k, _, n) in pieces {
+        // SAFETY: every read is of a key row t < n of the piece at t * kv_stride + off ..
+        // + d, within k (asserted), of the group's queries (group, d), and every write of
+        // scores (group, len) at columns t0 + t < len; the CPU has AVX-512F (asserted
+        // through `available`).
+        unsafe {
+            let at = (t0, len);
+            match d {
+                32 => avx512::scores::<2>(scores, at, qs, k, kv_stride, off, n, scale),
+                64 => avx512::scores::<4>(scores, at, qs, k, kv_stride, off, n, scale),
+                _ => avx512::scores::<8>(scores, at, qs, k, kv_stride, off, n, scale),
+            }
         }
+        t0 += n;
     }
     for (s, lse) in scores.chunks_exact_mut(len).zip(dst.lse.iter_mut()) {
         *lse = super::attention_rows::softmax_in_place(s);
@@ -70,9 +78,9 @@ pub(super) fn attend(
     // SAFETY: as above, for the value rows and out (group, d).
     unsafe {
         match d {
-            32 => avx512::weighted_values::<2, 8>(dst.out, scores, v, kv_stride, off, len),
-            64 => avx512::weighted_values::<4, 4>(dst.out, scores, v, kv_stride, off, len),
-            _ => avx512::weighted_values::<8, 2>(dst.out, scores, v, kv_stride, off, len),
+            32 => avx512::weighted_values::<2, 8>(dst.out, scores, pieces, kv_stride, off),
+            64 => avx512::weighted_values::<4, 4>(dst.out, scores, pieces, kv_stride, off),
+            _ => avx512::weighted_values::<8, 2>(dst.out, scores, pieces, kv_stride, off),
         }
     }
 }
@@ -84,14 +92,17 @@ mod avx512 {
     /// Rows ahead of the one being read whose lines are prefetched.
     const AHEAD: usize = 24;
 
-    /// scores[h][t] = (q[h] . k row t) * scale, for C chunks of 16 (D = 16 C).
+    /// scores[h][t0 + t] = (q[h] . k row t) * scale for t < len, for C chunks of 16
+    /// (D = 16 C); scores has rows of `row_len`.
     ///
     /// # Safety
     /// As `super::attend`: rows t < len of k at t * kv_stride + off, D wide; q (group, D);
-    /// scores (group, len); AVX-512F.
+    /// scores (group, row_len) with t0 + len <= row_len; AVX-512F.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn scores<const C: usize>(
         scores: &mut [f32],
+        (t0, row_len): (usize, usize),
         q: &[f32],
         k: &[f32],
         kv_stride: usize,
@@ -120,49 +131,53 @@ mod avx512 {
                 for (c, kc) in kc.iter().enumerate().skip(1) {
                     acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16 * c)), *kc, acc);
                 }
-                *scores.get_unchecked_mut(h * len + t) = _mm512_reduce_add_ps(acc) * scale;
+                *scores.get_unchecked_mut(h * row_len + t0 + t) = _mm512_reduce_add_ps(acc) * scale;
             }
         }
     }
 
-    /// out[h] = sum over t of w[h][t] * v row t, for C chunks of 16 (D = 16 C), H heads'
-    /// sums at a time in registers (H C <= 16).
+    /// out[h] = sum over t of w[h][t] * v row t, the rows of the pieces in order, for C
+    /// chunks of 16 (D = 16 C), H heads' sums at a time in registers (H C <= 16).
     ///
     /// # Safety
-    /// As `super::attend`: rows t < len of v at t * kv_stride + off, D wide; out (group, D);
-    /// w (group, len); AVX-512F.
+    /// As `super::attend`: each piece's rows t < n at t * kv_stride + off, D wide;
+    /// out (group, D); w (group, positions of all pieces); AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn weighted_values<const C: usize, const H: usize>(
         out: &mut [f32],
         w: &[f32],
-        v: &[f32],
+        pieces: &[super::Piece; 2],
         kv_stride: usize,
         off: usize,
-        len: usize,
     ) {
         let group = out.len() / (16 * C);
-        let v = v.as_ptr().add(off);
+        let len = w.len() / group;
         for h0 in (0..group).step_by(H) {
             let heads = (group - h0).min(H);
             let mut acc = [[_mm512_setzero_ps(); C]; H];
-            for t in 0..len {
-                let row = v.add(t * kv_stride);
-                if h0 == 0 && t + AHEAD < len {
-                    let ahead = v.add((t + AHEAD) * kv_stride);
-                    for c in 0..C {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.add(16 * c).cast());
+            let mut t0 = 0;
+            for &(_, v, n) in pieces {
+                let v = v.as_ptr().add(off);
+                for t in 0..n {
+                    let row = v.add(t * kv_stride);
+                    if h0 == 0 && t + AHEAD < n {
+                        let ahead = v.add((t + AHEAD) * kv_stride);
+                        for c in 0..C {
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.add(16 * c).cast());
+                        }
+                    }
+                    let mut vc = [_mm512_setzero_ps(); C];
+                    for (c, vc) in vc.iter_mut().enumerate() {
+                        *vc = _mm512_loadu_ps(row.add(16 * c));
+                    }
+                    for (h, acc) in acc.iter_mut().enumerate().take(heads) {
+                        let wt = _mm512_set1_ps(*w.get_unchecked((h0 + h) * len + t0 + t));
+                        for (acc, vc) in acc.iter_mut().zip(&vc) {
+                            *acc = _mm512_fmadd_ps(wt, *vc, *acc);
+                        }
                     }
                 }
-                let mut vc = [_mm512_setzero_ps(); C];
-                for (c, vc) in vc.iter_mut().enumerate() {
-                    *vc = _mm512_loadu_ps(row.add(16 * c));
-                }
-                for (h, acc) in acc.iter_mut().enumerate().take(heads) {
-                    let wt = _mm512_set1_ps(*w.get_unchecked((h0 + h) * len + t));
-                    for (acc, vc) in acc.iter_mut().zip(&vc) {
-                        *acc = _mm512_fmadd_ps(wt, *vc, *acc);
-                    }
-                }
+                t0 += n;
             }
             for (h, acc) in acc.iter().enumerate().take(heads) {
                 let o = out.as_mut_ptr().add((h0 + h) * 16 * C);
@@ -176,8 +191,10 @@ mod avx512 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn scores<const C: usize>(
         _: &mut [f32],
+        _: (usize, usize),
         _: &[f32],
         _: &[f32],
         _: usize,
@@ -191,8 +208,7 @@ mod avx512 {
     pub unsafe fn weighted_values<const C: usize, const H: usize>(
         _: &mut [f32],
         _: &[f32],
-        _: &[f32],
-        _: usize,
+        _: &[super::Piece; 2],
         _: usize,
         _: usize,
     ) {
@@ -267,7 +283,12 @@ mod tests {
                     out: &mut out,
                     lse: &mut lse,
                 };
-                attend(dst, &qs, &k, &v, stride, g * d, len, d, &mut Vec::new());
+                // The cache in two pieces, as a sample sharing its prompt's sees it.
+                let p = len / 3;
+                let (pk, ok) = k.split_at(p * stride);
+                let (pv, ov) = v.split_at(p * stride);
+                let pieces = [(pk, pv, p), (ok, ov, len - p)];
+                attend(dst, &qs, &pieces, stride, g * d, d, &mut Vec::new());
                 for h in 0..group {
                     let (want, want_lse) = reference(&qs[h * d..][..d], &k, &v, stride, g * d, len);
                     let what = format!("D {d}, group {group}, len {len}, head {h}");

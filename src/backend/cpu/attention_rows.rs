@@ -3,11 +3,53 @@
 
 use super::math::exp;
 
-/// The key/value cache of one sequence in one layer: each (T, Hkv, D).
+/// The key/value cache of one sequence in one layer, (T, Hkv, D) each: positions 0..P in
+/// `prefix_k`/`prefix_v` (a prompt's cache that the prompt's samples share; empty when the
+/// cache is the sequence's alone), positions P.. in `k`/`v`.
 #[derive(Clone, Copy)]
 pub struct KvView<'a> {
+    pub prefix_k: &'a [f32],
+    pub prefix_v: &'a [f32],
     pub k: &'a [f32],
     pub v: &'a [f32],
+}
+
+impl<'a> KvView<'a> {
+    /// A cache held in one piece.
+    pub fn new(k: &'a [f32], v: &'a [f32]) -> KvView<'a> {
+        KvView {
+            prefix_k: &[],
+            prefix_v: &[],
+            k,
+            v,
+        }
+    }
+
+    /// Positions held, for rows of `kvd` = Hkv * D.
+    pub fn positions(&self, kvd: usize) -> usize {
+        let rows = |k: &[f32], v: &[f32]| k.len().min(v.len()) / kvd;
+        rows(self.prefix_k, self.prefix_v) + rows(self.k, self.v)
+    }
+
+    /// The two pieces in position order, each (keys, values, positions).
+    pub(super) fn pieces(&self, kvd: usize) -> [(&'a [f32], &'a [f32], usize); 2] {
+        let p = self.prefix_k.len().min(self.prefix_v.len()) / kvd;
+        let own = self.k.len().min(self.v.len()) / kvd;
+        [(self.prefix_k, self.prefix_v, p), (self.k, self.v, own)]
+    }
+
+    /// Whether positions come from a shared prefix.
+    pub(super) fn has_prefix(&self) -> bool {
+        !self.prefix_k.is_empty()
+    }
+
+    /// The keys and values in one piece each: (T * Hkv * D).
+    pub(super) fn joined(&self) -> (Vec<f32>, Vec<f32>) {
+        (
+            [self.prefix_k, self.k].concat(),
+            [self.prefix_v, self.v].concat(),
+        )
+    }
 }
 
 /// The outputs of one row's query heads that share a kv head: out (group, D), lse (group).

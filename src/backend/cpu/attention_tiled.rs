@@ -362,9 +362,11 @@ mod tests {
             let kv: Vec<KvView> = self
                 .seqs
                 .iter()
-                .map(|r| KvView {
-                    k: &self.k[r.start * kvd..r.end * kvd],
-                    v: &self.v[r.start * kvd..r.end * kvd],
+                .map(|r| {
+                    KvView::new(
+                        &self.k[r.start * kvd..r.end * kvd],
+                        &self.v[r.start * kvd..r.end * kvd],
+                    )
                 })
                 .collect();
             let (mut out, mut lse) = (vec![f32::NAN; n * qd], vec![f32::NAN; n * qd / D]);
@@ -431,7 +433,7 @@ mod tests {
             let t = 2 * tile_positions(h / hkv) + 9;
             let (kvd, qd) = (hkv * D, h * D);
             let (k, v) = (randn(t * kvd, 61), randn(t * kvd, 62));
-            let cache = KvView { k: &k, v: &v };
+            let cache = KvView::new(&k, &v);
             let first = 7;
             let rows = t - first;
             let q = randn(rows * qd, 63);
