@@ -3,6 +3,7 @@
 //! Every (prompt, sample) pair gets its own RNG stream, derived from (seed, prompt, sample),
 //! so a seeded run gives the same tokens whatever the batch size or scheduling order.
 
+use crate::backend::cpu::attention::decode_reads_pieces;
 use crate::backend::cpu::kv_cache::{KvCache, SeqCaches};
 use crate::backend::cpu::sampling::{sample, SamplerScratch};
 use crate::backend::cpu::Cpu;
@@ -133,7 +134,8 @@ pub fn generate_on(
     let mut results: Vec<Vec<Option<Completion>>> = vec![vec![None; k]; prompts.len()];
     let mut stats = GenerateStats::default();
     // Prompts prefilled but not yet handed to all their samples: (cache, last logits). The
-    // samples continue the prompt's cache without copying it.
+    // samples continue the prompt's cache without copying it where decode rows read a cache
+    // in pieces, else copy it.
     let mut prefilled: HashMap<usize, (Arc<KvCache>, Vec<f32>)> = HashMap::new();
     let mut live: Vec<Live> = Vec::with_capacity(batch.min(total));
     let mut next = 0; // the next (prompt, sample) pair to start, prompt-major
@@ -179,7 +181,19 @@ pub fn generate_on(
                     let (cache, logits) = &prefilled[&p];
                     (Arc::clone(cache), logits.clone())
                 };
-                let cache = KvCache::continuing(prompt_cache, limit);
+                // Continue the prompt's cache where decode rows read it in place, else copy
+                // it (the last sample takes it).
+                let cache = if decode_reads_pieces(model.config.head_dim) {
+                    KvCache::continuing(prompt_cache, limit)
+                } else {
+                    Arc::try_unwrap(prompt_cache).map_or_else(
+                        |shared| shared.clone_with_room(limit),
+                        |mut own| {
+                            own.reserve(limit);
+                            own
+                        },
+                    )
+                };
                 let mut seq = Live {
                     prompt: p,
                     sample: s,

@@ -29,6 +29,14 @@ use std::ops::Range;
 /// tiled over a 4-key cache, 65 against 55 us at 32 keys, 130 against 85 us at 64 keys.
 const TILED_MIN_KEYS: usize = 32;
 
+/// Whether a decode row with heads of `head_dim` reads a cache in two pieces in place (the
+/// AVX-512 row path). Elsewhere a decode row past `TILED_MIN_KEYS` keys goes in tiles,
+/// which would join the pieces into a copy on every step: a sample should copy its prompt's
+/// cache once instead.
+pub fn decode_reads_pieces(head_dim: usize) -> bool {
+    attention_row_avx512::available(head_dim)
+}
+
 /// out: (N, H, D), lse: (N, H) the log of each softmax's normaliser (natural log of
 /// sum_t exp(score_t), scores already scaled by 1/sqrt(D)), q: (N, H, D), kv[s]: (T_s, Hkv, D)
 /// each.
