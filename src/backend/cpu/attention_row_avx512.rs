@@ -12,15 +12,12 @@
 //! the same whatever batch or thread it runs in. It differs from the portable row path and
 //! the tiled path by rounding (16-lane dot products).
 
-use super::attention_rows::GroupOut;
+use super::attention_rows::{GroupOut, Piece};
 
 /// Whether this CPU and head dim `d` take the AVX-512 row path.
 pub fn available(d: usize) -> bool {
     matches!(d, 32 | 64 | 128) && super::packed_f32::available()
 }
-
-/// Keys, values and positions of one piece of a cache: rows t < n at t * kv_stride.
-pub(super) type Piece<'a> = (&'a [f32], &'a [f32], usize);
 
 /// The group's outputs (group, D) and log-normalisers (group) for queries qs: (group, D)
 /// over the positions of `pieces` in order (a shared prefix, then the sequence's own rows):

@@ -3,6 +3,9 @@
 
 use super::math::exp;
 
+/// Keys, values and positions of one piece of a cache: rows t < n at t * Hkv * D.
+pub(super) type Piece<'a> = (&'a [f32], &'a [f32], usize);
+
 /// The key/value cache of one sequence in one layer, (T, Hkv, D) each: positions 0..P in
 /// `prefix_k`/`prefix_v` (a prompt's cache that the prompt's samples share; empty when the
 /// cache is the sequence's alone), positions P.. in `k`/`v`.
@@ -31,8 +34,8 @@ impl<'a> KvView<'a> {
         rows(self.prefix_k, self.prefix_v) + rows(self.k, self.v)
     }
 
-    /// The two pieces in position order, each (keys, values, positions).
-    pub(super) fn pieces(&self, kvd: usize) -> [(&'a [f32], &'a [f32], usize); 2] {
+    /// The two pieces in position order.
+    pub(super) fn pieces(&self, kvd: usize) -> [Piece<'a>; 2] {
         let p = self.prefix_k.len().min(self.prefix_v.len()) / kvd;
         let own = self.k.len().min(self.v.len()) / kvd;
         [(self.prefix_k, self.prefix_v, p), (self.k, self.v, own)]

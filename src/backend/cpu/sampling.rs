@@ -21,11 +21,14 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Reusable buffers of the sampler: per-token weights, and a copy that selection reorders.
+/// Reusable buffers of the sampler: per-token weights, a copy that selection reorders, and the
+/// draw's per-block masses.
 #[derive(Default, Debug, Clone)]
 pub struct SamplerScratch {
     weights: Vec<f32>,
     select: Vec<(f32, u32)>,
+    /// The draw's blocks: (kept mass, ties kept before the block).
+    blocks: Vec<(f32, usize)>,
 }
 
 /// Which tokens survive top-k and top-p: every weight above `cutoff`, and the first `ties`
@@ -204,7 +207,7 @@ pub fn sample(
         return argmax(logits);
     }
     let kept = filter(logits, params, scratch);
-    draw(&scratch.weights, &kept, rng.uniform())
+    draw(&scratch.weights, &kept, rng.uniform(), &mut scratch.blocks)
 }
 
 /// Tokens per block of the draw's walk.
@@ -213,9 +216,9 @@ const DRAW_BLOCK: usize = 512;
 /// The surviving token at which the running mass (in id order) first exceeds u times the
 /// total. Block by block: each block's kept mass is summed in 8 lanes, whole blocks below
 /// the draw are skipped, and only the block that holds it is walked token by token.
-fn draw(weights: &[f32], kept: &Kept, u: f32) -> u32 {
-    // (kept mass, ties kept before the block) of each block.
-    let mut blocks = Vec::with_capacity(weights.len().div_ceil(DRAW_BLOCK));
+/// `blocks` is scratch.
+fn draw(weights: &[f32], kept: &Kept, u: f32, blocks: &mut Vec<(f32, usize)>) -> u32 {
+    blocks.clear();
     let mut ties = kept.ties;
     for b in weights.chunks(DRAW_BLOCK) {
         let mut acc = [0.0f32; 8];
@@ -453,7 +456,7 @@ mod tests {
             let weights = scratch.weights.clone();
             for i in 0..400 {
                 let u = (i as f32 + 0.5) / 400.0;
-                let got = draw(&weights, &kept, u);
+                let got = draw(&weights, &kept, u, &mut vec![]);
                 if let Some(want) = drawn_by_definition(&weights, &kept, u as f64, 1e-5) {
                     assert_eq!(got, want, "V {v}, top-p {top_p}, top-k {top_k}, u {u}");
                     compared += 1;
@@ -461,7 +464,10 @@ mod tests {
             }
             // A draw at the very top of the mass takes the last kept token.
             let last = drawn_by_definition(&weights, &kept, 1.0, 0.0).unwrap();
-            assert_eq!(draw(&weights, &kept, 1.0 - f32::EPSILON / 2.0), last);
+            assert_eq!(
+                draw(&weights, &kept, 1.0 - f32::EPSILON / 2.0, &mut vec![]),
+                last
+            );
         }
         assert!(
             compared > 1900,
@@ -477,7 +483,7 @@ mod tests {
         for i in 0..100 {
             let u = (i as f32 + 0.5) / 100.0;
             let want = (u * 1200.0) as u32;
-            assert_eq!(draw(&weights, &kept, u), want, "u {u}");
+            assert_eq!(draw(&weights, &kept, u, &mut vec![]), want, "u {u}");
         }
     }
 
